@@ -1,0 +1,29 @@
+# The two quick-start commands: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test setup bench clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## Build the demo workspace on the embedded defaults and run the main job.
+demo: $(STAMP)
+	$(BIN)/shopsight demo
+
+## Run the whole test suite (the slow, real-model tests included).
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/ingest.py
+
+clean-venv:
+	rm -rf $(VENV)

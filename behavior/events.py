@@ -1,0 +1,420 @@
+"""The canonical event schema, and validation of raw tables into it.
+
+Every adapter ends in :func:`validate_events`; nothing else decides what a valid event is.
+Bad rows are never dropped silently: each is counted in an :class:`IngestReport` with its
+reason and location and kept in ``report.rejected`` so the caller can store it.
+"""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+REQUIRED_COLUMNS: tuple[str, ...] = (
+    "user_id",
+    "ts",
+    "event",
+    "item_id",
+    "category",
+    "price",
+    "quantity",
+    "session_id",
+)
+OPTIONAL_COLUMNS: tuple[str, ...] = ("device", "country", "payment", "order_id", "ip", "text")
+# Columns a source must provide; the rest of REQUIRED_COLUMNS may be absent and are filled
+# (item_id/category/price/quantity with nulls, session_id by sessionization).
+MUST_PROVIDE: tuple[str, ...] = ("user_id", "ts", "event")
+
+EVENT_TYPES: tuple[str, ...] = (
+    "view",
+    "search",
+    "add_to_cart",
+    "remove_from_cart",
+    "checkout",
+    "purchase",
+    "refund",
+    "login",
+    "review",
+)
+
+STRING_COLUMNS = ("user_id", "event", "item_id", "category", "session_id") + OPTIONAL_COLUMNS
+
+
+class EventDataError(ValueError):
+    """Input that cannot become canonical events; names the file, row and column."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str,
+        row: int | None = None,
+        column: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.source = source
+        self.row = row
+        self.column = column
+        self.hint = hint
+        where = source
+        if row is not None:
+            where += f", row {row}"
+        if column is not None:
+            where += f", column '{column}'"
+        text = f"{where}: {message}"
+        if hint:
+            text += f" ({hint})"
+        super().__init__(text)
+
+
+@dataclass
+class RejectedReason:
+    """One kind of unusable row: how many, and where the first few are."""
+
+    reason: str
+    column: str | None
+    count: int
+    first_rows: list[int]
+
+
+@dataclass
+class IngestReport:
+    """What validation did to a table: rows read, kept, and every row it did not keep."""
+
+    source: str
+    rows_read: int = 0
+    rows_kept: int = 0
+    duplicates: int = 0
+    rejected_reasons: list[RejectedReason] = field(default_factory=list)
+    naive_timestamps_as: str | None = None
+    rejected: pd.DataFrame | None = None  # the raw rejected rows with a `reason` column
+
+    @property
+    def rows_rejected(self) -> int:
+        return sum(r.count for r in self.rejected_reasons)
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "rows_read": self.rows_read,
+            "rows_kept": self.rows_kept,
+            "duplicates": self.duplicates,
+            "rows_rejected": self.rows_rejected,
+            "rejected_reasons": [
+                {"reason": r.reason, "column": r.column, "count": r.count, "first_rows": r.first_rows}
+                for r in self.rejected_reasons
+            ],
+            "naive_timestamps_as": self.naive_timestamps_as,
+        }
+
+
+def parse_mapping(pairs: Iterable[str]) -> dict[str, str]:
+    """Turn ``["user_id=CustomerID", ...]`` into ``{"CustomerID": "user_id"}`` (source → canonical)."""
+    mapping: dict[str, str] = {}
+    known = set(REQUIRED_COLUMNS) | set(OPTIONAL_COLUMNS)
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--map '{pair}': expected CANONICAL=SOURCE, e.g. user_id=CustomerID")
+        canonical, source = (p.strip() for p in pair.split("=", 1))
+        if canonical not in known:
+            raise ValueError(
+                f"--map '{pair}': '{canonical}' is not a canonical column; choose from {', '.join(sorted(known))}"
+            )
+        if not source:
+            raise ValueError(f"--map '{pair}': the source column name is empty")
+        mapping[source] = canonical
+    return mapping
+
+
+def read_table(
+    path: str | Path,
+    *,
+    encoding: str = "utf-8",
+    sep: str | None = None,
+    header: bool = True,
+    names: list[str] | None = None,
+) -> pd.DataFrame:
+    """Read a CSV/TSV/Parquet file as strings (CSV) or native types (Parquet).
+
+    CSV cells are read as text so that validation, not the reader, decides what a bad
+    value is, and can say which row held it.
+    """
+    path = Path(path)
+    source = str(path)
+    if not path.exists():
+        raise EventDataError("file not found", source=source)
+    if path.stat().st_size == 0:
+        raise EventDataError("the file is empty", source=source)
+    suffix = "".join(path.suffixes[-2:]).lower()
+    if path.suffix.lower() in (".parquet", ".pq"):
+        try:
+            df = pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises several types for corrupt files
+            raise EventDataError(f"not a readable Parquet file: {exc}", source=source) from exc
+    else:
+        _check_encoding(path, encoding)
+        if sep is None:
+            sep = "\t" if suffix.endswith((".tsv", ".tsv.gz")) else ","
+        try:
+            df = pd.read_csv(
+                path,
+                sep=sep,
+                dtype=str,
+                keep_default_na=False,
+                na_values=[""],
+                encoding=encoding,
+                header=0 if header else None,
+                names=names,
+            )
+        except pd.errors.EmptyDataError as exc:
+            raise EventDataError("the file is empty", source=source) from exc
+        except pd.errors.ParserError as exc:
+            raise EventDataError(f"malformed CSV: {exc}", source=source) from exc
+    if len(df) == 0:
+        raise EventDataError("the file has a header but no rows", source=source)
+    return df
+
+
+def _check_encoding(path: Path, encoding: str) -> None:
+    """Fail with the line number of the first byte sequence that is not valid ``encoding``."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    line = 1
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                line += chunk[: exc.start].count(b"\n")
+                raise EventDataError(
+                    f"line {line} is not valid {encoding} (byte {chunk[exc.start]:#04x})",
+                    source=str(path),
+                    hint="pass --encoding latin-1 (or the file's real encoding)",
+                ) from exc
+            line += chunk.count(b"\n")
+
+
+def validate_events(
+    raw: pd.DataFrame,
+    *,
+    source: str,
+    mapping: Mapping[str, str] | None = None,
+    strict: bool = False,
+    tz: str = "UTC",
+    extra_events: Iterable[str] = (),
+    row_offset: int = 2,
+) -> tuple[pd.DataFrame, IngestReport]:
+    """Validate a raw table into canonical events.
+
+    Args:
+        raw: the table as read (CSV cells as strings).
+        source: file name used in error messages.
+        mapping: source column → canonical column renames.
+        strict: raise on the first unusable or duplicate row instead of reporting it.
+        tz: time zone of timestamps that carry none.
+        extra_events: event names accepted beyond EVENT_TYPES.
+        row_offset: the file row number of ``raw``'s first row (2 for a CSV with a header:
+            row 1 is the header), so errors point at the line a person would open.
+
+    Returns:
+        The canonical events (sorted by user, time) and the report of what was not kept.
+    """
+    report = IngestReport(source=source, rows_read=len(raw))
+    if len(raw) == 0:
+        raise EventDataError("no rows to ingest", source=source)
+    df = raw.rename(columns=dict(mapping or {}))
+    df.columns = [str(c).strip() for c in df.columns]
+    missing = [c for c in MUST_PROVIDE if c not in df.columns]
+    if missing:
+        raise EventDataError(
+            f"missing required column '{missing[0]}' (found: {', '.join(map(str, raw.columns))})",
+            source=source,
+            column=missing[0],
+            hint=f"map a column to it, e.g. --map {missing[0]}=YourColumn",
+        )
+    dup_cols = [c for c in df.columns if list(df.columns).count(c) > 1]
+    if dup_cols:
+        raise EventDataError(f"column '{dup_cols[0]}' appears twice after mapping", source=source, column=dup_cols[0])
+
+    keep = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in df.columns]
+    df = df[keep].copy()
+    df.index = pd.RangeIndex(row_offset, row_offset + len(df))  # file row numbers
+    bad = pd.Series("", index=df.index, dtype=object)  # reason per row ("" = fine)
+    bad_col = pd.Series("", index=df.index, dtype=object)
+
+    def flag(mask: pd.Series, reason: str, column: str) -> None:
+        mask = mask & (bad == "")
+        if not mask.any():
+            return
+        if strict:
+            row = int(mask.idxmax())
+            raise EventDataError(
+                f"{reason}: {df.at[row, column]!r}", source=source, row=row, column=column,
+                hint="without --strict such rows are set aside and reported",
+            )
+        bad[mask] = reason
+        bad_col[mask] = column
+
+    # --- user_id ---------------------------------------------------------------------
+    df["user_id"] = _as_text(df["user_id"], source, "user_id")
+    flag(df["user_id"].isna(), "missing user id", "user_id")
+
+    # --- event -----------------------------------------------------------------------
+    allowed = set(EVENT_TYPES) | set(extra_events)
+    ev = _as_text(df["event"], source, "event").str.strip().str.lower()
+    df["event"] = ev
+    flag(~ev.isin(allowed), "unknown event (allowed: " + ", ".join(sorted(allowed)) + ")", "event")
+
+    # --- ts --------------------------------------------------------------------------
+    ts, naive = _parse_timestamps(df["ts"], tz)
+    if naive:
+        report.naive_timestamps_as = tz
+    flag(ts.isna(), "unparsable timestamp", "ts")
+    df["ts"] = ts
+
+    # --- price / quantity -------------------------------------------------------------
+    if "price" in df.columns:
+        price = _as_number(df["price"])
+        flag(df["price"].notna() & price.isna(), "price is not a number", "price")
+        flag(price < 0, "negative price", "price")
+        df["price"] = price
+    else:
+        df["price"] = np.nan
+    if "quantity" in df.columns:
+        qty = _as_number(df["quantity"])
+        flag(df["quantity"].notna() & qty.isna(), "quantity is not a number", "quantity")
+        flag(qty.notna() & (qty != np.floor(qty.fillna(0))), "quantity is not a whole number", "quantity")
+        df["quantity"] = qty
+    else:
+        df["quantity"] = np.nan
+    df["quantity"] = df["quantity"].fillna(1.0)
+    flag(df["quantity"] < 0, "negative quantity", "quantity")
+
+    for col in ("item_id", "category", "session_id", *OPTIONAL_COLUMNS):
+        if col in df.columns:
+            df[col] = _as_text(df[col], source, col)
+        elif col in REQUIRED_COLUMNS:
+            df[col] = pd.Series(pd.NA, index=df.index, dtype="string")
+
+    # --- rejected rows -------------------------------------------------------------------
+    is_bad = bad != ""
+    if is_bad.any():
+        rejected = raw.iloc[np.flatnonzero(is_bad.to_numpy())].copy()
+        rejected.insert(0, "reason", bad[is_bad].to_numpy())
+        rejected.insert(0, "row", df.index[is_bad])
+        report.rejected = rejected.reset_index(drop=True)
+        for (reason, column), rows in df.index[is_bad].to_series().groupby(
+            [bad[is_bad].to_numpy(), bad_col[is_bad].to_numpy()], sort=True
+        ):
+            report.rejected_reasons.append(
+                RejectedReason(reason=reason, column=column, count=len(rows), first_rows=[int(r) for r in rows[:5]])
+            )
+    good = df[~is_bad]
+
+    # --- duplicates ------------------------------------------------------------------
+    dup = good.duplicated(keep="first")
+    if dup.any():
+        if strict:
+            row = int(dup.idxmax())
+            raise EventDataError(
+                "duplicate of an earlier row", source=source, row=row, column=None,
+                hint="without --strict duplicates are counted and dropped",
+            )
+        report.duplicates = int(dup.sum())
+        good = good[~dup]
+
+    events = to_canonical(good)
+    report.rows_kept = len(events)
+    if report.rows_kept == 0:
+        first = report.rejected_reasons[0] if report.rejected_reasons else None
+        detail = f"; e.g. row {first.first_rows[0]}, column '{first.column}': {first.reason}" if first else ""
+        raise EventDataError(f"no usable rows ({report.rows_rejected} rejected{detail})", source=source)
+    return events, report
+
+
+def to_canonical(df: pd.DataFrame) -> pd.DataFrame:
+    """Order columns and set the canonical dtypes; sort by user then time (stable)."""
+    cols = list(REQUIRED_COLUMNS) + [c for c in OPTIONAL_COLUMNS if c in df.columns]
+    out = df[cols].copy()
+    for col in STRING_COLUMNS:
+        if col in out.columns:
+            out[col] = out[col].astype("string")
+    out["ts"] = pd.to_datetime(out["ts"], utc=True).astype("datetime64[ns, UTC]")
+    out["price"] = out["price"].astype("float64")
+    out["quantity"] = out["quantity"].astype("float64").round().astype("int64")
+    out = out.sort_values(["user_id", "ts"], kind="stable").reset_index(drop=True)
+    return out
+
+
+def _as_text(col: pd.Series, source: str, name: str) -> pd.Series:
+    """Text ids: numbers that arrive as floats (``12.0``) become ``"12"``; blanks become NA."""
+    if pd.api.types.is_float_dtype(col):
+        whole = col.dropna()
+        if (whole == np.floor(whole)).all():
+            col = col.astype("Int64")
+    out = col.astype("string").str.strip()
+    return out.mask(out == "", pd.NA)
+
+
+def _as_number(col: pd.Series) -> pd.Series:
+    if pd.api.types.is_numeric_dtype(col):
+        return col.astype("float64")
+    text = col.astype("string").str.strip().str.replace(",", "", regex=False)
+    return pd.to_numeric(text, errors="coerce").astype("float64")
+
+
+def _parse_timestamps(col: pd.Series, tz: str) -> tuple[pd.Series, bool]:
+    """Parse to UTC. Naive stamps are read in ``tz``; epoch seconds/millis are accepted.
+
+    Returns the parsed series (NaT where unparsable) and whether any stamp was naive.
+    """
+    if isinstance(col.dtype, pd.DatetimeTZDtype):
+        return col.dt.tz_convert("UTC"), False
+    if pd.api.types.is_datetime64_any_dtype(col):
+        return col.dt.tz_localize(tz, ambiguous="NaT", nonexistent="NaT").dt.tz_convert("UTC"), True
+    if pd.api.types.is_numeric_dtype(col):
+        return _from_epoch(col.astype("float64")), False
+    text = col.astype("string").str.strip()
+    numeric = pd.to_numeric(text, errors="coerce")
+    if numeric.notna().all():
+        return _from_epoch(numeric.astype("float64")), False
+    out = pd.Series(pd.NaT, index=col.index, dtype="datetime64[ns, UTC]")
+    # Stamps with an explicit offset/zone and naive stamps are parsed separately so that
+    # a mix of the two is handled row by row.
+    has_zone = text.str.contains(r"(?:Z|[+-]\d{2}:?\d{2}|UTC| [A-Z]{3})$", regex=True, na=False)
+    naive_any = False
+    if has_zone.any():
+        z = pd.to_datetime(text[has_zone].str.replace(r" UTC$", "+00:00", regex=True), utc=True, errors="coerce", format="mixed")
+        out[has_zone] = z
+    rest = ~has_zone & text.notna()
+    if rest.any():
+        parsed = pd.to_datetime(text[rest], errors="coerce", format="mixed")
+        if isinstance(parsed.dtype, pd.DatetimeTZDtype):
+            out[rest] = parsed.dt.tz_convert("UTC")
+        else:
+            naive_any = bool(parsed.notna().any())
+            out[rest] = parsed.dt.tz_localize(tz, ambiguous="NaT", nonexistent="NaT").dt.tz_convert("UTC")
+    return out, naive_any
+
+
+def _from_epoch(values: pd.Series) -> pd.Series:
+    # Epoch milliseconds are ~1.7e12 today, seconds ~1.7e9.
+    unit = "ms" if values.abs().median() > 1e11 else "s"
+    return pd.to_datetime(values, unit=unit, utc=True, errors="coerce")
+
+
+def read_events(
+    path: str | Path,
+    *,
+    mapping: Mapping[str, str] | None = None,
+    strict: bool = False,
+    tz: str = "UTC",
+    encoding: str = "utf-8",
+) -> tuple[pd.DataFrame, IngestReport]:
+    """Read a canonical-format CSV or Parquet file (after optional column mapping)."""
+    raw = read_table(path, encoding=encoding)
+    return validate_events(raw, source=str(path), mapping=mapping, strict=strict, tz=tz)

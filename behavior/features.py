@@ -1,0 +1,160 @@
+"""Sessions and per-user features as pure pandas functions (DataFrame in, DataFrame out).
+
+Every function here works on the rows of any subset of users, so the same code runs per
+user group on Spark (``groupBy("user_id").applyInPandas(user_features, schema)``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+SESSION_GAP = pd.Timedelta(minutes=30)
+
+
+def sessionize(events: pd.DataFrame, gap: pd.Timedelta = SESSION_GAP) -> pd.DataFrame:
+    """Fill ``session_id``: keep ids the source gave; otherwise a new session after ``gap`` idle.
+
+    Session ids made here are ``"<user_id>-s<k>"`` with k counting the user's sessions from 1
+    in time order, so they are stable for the same events. Sessions run across midnight
+    and are computed on UTC time, so DST changes do not split them. Events with identical
+    timestamps keep their input order.
+    """
+    df = events.sort_values(["user_id", "ts"], kind="stable").reset_index(drop=True)
+    missing = df["session_id"].isna()
+    if not missing.any():
+        return df
+    sub = df.loc[missing, ["user_id", "ts"]]
+    new_user = sub["user_id"].ne(sub["user_id"].shift())
+    idle = sub["ts"].diff() > gap
+    starts = (new_user | idle).astype("int64")
+    k = starts.groupby(sub["user_id"], sort=False).cumsum()
+    df.loc[missing, "session_id"] = sub["user_id"].astype(str) + "-s" + k.astype(str)
+    df["session_id"] = df["session_id"].astype("string")
+    return df
+
+
+def session_table(events: pd.DataFrame) -> pd.DataFrame:
+    """One row per session: user, start, end, minutes, counts per event, revenue, categories."""
+    df = events
+    revenue = (df["price"].fillna(0) * df["quantity"]).where(df["event"] == "purchase", 0.0)
+    g = df.assign(_revenue=revenue).groupby("session_id", sort=False)
+    out = g.agg(
+        user_id=("user_id", "first"),
+        start=("ts", "min"),
+        end=("ts", "max"),
+        n_events=("event", "size"),
+        revenue=("_revenue", "sum"),
+    )
+    counts = pd.crosstab(df["session_id"], df["event"])
+    for ev in ("view", "search", "add_to_cart", "checkout", "purchase", "refund", "review"):
+        out[f"n_{ev}"] = counts[ev].reindex(out.index).fillna(0).astype("int64") if ev in counts else 0
+    out["purchased"] = out["n_purchase"] > 0
+    out["minutes"] = (out["end"] - out["start"]).dt.total_seconds() / 60.0
+    out["categories"] = (
+        df.dropna(subset=["category"]).groupby("session_id")["category"].agg(lambda s: sorted(set(s)))
+    ).reindex(out.index)
+    out["categories"] = out["categories"].apply(lambda v: v if isinstance(v, list) else [])
+    for opt in ("device", "country"):
+        if opt in df.columns:
+            out[opt] = g[opt].first()
+    return out.reset_index()
+
+
+def user_features(events: pd.DataFrame, asof: pd.Timestamp | None = None) -> pd.DataFrame:
+    """Per-user RFM and behaviour features from events strictly before ``asof``.
+
+    ``asof`` defaults to just after the last event. Recency and windows count back from it.
+    Columns: recency_days, tenure_days, frequency (distinct purchase days), orders,
+    monetary, avg_order_value, n_sessions, n_events, views/carts/purchases, cart and
+    purchase rates, events in the last 7/30 days, velocity (events per active day),
+    distinct devices/countries, refund_rate, top_category and its share.
+    """
+    if asof is None:
+        asof = events["ts"].max() + pd.Timedelta(seconds=1)
+    df = events[events["ts"] < asof]
+    if df.empty:
+        return pd.DataFrame(index=pd.Index([], name="user_id"))
+    ev = df["event"]
+    is_buy = ev == "purchase"
+    amount = (df["price"].fillna(0) * df["quantity"]).where(is_buy, 0.0)
+    day = df["ts"].dt.floor("D")
+    g = df.assign(
+        _amount=amount,
+        _buy=is_buy,
+        _view=ev == "view",
+        _cart=ev == "add_to_cart",
+        _refund=ev == "refund",
+        _day=day,
+        _buy_day=day.where(is_buy),
+        _last7=df["ts"] >= asof - pd.Timedelta(days=7),
+        _last30=df["ts"] >= asof - pd.Timedelta(days=30),
+    ).groupby("user_id", sort=True)
+    f = g.agg(
+        first_ts=("ts", "min"),
+        last_ts=("ts", "max"),
+        n_events=("event", "size"),
+        n_sessions=("session_id", "nunique"),
+        views=("_view", "sum"),
+        carts=("_cart", "sum"),
+        purchases=("_buy", "sum"),
+        refunds=("_refund", "sum"),
+        monetary=("_amount", "sum"),
+        frequency=("_buy_day", "nunique"),
+        active_days=("_day", "nunique"),
+        events_7d=("_last7", "sum"),
+        events_30d=("_last30", "sum"),
+    )
+    last_buy = df[is_buy].groupby("user_id")["ts"].max()
+    f["recency_days"] = ((asof - last_buy.reindex(f.index)).dt.total_seconds() / 86400).astype("float64")
+    f["days_since_last_event"] = (asof - f["last_ts"]).dt.total_seconds() / 86400
+    f["tenure_days"] = (asof - f["first_ts"]).dt.total_seconds() / 86400
+    orders = df[is_buy]
+    if "order_id" in orders.columns and orders["order_id"].notna().any():
+        f["orders"] = orders.groupby("user_id")["order_id"].nunique().reindex(f.index).fillna(0)
+    else:
+        f["orders"] = orders.groupby("user_id")["session_id"].nunique().reindex(f.index).fillna(0)
+    f["avg_order_value"] = (f["monetary"] / f["orders"].where(f["orders"] > 0)).fillna(0.0)
+    f["cart_rate"] = f["carts"] / f["views"].clip(lower=1)
+    f["purchase_rate"] = f["purchases"] / f["n_sessions"].clip(lower=1)
+    f["refund_rate"] = f["refunds"] / f["purchases"].clip(lower=1)
+    f["velocity"] = f["n_events"] / f["active_days"].clip(lower=1)
+    for opt in ("device", "country"):
+        if opt in df.columns:
+            f[f"n_{opt}s"] = g[opt].nunique().astype("int64")
+        else:
+            f[f"n_{opt}s"] = 0
+    cats = df.dropna(subset=["category"])
+    if not cats.empty:
+        mix = pd.crosstab(cats["user_id"], cats["category"], normalize="index")
+        f["top_category"] = mix.idxmax(axis=1).reindex(f.index)
+        f["top_category_share"] = mix.max(axis=1).reindex(f.index).fillna(0.0)
+    else:
+        f["top_category"] = pd.NA
+        f["top_category_share"] = 0.0
+    int_cols = ["views", "carts", "purchases", "refunds", "events_7d", "events_30d", "frequency", "active_days"]
+    f[int_cols] = f[int_cols].astype("int64")
+    return f
+
+
+def category_mix(events: pd.DataFrame) -> pd.DataFrame:
+    """Share of each user's events per category (rows: users, columns: categories)."""
+    cats = events.dropna(subset=["category"])
+    return pd.crosstab(cats["user_id"], cats["category"], normalize="index")
+
+
+def summarize_events(events: pd.DataFrame) -> dict:
+    """A compact description of an event table for `shopsight demo` / `ingest` / manifests."""
+    counts = events["event"].value_counts()
+    buys = events[events["event"] == "purchase"]
+    return {
+        "events": int(len(events)),
+        "users": int(events["user_id"].nunique()),
+        "sessions": int(events["session_id"].nunique()),
+        "items": int(events["item_id"].nunique()),
+        "categories": int(events["category"].nunique()),
+        "first_event": events["ts"].min().isoformat(),
+        "last_event": events["ts"].max().isoformat(),
+        "event_counts": {str(k): int(v) for k, v in counts.items()},
+        "revenue": round(float((buys["price"].fillna(0) * buys["quantity"]).sum()), 2),
+    }
