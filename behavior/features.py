@@ -25,8 +25,9 @@ def sessionize(events: pd.DataFrame, gap: pd.Timedelta = SESSION_GAP) -> pd.Data
     if not missing.any():
         return df
     sub = df.loc[missing, ["user_id", "ts"]]
-    new_user = sub["user_id"].ne(sub["user_id"].shift())
-    idle = sub["ts"].diff() > gap
+    # With string ids, comparing the first row to the shifted NA gives NA: it starts a session.
+    new_user = sub["user_id"].ne(sub["user_id"].shift()).fillna(True).astype(bool)
+    idle = (sub["ts"].diff() > gap).fillna(False).astype(bool)
     starts = (new_user | idle).astype("int64")
     k = starts.groupby(sub["user_id"], sort=False).cumsum()
     df.loc[missing, "session_id"] = sub["user_id"].astype(str) + "-s" + k.astype(str)
@@ -158,3 +159,89 @@ def summarize_events(events: pd.DataFrame) -> dict:
         "event_counts": {str(k): int(v) for k, v in counts.items()},
         "revenue": round(float((buys["price"].fillna(0) * buys["quantity"]).sum()), 2),
     }
+
+
+RFM_WINDOWS: tuple[int, ...] = (7, 14, 30, 60, 90)
+
+
+def top_categories(events: pd.DataFrame, k: int = 8) -> list[str]:
+    """The ``k`` most frequent categories among purchases (all events if nothing was bought).
+
+    Fix the list on training data and pass it to ``rfm_features`` so every snapshot gets the
+    same share columns.
+    """
+    buys = events[events["event"] == "purchase"]
+    src = buys if buys["category"].notna().any() else events
+    return [str(c) for c in src["category"].dropna().astype(str).value_counts().index[:k]]
+
+
+def rfm_features(
+    events: pd.DataFrame,
+    asof: pd.Timestamp,
+    *,
+    windows: tuple[int, ...] = RFM_WINDOWS,
+    categories: list[str] | None = None,
+) -> pd.DataFrame:
+    """RFM-style features per user from events strictly before ``asof`` — the one feature set
+    the baselines (logistic regression, LightGBM) and the torch models' tabular branch share.
+
+    Purchases count by distinct purchase day (as BG/NBD does), spend is price × quantity of
+    purchase rows. Columns: has_purchase, recency_days (days since the last purchase day, or
+    since the first event for users who never bought), days_since_last_event, tenure_days,
+    first_purchase_age_days, frequency, repeat_days (frequency − 1), monetary,
+    avg_day_spend, buys_<w>d / spend_<w>d / events_<w>d per window, gap_mean_days,
+    gap_std_days, gap_last_days, recency_over_gap, trend_30_vs_prev60, views_30d, carts_30d,
+    sessions_30d, refunds_90d and share_<category> of purchase spend for each of
+    ``categories``. Index: user_id (every user with an event before ``asof``).
+    """
+    df = events[events["ts"] < asof]
+    if df.empty:
+        return pd.DataFrame(index=pd.Index([], name="user_id"))
+    day = lambda s: (asof - s).dt.total_seconds() / 86400.0  # noqa: E731 - tiny local helper
+    g_all = df.groupby("user_id", sort=True)
+    f = pd.DataFrame(index=g_all.size().index)
+    first_ts = g_all["ts"].min()
+    f["days_since_last_event"] = day(g_all["ts"].max())
+    f["tenure_days"] = day(first_ts)
+    buys = df[df["event"] == "purchase"]
+    amount = buys["price"].fillna(0).astype("float64") * buys["quantity"].fillna(1).astype("float64")
+    buys = buys.assign(_amount=amount, _day=buys["ts"].dt.floor("D"))
+    per_day = buys.groupby(["user_id", "_day"], sort=True)["_amount"].sum().reset_index()
+    gd = per_day.groupby("user_id", sort=True)
+    last_day = gd["_day"].max().reindex(f.index)
+    first_day = gd["_day"].min().reindex(f.index)
+    f["has_purchase"] = last_day.notna().astype("float64")
+    f["recency_days"] = day(last_day).fillna(f["tenure_days"])
+    f["first_purchase_age_days"] = day(first_day).fillna(0.0)
+    f["frequency"] = gd.size().reindex(f.index).fillna(0).astype("float64")
+    f["repeat_days"] = (f["frequency"] - 1).clip(lower=0)
+    f["monetary"] = gd["_amount"].sum().reindex(f.index).fillna(0.0)
+    f["avg_day_spend"] = (f["monetary"] / f["frequency"].where(f["frequency"] > 0)).fillna(0.0)
+    age = day(per_day["_day"])
+    ev_age = day(df["ts"])
+    for w in windows:
+        inw = per_day[age.to_numpy() < w].groupby("user_id")
+        f[f"buys_{w}d"] = inw.size().reindex(f.index).fillna(0).astype("float64")
+        f[f"spend_{w}d"] = inw["_amount"].sum().reindex(f.index).fillna(0.0)
+        f[f"events_{w}d"] = df[ev_age.to_numpy() < w].groupby("user_id").size().reindex(f.index).fillna(0).astype("float64")
+    gaps = per_day.groupby("user_id")["_day"].diff().dt.total_seconds() / 86400.0
+    gstat = gaps.groupby(per_day["user_id"]).agg(["mean", "std", "last"])
+    f["gap_mean_days"] = gstat["mean"].reindex(f.index)
+    f["gap_std_days"] = gstat["std"].reindex(f.index)
+    f["gap_last_days"] = gstat["last"].reindex(f.index)
+    f["recency_over_gap"] = f["recency_days"] / f["gap_mean_days"].clip(lower=1.0)
+    b30 = f.get("buys_30d", pd.Series(0.0, index=f.index))
+    b90 = f.get("buys_90d", pd.Series(0.0, index=f.index))
+    f["trend_30_vs_prev60"] = b30 - (b90 - b30) / 2.0
+    recent = df[ev_age.to_numpy() < 30]
+    rg = recent.assign(_view=recent["event"] == "view", _cart=recent["event"] == "add_to_cart").groupby("user_id")
+    f["views_30d"] = rg["_view"].sum().reindex(f.index).fillna(0).astype("float64")
+    f["carts_30d"] = rg["_cart"].sum().reindex(f.index).fillna(0).astype("float64")
+    f["sessions_30d"] = rg["session_id"].nunique().reindex(f.index).fillna(0).astype("float64")
+    ref = df[(ev_age.to_numpy() < 90) & (df["event"] == "refund").to_numpy()]
+    f["refunds_90d"] = ref.groupby("user_id").size().reindex(f.index).fillna(0).astype("float64")
+    for cat in categories or []:
+        spend = buys.loc[buys["category"].astype("string") == cat].groupby("user_id")["_amount"].sum()
+        f[f"share_{cat}"] = (spend.reindex(f.index).fillna(0.0) / f["monetary"].where(f["monetary"] > 0)).fillna(0.0)
+    f.index.name = "user_id"
+    return f
