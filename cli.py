@@ -40,7 +40,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from behavior.events import EventDataError
     from behavior.workspace import WorkspaceError
 
-    return (EventDataError, WorkspaceError, ValueError, FileNotFoundError, KeyError)
+    from index.embedder import EmbedderError
+    from index.store import SessionIndexError
+
+    return (EventDataError, WorkspaceError, SessionIndexError, EmbedderError, ValueError, FileNotFoundError, KeyError)
 
 
 def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -90,6 +93,8 @@ def _print_report(report) -> None:
     for r in d["rejected_reasons"]:
         rows = ", ".join(map(str, r["first_rows"]))
         console.print(f"[yellow]  {r['count']:,} rows rejected, column '{r['column']}': {r['reason']} (rows {rows} …)[/]")
+    for note, count in d.get("notes", {}).items():
+        console.print(f"  {count:,} {note}")
 
 
 @app.command()
@@ -100,6 +105,9 @@ def demo(
     days: int = typer.Option(120, min=14, help="Days of history to simulate."),
     seed: int = typer.Option(7, help="Random seed: the same seed gives the same data."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    no_index: bool = typer.Option(False, "--no-index", help="Skip building the session index (the slowest step: it embeds every session; `shopsight index build` does it later)."),
+    no_train: bool = typer.Option(False, "--no-train", help="Skip training the intent, churn and risk models."),
+    no_ask: bool = typer.Option(False, "--no-ask", help="Skip the three sample questions to the local agent at the end."),
 ) -> None:
     """Create the demo workspace (a synthetic shop with ground-truth labels) and summarize it.
 
@@ -109,13 +117,35 @@ def demo(
 
     ws = _workspace(workspace)
     summary = build_demo_workspace(ws, users=users, days=days, seed=seed, progress=not as_json)
+    if not no_index:  # the session index over the new events (issue 4)
+        built_index = _build_index(_session_index(ws.root, None), show_progress=not as_json)
+        summary["index"] = built_index.to_dict()
+        if not as_json:
+            _print_build(built_index)
+    if not no_train:  # the three models on the new events (issue 3); `shopsight train` retrains
+        from behavior.models.common import TrainSettings
+
+        trained = _train_with_progress(ws, train_targets("all"), settings=TrainSettings(), show=not as_json, keep_going=True)
+        summary["models"] = [
+            {k: r.get(k) for k in ("name", "version", "train_seconds", "error")} | {"metrics": r["card"].get("metrics")} for r in trained
+        ]
     if as_json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(summary, indent=2, default=str))
         return
     _print_summary(summary["summary"], f"Demo workspace {ws.root}")
     rates = summary.get("label_rates", {})
     if rates:
-        console.print("Ground-truth labels: " + ", ".join(f"{k} {v:.1%}" for k, v in rates.items()))
+        console.print(
+            f"Ground-truth labels in {ws.labels_dir}: {rates['dropout']:.1%} of users drop out, "
+            f"{rates['fraud_users']:.1%} are fraudulent, {rates['purchase_sessions']:.1%} of sessions end in a purchase."
+        )
+    for m in summary.get("models", []):
+        if m.get("error"):
+            console.print(f"[yellow]{m['name']} not trained: {m['error']}[/]")
+        else:
+            console.print(f"Trained {m['name']} {m['version']} in {_fmt(m['train_seconds'], 1)} s: `shopsight models` compares it with its baselines.")
+    if not no_ask:  # finish with one question per model to the local agent (issue 5)
+        _demo_ask(ws)
 
 
 @app.command()
@@ -125,7 +155,7 @@ def ingest(
     fmt: str = typer.Option("canonical", "--format", "-f", help="Input format; see `shopsight datasets`."),
     map_: list[str] = typer.Option([], "--map", "-m", help="Rename a column: CANONICAL=SOURCE, e.g. user_id=CustomerID. Repeatable."),
     strict: bool = typer.Option(False, "--strict", help="Refuse the file on the first unusable or duplicate row."),
-    tz: str = typer.Option("UTC", "--tz", help="Time zone of timestamps that carry none."),
+    tz: Optional[str] = typer.Option(None, "--tz", help="Time zone of timestamps that carry none (default: the format's own; UTC for most, Europe/London for online_retail).", show_default=False),
     encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of CSV input."),
     workspace: Optional[Path] = WorkspaceOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the ingest report as JSON."),
@@ -159,7 +189,16 @@ def ingest(
 @app.command()
 @friendly_errors
 def datasets(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
-    """List the input formats and which data sets are available offline (shipped by installed packages)."""
+    """List the input formats and which data sets are available offline (shipped by installed packages).
+
+    Examples:
+
+      shopsight datasets
+
+      shopsight ingest --format cdnow --workspace /tmp/cdnow     (an offline copy: no FILE needed)
+
+      shopsight ingest online_retail_II.csv --format online_retail
+    """
     from behavior.adapters import ADAPTERS
 
     rows = []
@@ -169,11 +208,768 @@ def datasets(as_json: bool = typer.Option(False, "--json", help="Print as JSON."
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table(title="Formats and data sets")
-    for col in ("format", "title", "offline copy", "description"):
-        table.add_column(col, overflow="fold")
+    table = Table(title="Formats (--format) and the data sets installed packages ship offline")
+    table.add_column("format", style="bold", no_wrap=True)
+    table.add_column("data set", ratio=1)
+    table.add_column("offline copy", ratio=1, overflow="fold")
+    table.add_column("reads", ratio=3)
     for r in rows:
-        table.add_row(r["format"], r["title"], r["offline"] or "-", r["description"])
+        # The part after site-packages names the package that ships the file.
+        offline = r["offline"].split("site-packages/")[-1] if r["offline"] else "-"
+        table.add_row(r["format"], r["title"], offline, r["description"])
+    console.print(table)
+    console.print("Paths in full: shopsight datasets --json", style="dim")
+
+
+# --- eval: scripted question sets (evals/) ---------------------------------------------------
+eval_app = typer.Typer(
+    help="Scripted evaluation question sets: run one against the agent, compare two runs.\n\n"
+    "  shopsight eval run evals/demo.yaml --min-tool-accuracy 0.9 --min-faithfulness 1\n\n"
+    "  shopsight eval diff runs/A/report.json runs/B/report.json",
+    no_args_is_help=True,
+)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("run")
+@friendly_errors
+def eval_run(
+    set_path: Path = typer.Argument(..., help="A YAML question set, e.g. evals/demo.yaml."),
+    backend: Optional[str] = typer.Option(
+        None, "--backend", "-b",
+        help="local | openai (default: $SHOPSIGHT_BACKEND, else local); oracle calls exactly the expected tools, to check the set itself.",
+    ),
+    report: Optional[Path] = typer.Option(None, "--report", "-r", help="Folder for report.json and report.md (default: WORKSPACE/runs/evals/RUN_ID)."),
+    tag: list[str] = typer.Option([], "--tag", "-t", help="Only cases with this tag. Repeatable."),
+    case: list[str] = typer.Option([], "--case", "-c", help="Only the case with this id. Repeatable."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most this many cases."),
+    min_pass_rate: Optional[float] = typer.Option(None, help="Fail (exit 1) below this share of cases passed."),
+    min_tool_accuracy: Optional[float] = typer.Option(None, help="Fail below this tool-selection accuracy (0-1)."),
+    min_argument_accuracy: Optional[float] = typer.Option(None, help="Fail below this argument accuracy (0-1)."),
+    min_faithfulness: Optional[float] = typer.Option(None, help="Fail below this share of answers with every number from a tool."),
+    min_fact_recall: Optional[float] = typer.Option(None, help="Fail below this required-fact recall (0-1)."),
+    min_refusal_accuracy: Optional[float] = typer.Option(None, help="Fail below this refusal accuracy (0-1)."),
+    max_personal_data_leaks: Optional[int] = typer.Option(None, help="Fail above this many answers with personal data."),
+    max_p95_latency: Optional[float] = typer.Option(None, help="Fail above this p95 latency in seconds."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Run a question set against the agent; write a Markdown and a JSON report; exit 1 below the thresholds.
+
+    Example: shopsight eval run evals/demo.yaml --workspace /tmp/shop --min-tool-accuracy 0.9 --min-faithfulness 1
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from evals.backends import make_answerer, system_prompt_text
+    from evals.report import TOTALS, format_total, write_report
+    from evals.roles import RoleResolver
+    from evals.runner import run_eval_set, threshold_failures
+    from evals.schema import load_eval_set
+
+    ws = _workspace(workspace)
+    eval_set = load_eval_set(set_path).select(tags=tag or None, ids=case or None, limit=limit)
+    limits = {
+        name: value
+        for name, value in {
+            "pass_rate": min_pass_rate,
+            "tool_accuracy": min_tool_accuracy,
+            "argument_accuracy": min_argument_accuracy,
+            "faithfulness": min_faithfulness,
+            "fact_recall": min_fact_recall,
+            "refusal_accuracy": min_refusal_accuracy,
+            "personal_data_leaks": max_personal_data_leaks,
+            "latency_p95_s": max_p95_latency,
+        }.items()
+        if value is not None
+    }
+    answerer, meta = make_answerer(ws, backend, eval_set=eval_set)
+    meta["workspace"] = str(ws.root)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err_console, disable=as_json, transient=True,
+    ) as bar:
+        task = bar.add_task(f"eval {eval_set.name}", total=len(eval_set.cases))
+        run = run_eval_set(
+            eval_set, answerer, resolver=RoleResolver(ws), system_prompt=system_prompt_text(), meta=meta,
+            progress=lambda done, total, case_id: bar.update(task, completed=done, description=f"eval {case_id}"),
+        )
+    json_path, md_path = write_report(run, report or ws.runs_dir / "evals" / run.run_id)
+    failures = threshold_failures(run.totals, limits)
+    if as_json:
+        print(json.dumps(run.to_dict() | {"threshold_failures": failures, "report": str(json_path)}, indent=2))
+    else:
+        failed = [c for c in run.cases if not c.passed]
+        if failed:
+            table = Table(title=f"{len(failed)} failing cases")
+            table.add_column("case", style="bold")
+            table.add_column("why", overflow="fold")
+            for c in failed:
+                table.add_row(c.id, "; ".join(c.all_reasons()))
+            console.print(table)
+        table = Table(title=f"{eval_set.name}: {run.totals['passed']} of {run.totals['cases']} cases passed")
+        table.add_column("measure")
+        table.add_column("value", justify="right")
+        for key, label in TOTALS:
+            table.add_row(label, format_total(key, run.totals.get(key)))
+        console.print(table)
+        console.print(f"Reports: {md_path} and {json_path}")
+        for line in failures:
+            err_console.print(f"[bold red]Below threshold:[/] {line}")
+    if failures:
+        raise typer.Exit(code=1)
+
+
+@eval_app.command("diff")
+@friendly_errors
+def eval_diff(
+    a: Path = typer.Argument(..., help="The earlier report.json (or its folder)."),
+    b: Path = typer.Argument(..., help="The later report.json (or its folder)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the diff as JSON."),
+) -> None:
+    """Show what changed between two eval runs: totals side by side, cases now failing or passing.
+
+    Example: shopsight eval diff workspace/runs/evals/RUN_A workspace/runs/evals/RUN_B
+    """
+    from evals.report import TOTALS, diff_reports, format_total, load_report
+
+    d = diff_reports(load_report(a), load_report(b))
+    if as_json:
+        print(json.dumps(d.to_dict(), indent=2))
+        return
+    table = Table(title=f"{d.a} → {d.b}")
+    for col in ("measure", "A", "B"):
+        table.add_column(col, justify="left" if col == "measure" else "right")
+    labels = dict(TOTALS)
+    for name, x, y in d.totals:
+        style = "" if x == y else "bold"
+        table.add_row(labels[name], format_total(name, x), format_total(name, y), style=style)
+    console.print(table)
+    for case_id, reasons in d.broken:
+        console.print(f"[red]now failing[/] {case_id}: {'; '.join(reasons)}", highlight=False)
+    for case_id in d.fixed:
+        console.print(f"[green]now passing[/] {case_id}", highlight=False)
+    for case_id, x, y in d.tools_changed:
+        console.print(f"[yellow]tools changed[/] {case_id}: {x} → {y}", highlight=False)
+    for case_id in d.only_a:
+        console.print(f"only in A: {case_id}")
+    for case_id in d.only_b:
+        console.print(f"only in B: {case_id}")
+
+
+# --- slack: the Slack app (integrations/slack.py) -------------------------------------------
+@app.command()
+@friendly_errors
+def slack(
+    workspace: Optional[Path] = WorkspaceOpt,
+    mode: Optional[str] = typer.Option(None, "--mode", help="socket | http (default: socket when SLACK_APP_TOKEN is set, else http)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="HTTP mode: address to listen on (0.0.0.0 for all interfaces)."),
+    port: int = typer.Option(3000, "--port", min=0, max=65535, help="HTTP mode: port to listen on."),
+    path: str = typer.Option("/slack/events", "--path", help="HTTP mode: the Request URL path set in the app manifest."),
+    backend: Optional[str] = typer.Option(None, "--backend", "-b", help="local | openai (default: $SHOPSIGHT_BACKEND, else local)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model name for the openai backend (default $SHOPSIGHT_MODEL)."),
+    allow_channel: list[str] = typer.Option([], "--allow-channel", help="Answer only in this channel id ('dm' for direct messages). Repeatable; beats $SHOPSIGHT_SLACK_ALLOWED_CHANNELS."),
+    allow_user: list[str] = typer.Option([], "--allow-user", help="Answer only this user id. Repeatable; beats $SHOPSIGHT_SLACK_ALLOWED_USERS."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, max=32, help="Questions answered at once (default: $SHOPSIGHT_SLACK_WORKERS, else 4)."),
+    check: bool = typer.Option(False, "--check", help="Check the configuration and the bot token with Slack, show it, and exit."),
+    as_json: bool = typer.Option(False, "--json", help="With --check: print the result as JSON."),
+) -> None:
+    """Run ShopSight as a Slack app: answers @mentions and direct messages, one conversation per thread.
+
+    Socket Mode needs SLACK_BOT_TOKEN and SLACK_APP_TOKEN; the HTTP Events API needs SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET. Install guide: docs/slack.md.
+
+    Examples:
+
+      shopsight slack --check             (check the tokens and show the bot)
+
+      shopsight slack --allow-channel C0123ABCD --allow-channel dm
+
+      shopsight slack --mode http --host 0.0.0.0 --port 3000
+    """
+    from integrations.slack import EventsServer, SlackSettings, check_connection, create_app, run_socket_mode
+
+    if mode not in (None, "socket", "http"):
+        raise ValueError(f"--mode must be socket or http, not {mode!r}")
+    settings = SlackSettings.from_env(
+        allowed_channels=allow_channel or None, allowed_users=allow_user or None, workers=workers
+    )
+    chosen = mode or settings.mode()
+    info = check_connection(settings, chosen)  # fail fast, before loading a model
+    if check:
+        if as_json:
+            print(json.dumps(info, indent=2))
+            return
+        table = Table(title="Slack app configuration", show_header=False)
+        table.add_column("what", style="bold")
+        table.add_column("value")
+        for key, value in info.items():
+            shown = ", ".join(value) if isinstance(value, list) else str(value)
+            table.add_row(key.replace("_", " "), shown or "[yellow]anyone[/]")
+        console.print(table)
+        return
+    if not settings.allowed_channels and not settings.allowed_users:
+        err_console.print(
+            "[yellow]Anyone in the workspace can ask: set SHOPSIGHT_SLACK_ALLOWED_CHANNELS / _USERS "
+            "(or --allow-channel / --allow-user) to limit who sees customer data.[/]"
+        )
+    # The agent's ask(question, conversation_id=...) is the Answerer the Slack app expects.
+    agent = _agent_call(lambda: _build_agent(workspace, backend, model))
+    app_ = create_app(settings, agent, mode=chosen)
+    bot = f"@{info['bot_user']} in {info['team']}"
+    if chosen == "socket":
+        console.print(f"{bot}: connected over Socket Mode. Ctrl-C to stop.")
+        run_socket_mode(app_, settings)
+        return
+    server = EventsServer(app_, host=host, port=port, path=path)
+    console.print(f"{bot}: listening on {server.url} (Slack needs it behind HTTPS). Ctrl-C to stop.")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        console.print("Stopped.")
+
+
+# --- index: retrieval over user histories --------------------------------------------------
+index_app = typer.Typer(
+    help=(
+        "The session index: one readable, PII-masked document per session, embedded offline.\n\n"
+        "  shopsight index build                  embed new or changed sessions (resumable)\n\n"
+        "  shopsight index query --user u00042     a user's latest sessions (no vector search)\n\n"
+        "  shopsight index query \"abandoned cart headphones\" --purchased --category Audio\n\n"
+        "Set SHOPSIGHT_CHROMA_URL (or --chroma-url) to use a Chroma server instead of the workspace store."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(index_app, name="index")
+
+ChromaUrlOpt = typer.Option(
+    None, "--chroma-url", help="Chroma server, e.g. http://127.0.0.1:8000 (default: $SHOPSIGHT_CHROMA_URL, else the workspace store).", show_default=False
+)
+
+
+def _session_index(workspace: Optional[Path], chroma_url: Optional[str], batch_size: int = 256, threads: Optional[int] = None):
+    from index.store import SessionIndex, chroma_url_from_env
+
+    return SessionIndex(
+        _workspace(workspace), chroma_url=chroma_url or chroma_url_from_env(), batch_size=batch_size, embed_threads=threads
+    )
+
+
+def _build_index(index, show_progress: bool):
+    """Build with a Rich progress bar (or silently); returns BuildStats."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if not show_progress:
+        return index.build()
+    with Progress(
+        TextColumn("[bold]Embedding sessions"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
+    ) as bar:
+        task = bar.add_task("embed", total=None)
+        return index.build(progress=lambda done, total: bar.update(task, completed=done, total=total))
+
+
+def _print_build(stats) -> None:
+    d = stats.to_dict()
+    console.print(
+        f"Index {d['target']}: {d['sessions']:,} sessions; embedded {d['embedded']:,}, unchanged {d['unchanged']:,}, "
+        f"removed {d['removed']:,} in {d['seconds']:.1f}s"
+        + (f" ({d['sessions_per_second']:.0f} sessions/s)" if d["embedded"] else "")
+    )
+
+
+@index_app.command("build")
+@friendly_errors
+def index_build(
+    workspace: Optional[Path] = WorkspaceOpt,
+    chroma_url: Optional[str] = ChromaUrlOpt,
+    batch_size: int = typer.Option(256, min=1, help="Sessions embedded and stored per batch (the unit an interrupted build resumes from)."),
+    threads: Optional[int] = typer.Option(None, min=1, help="Torch threads for embedding (default 1: fastest when the cores are shared)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the build counts as JSON."),
+) -> None:
+    """Embed new or changed sessions into the index; skip unchanged ones, drop removed ones.
+
+    Safe to interrupt and re-run: finished batches are kept, and only what remains is embedded.
+
+    Example: shopsight index build --workspace /tmp/shop
+    """
+    index = _session_index(workspace, chroma_url, batch_size, threads)
+    stats = _build_index(index, show_progress=not as_json)
+    if as_json:
+        print(json.dumps(stats.to_dict(), indent=2))
+        return
+    _print_build(stats)
+
+
+@index_app.command("query")
+@friendly_errors
+def index_query(
+    text: Optional[str] = typer.Argument(None, help="What to look for, in words. Omit with --user for the user's history."),
+    user: Optional[str] = typer.Option(None, "--user", "-u", help="Only this user's sessions (alone: newest first, no vector search)."),
+    since: Optional[str] = typer.Option(None, help="Sessions starting at or after this time, e.g. 2026-03-01."),
+    until: Optional[str] = typer.Option(None, help="Sessions starting before this time."),
+    purchased: Optional[bool] = typer.Option(None, "--purchased/--no-purchase", help="Only sessions with / without a purchase.", show_default=False),
+    category: Optional[str] = typer.Option(None, help="Only sessions touching this category (exact name)."),
+    country: Optional[str] = typer.Option(None, help="Only sessions from this country code."),
+    k: int = typer.Option(10, "--k", "-k", min=1, help="How many sessions to return."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    chroma_url: Optional[str] = ChromaUrlOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print hits as JSON."),
+) -> None:
+    """Search sessions by meaning with filters, or list one user's sessions.
+
+    Examples:
+
+      shopsight index query --user u00042 --since 2026-02-01
+
+      shopsight index query "looked at headphones but did not buy" --no-purchase --country US -k 5
+    """
+    index = _session_index(workspace, chroma_url)
+    index.require_built()
+    if text:
+        hits = index.search(text, k=k, since=since, until=until, purchased=purchased, category=category, country=country, user_id=user)
+        title = f"Sessions like {text!r}"
+    elif user:
+        if purchased is not None or category or country:
+            raise ValueError("--purchased, --category and --country need a query TEXT; a user's history takes only --since/--until")
+        hits = index.user_history(user, since=since, until=until, limit=k)
+        title = f"Sessions of {user}, newest first"
+    else:
+        raise ValueError("give a query TEXT, or --user USER for a user's history (see `shopsight index query --help`)")
+    if as_json:
+        print(json.dumps([h.to_dict() for h in hits], indent=2, default=str))
+        return
+    if not hits:
+        console.print("No sessions match.")
+        return
+    table = Table(title=title)
+    for col in ("score", "session", "user", "start", "document"):
+        table.add_column(col, overflow="fold")
+    for h in hits:
+        table.add_row("-" if h.score is None else f"{h.score:.3f}", h.session_id, h.user_id, h.start[:16].replace("T", " "), h.document)
+    console.print(table)
+
+
+@index_app.command("stats")
+@friendly_errors
+def index_stats(
+    workspace: Optional[Path] = WorkspaceOpt,
+    chroma_url: Optional[str] = ChromaUrlOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Show what the index holds: sessions, users, time span, disk size and the last build.
+
+    Example: shopsight index stats --workspace /tmp/shop
+    """
+    stats = _session_index(workspace, chroma_url).stats()
+    if as_json:
+        print(json.dumps(stats, indent=2, default=str))
+        return
+    table = Table(title="Session index", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value", overflow="fold")
+    last = stats.pop("last_build", None)
+    for key, value in stats.items():
+        if key == "disk_bytes":
+            value = f"{value / 1e6:,.1f} MB"
+        table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value))
+    if last:
+        table.add_row("last build", f"{last['finished'][:19]}: embedded {last['embedded']:,} of {last['sessions']:,} in {last['seconds']:.1f}s")
+    console.print(table)
+
+
+# --- models: train, models, predict -------------------------------------------------------
+
+# Targets of `shopsight train`; "all" trains every model in behavior.models.MODEL_NAMES. Add a
+# target (e.g. "router") here and a branch in `train`.
+TRAIN_TARGETS: list[str] = ["all", "intent", "churn", "risk"]
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _print_metric_rows(title: str, rows: list[dict]) -> None:
+    table = Table(title=title)
+    for col in ("model / baseline", "task", "ROC-AUC", "PR-AUC", "Brier", "ECE", "F1", "recall", "base rate", "n", "train s"):
+        table.add_column(col, justify="left" if col in ("model / baseline", "task") else "right")
+    for r in rows:
+        table.add_row(
+            r["who"], r["task"], _fmt(r["roc_auc"]), _fmt(r["pr_auc"]), _fmt(r["brier"]), _fmt(r["ece"]),
+            _fmt(r["f1"]), _fmt(r["recall"]), _fmt(r["base_rate"]), _fmt(r["n"]), _fmt(r.get("train_seconds"), 1),
+        )
+    console.print(table)
+
+
+def train_targets(target: str) -> list[str]:
+    """The model names a `shopsight train TARGET` trains; raises ValueError naming the valid targets."""
+    from behavior.models import available_models
+
+    if target not in TRAIN_TARGETS:
+        raise ValueError(f"unknown train target '{target}': choose one of {', '.join(TRAIN_TARGETS)}")
+    return available_models() if target == "all" else [target]
+
+
+def _train_with_progress(
+    ws, names: list[str], *, settings, show: bool, horizon: Optional[int] = None, keep_going: bool = False
+) -> list[dict]:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from behavior.models import train_model
+    from behavior.models.common import ModelError
+
+    events = ws.load_events()
+    results = []
+    with Progress(
+        TextColumn("[bold]{task.fields[model]}[/] {task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(), console=err_console, transient=False, disable=not show,
+    ) as bar:
+        for name in names:
+            task = bar.add_task("starting", total=1.0, model=name)
+
+            def progress(stage: str, frac: float, _task=task) -> None:
+                bar.update(_task, description=stage, completed=min(max(frac, 0.0), 1.0))
+
+            params = {"horizon_days": horizon} if (horizon and name == "churn") else {}
+            try:
+                results.append(train_model(ws, name, progress=progress, settings=settings, events=events, **params))
+            except ModelError as exc:
+                if not keep_going:
+                    raise
+                # the demo goes on with the other models; the error says what data was missing
+                results.append({"name": name, "version": None, "train_seconds": None, "card": {}, "error": str(exc)})
+                bar.update(task, description="[red]not trained[/]", completed=1.0)
+                continue
+            bar.update(task, description="saved " + results[-1]["version"], completed=1.0)
+    return results
+
+
+@app.command()
+@friendly_errors
+def train(
+    target: str = typer.Argument("all", help=f"What to train: {' | '.join(TRAIN_TARGETS)} | router (the local agent's question router)."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    horizon: Optional[int] = typer.Option(None, min=1, help="Churn horizon H in days (default 30)."),
+    seed: int = typer.Option(0, help="Random seed (the same seed and data give the same model)."),
+    threads: int = typer.Option(1, min=1, help="Torch CPU threads (1 is fastest on a busy 2-core machine)."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Maximum training epochs (early stopping may end sooner)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the model cards as JSON."),
+) -> None:
+    """Train models on a time-based split, compare them with baselines, and save a new version of each.
+
+    Example: shopsight train churn --horizon 30 --workspace /tmp/shop
+    """
+    from behavior.models import metric_rows
+    from behavior.models.common import TrainSettings
+
+    if target == "router":  # the local backend's question router (issue 5): no events needed
+        _train_router(workspace, as_json)
+        return
+    names = train_targets(target)
+    ws = _workspace(workspace)
+    settings = TrainSettings(seed=seed, threads=threads, **({"epochs": epochs} if epochs else {}))
+    results = _train_with_progress(ws, names, settings=settings, show=not as_json, horizon=horizon)
+    if as_json:
+        print(json.dumps(results, indent=2, default=str))
+        return
+    for r in results:
+        card = {**r["card"], "name": r["name"], "version": r["version"]}
+        _print_metric_rows(f"{r['name']} {r['version']}: model vs baselines on the test cutoff (trained in {_fmt(r['train_seconds'], 1)} s)", metric_rows(card))
+
+
+@app.command()
+@friendly_errors
+def models(
+    workspace: Optional[Path] = WorkspaceOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """List saved model versions with their test metrics and their best baseline's.
+
+    Example: shopsight models --workspace /tmp/shop
+    """
+    from behavior.models import metric_rows
+    from behavior.models.registry import list_models
+
+    ws = _workspace(workspace)
+    rows = list_models(ws)
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        console.print(f"No models in {ws.root}: train them with `shopsight train --workspace {ws.root}`.")
+        return
+    table = Table(title=f"Models in {ws.root}")
+    for col in ("model", "version", "created", "task", "ROC-AUC", "PR-AUC", "Brier", "best baseline (ROC-AUC)", "train s"):
+        table.add_column(col)
+    for r in rows:
+        if "error" in r:
+            table.add_row(r["name"], r["version"], "-", "[red]" + r["error"] + "[/]", "", "", "", "", "")
+            continue
+        card = {"name": r["name"], "version": r["version"], "metrics": r["metrics"], "baselines": r["baselines"]}
+        flat = metric_rows(card)
+        own = [x for x in flat if x["who"] == f"{r['name']}@{r['version']}"] or [{"task": "-", "roc_auc": None, "pr_auc": None, "brier": None}]
+        for m in own:
+            base = [x for x in flat if x["who"] != f"{r['name']}@{r['version']}" and x["task"] == m["task"] and x["roc_auc"] is not None]
+            best = max(base, key=lambda x: x["roc_auc"], default=None)
+            table.add_row(
+                r["name"], r["version"], str(r.get("created") or "-"), m["task"], _fmt(m["roc_auc"]), _fmt(m["pr_auc"]),
+                _fmt(m["brier"]), f"{best['who']} {_fmt(best['roc_auc'])}" if best else "-", _fmt(r.get("train_seconds"), 1),
+            )
+    console.print(table)
+
+
+def predict_user(ws, user_id: str) -> dict[str, Any]:
+    """Every trained model's explanation for one user; models not trained are listed in ``missing``."""
+    from behavior.models import MODEL_NAMES, load_model
+    from behavior.models.common import ModelError
+    from behavior.models.registry import latest_version
+
+    trained = [n for n in MODEL_NAMES if latest_version(ws, n)]
+    if not trained:
+        raise ValueError(f"no trained models in {ws.root}: run `shopsight train --workspace {ws.root}` first")
+    events = ws.load_events()
+    if not (events["user_id"] == user_id).any():
+        raise KeyError(f"unknown user id '{user_id}' in workspace {ws.root}")
+    out: dict[str, Any] = {"user_id": user_id, "models": {}, "missing": [n for n in MODEL_NAMES if n not in trained]}
+    for name in trained:
+        try:
+            out["models"][name] = load_model(ws, name).explain(events, user_id)
+        except ModelError as exc:
+            out["models"][name] = {"error": str(exc)}
+    return out
+
+
+@app.command()
+@friendly_errors
+def predict(
+    user_id: str = typer.Argument(..., help="The user to score, e.g. u00042."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the scores and explanations as JSON."),
+) -> None:
+    """Score one user with every trained model (intent, churn, risk) and show why.
+
+    Example: shopsight predict u00042 --json
+    """
+    ws = _workspace(workspace)
+    result = predict_user(ws, user_id)
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    table = Table(title=f"User {user_id}")
+    for col in ("model", "probability", "top factors", "rules fired", "evidence (sessions)"):
+        table.add_column(col, overflow="fold")
+    for name, e in result["models"].items():
+        if "error" in e:
+            table.add_row(name, "-", f"[red]{e['error']}[/]", "", "")
+            continue
+        factors = "\n".join(
+            f"{f['name']} = {_fmt(f.get('value'), 2)} ({f['direction']} {abs(f['contribution']):.3f})" for f in e.get("factors", [])[:4]
+        )
+        rules = ", ".join(r["name"] for r in e.get("rules", []) if r.get("fired")) or "none"
+        evidence = ", ".join(dict.fromkeys(ev["session_id"] for ev in e.get("evidence", [])[:4]))
+        table.add_row(e.get("model", name), _fmt(e.get("probability")), factors, rules, evidence)
+    console.print(table)
+    for name in result["missing"]:
+        console.print(f"[yellow]{name}: not trained — run `shopsight train {name} --workspace {ws.root}`.[/]")
+
+
+# --- the agent: ask, chat, train router (issue 5) -------------------------------------------------
+BackendOpt = typer.Option(None, "--backend", "-b", help="local (embedded GGUF, default) or openai (OPENAI_BASE_URL / OPENAI_API_KEY).")
+ModelOpt = typer.Option(None, "--model", help="Model name for the openai backend (default $SHOPSIGHT_MODEL).")
+
+
+def _agent_errors() -> tuple[type[BaseException], ...]:
+    from agent.backends import BackendError
+    from prompts import PromptError
+
+    return (BackendError, PromptError)
+
+
+def _build_agent(workspace: Optional[Path], backend: Optional[str], model: Optional[str], threads: Optional[int] = None):
+    from agent import Settings, build_agent
+
+    settings = Settings.from_env(backend=backend, model=model, threads=threads, home=workspace)
+    ws = _workspace(settings.home)
+    with err_console.status(f"Loading the agent ({settings.backend} backend)…"):
+        return build_agent(settings, ws)
+
+
+def _agent_call(func: Callable[[], Any]) -> Any:
+    """Run ``func``; backend and prompt errors become one red line and exit code 2, like workspace errors."""
+    try:
+        return func()
+    except _agent_errors() as exc:
+        if os.environ.get("SHOPSIGHT_RAISE_ERRORS") == "1":
+            raise
+        err_console.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+
+
+def _print_tool_calls(answer) -> None:
+    table = Table(title="Tool calls", show_lines=False)
+    for col in ("tool", "args", "result"):
+        table.add_column(col, overflow="fold")
+    for c in answer.tool_calls:
+        table.add_row(c["name"], json.dumps(c["args"]), json.dumps(c["result"], default=str)[:300])
+    console.print(table)
+
+
+def _print_guard_note(answer) -> None:
+    if answer.guard.get("replaced"):
+        why = answer.guard.get("unsupported", []) + answer.guard.get("missing", [])
+        console.print(f"[yellow](draft replaced by the facts: {', '.join(why) or 'it failed the grounding check'})[/]", highlight=False)
+    elif answer.guard.get("rewritten"):
+        console.print("[yellow](draft rewritten: it used numbers not in the tool results)[/]")
+
+
+@app.command()
+@friendly_errors
+def ask(
+    question: str = typer.Argument(..., help="The question, in quotes."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    backend: Optional[str] = BackendOpt,
+    model: Optional[str] = ModelOpt,
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue this conversation id (follow-ups)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the tool calls."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object: answer, tool_calls, citations, backend, model, prompt_version, latency_s."),
+) -> None:
+    """Ask one question and print the grounded answer.
+
+    Examples:
+
+      shopsight ask "why is u00042 likely to churn?"
+
+      shopsight ask "top 10 users by fraud risk" --json
+
+      OPENAI_BASE_URL=http://127.0.0.1:8000/v1 shopsight ask "is o000123 fraudulent?" --backend openai
+    """
+    agent = _agent_call(lambda: _build_agent(workspace, backend, model))
+    if resume and not agent.store.exists(resume):
+        raise KeyError(f"no conversation '{resume}' in {agent.store.path}")
+    answer = _agent_call(lambda: agent.ask(question, conversation_id=resume))
+    if as_json:
+        d = answer.to_dict()
+        keys = ("answer", "tool_calls", "citations", "backend", "model", "prompt_version", "latency_s")
+        print(json.dumps({**{k: d[k] for k in keys}, **{k: v for k, v in d.items() if k not in keys}}, indent=2, default=str))
+        return
+    if verbose:
+        _print_tool_calls(answer)
+    console.print(answer.answer, highlight=False)
+    console.print(f"[dim]{answer.backend} · {answer.model} · prompts {answer.prompt_version} · {answer.latency_s:.1f}s · "
+                  f"conversation {answer.conversation_id}[/]", highlight=False)
+
+
+CHAT_HELP = """Commands: /help  /reset (new conversation)  /verbose (toggle tool calls)  /json (toggle JSON output)  /quit
+Follow-ups ("why?", "and her risk?", "what about the second one?") refer to earlier answers."""
+
+
+@app.command()
+@friendly_errors
+def chat(
+    workspace: Optional[Path] = WorkspaceOpt,
+    backend: Optional[str] = BackendOpt,
+    model: Optional[str] = ModelOpt,
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue a stored conversation by id."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tool calls from the start."),
+) -> None:
+    """Chat with the analyst: answers stream as they are written; conversations are kept in the workspace.
+
+    Examples:
+
+      shopsight chat
+
+      shopsight chat --resume 3f2a9c1b7d4e --verbose
+    """
+    agent = _agent_call(lambda: _build_agent(workspace, backend, model))
+    cid = resume
+    if cid and not agent.store.exists(cid):
+        raise KeyError(f"no conversation '{cid}' in {agent.store.path}")
+    show_json = False
+    console.print(f"[bold]ShopSight[/] on {agent.backend} ({agent.model}). {CHAT_HELP}")
+    while True:
+        try:
+            question = console.input("[bold cyan]you>[/] ").strip()
+        except (EOFError, KeyboardInterrupt):
+            console.print()
+            break
+        if not question:
+            continue
+        if question in ("/quit", "/exit"):
+            break
+        if question == "/help":
+            console.print(CHAT_HELP)
+            continue
+        if question == "/reset":
+            cid = None
+            console.print("[dim]New conversation.[/]")
+            continue
+        if question == "/verbose":
+            verbose = not verbose
+            console.print(f"[dim]Tool calls {'shown' if verbose else 'hidden'}.[/]")
+            continue
+        if question == "/json":
+            show_json = not show_json
+            console.print(f"[dim]JSON output {'on' if show_json else 'off'}.[/]")
+            continue
+        if not show_json:
+            console.print("[bold green]shopsight>[/] ", end="")
+        streamed: list[str] = []
+
+        def stream(text: str) -> None:
+            streamed.append(text)
+            console.print(text, end="", highlight=False, soft_wrap=True)
+
+        answer = _agent_call(lambda: agent.ask(question, conversation_id=cid, on_token=None if show_json else stream))
+        cid = answer.conversation_id
+        if show_json:
+            print(json.dumps(answer.to_dict(), indent=2, default=str))
+            continue
+        shown = "".join(streamed).rstrip()
+        if answer.draft is None and answer.answer.startswith(shown):
+            console.print(answer.answer[len(shown):], highlight=False, soft_wrap=True)  # the citations
+        else:  # what streamed was a draft the guard replaced: show the final answer in full
+            console.print()
+            _print_guard_note(answer)
+            console.print(answer.answer, highlight=False)
+        if verbose:
+            _print_tool_calls(answer)
+        console.print(f"[dim]{answer.latency_s:.1f}s · conversation {cid}[/]")
+
+
+def _demo_ask(ws) -> None:
+    from agent.router import load_router
+    from agent.samples import sample_questions
+    from behavior.workspace import WorkspaceError
+
+    try:
+        load_router(ws)
+    except WorkspaceError:
+        _train_router(ws.root, as_json=False)
+    agent = _agent_call(lambda: _build_agent(ws.root, "local", None))
+    for question in sample_questions(ws):
+        console.print(f"\n[bold cyan]Q:[/] {question}", highlight=False)
+        answer = _agent_call(lambda: agent.ask(question))
+        console.print(f"[bold green]A:[/] {answer.answer}", highlight=False)
+        console.print(f"[dim]{answer.latency_s:.1f}s · tools: {', '.join(c['name'] for c in answer.tool_calls) or '-'}[/]", highlight=False)
+    console.print('\nAsk your own: shopsight ask "top 10 users by churn"   or   shopsight chat')
+
+
+def _train_router(workspace: Optional[Path], as_json: bool) -> None:
+    from agent.router import default_embedder, train_router
+
+    ws = _workspace(workspace)
+    with err_console.status("Training the question router (MiniLM embeddings + a small torch head)…"):
+        card = train_router(ws, default_embedder())
+    if as_json:
+        print(json.dumps(card, indent=2))
+        return
+    table = Table(title=f"Router {card['model']}", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    for key in ("n_train", "n_test", "heldout_accuracy", "unseen_template_accuracy", "train_seconds"):
+        table.add_row(key.replace("_", " "), str(card[key]))
+    table.add_row("weakest labels", ", ".join(f"{k} {v:.2f}" for k, v in sorted(card["per_label_accuracy"].items(), key=lambda kv: kv[1])[:3]))
     console.print(table)
 
 

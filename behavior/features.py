@@ -52,10 +52,11 @@ def session_table(events: pd.DataFrame) -> pd.DataFrame:
         out[f"n_{ev}"] = counts[ev].reindex(out.index).fillna(0).astype("int64") if ev in counts else 0
     out["purchased"] = out["n_purchase"] > 0
     out["minutes"] = (out["end"] - out["start"]).dt.total_seconds() / 60.0
-    out["categories"] = (
-        df.dropna(subset=["category"]).groupby("session_id")["category"].agg(lambda s: sorted(set(s)))
-    ).reindex(out.index)
-    out["categories"] = out["categories"].apply(lambda v: v if isinstance(v, list) else [])
+    # Plain Python lists in an object column: pandas 3 would otherwise infer an Arrow list
+    # dtype, whose reindex/apply round trip loses the values.
+    cats = df.dropna(subset=["category"]).groupby("session_id", sort=False)["category"]
+    by_session = {sid: sorted(set(map(str, vals))) for sid, vals in cats}
+    out["categories"] = pd.Series([by_session.get(sid, []) for sid in out.index], index=out.index, dtype=object)
     for opt in ("device", "country"):
         if opt in df.columns:
             out[opt] = g[opt].first()
@@ -186,62 +187,104 @@ def rfm_features(
     the baselines (logistic regression, LightGBM) and the torch models' tabular branch share.
 
     Purchases count by distinct purchase day (as BG/NBD does), spend is price × quantity of
-    purchase rows. Columns: has_purchase, recency_days (days since the last purchase day, or
-    since the first event for users who never bought), days_since_last_event, tenure_days,
-    first_purchase_age_days, frequency, repeat_days (frequency − 1), monetary,
-    avg_day_spend, buys_<w>d / spend_<w>d / events_<w>d per window, gap_mean_days,
-    gap_std_days, gap_last_days, recency_over_gap, trend_30_vs_prev60, views_30d, carts_30d,
-    sessions_30d, refunds_90d and share_<category> of purchase spend for each of
-    ``categories``. Index: user_id (every user with an event before ``asof``).
+    purchase rows. Columns: days_since_last_event, tenure_days, has_purchase, recency_days
+    (days since the last purchase day, or since the first event for users who never bought),
+    first_purchase_age_days, frequency, repeat_days (frequency − 1), monetary, avg_day_spend,
+    buys_<w>d / spend_<w>d / events_<w>d per window, gap_mean_days, gap_std_days,
+    gap_last_days, recency_over_gap, trend_30_vs_prev60, views_30d, carts_30d, sessions_30d,
+    refunds_90d and share_<category> of purchase spend for each of ``categories``.
+    Index: user_id (every user with an event before ``asof``), sorted.
+
+    Written with numpy over integer user codes: it runs per request for one user (``predict``)
+    as well as over millions of events, and pandas' per-call overhead dominated the first case.
     """
     df = events[events["ts"] < asof]
     if df.empty:
         return pd.DataFrame(index=pd.Index([], name="user_id"))
-    day = lambda s: (asof - s).dt.total_seconds() / 86400.0  # noqa: E731 - tiny local helper
-    g_all = df.groupby("user_id", sort=True)
-    f = pd.DataFrame(index=g_all.size().index)
-    first_ts = g_all["ts"].min()
-    f["days_since_last_event"] = day(g_all["ts"].max())
-    f["tenure_days"] = day(first_ts)
-    buys = df[df["event"] == "purchase"]
-    amount = buys["price"].fillna(0).astype("float64") * buys["quantity"].fillna(1).astype("float64")
-    buys = buys.assign(_amount=amount, _day=buys["ts"].dt.floor("D"))
-    per_day = buys.groupby(["user_id", "_day"], sort=True)["_amount"].sum().reset_index()
-    gd = per_day.groupby("user_id", sort=True)
-    last_day = gd["_day"].max().reindex(f.index)
-    first_day = gd["_day"].min().reindex(f.index)
-    f["has_purchase"] = last_day.notna().astype("float64")
-    f["recency_days"] = day(last_day).fillna(f["tenure_days"])
-    f["first_purchase_age_days"] = day(first_day).fillna(0.0)
-    f["frequency"] = gd.size().reindex(f.index).fillna(0).astype("float64")
-    f["repeat_days"] = (f["frequency"] - 1).clip(lower=0)
-    f["monetary"] = gd["_amount"].sum().reindex(f.index).fillna(0.0)
-    f["avg_day_spend"] = (f["monetary"] / f["frequency"].where(f["frequency"] > 0)).fillna(0.0)
-    age = day(per_day["_day"])
-    ev_age = day(df["ts"])
+    codes, uniques = pd.factorize(df["user_id"], sort=True)
+    n = len(uniques)
+    day_ns = 86_400 * 10**9
+    asof_ns = pd.Timestamp(asof).value
+    ts_ns = df["ts"].to_numpy(dtype="datetime64[ns]").astype("int64")
+    age = (asof_ns - ts_ns) / day_ns  # days before asof, > 0
+    event = df["event"].astype("string").fillna("").to_numpy(dtype=object)
+
+    def per_user(weights: np.ndarray | None = None) -> np.ndarray:
+        return np.bincount(codes, weights=weights, minlength=n).astype("float64")
+
+    f = pd.DataFrame(index=pd.Index(uniques, name="user_id"))
+    oldest = np.full(n, -np.inf)
+    np.maximum.at(oldest, codes, age)
+    newest = np.full(n, np.inf)
+    np.minimum.at(newest, codes, age)
+    f["days_since_last_event"] = newest
+    f["tenure_days"] = oldest
+    # purchases collapsed to (user, calendar day)
+    buy = event == "purchase"
+    price = pd.to_numeric(df["price"], errors="coerce").fillna(0.0).to_numpy(dtype="float64")
+    qty = pd.to_numeric(df["quantity"], errors="coerce").fillna(1.0).to_numpy(dtype="float64")
+    amount = price * qty
+    b_codes, b_day, b_amount = codes[buy], ts_ns[buy] // day_ns, amount[buy]
+    key = b_codes.astype("int64") * (1 << 32) + b_day
+    ukey, inv = np.unique(key, return_inverse=True)
+    pd_user = (ukey >> 32).astype("int64")
+    pd_day = ukey - (pd_user << 32)
+    pd_amount = np.bincount(inv, weights=b_amount, minlength=len(ukey))
+    pd_age = (asof_ns - pd_day * day_ns) / day_ns  # age of the purchase day's midnight
+    frequency = np.bincount(pd_user, minlength=n).astype("float64")
+    has = frequency > 0
+    last_age = np.full(n, np.nan)
+    first_age = np.full(n, np.nan)
+    if len(pd_user):
+        ends = np.r_[np.flatnonzero(np.diff(pd_user)), len(pd_user) - 1]  # sorted by user then day
+        starts = np.r_[0, ends[:-1] + 1]
+        last_age[pd_user[ends]] = pd_age[ends]
+        first_age[pd_user[starts]] = pd_age[starts]
+    f["has_purchase"] = has.astype("float64")
+    f["recency_days"] = np.where(has, last_age, oldest)
+    f["first_purchase_age_days"] = np.where(has, first_age, 0.0)
+    f["frequency"] = frequency
+    f["repeat_days"] = np.clip(frequency - 1, 0, None)
+    monetary = np.bincount(pd_user, weights=pd_amount, minlength=n)
+    f["monetary"] = monetary
+    f["avg_day_spend"] = np.divide(monetary, frequency, out=np.zeros(n), where=has)
     for w in windows:
-        inw = per_day[age.to_numpy() < w].groupby("user_id")
-        f[f"buys_{w}d"] = inw.size().reindex(f.index).fillna(0).astype("float64")
-        f[f"spend_{w}d"] = inw["_amount"].sum().reindex(f.index).fillna(0.0)
-        f[f"events_{w}d"] = df[ev_age.to_numpy() < w].groupby("user_id").size().reindex(f.index).fillna(0).astype("float64")
-    gaps = per_day.groupby("user_id")["_day"].diff().dt.total_seconds() / 86400.0
-    gstat = gaps.groupby(per_day["user_id"]).agg(["mean", "std", "last"])
-    f["gap_mean_days"] = gstat["mean"].reindex(f.index)
-    f["gap_std_days"] = gstat["std"].reindex(f.index)
-    f["gap_last_days"] = gstat["last"].reindex(f.index)
-    f["recency_over_gap"] = f["recency_days"] / f["gap_mean_days"].clip(lower=1.0)
-    b30 = f.get("buys_30d", pd.Series(0.0, index=f.index))
-    b90 = f.get("buys_90d", pd.Series(0.0, index=f.index))
+        inw = pd_age < w
+        f[f"buys_{w}d"] = np.bincount(pd_user[inw], minlength=n).astype("float64")
+        f[f"spend_{w}d"] = np.bincount(pd_user[inw], weights=pd_amount[inw], minlength=n)
+        f[f"events_{w}d"] = per_user((age < w).astype("float64"))
+    # gaps between consecutive purchase days of the same user
+    same = np.zeros(len(pd_user), dtype=bool)
+    same[1:] = pd_user[1:] == pd_user[:-1]
+    gaps = np.full(len(pd_user), np.nan)
+    gaps[1:] = np.diff(pd_day)
+    g_user, g = pd_user[same], gaps[same]
+    n_gaps = np.bincount(g_user, minlength=n).astype("float64")
+    gap_sum = np.bincount(g_user, weights=g, minlength=n)
+    gap_sq = np.bincount(g_user, weights=g * g, minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gap_mean = np.where(n_gaps > 0, gap_sum / n_gaps, np.nan)
+        var = np.where(n_gaps > 1, (gap_sq - n_gaps * gap_mean**2) / (n_gaps - 1), np.nan)
+    gap_last = np.full(n, np.nan)
+    gap_last[g_user] = g  # later gaps overwrite earlier ones: rows are sorted by day
+    f["gap_mean_days"] = gap_mean
+    f["gap_std_days"] = np.sqrt(np.clip(var, 0, None))
+    f["gap_last_days"] = gap_last
+    f["recency_over_gap"] = f["recency_days"] / np.clip(np.nan_to_num(gap_mean, nan=-np.inf), 1.0, None)
+    f.loc[np.isnan(gap_mean), "recency_over_gap"] = np.nan
+    b30 = f["buys_30d"] if "buys_30d" in f else pd.Series(0.0, index=f.index)
+    b90 = f["buys_90d"] if "buys_90d" in f else pd.Series(0.0, index=f.index)
     f["trend_30_vs_prev60"] = b30 - (b90 - b30) / 2.0
-    recent = df[ev_age.to_numpy() < 30]
-    rg = recent.assign(_view=recent["event"] == "view", _cart=recent["event"] == "add_to_cart").groupby("user_id")
-    f["views_30d"] = rg["_view"].sum().reindex(f.index).fillna(0).astype("float64")
-    f["carts_30d"] = rg["_cart"].sum().reindex(f.index).fillna(0).astype("float64")
-    f["sessions_30d"] = rg["session_id"].nunique().reindex(f.index).fillna(0).astype("float64")
-    ref = df[(ev_age.to_numpy() < 90) & (df["event"] == "refund").to_numpy()]
-    f["refunds_90d"] = ref.groupby("user_id").size().reindex(f.index).fillna(0).astype("float64")
-    for cat in categories or []:
-        spend = buys.loc[buys["category"].astype("string") == cat].groupby("user_id")["_amount"].sum()
-        f[f"share_{cat}"] = (spend.reindex(f.index).fillna(0.0) / f["monetary"].where(f["monetary"] > 0)).fillna(0.0)
-    f.index.name = "user_id"
+    recent = age < 30
+    f["views_30d"] = per_user((recent & (event == "view")).astype("float64"))
+    f["carts_30d"] = per_user((recent & (event == "add_to_cart")).astype("float64"))
+    s_codes, _ = pd.factorize(df["session_id"])
+    pairs = np.unique(codes[recent].astype("int64") * (1 << 32) + s_codes[recent])
+    f["sessions_30d"] = np.bincount((pairs >> 32).astype("int64"), minlength=n).astype("float64")
+    f["refunds_90d"] = per_user(((age < 90) & (event == "refund")).astype("float64"))
+    if categories:
+        cat = df["category"].astype("string").fillna("").to_numpy(dtype=object)[buy]  # NA never equals a category
+        for c in categories:
+            spend = np.bincount(b_codes, weights=np.where(cat == c, b_amount, 0.0), minlength=n)
+            f[f"share_{c}"] = np.divide(spend, monetary, out=np.zeros(n), where=monetary > 0)
     return f

@@ -101,6 +101,10 @@ class Workspace:
         return self.root / "rejected"
 
     @property
+    def catalogue_path(self) -> Path:
+        return self.root / "catalogue.parquet"
+
+    @property
     def manifest_path(self) -> Path:
         return self.root / MANIFEST
 
@@ -125,6 +129,15 @@ class Workspace:
 
     def save_events(self, events: pd.DataFrame) -> None:
         write_parquet_atomic(self.events_path, events)
+
+    # --- catalogue (optional: item names and prices, where the data set has them) ------
+    def save_catalogue(self, catalogue: pd.DataFrame) -> None:
+        write_parquet_atomic(self.catalogue_path, catalogue)
+
+    def load_catalogue(self) -> pd.DataFrame | None:
+        if not self.catalogue_path.exists():
+            return None
+        return pd.read_parquet(self.catalogue_path)
 
     # --- labels ----------------------------------------------------------------------
     def save_labels(self, name: str, labels: pd.DataFrame) -> None:

@@ -1,0 +1,116 @@
+"""The intent, churn and risk models, their baselines and the registry they are saved in.
+
+``load_model(ws, name)`` imports a model's module only when asked, so importing this package
+stays cheap and creates nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+MODEL_NAMES: tuple[str, ...] = ("intent", "churn", "risk")
+
+# name -> (module, class); the modules are imported lazily by model_class().
+_MODEL_CLASSES: dict[str, tuple[str, str]] = {
+    "intent": ("behavior.models.intent", "IntentModel"),
+    "churn": ("behavior.models.churn", "ChurnModel"),
+    "risk": ("behavior.models.risk", "RiskModel"),
+}
+
+
+def model_class(name: str) -> Any:
+    """The model class for ``name`` (one of ``MODEL_NAMES``)."""
+    from behavior.models.common import ModelError
+
+    if name not in _MODEL_CLASSES:
+        raise ModelError(f"unknown model '{name}': choose one of {', '.join(MODEL_NAMES)}")
+    module, cls = _MODEL_CLASSES[name]
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as exc:
+        raise ModelError(f"the {name} model is not available in this build ({exc})") from exc
+
+
+def available_models() -> list[str]:
+    """The models of ``MODEL_NAMES`` whose code is present (a partial build may lack one)."""
+    import importlib.util
+
+    return [n for n in MODEL_NAMES if importlib.util.find_spec(_MODEL_CLASSES[n][0]) is not None]
+
+
+def load_model(ws: Any, name: str, version: str | None = None) -> Any:
+    """Load a saved model (default: its latest version) from workspace ``ws``."""
+    return model_class(name).load(ws, version)
+
+
+def train_model(
+    ws: Any,
+    name: str,
+    *,
+    progress: Any = None,
+    settings: Any = None,
+    events: Any = None,
+    **params: Any,
+) -> dict[str, Any]:
+    """Fit model ``name`` on the workspace's events (and ground truth where it has some), save a version.
+
+    Args:
+        ws: the workspace.
+        name: one of ``MODEL_NAMES``.
+        progress: optional ``progress(stage, fraction)`` callback.
+        settings: optional ``TrainSettings`` (seed, threads, epochs, …).
+        events: the workspace's events if already loaded (saves a read when training several).
+        **params: model hyperparameters (e.g. ``horizon_days``).
+
+    Returns:
+        ``{"name", "version", "train_seconds", "card"}``.
+    """
+    cls = model_class(name)
+    if events is None:
+        events = ws.load_events()
+    # A model class may name the ground-truth table it uses (the demo shop writes labels/users,
+    # labels/sessions, labels/orders); real data has none.
+    label_table = getattr(cls, "label_table", None)
+    labels = ws.load_labels(label_table) if label_table and label_table in ws.label_names() else None
+    kwargs = dict(params)
+    if settings is not None:
+        kwargs["settings"] = settings
+    model = cls(**kwargs).fit(events, labels=labels, progress=progress)
+    version = model.save(ws)
+    card = getattr(model, "card_", {}) or {}
+    return {"name": name, "version": version, "train_seconds": card.get("train_seconds"), "card": card}
+
+
+def metric_rows(card: dict[str, Any]) -> list[dict[str, Any]]:
+    """Flatten a model card's metrics and baselines into table rows: who, task, the headline metrics.
+
+    Reads ``metrics``/``baselines`` and any ``<task>_metrics``/``<task>_baselines`` pair (e.g.
+    the intent card's ``session_metrics``); inside them every dict holding ``roc_auc`` is one
+    row, named by its path, so nested layouts work too.
+    """
+    keys = ("roc_auc", "pr_auc", "brier", "ece", "f1", "recall", "base_rate", "n", "train_seconds")
+    model_name = f"{card.get('name', 'model')}@{card.get('version', 'unsaved')}"
+    rows: list[dict[str, Any]] = []
+
+    def walk(obj: Any, path: list[str], who: str | None) -> None:
+        if not isinstance(obj, dict):
+            return
+        if "roc_auc" in obj:
+            name = who or (path[-1] if path else "baseline")
+            task = "/".join(path if who else path[:-1]) or "test"
+            rows.append({"who": name, "task": task, **{k: obj.get(k) for k in keys}})
+            return
+        for k, v in obj.items():
+            walk(v, path + [str(k)], who)
+
+    for key in card:
+        if key == "metrics" or key.endswith("_metrics"):
+            prefix = key[: -len("_metrics")] if key != "metrics" else ""
+            start = len(rows)
+            walk(card[key], [prefix] if prefix else [], model_name)
+            for r in rows[start:]:  # the model's own rows carry the card's training time
+                if r["train_seconds"] is None:
+                    r["train_seconds"] = card.get("train_seconds")
+            walk(card.get(f"{prefix}_baselines" if prefix else "baselines", {}), [prefix] if prefix else [], None)
+    return rows

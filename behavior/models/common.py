@@ -1,0 +1,669 @@
+"""Shared pieces of the intent, churn and risk models: behaviour "sentences", the torch net, training, calibration.
+
+STATUS: ready — the API below is stable (additive changes only).
+
+- ``fit_vocab`` / ``tokenize_events``: a user's (or session's) events as a sequence of tokens, one
+  token = event x category x time-gap bucket x price bucket; the vocabulary is a JSON-able dict
+  stored in the model's feature spec so inference tokenizes exactly as training did.
+- ``TabularScaler``: signed-log + standardisation of tabular features, JSON-able.
+- ``SequenceTabularNet``: embedding + GRU over tokens, MLP over tabular features, -> logits.
+  Pass ``token_dims=vocab["dims"]`` to ``build_net`` so a token's embedding is the sum of its
+  event / category / gap / price part embeddings (generalises from little data).
+- ``fit_binary``: seeded training with early stopping on a validation slice and a Platt
+  (temperature + bias) calibration fitted on that slice. By default the net starts as logistic
+  regression on the tabular features (``TrainSettings.warm_start_linear``), so early stopping
+  can only keep what the sequence and interactions add on validation. Validate on users held
+  out of training: stacked snapshots a week apart are near-copies of each other (see
+  ``churn.split_snapshots``).
+- ``ablation_factors``: the top factors of one prediction (feature ablation), for ``explain``.
+- ``BehaviorModel``: the interface every model shares (sklearn style).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, ClassVar, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from behavior.workspace import WorkspaceError
+
+SPEC_SCHEMA_VERSION = 1
+PAD = 0
+# Time since the previous event of the same sequence, in seconds; bucket 0 = first event.
+GAP_EDGES_SECONDS: tuple[float, ...] = (60, 30 * 60, 86400, 7 * 86400, 30 * 86400)
+N_PRICE_BUCKETS = 5  # price quantile buckets, plus one for "no price"
+
+Progress = Callable[[str, float], None]
+"""A progress callback: ``progress(stage, fraction_done)``; fraction in [0, 1]."""
+
+
+class ModelError(WorkspaceError):
+    """A model is missing, corrupted, incompatible or used wrongly; the message says how to fix it."""
+
+
+class NotFittedError(ModelError):
+    """``predict_proba``/``explain``/``save`` called before ``fit`` or ``load``."""
+
+
+@dataclass
+class TrainSettings:
+    """Training knobs shared by the torch models (passed down; never read from globals)."""
+
+    seed: int = 0
+    threads: int = 1  # one thread is fastest when other processes share the 2 cores (measured 6x)
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 4
+    max_len: int = 64
+    emb_dim: int = 32
+    hidden: int = 48
+    dropout: float = 0.2
+    max_seconds: float = 150.0  # stop early rather than blow the 3-minute training budget
+    warm_start_linear: bool = True  # start from logistic regression on the tabular features
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def seed_everything(seed: int, threads: int | None = None) -> None:
+    """Seed numpy and torch; set torch's CPU thread count (a setting, because the machine is shared)."""
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+# --- behaviour sentences ------------------------------------------------------------------
+
+
+def fit_vocab(events: pd.DataFrame, *, max_categories: int = 30) -> dict[str, Any]:
+    """Learn the token vocabulary from (training) events: event types, top categories, price edges.
+
+    Categories beyond the ``max_categories`` most frequent share one "other" bucket; a missing
+    category has its own bucket. Price edges are quantiles of the observed prices.
+    """
+    from behavior.events import EVENT_TYPES
+
+    extra = sorted(set(events["event"].dropna().astype(str)) - set(EVENT_TYPES))
+    event_types = list(EVENT_TYPES) + extra
+    cats = events["category"].dropna().astype(str).value_counts()
+    categories = sorted(cats.index[:max_categories].tolist())
+    prices = pd.to_numeric(events["price"], errors="coerce").dropna()
+    if len(prices):
+        qs = np.quantile(prices.to_numpy(dtype="float64"), np.linspace(0, 1, N_PRICE_BUCKETS + 1)[1:-1])
+        price_edges = sorted(set(float(q) for q in qs))
+    else:
+        price_edges = []
+    vocab = {
+        "events": event_types,
+        "categories": categories,
+        "gap_edges_seconds": list(GAP_EDGES_SECONDS),
+        "price_edges": price_edges,
+    }
+    vocab["size"] = vocab_size(vocab)
+    vocab["dims"] = list(_dims(vocab))
+    return vocab
+
+
+def _dims(vocab: dict[str, Any]) -> tuple[int, int, int, int]:
+    n_ev = len(vocab["events"]) + 1  # + unknown event
+    n_cat = len(vocab["categories"]) + 2  # + other, + missing
+    n_gap = len(vocab["gap_edges_seconds"]) + 2  # + first event
+    n_price = len(vocab["price_edges"]) + 2  # + missing price
+    return n_ev, n_cat, n_gap, n_price
+
+
+def vocab_size(vocab: dict[str, Any]) -> int:
+    """Number of token ids including the padding id 0."""
+    n_ev, n_cat, n_gap, n_price = _dims(vocab)
+    return 1 + n_ev * n_cat * n_gap * n_price
+
+
+def event_tokens(events: pd.DataFrame, vocab: dict[str, Any], *, by: str = "user_id") -> np.ndarray:
+    """One token id (>= 1) per event row, in the row order of ``events`` (sorted by ``by``, ts)."""
+    n_ev, n_cat, n_gap, n_price = _dims(vocab)
+    ev_index = {e: i for i, e in enumerate(vocab["events"])}
+    ev = events["event"].astype(str).map(ev_index).fillna(n_ev - 1).to_numpy(dtype="int64")
+    cat_index = {c: i for i, c in enumerate(vocab["categories"])}
+    cat_raw = events["category"]
+    cat = cat_raw.astype("string").map(cat_index).astype("Float64").fillna(n_cat - 2).to_numpy(dtype="int64")
+    cat[cat_raw.isna().to_numpy()] = n_cat - 1
+    ts = events["ts"]
+    gap_s = ts.diff().dt.total_seconds().to_numpy(dtype="float64")
+    keys = events[by].astype(object).to_numpy()
+    first = np.ones(len(keys), dtype=bool)
+    first[1:] = keys[1:] != keys[:-1]
+    gap = np.searchsorted(np.asarray(vocab["gap_edges_seconds"], dtype="float64"), np.nan_to_num(gap_s), side="right") + 1
+    gap[first] = 0
+    price = pd.to_numeric(events["price"], errors="coerce").to_numpy(dtype="float64")
+    pb = np.searchsorted(np.asarray(vocab["price_edges"], dtype="float64"), np.nan_to_num(price), side="right")
+    pb[np.isnan(price)] = n_price - 1
+    return 1 + ((ev * n_cat + cat) * n_gap + gap) * n_price + pb
+
+
+@dataclass
+class Sequences:
+    """Tokenized sequences: ``tokens[i, :lengths[i]]`` are the last events of ``keys[i]``, oldest first."""
+
+    tokens: np.ndarray  # int64 [n, max_len], right-padded with 0
+    lengths: np.ndarray  # int64 [n], >= 1 (an empty sequence is one padding token)
+    keys: pd.Index
+
+
+def tokenize_events(
+    events: pd.DataFrame,
+    vocab: dict[str, Any],
+    *,
+    by: str = "user_id",
+    max_len: int = 64,
+    keys: Sequence[Any] | pd.Index | None = None,
+) -> Sequences:
+    """Turn events into one token sequence per ``by`` value (user or session), the most recent ``max_len``.
+
+    Args:
+        events: canonical events (any order); only the rows you want the model to see.
+        vocab: from ``fit_vocab`` (stored in the model's spec).
+        by: the column that groups events into sequences (``user_id`` or ``session_id``).
+        max_len: keep this many most recent tokens per sequence.
+        keys: the sequences to return, in this order; keys without events get an empty sequence.
+
+    Returns:
+        ``Sequences`` with tokens [n, max_len] (oldest first, right-padded) and lengths.
+    """
+    df = events.sort_values([by, "ts"], kind="stable")
+    tok = event_tokens(df, vocab, by=by) if len(df) else np.zeros(0, dtype="int64")
+    key_col = df[by].to_numpy()
+    if keys is None:
+        keys = pd.Index(pd.unique(key_col), name=by)
+    keys = pd.Index(keys, name=by)
+    out = np.zeros((len(keys), max_len), dtype="int64")
+    lengths = np.ones(len(keys), dtype="int64")
+    if len(df):
+        # position from the end inside each group: 0 = most recent
+        grp_sizes = pd.Series(key_col).groupby(key_col, sort=False).transform("size").to_numpy()
+        rank = pd.Series(np.ones(len(df), dtype="int64")).groupby(key_col, sort=False).cumsum().to_numpy() - 1
+        from_end = grp_sizes - 1 - rank
+        keep = from_end < max_len
+        n_kept = np.minimum(grp_sizes, max_len)
+        pos = (n_kept - 1 - from_end)[keep]
+        row = keys.get_indexer(key_col[keep])
+        ok = row >= 0
+        out[row[ok], pos[ok]] = tok[keep][ok]
+        per_key = pd.Series(n_kept[keep][ok], index=row[ok]).groupby(level=0).first()
+        lengths[per_key.index.to_numpy()] = per_key.to_numpy()
+    return Sequences(tokens=out, lengths=lengths, keys=keys)
+
+
+# --- tabular features ---------------------------------------------------------------------
+
+
+@dataclass
+class TabularScaler:
+    """``sign(x)·log1p(|x|)`` then standardise; missing values become 0 (the training mean)."""
+
+    columns: list[str]
+    mean: list[float]
+    std: list[float]
+
+    @classmethod
+    def fit(cls, X: pd.DataFrame) -> "TabularScaler":
+        Z = _signed_log(X.astype("float64").to_numpy())
+        mean = np.nanmean(Z, axis=0)
+        std = np.nanstd(Z, axis=0)
+        mean = np.where(np.isfinite(mean), mean, 0.0)
+        std = np.where(np.isfinite(std) & (std > 1e-9), std, 1.0)
+        return cls(columns=list(X.columns), mean=mean.tolist(), std=std.tolist())
+
+    def transform(self, X: pd.DataFrame) -> np.ndarray:
+        missing = [c for c in self.columns if c not in X.columns]
+        if missing:
+            raise ModelError(f"features {missing} are missing; the model was trained with {self.columns}")
+        Z = _signed_log(X[self.columns].astype("float64").to_numpy())
+        Z = (Z - np.asarray(self.mean)) / np.asarray(self.std)
+        return np.nan_to_num(Z, nan=0.0, posinf=0.0, neginf=0.0).astype("float32")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TabularScaler":
+        return cls(columns=list(d["columns"]), mean=list(d["mean"]), std=list(d["std"]))
+
+
+def _signed_log(Z: np.ndarray) -> np.ndarray:
+    return np.sign(Z) * np.log1p(np.abs(Z))
+
+
+# --- the net ------------------------------------------------------------------------------
+
+
+class SequenceTabularNet(nn.Module):
+    """Embedding + GRU over a behaviour sentence, concatenated with an MLP over tabular features.
+
+    ``forward(tokens, lengths, x) -> logits`` with shape [batch] (``n_outputs == 1``) or
+    [batch, n_outputs]. A linear skip from the tabular features keeps the net at least as good
+    as logistic regression on them. ``vocab_size == 0`` drops the sequence branch.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        n_tabular: int,
+        *,
+        emb_dim: int = 32,
+        hidden: int = 48,
+        dropout: float = 0.1,
+        n_outputs: int = 1,
+        token_dims: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.n_outputs = n_outputs
+        self.use_sequence = vocab_size > 0
+        seq_dim = 0
+        if self.use_sequence:
+            # With token_dims (event, category, gap, price sizes) a token's embedding is the sum of
+            # one embedding per part: the parts are shared across tokens, so rare combinations
+            # still get a sensible vector from little data.
+            self.token_dims = list(token_dims) if token_dims else None
+            if self.token_dims:
+                self.part_embeds = nn.ModuleList(nn.Embedding(d, emb_dim) for d in self.token_dims)
+            else:
+                self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=PAD)
+            self.gru = nn.GRU(emb_dim, hidden, batch_first=True)
+            seq_dim = hidden
+        self.tab = nn.Sequential(nn.Linear(n_tabular, hidden), nn.ReLU(), nn.Dropout(dropout)) if n_tabular else None
+        tab_dim = hidden if n_tabular else 0
+        self.head = nn.Sequential(
+            nn.Linear(seq_dim + tab_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_outputs)
+        )
+        self.skip = nn.Linear(n_tabular, n_outputs) if n_tabular else None
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids [B, L] -> vectors [B, L, emb_dim]; padding (0) maps to zeros."""
+        if not self.token_dims:
+            return self.embed(tokens)
+        rest = (tokens - 1).clamp(min=0)
+        parts = []
+        for d in reversed(self.token_dims):  # ids are ((ev * n_cat + cat) * n_gap + gap) * n_price + price
+            parts.append(rest % d)
+            rest = rest // d
+        parts.reverse()
+        emb = sum(e(p) for e, p in zip(self.part_embeds, parts))
+        return emb * (tokens != PAD).unsqueeze(-1)
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        parts = []
+        if self.use_sequence:
+            emb = self.embed_tokens(tokens)
+            packed = nn.utils.rnn.pack_padded_sequence(
+                emb, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
+            )
+            _, h = self.gru(packed)
+            parts.append(h[-1])
+        if self.tab is not None:
+            parts.append(self.tab(x))
+        out = self.head(torch.cat(parts, dim=1))
+        if self.skip is not None:
+            out = out + self.skip(x)
+        return out.squeeze(1) if self.n_outputs == 1 else out
+
+
+def net_config(net: SequenceTabularNet) -> dict[str, Any]:
+    """Constructor arguments of ``net`` (stored in the spec to rebuild it at load time)."""
+    return dict(net._config)  # type: ignore[attr-defined]
+
+
+def build_net(config: dict[str, Any]) -> SequenceTabularNet:
+    """Build a ``SequenceTabularNet`` from a config dict and remember the config for ``net_config``."""
+    net = SequenceTabularNet(
+        config["vocab_size"],
+        config["n_tabular"],
+        emb_dim=config.get("emb_dim", 32),
+        hidden=config.get("hidden", 48),
+        dropout=config.get("dropout", 0.1),
+        n_outputs=config.get("n_outputs", 1),
+        token_dims=config.get("token_dims"),
+    )
+    net._config = dict(config)  # type: ignore[attr-defined]
+    return net
+
+
+# --- training -----------------------------------------------------------------------------
+
+
+@dataclass
+class Calibration:
+    """Platt scaling of logits: ``p = sigmoid(scale * logit + bias)`` (temperature = 1/scale)."""
+
+    scale: float = 1.0
+    bias: float = 0.0
+
+    def apply(self, logits: np.ndarray) -> np.ndarray:
+        from scipy.special import expit
+
+        return expit(self.scale * np.asarray(logits, dtype="float64") + self.bias)
+
+    @classmethod
+    def fit(cls, logits: np.ndarray, y: np.ndarray) -> "Calibration":
+        """Fit scale and bias by minimising log loss on held-out logits (LBFGS on two numbers)."""
+        z = torch.tensor(np.asarray(logits, dtype="float64"))
+        t = torch.tensor(np.asarray(y, dtype="float64"))
+        if len(np.unique(y)) < 2:
+            return cls()
+        params = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([params], lr=0.5, max_iter=100)
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = nn.functional.binary_cross_entropy_with_logits(params[0] * z + params[1], t)
+            # a weak pull towards the identity keeps a tiny or separable validation slice finite
+            loss = loss + 1e-3 * ((params[0] - 1.0) ** 2 + params[1] ** 2)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        scale, bias = (float(v) for v in params.detach())
+        if not (math.isfinite(scale) and math.isfinite(bias)) or scale <= 0:
+            return cls()
+        scale = min(scale, 20.0)
+        return cls(scale=scale, bias=bias)
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass
+class FitResult:
+    """What ``fit_binary`` learned besides the weights (which are loaded into the net)."""
+
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+    val_loss: float
+    calibration: Calibration
+    val_logits: np.ndarray = field(repr=False)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _tensors(seqs: Sequences, X: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (
+        torch.from_numpy(np.ascontiguousarray(seqs.tokens)),
+        torch.from_numpy(np.ascontiguousarray(seqs.lengths)),
+        torch.from_numpy(np.ascontiguousarray(X, dtype="float32")),
+    )
+
+
+def predict_logits(net: SequenceTabularNet, seqs: Sequences, X: np.ndarray, *, batch_size: int = 2048) -> np.ndarray:
+    """Raw logits of ``net`` for every row (eval mode, no grad)."""
+    net.eval()
+    tok, lens, x = _tensors(seqs, X)
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            outs.append(net(tok[i : i + batch_size], lens[i : i + batch_size], x[i : i + batch_size]).numpy())
+    if not outs:
+        return np.zeros((0,) if net.n_outputs == 1 else (0, net.n_outputs), dtype="float64")
+    return np.concatenate(outs).astype("float64")
+
+
+def _logistic_fit(X: np.ndarray, y: np.ndarray, *, seed: int) -> tuple[np.ndarray, float]:
+    """Weights and intercept of an L2 logistic regression on already standardised features."""
+    from sklearn.linear_model import LogisticRegression
+
+    lr = LogisticRegression(C=1.0, max_iter=2000, random_state=seed).fit(X, y.astype("int64"))
+    return lr.coef_.astype("float32")[0], float(lr.intercept_[0])
+
+
+def fit_binary(
+    net: SequenceTabularNet,
+    seqs: Sequences,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    val_mask: np.ndarray | None = None,
+    settings: TrainSettings | None = None,
+    progress: Progress | None = None,
+) -> FitResult:
+    """Train ``net`` (single logit) with BCE, early-stop on the validation rows, then calibrate on them.
+
+    Args:
+        net: a fresh ``SequenceTabularNet`` with ``n_outputs == 1``.
+        seqs: tokenized sequences, one row per training example, aligned with ``X`` and ``y``.
+        X: standardised tabular features [n, n_tabular] (from ``TabularScaler``).
+        y: 0/1 labels.
+        val_mask: rows used for early stopping and calibration; they must be the most recent
+            ones in time (e.g. the latest snapshot). Default: the last 20% of rows.
+        settings: training knobs; seeds torch and sets the thread count.
+        progress: optional ``progress(stage, fraction)`` callback, called once per epoch.
+
+    Returns:
+        ``FitResult``; the best epoch's weights are loaded into ``net``. The net's parameters
+        are re-initialised from ``settings.seed`` first, so the same inputs give the same net.
+    """
+    s = settings or TrainSettings()
+    seed_everything(s.seed, s.threads)
+    # Re-initialise from the seed so the result does not depend on when the net was built.
+    for module in net.modules():
+        if module is not net and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    y = np.asarray(y, dtype="float32")
+    n = len(y)
+    if val_mask is None:
+        val_mask = np.zeros(n, dtype=bool)
+        val_mask[int(n * 0.8) :] = True
+    val_mask = np.asarray(val_mask, dtype=bool)
+    if val_mask.all() or not val_mask.any():
+        raise ModelError(f"need both training and validation rows; got {int(val_mask.sum())} validation of {n}")
+    tok, lens, x = _tensors(seqs, X)
+    yt = torch.from_numpy(y)
+    tr = np.flatnonzero(~val_mask)
+    va = np.flatnonzero(val_mask)
+    pos = float(y[tr].mean()) if len(tr) else 0.5
+    loss_fn = nn.BCEWithLogitsLoss()
+    with torch.no_grad():  # start at the base rate: faster, steadier convergence
+        last = net.head[-1]
+        last.bias.fill_(math.log(max(pos, 1e-4) / max(1 - pos, 1e-4)))
+        if s.warm_start_linear and net.skip is not None and net.n_outputs == 1 and len(np.unique(y[tr])) == 2:
+            # Start as logistic regression on the tabular features, with the deep part silent:
+            # training then only has to find what the sequence and interactions add, and early
+            # stopping (which may keep epoch 0) never ends below the linear model on validation.
+            w, b = _logistic_fit(X[tr], y[tr], seed=s.seed)
+            net.skip.weight.copy_(torch.from_numpy(w).reshape(net.skip.weight.shape))
+            net.skip.bias.fill_(b)
+            last.weight.zero_()
+            last.bias.zero_()
+    opt = torch.optim.AdamW(net.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    gen = torch.Generator().manual_seed(s.seed)
+    best = (float("inf"), 0, {k: v.clone() for k, v in net.state_dict().items()})
+    if s.warm_start_linear:
+        net.eval()
+        with torch.no_grad():
+            vb = torch.from_numpy(va)
+            best = (float(loss_fn(net(tok[vb], lens[vb], x[vb]), yt[vb])), 0, best[2])
+    history: list[dict[str, float]] = []
+    start = time.perf_counter()
+    epoch = 0
+    for epoch in range(1, s.epochs + 1):
+        net.train()
+        order = tr[torch.randperm(len(tr), generator=gen).numpy()]
+        total = 0.0
+        for i in range(0, len(order), s.batch_size):
+            b = torch.from_numpy(order[i : i + s.batch_size])
+            opt.zero_grad()
+            loss = loss_fn(net(tok[b], lens[b], x[b]), yt[b])
+            loss.backward()
+            nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+            opt.step()
+            total += float(loss.detach()) * len(b)
+        net.eval()
+        with torch.no_grad():
+            vb = torch.from_numpy(va)
+            val_loss = float(loss_fn(net(tok[vb], lens[vb], x[vb]), yt[vb]))
+        history.append({"epoch": epoch, "train_loss": total / max(len(tr), 1), "val_loss": val_loss})
+        if progress:
+            progress("train", epoch / s.epochs)
+        if val_loss < best[0] - 1e-5:
+            best = (val_loss, epoch, {k: v.clone() for k, v in net.state_dict().items()})
+        elif epoch - best[1] >= s.patience:
+            break
+        if time.perf_counter() - start > s.max_seconds:
+            break
+    net.load_state_dict(best[2])
+    val_seqs = Sequences(seqs.tokens[va], seqs.lengths[va], seqs.keys[va] if len(seqs.keys) == n else pd.RangeIndex(len(va)))
+    val_logits = predict_logits(net, val_seqs, X[va])
+    calibration = Calibration.fit(val_logits, y[va])
+    if progress:
+        progress("train", 1.0)
+    return FitResult(
+        best_epoch=best[1],
+        epochs_run=epoch,
+        seconds=time.perf_counter() - start,
+        val_loss=best[0],
+        calibration=calibration,
+        val_logits=val_logits,
+        history=history,
+    )
+
+
+# --- explanations -------------------------------------------------------------------------
+
+
+def ablation_factors(
+    score: Callable[[np.ndarray], np.ndarray],
+    x_scaled: np.ndarray,
+    raw_values: dict[str, Any],
+    names: Sequence[str],
+    *,
+    top_k: int = 5,
+) -> list[dict[str, Any]]:
+    """Top factors of one prediction by feature ablation.
+
+    Each feature in turn is set to the training average (0 after ``TabularScaler``) and the
+    probability recomputed; ``contribution`` = p(actual) − p(ablated): positive means the
+    feature's value raises the probability.
+
+    Args:
+        score: maps a batch of scaled rows [k, n_features] to probabilities [k].
+        x_scaled: the scaled row [n_features].
+        raw_values: the unscaled value of each feature, reported as ``value``.
+        names: feature names, aligned with ``x_scaled``.
+        top_k: how many factors to return (largest absolute contribution first).
+    """
+    x_scaled = np.asarray(x_scaled, dtype="float32")
+    batch = np.repeat(x_scaled[None, :], len(names) + 1, axis=0)
+    for j in range(len(names)):
+        batch[j + 1, j] = 0.0
+    p = score(batch)
+    base = float(p[0])
+    factors = []
+    for j, name in enumerate(names):
+        c = base - float(p[j + 1])
+        v = raw_values.get(name)
+        if isinstance(v, (np.floating, float)):
+            v = None if not np.isfinite(v) else round(float(v), 4)
+        elif isinstance(v, np.integer):
+            v = int(v)
+        factors.append({"name": name, "value": v, "direction": "raises" if c >= 0 else "lowers", "contribution": round(c, 4)})
+    factors.sort(key=lambda f: -abs(f["contribution"]))
+    return factors[:top_k]
+
+
+# --- the shared model interface -----------------------------------------------------------
+
+
+class BehaviorModel:
+    """The interface intent, churn and risk share (sklearn style).
+
+    Hyperparameters live in ``__init__``; learned state in attributes ending in ``_``; ``fit``
+    returns self. Subclasses set ``name`` and implement ``fit``, ``predict_proba``, ``explain``,
+    ``_state`` (-> state_dict, spec, card, scores) and ``_from_saved``.
+    """
+
+    name: ClassVar[str] = "model"
+    version_: str | None = None
+
+    def _check_fitted(self) -> None:
+        if getattr(self, "net_", None) is None:
+            raise NotFittedError(
+                f"the {self.name} model is not fitted: call fit(events) or load it with "
+                f"{type(self).__name__}.load(workspace) (train it with `shopsight train {self.name}`)"
+            )
+
+    def fit(self, events: pd.DataFrame, *, labels: pd.DataFrame | None = None, cutoff: pd.Timestamp | None = None, progress: Progress | None = None) -> "BehaviorModel":  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def predict_proba(self, events: pd.DataFrame, user_ids: Sequence[str] | None = None) -> pd.Series:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def explain(self, events: pd.DataFrame, user_id: str) -> dict[str, Any]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any], pd.DataFrame | None]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @classmethod
+    def _from_saved(cls, state_dict: dict[str, torch.Tensor], spec: dict[str, Any], card: dict[str, Any]) -> "BehaviorModel":  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @property
+    def label(self) -> str:
+        """``"<name>@<version>"`` for citing in answers (``"<name>@unsaved"`` before ``save``)."""
+        return f"{self.name}@{self.version_ or 'unsaved'}"
+
+    def save(self, ws: Any) -> str:
+        """Save weights, spec, card and scores as a new version in ``ws``; returns the version."""
+        from behavior.models import registry
+
+        self._check_fitted()
+        state_dict, spec, card, scores = self._state()
+        self.version_ = registry.save_model(ws, self.name, state_dict=state_dict, spec=spec, card=card, scores=scores)
+        return self.version_
+
+    @classmethod
+    def load(cls, ws: Any, version: str | None = None) -> "BehaviorModel":
+        """Load a saved version (default: the latest) from ``ws``."""
+        from behavior.models import registry
+
+        saved = registry.load(ws, cls.name, version)
+        try:
+            model = cls._from_saved(saved.state_dict, saved.spec, saved.card)
+        except (KeyError, RuntimeError, TypeError) as exc:
+            raise ModelError(
+                f"{cls.name} model {saved.card.get('version')} in {ws.root} does not match this code ({exc}); "
+                f"retrain it with `shopsight train {cls.name}`"
+            ) from exc
+        model.version_ = saved.card.get("version")
+        return model
+
+
+def user_evidence(events: pd.DataFrame, user_id: str, *, n_sessions: int = 3) -> list[dict[str, Any]]:
+    """The user's most recent sessions (and the last purchase session) as evidence rows for ``explain``."""
+    mine = events[events["user_id"] == user_id]
+    if mine.empty:
+        return []
+    by_session = mine.groupby("session_id", sort=False).agg(ts=("ts", "min"), n=("event", "size"))
+    recent = list(by_session.sort_values("ts").index[-n_sessions:])
+    buys = mine[mine["event"] == "purchase"]
+    if len(buys):
+        last_buy = buys.sort_values("ts")["session_id"].iloc[-1]
+        if last_buy not in recent:
+            recent.insert(0, last_buy)
+    out = []
+    for sid in recent:
+        rows = mine[mine["session_id"] == sid]
+        counts = rows["event"].value_counts()
+        cats = sorted(set(rows["category"].dropna().astype(str)))[:3]
+        detail = ", ".join(f"{int(v)} {k}" for k, v in counts.items())
+        if cats:
+            detail += f" in {', '.join(cats)}"
+        top_event = "purchase" if "purchase" in counts.index else str(counts.index[0])
+        out.append({"session_id": str(sid), "ts": rows["ts"].min().isoformat(), "event": top_event, "detail": detail})
+    return out

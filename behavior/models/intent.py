@@ -1,0 +1,661 @@
+"""Purchase intent: P(purchase in this session) from a session's events so far, and P(purchase in
+the next 7 days) per user with the most likely next categories.
+
+Both are ``SequenceTabularNet``s (GRU over the behaviour sentence + MLP over hand-made features)
+trained with ``common.fit_binary`` on a time-based split. Session examples see only the events
+before a session's first checkout or purchase, so the label can never leak into the input.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from behavior.features import rfm_features, top_categories
+from behavior.models.baselines import run_baselines
+from behavior.models.churn import end_of_events, population
+from behavior.models.common import (
+    BehaviorModel,
+    Calibration,
+    ModelError,
+    Progress,
+    Sequences,
+    TabularScaler,
+    TrainSettings,
+    ablation_factors,
+    build_net,
+    fit_binary,
+    fit_vocab,
+    net_config,
+    predict_logits,
+    seed_everything,
+    tokenize_events,
+    user_evidence,
+)
+from behavior.models.metrics import best_f1_threshold, binary_report
+
+# Events at or after which a session's outcome is (nearly) known: never shown to the session model.
+OUTCOME_EVENTS: tuple[str, ...] = ("checkout", "purchase")
+# How much one event says about the next categories a user buys: carts and purchases most.
+CATEGORY_EVENT_WEIGHTS: dict[str, float] = {"view": 1.0, "search": 1.0, "add_to_cart": 3.0, "purchase": 2.0, "review": 0.5}
+CATEGORY_HALF_LIFE_DAYS = 7.0
+
+# Recent-activity features added to ``rfm_features`` for intent (RFM alone is about purchases).
+INTENT_EXTRAS: tuple[str, ...] = ("views_7d", "searches_7d", "carts_7d", "sessions_7d", "days_since_last_cart", "open_cart_7d")
+SESSION_COUNTS: tuple[str, ...] = ("view", "search", "add_to_cart", "remove_from_cart", "login", "review")
+
+
+# --- session examples ---------------------------------------------------------------------
+
+
+def session_prefix(events: pd.DataFrame) -> pd.DataFrame:
+    """The events of each session before its first checkout or purchase (those rows excluded).
+
+    Rows are ordered by session then time (input order kept for ties), so an event logged at
+    the same instant as the checkout but after it is excluded too. Sessions that open with a
+    checkout or purchase have an empty prefix and no rows here.
+    """
+    df = events.sort_values(["session_id", "ts"], kind="stable")
+    outcome = df["event"].isin(OUTCOME_EVENTS).astype("int64")
+    seen_outcome = outcome.groupby(df["session_id"], sort=False).cumsum()
+    return df[seen_outcome.to_numpy() == 0].sort_values(["user_id", "ts"], kind="stable").reset_index(drop=True)
+
+
+def session_examples(events: pd.DataFrame, devices: Sequence[str] = ()) -> pd.DataFrame:
+    """One row per session with a non-empty prefix: prefix features, the user's prior history, the label.
+
+    Args:
+        events: canonical, sessionized events (whole sessions: the label comes from them).
+        devices: device labels to one-hot (learned on training data; others count as none).
+
+    Returns:
+        Index session_id, sorted by start; columns user_id, start (session start), end (last
+        prefix event), session_end (last event of the whole session), purchased (label: the
+        whole session had a purchase), and the numeric features in ``session_feature_names``.
+    """
+    prefix = session_prefix(events)
+    whole = events.assign(_buy=(events["event"] == "purchase").to_numpy(dtype=bool)).groupby("session_id", sort=False).agg(
+        user_id=("user_id", "first"), start=("ts", "min"), session_end=("ts", "max"), purchased=("_buy", "any")
+    )
+    if prefix.empty:
+        return pd.DataFrame(columns=["user_id", "start", "end", "session_end", "purchased", *session_feature_names(devices)])
+    g = prefix.groupby("session_id", sort=False)
+    out = g.agg(end=("ts", "max"), p_start=("ts", "min"), n_events=("event", "size"),
+                n_items=("item_id", "nunique"), n_categories=("category", "nunique"),
+                mean_price=("price", "mean"), max_price=("price", "max"))
+    counts = pd.crosstab(prefix["session_id"], prefix["event"])
+    for ev in SESSION_COUNTS:
+        out[f"n_{ev}"] = counts[ev].reindex(out.index).fillna(0).to_numpy() if ev in counts else 0
+    cart = prefix[prefix["event"] == "add_to_cart"]
+    out["cart_value"] = (cart["price"].fillna(0) * cart["quantity"]).groupby(cart["session_id"]).sum().reindex(out.index).fillna(0.0)
+    out["minutes"] = (out["end"] - out["p_start"]).dt.total_seconds() / 60.0
+    out["events_per_minute"] = out["n_events"] / out["minutes"].clip(lower=1.0)
+    out["hour"] = out["p_start"].dt.hour
+    out["weekend"] = (out["p_start"].dt.dayofweek >= 5).astype("float64")
+    if "device" in prefix.columns:
+        dev = g["device"].first()
+        for d in devices:
+            out[f"device_{d}"] = (dev == d).astype("float64").to_numpy()
+    else:
+        for d in devices:
+            out[f"device_{d}"] = 0.0
+    out = out.join(whole, how="left")
+    out = out.join(_prior_history(whole), how="left")
+    out["mean_price"] = out["mean_price"].fillna(0.0)
+    out["max_price"] = out["max_price"].fillna(0.0)
+    return out.drop(columns=["p_start"]).sort_values(["start", "user_id"], kind="stable")
+
+
+def _prior_history(whole: pd.DataFrame) -> pd.DataFrame:
+    """Per session: the user's sessions and purchases before it and the time since them."""
+    s = whole.sort_values(["user_id", "start"], kind="stable")
+    by = s.groupby("user_id", sort=False)
+    out = pd.DataFrame(index=s.index)
+    out["prior_sessions"] = by.cumcount().astype("float64")
+    bought = s["purchased"].astype("float64")
+    out["prior_purchases"] = bought.groupby(s["user_id"], sort=False).cumsum() - bought
+    out["prior_purchase_rate"] = out["prior_purchases"] / out["prior_sessions"].clip(lower=1)
+    prev_start = by["start"].shift(1)
+    out["days_since_prev_session"] = ((s["start"] - prev_start).dt.total_seconds() / 86400).fillna(-1.0)
+    buy_start = s["start"].where(s["purchased"])
+    last_buy = buy_start.groupby(s["user_id"], sort=False).shift(1)
+    last_buy = last_buy.groupby(s["user_id"], sort=False).ffill()
+    out["days_since_prev_purchase"] = ((s["start"] - last_buy).dt.total_seconds() / 86400).fillna(-1.0)
+    return out
+
+
+def session_feature_names(devices: Sequence[str]) -> list[str]:
+    """The tabular features of the session model, in order."""
+    return [
+        "n_events", "n_items", "n_categories", "mean_price", "max_price",
+        *[f"n_{e}" for e in SESSION_COUNTS], "cart_value", "minutes", "events_per_minute", "hour", "weekend",
+        *[f"device_{d}" for d in devices],
+        "prior_sessions", "prior_purchases", "prior_purchase_rate", "days_since_prev_session", "days_since_prev_purchase",
+    ]
+
+
+# --- user examples ------------------------------------------------------------------------
+
+
+def user_intent_features(events: pd.DataFrame, asof: pd.Timestamp, categories: Sequence[str] = ()) -> pd.DataFrame:
+    """Per-user features from events strictly before ``asof``: ``rfm_features`` plus ``INTENT_EXTRAS``.
+
+    The extras describe the last week (views, searches, cart adds, sessions, items carted
+    but not bought) and the days since the last cart add. Index: every user with an event
+    before ``asof``.
+    """
+    df = events[events["ts"] < asof]
+    f = rfm_features(df, asof, categories=list(categories))
+    if f.empty:
+        return f
+    last7 = df[df["ts"] >= asof - pd.Timedelta(days=7)]
+    ev = last7["event"]
+    count = lambda mask: mask.groupby(last7["user_id"]).sum().reindex(f.index).fillna(0).astype("float64")  # noqa: E731
+    f["views_7d"] = count(ev == "view")
+    f["searches_7d"] = count(ev == "search")
+    f["carts_7d"] = count(ev == "add_to_cart")
+    f["sessions_7d"] = last7.groupby("user_id")["session_id"].nunique().reindex(f.index).fillna(0).astype("float64")
+    f["open_cart_7d"] = (f["carts_7d"] - count(ev == "purchase") - count(ev == "remove_from_cart")).clip(lower=0)
+    last_cart = df[df["event"] == "add_to_cart"].groupby("user_id")["ts"].max().reindex(f.index)
+    f["days_since_last_cart"] = ((asof - last_cart).dt.total_seconds() / 86400).fillna(f["tenure_days"] + 1.0)
+    return f.astype("float64")
+
+
+def bought_within(events: pd.DataFrame, asof: pd.Timestamp, days: float, users: pd.Index) -> np.ndarray:
+    """1 for each of ``users`` with a purchase in [asof, asof + days), else 0: the user-intent label."""
+    end = asof + pd.Timedelta(days=days)
+    buys = events[(events["event"] == "purchase") & (events["ts"] >= asof) & (events["ts"] < end)]
+    return users.isin(pd.Index(buys["user_id"].unique())).astype("int64")
+
+
+def category_affinity(events: pd.DataFrame, asof: pd.Timestamp | None = None) -> pd.DataFrame:
+    """Each user's recency-weighted category mix: the basis of "most likely next categories".
+
+    Every event counts ``CATEGORY_EVENT_WEIGHTS[event]`` (cart adds 3, purchases 2, views and
+    searches 1) times ``0.5 ** (age_days / CATEGORY_HALF_LIFE_DAYS)``, age counted back from
+    ``asof`` (default: the last event). A transparent rule rather than a learned head, so an
+    answer can say why; its hit rate is measured beside a "most bought" baseline in the card.
+
+    Returns:
+        Columns user_id, category, share (shares of a user sum to 1), largest share first.
+    """
+    df = events[events["category"].notna()]
+    if asof is not None:
+        df = df[df["ts"] < asof]
+    ref = asof if asof is not None else (df["ts"].max() if len(df) else pd.Timestamp(0, tz="UTC"))
+    age = (ref - df["ts"]).dt.total_seconds().to_numpy() / 86400
+    w = df["event"].astype(str).map(CATEGORY_EVENT_WEIGHTS).fillna(0.0).to_numpy() * np.power(0.5, age / CATEGORY_HALF_LIFE_DAYS)
+    mix = pd.DataFrame({"user_id": df["user_id"].astype(str).to_numpy(), "category": df["category"].astype(str).to_numpy(), "w": w})
+    mix = mix[mix["w"] > 0].groupby(["user_id", "category"], sort=True)["w"].sum().reset_index()
+    mix["share"] = mix["w"] / mix.groupby("user_id")["w"].transform("sum")
+    return mix.drop(columns="w").sort_values(["user_id", "share", "category"], ascending=[True, False, True], kind="stable").reset_index(drop=True)
+
+
+def next_categories(events: pd.DataFrame, user_id: str, *, k: int = 3, asof: pd.Timestamp | None = None) -> list[dict[str, Any]]:
+    """The user's ``k`` most likely next categories (``category_affinity`` of their events)."""
+    mix = category_affinity(events[events["user_id"] == user_id], asof)
+    return [{"category": c, "share": round(float(v), 4)} for c, v in zip(mix["category"].head(k), mix["share"].head(k))]
+
+
+def next_category_hit_rate(events: pd.DataFrame, asof: pd.Timestamp, horizon_days: float, k: int = 3) -> dict[str, Any]:
+    """How often a buyer's purchase in [asof, asof + horizon) falls in their top-``k`` categories.
+
+    Compares ``category_affinity`` with the baseline "the k categories the user bought most".
+    Population: users with events before ``asof`` who buy in the window.
+    """
+    past = events[events["ts"] < asof]
+    fut = events[(events["event"] == "purchase") & (events["ts"] >= asof) & (events["ts"] < asof + pd.Timedelta(days=horizon_days))]
+    bought = fut.dropna(subset=["category"]).groupby(fut["user_id"].astype(str))["category"].agg(lambda c: set(map(str, c)))
+    bought = bought[bought.index.isin(past["user_id"].astype(str).unique())]
+    aff = category_affinity(past, asof)
+    top = aff.groupby("user_id").head(k).groupby("user_id")["category"].agg(set)
+    buys = past[past["event"] == "purchase"].dropna(subset=["category"])
+    most = (
+        buys.groupby([buys["user_id"].astype(str), buys["category"].astype(str)]).size().rename("n").reset_index()
+        .sort_values(["user_id", "n", "category"], ascending=[True, False, True], kind="stable")
+        .groupby("user_id").head(k).groupby("user_id")["category"].agg(set)
+    )
+    hit = lambda pred: float(np.mean([bool(set(b) & set(pred.get(u, ()))) for u, b in bought.items()])) if len(bought) else None  # noqa: E731
+    return {"k": k, "n_buyers": int(len(bought)), "affinity_hit_rate": hit(top), "most_bought_hit_rate": hit(most)}
+
+
+# --- the model ----------------------------------------------------------------------------
+
+
+class IntentModel(BehaviorModel):
+    """Session and user purchase intent: GRUs over behaviour sentences + MLPs over hand-made features.
+
+    ``predict_proba`` gives P(purchase within ``horizon_days``) per user; ``predict_sessions``
+    gives P(purchase in this session) from each session's events before its first checkout.
+
+    Training follows the churn protocol: the test cutoff C leaves ``horizon_days`` of future;
+    user examples are snapshots at C − H − step·k (the newest validates), so no label window
+    passes C. Session examples are sessions that ended before C (the latest fifth
+    validates); sessions starting at or after C are the session test set.
+
+    Args:
+        horizon_days: H, the user-intent window.
+        n_snapshots: user training snapshots.
+        snapshot_step_days: days between user snapshots.
+        active_days: user population = an event in the ``active_days`` before a snapshot.
+        n_categories: purchase-share features for this many top categories.
+        max_train_sessions: the most recent training sessions kept (bounds training time).
+        session_max_len: tokens kept per session prefix.
+        use_sequence: include the GRU branches (False: tabular MLPs only).
+        settings: training knobs; the user net may use half of ``max_seconds``, the session net a third.
+    """
+
+    name = "intent"
+
+    def __init__(
+        self,
+        horizon_days: int = 7,
+        *,
+        n_snapshots: int = 4,
+        snapshot_step_days: int = 7,
+        active_days: int | None = 90,
+        n_categories: int = 6,
+        max_train_sessions: int = 30000,
+        session_max_len: int = 24,
+        use_sequence: bool = True,
+        settings: TrainSettings | None = None,
+    ) -> None:
+        self.horizon_days = horizon_days
+        self.n_snapshots = n_snapshots
+        self.snapshot_step_days = snapshot_step_days
+        self.active_days = active_days
+        self.n_categories = n_categories
+        self.max_train_sessions = max_train_sessions
+        self.session_max_len = session_max_len
+        self.use_sequence = use_sequence
+        self.settings = settings or TrainSettings(max_len=48)
+        self.net_: torch.nn.Module | None = None
+        self.session_net_: torch.nn.Module | None = None
+        self.vocab_: dict[str, Any] | None = None
+        self.categories_: list[str] = []
+        self.devices_: list[str] = []
+        self.user_scaler_: TabularScaler | None = None
+        self.session_scaler_: TabularScaler | None = None
+        self.user_calibration_ = Calibration()
+        self.session_calibration_ = Calibration()
+        self.user_threshold_: float = 0.5
+        self.session_threshold_: float = 0.5
+        self.card_: dict[str, Any] = {}
+        self.scores_: pd.DataFrame | None = None
+
+    # --- data ---------------------------------------------------------------------------
+    def user_snapshot(self, events: pd.DataFrame, asof: pd.Timestamp, users: pd.Index | None = None) -> tuple[pd.DataFrame, Sequences, np.ndarray]:
+        """Features, sequences and labels (purchase within H) of ``users`` (default: the active population) at ``asof``."""
+        if users is None:
+            users = population(events, asof, self.active_days)
+        past = events[(events["ts"] < asof) & events["user_id"].isin(users)]
+        feats = user_intent_features(past, asof, self.categories_).reindex(users)
+        seqs = self._sequences(past, users, "user_id", self.settings.max_len)
+        return feats, seqs, bought_within(events, asof, self.horizon_days, users)
+
+    def _sequences(self, events: pd.DataFrame, keys: pd.Index, by: str, max_len: int) -> Sequences:
+        if not self.use_sequence:
+            return Sequences(np.zeros((len(keys), 1), dtype="int64"), np.ones(len(keys), dtype="int64"), keys)
+        return tokenize_events(events, self.vocab_ or {}, by=by, keys=keys, max_len=max_len)
+
+    def _session_sequences(self, events: pd.DataFrame, session_ids: pd.Index) -> Sequences:
+        prefix = session_prefix(events[events["session_id"].isin(session_ids)])
+        return self._sequences(prefix, session_ids, "session_id", self.session_max_len)
+
+    def _new_net(self, n_tabular: int) -> torch.nn.Module:
+        s = self.settings
+        vocab = int(self.vocab_["size"]) if (self.use_sequence and self.vocab_) else 0
+        return build_net({"vocab_size": vocab, "n_tabular": n_tabular, "emb_dim": s.emb_dim, "hidden": s.hidden, "dropout": s.dropout})
+
+    # --- training -----------------------------------------------------------------------
+    def fit(
+        self,
+        events: pd.DataFrame,
+        *,
+        labels: pd.DataFrame | None = None,
+        cutoff: pd.Timestamp | None = None,
+        progress: Progress | None = None,
+    ) -> "IntentModel":
+        """Train both nets before ``cutoff``, test at it beside the baselines, score every user as of the end.
+
+        Args:
+            events: canonical, sessionized events.
+            labels: unused: purchases in the events are the ground truth of intent (the demo
+                shop's latent session intent is not observable in real data). Accepted for the
+                shared interface.
+            cutoff: the test cutoff C (default: H days before the end of the events).
+            progress: optional ``progress(stage, fraction)`` callback.
+        """
+        t0 = time.perf_counter()
+        report = progress or (lambda stage, frac: None)
+        end = end_of_events(events)
+        H = pd.Timedelta(days=self.horizon_days)
+        C = pd.Timestamp(cutoff) if cutoff is not None else end - H
+        if C.tzinfo is None:
+            C = C.tz_localize("UTC")
+        first = events["ts"].min()
+        asofs = [C - H - pd.Timedelta(days=self.snapshot_step_days * k) for k in range(self.n_snapshots)]
+        asofs = [a for a in asofs if a - first >= pd.Timedelta(days=7)]
+        if len(asofs) < 2:
+            raise ModelError(
+                f"not enough history for {self.horizon_days}-day purchase intent: events span "
+                f"{first.date()}..{end.date()}; need about {2 * self.horizon_days + 21} days before the end"
+            )
+        s = self.settings
+        seed_everything(s.seed, s.threads)
+        report("features", 0.0)
+        before_c = events[events["ts"] < C]
+        self.vocab_ = fit_vocab(before_c)
+        self.categories_ = top_categories(before_c, self.n_categories)
+        self.devices_ = _top_values(before_c, "device", 6)
+
+        # --- user intent: stacked snapshots, the newest validates ---
+        snaps = [self.user_snapshot(events[events["ts"] < a + H], a) for a in asofs]
+        X_test, seq_test, y_test = self.user_snapshot(events[events["ts"] < C + H], C)
+        X_train = pd.concat([f for f, _, _ in snaps], ignore_index=True)
+        y_train = np.concatenate([y for _, _, y in snaps])
+        seq_train = _stack([q for _, q, _ in snaps])
+        val = np.zeros(len(y_train), dtype=bool)
+        val[: len(snaps[0][2])] = True
+        report("features", 0.5)
+        self.user_scaler_ = TabularScaler.fit(X_train[~val])
+        self.net_ = self._new_net(X_train.shape[1])
+        # Two nets share the training budget: half of max_seconds for users, a third for sessions.
+        ru = fit_binary(self.net_, seq_train, self.user_scaler_.transform(X_train), y_train, val_mask=val,
+                        settings=replace(s, max_seconds=s.max_seconds / 2), progress=lambda st, fr: report("user intent", fr))
+        self.user_calibration_ = ru.calibration
+        self.user_threshold_ = best_f1_threshold(y_train[val], ru.calibration.apply(ru.val_logits))
+        p_test = self.user_calibration_.apply(predict_logits(self.net_, seq_test, self.user_scaler_.transform(X_test)))
+        user_base = run_baselines(X_train, y_train, X_test, y_test, val_mask=val, recency_sign=-1.0, seed=s.seed, threads=s.threads)
+
+        # --- session intent: sessions that ended before C; the latest fifth validates ---
+        ex = session_examples(events, self.devices_)
+        names = session_feature_names(self.devices_)
+        train_ex = ex[ex["session_end"] < C].tail(self.max_train_sessions)
+        test_ex = ex[ex["start"] >= C]
+        if train_ex["purchased"].nunique() < 2:
+            raise ModelError("session intent needs sessions with and without purchases before the cutoff")
+        sval = _latest_fraction(train_ex["start"].astype("int64").to_numpy(), 0.2)
+        ys = train_ex["purchased"].astype("int64").to_numpy()
+        report("features", 1.0)
+        self.session_scaler_ = TabularScaler.fit(train_ex.loc[~sval, names])
+        self.session_net_ = self._new_net(len(names))
+        rs = fit_binary(self.session_net_, self._session_sequences(events, train_ex.index), self.session_scaler_.transform(train_ex),
+                        ys, val_mask=sval, settings=replace(s, max_len=self.session_max_len, max_seconds=s.max_seconds / 3),
+                        progress=lambda st, fr: report("session intent", fr))
+        self.session_calibration_ = rs.calibration
+        self.session_threshold_ = best_f1_threshold(ys[sval], rs.calibration.apply(rs.val_logits))
+        ys_test = test_ex["purchased"].astype("int64").to_numpy()
+        ps_test = self.session_calibration_.apply(
+            predict_logits(self.session_net_, self._session_sequences(events, test_ex.index), self.session_scaler_.transform(test_ex))
+        ) if len(test_ex) else np.zeros(0)
+        train_seconds = time.perf_counter() - t0
+        report("baselines", 0.0)
+        session_base = run_baselines(
+            train_ex[names].reset_index(drop=True), ys, test_ex[names].reset_index(drop=True), ys_test, val_mask=sval,
+            recency_column="days_since_prev_purchase", recency_sign=-1.0, seed=s.seed, threads=s.threads,
+        ) if len(test_ex) else {}
+        session_base.pop("days_since_last_purchase", None)  # not a session-level baseline
+        report("baselines", 1.0)
+        report("scores", 0.0)
+        self.scores_ = self._score_all(events)
+        report("scores", 1.0)
+        clean = lambda runs: {k: {**v["report"], "train_seconds": round(v["train_seconds"], 3)} for k, v in runs.items()}  # noqa: E731
+        self.card_ = {
+            "task": f"user: P(purchase within {self.horizon_days} days); session: P(purchase in the session) from its events before checkout",
+            "data_window": {"first_event": first.isoformat(), "last_event": events["ts"].max().isoformat(),
+                            "test_cutoff": C.isoformat(), "scored_asof": end.isoformat()},
+            "split": {
+                "user_train_snapshots": [a.isoformat() for a in asofs[1:]],
+                "user_validation_snapshot": asofs[0].isoformat(),
+                "user_test_snapshot": C.isoformat(),
+                "session_train": f"sessions that ended before {C.isoformat()} (latest {int(sval.sum())} validate)",
+                "session_test": f"sessions starting at or after {C.isoformat()}",
+                "n_user_train": int((~val).sum()), "n_user_validation": int(val.sum()), "n_user_test": int(len(y_test)),
+                "n_session_train": int((~sval).sum()), "n_session_validation": int(sval.sum()), "n_session_test": int(len(ys_test)),
+            },
+            "metrics": binary_report(y_test, p_test, threshold=self.user_threshold_),
+            "baselines": clean(user_base),
+            "session_metrics": binary_report(ys_test, ps_test, threshold=self.session_threshold_) if len(ys_test) else None,
+            "session_baselines": clean(session_base),
+            "next_categories": {
+                "method": f"recency-weighted category mix (half-life {CATEGORY_HALF_LIFE_DAYS:g} days, weights {CATEGORY_EVENT_WEIGHTS})",
+                **next_category_hit_rate(events, C, self.horizon_days),
+            },
+            "calibration": {"method": "platt (temperature + bias) on the validation slice",
+                            "user": self.user_calibration_.to_dict(), "session": self.session_calibration_.to_dict()},
+            "train_seconds": round(train_seconds, 2),
+            "training": {"user": {"best_epoch": ru.best_epoch, "epochs_run": ru.epochs_run, "seconds": round(ru.seconds, 1)},
+                         "session": {"best_epoch": rs.best_epoch, "epochs_run": rs.epochs_run, "seconds": round(rs.seconds, 1)}},
+            "settings": s.to_dict(),
+            "features": {"user": list(self.user_scaler_.columns), "session": names},
+        }
+        self.version_ = None
+        return self
+
+    # --- inference ----------------------------------------------------------------------
+    def _user_inputs(self, events: pd.DataFrame, users: pd.Index, asof: pd.Timestamp) -> tuple[pd.DataFrame, Sequences]:
+        mine = events[events["user_id"].isin(users) & (events["ts"] < asof)]
+        feats = user_intent_features(mine, asof, self.categories_).reindex(users)
+        return feats, self._sequences(mine, users, "user_id", self.settings.max_len)
+
+    def predict_proba(self, events: pd.DataFrame, user_ids: Sequence[str] | None = None) -> pd.Series:
+        """P(purchase within ``horizon_days``) per user, as of the end of ``events`` (index user_id).
+
+        Unknown user ids raise ``KeyError`` naming them.
+        """
+        self._check_fitted()
+        users = _users(events, user_ids)
+        feats, seqs = self._user_inputs(events, users, end_of_events(events))
+        p = self.user_calibration_.apply(predict_logits(self.net_, seqs, self.user_scaler_.transform(feats)))
+        return pd.Series(p, index=users, name="p_intent")
+
+    def predict_sessions(self, events: pd.DataFrame, session_ids: Sequence[str] | None = None) -> pd.Series:
+        """P(purchase in the session) from each session's events before its first checkout/purchase.
+
+        Index session_id. Sessions with an empty prefix (they open with a checkout) are absent;
+        unknown session ids raise ``KeyError``.
+        """
+        self._check_fitted()
+        if session_ids is not None:
+            sids = pd.Index([str(x) for x in session_ids])
+            unknown = sids.difference(pd.Index(events["session_id"].astype(str).unique()))
+            if len(unknown):
+                raise KeyError(f"unknown session id(s): {', '.join(map(str, unknown[:5]))}")
+            owners = events.loc[events["session_id"].isin(sids), "user_id"].unique()
+            events = events[events["user_id"].isin(owners)]  # prior history needs the owners' earlier sessions
+        ex = session_examples(events, self.devices_)
+        if session_ids is not None:
+            ex = ex[ex.index.isin(sids)]
+        if ex.empty:
+            return pd.Series(dtype="float64", name="p_session_purchase")
+        X = self.session_scaler_.transform(ex)
+        p = self.session_calibration_.apply(predict_logits(self.session_net_, self._session_sequences(events, ex.index), X))
+        return pd.Series(p, index=ex.index, name="p_session_purchase")
+
+    def _score_all(self, events: pd.DataFrame) -> pd.DataFrame:
+        users = _users(events, None)
+        p = self.predict_proba(events)
+        top = category_affinity(events).groupby("user_id").head(1).set_index("user_id")["category"]
+        return pd.DataFrame({
+            "user_id": users.astype(str),
+            "probability": p.to_numpy(),
+            "intent": p.to_numpy() >= self.user_threshold_,
+            "next_category": top.reindex(users.astype(str)).to_numpy(),
+            "asof": end_of_events(events),
+        })
+
+    def explain(self, events: pd.DataFrame, user_id: str) -> dict[str, Any]:
+        """Why this user's purchase intent is what it is, as data for the agent.
+
+        Factors: feature ablation over the tabular features plus one factor for the token
+        sequence (``recent_event_sequence``, value = tokens seen). Also the top-3 next
+        categories with their shares, the session-intent probability of the latest sessions,
+        and the evidence sessions (all the user's own).
+        """
+        self._check_fitted()
+        user_id = str(user_id)
+        mine = events[events["user_id"] == user_id]
+        if mine.empty:
+            raise KeyError(f"unknown user id: {user_id}")
+        users = pd.Index([user_id], name="user_id")
+        asof = end_of_events(events)  # the same "as of" as predict_proba on these events
+        feats, seqs = self._user_inputs(mine, users, asof)
+        x = self.user_scaler_.transform(feats)[0]
+
+        def score(batch: np.ndarray, q: Sequences = seqs) -> np.ndarray:
+            k = len(batch)
+            rep = Sequences(np.repeat(q.tokens, k, axis=0), np.repeat(q.lengths, k), pd.RangeIndex(k))
+            return self.user_calibration_.apply(predict_logits(self.net_, rep, batch))
+
+        p = float(score(x[None, :])[0])
+        factors = ablation_factors(score, x, feats.iloc[0].to_dict(), self.user_scaler_.columns, top_k=5)
+        if self.use_sequence:
+            blank = Sequences(np.zeros_like(seqs.tokens), np.ones_like(seqs.lengths), users)
+            c = p - float(score(x[None, :], blank)[0])
+            factors.append({"name": "recent_event_sequence", "value": int(seqs.lengths[0]), "direction": "raises" if c >= 0 else "lowers", "contribution": round(c, 4)})
+            factors.sort(key=lambda f: -abs(f["contribution"]))
+        recent = mine.groupby("session_id")["ts"].max().sort_values().index[-3:]
+        sessions = self.predict_sessions(mine, list(recent))
+        return {
+            "model": self.label,
+            "user_id": user_id,
+            "probability": round(p, 4),
+            "threshold": round(float(self.user_threshold_), 4),
+            "horizon_days": self.horizon_days,
+            "asof": asof.isoformat(),
+            "factors": factors[:6],
+            "rules": [],
+            "next_categories": next_categories(mine, user_id, k=3),
+            "sessions": [{"session_id": str(k), "p_purchase": round(float(v), 4)} for k, v in sessions.items()],
+            "evidence": user_evidence(mine, user_id),
+        }
+
+    def explain_session(self, events: pd.DataFrame, session_id: str) -> dict[str, Any]:
+        """Why one session looks like it will (not) end in a purchase: ablation factors over its prefix features."""
+        self._check_fitted()
+        session_id = str(session_id)
+        rows = events[events["session_id"] == session_id]
+        if rows.empty:
+            raise KeyError(f"unknown session id: {session_id}")
+        user_id = str(rows["user_id"].iloc[0])
+        mine = events[events["user_id"] == user_id]
+        ex = session_examples(mine, self.devices_)
+        if session_id not in ex.index:
+            return {"model": self.label, "session_id": session_id, "user_id": user_id, "probability": None,
+                    "factors": [], "rules": [], "evidence": [], "note": "the session opens with a checkout: nothing to judge before it"}
+        ex = ex.loc[[session_id]]
+        x = self.session_scaler_.transform(ex)[0]
+        seqs = self._session_sequences(mine, ex.index)
+
+        def score(batch: np.ndarray) -> np.ndarray:
+            k = len(batch)
+            rep = Sequences(np.repeat(seqs.tokens, k, axis=0), np.repeat(seqs.lengths, k), pd.RangeIndex(k))
+            return self.session_calibration_.apply(predict_logits(self.session_net_, rep, batch))
+
+        p = float(score(x[None, :])[0])
+        prefix = session_prefix(rows)
+        counts = prefix["event"].value_counts()
+        return {
+            "model": self.label,
+            "session_id": session_id,
+            "user_id": user_id,
+            "probability": round(p, 4),
+            "threshold": round(float(self.session_threshold_), 4),
+            "factors": ablation_factors(score, x, ex.iloc[0].to_dict(), self.session_scaler_.columns, top_k=5),
+            "rules": [],
+            "evidence": [{"session_id": session_id, "ts": rows["ts"].min().isoformat(), "event": "prefix",
+                          "detail": ", ".join(f"{int(v)} {k}" for k, v in counts.items()) + " before checkout"}],
+        }
+
+    # --- persistence --------------------------------------------------------------------
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any], pd.DataFrame | None]:
+        state = {f"user.{k}": v for k, v in self.net_.state_dict().items()}
+        state.update({f"session.{k}": v for k, v in self.session_net_.state_dict().items()})
+        spec = {
+            "horizon_days": self.horizon_days,
+            "n_snapshots": self.n_snapshots,
+            "snapshot_step_days": self.snapshot_step_days,
+            "active_days": self.active_days,
+            "n_categories": self.n_categories,
+            "max_train_sessions": self.max_train_sessions,
+            "session_max_len": self.session_max_len,
+            "use_sequence": self.use_sequence,
+            "settings": self.settings.to_dict(),
+            "vocab": self.vocab_,
+            "categories": self.categories_,
+            "devices": self.devices_,
+            "user_scaler": self.user_scaler_.to_dict(),
+            "session_scaler": self.session_scaler_.to_dict(),
+            "user_net": net_config(self.net_),
+            "session_net": net_config(self.session_net_),
+            "user_calibration": self.user_calibration_.to_dict(),
+            "session_calibration": self.session_calibration_.to_dict(),
+            "user_threshold": self.user_threshold_,
+            "session_threshold": self.session_threshold_,
+        }
+        return state, spec, self.card_, self.scores_
+
+    @classmethod
+    def _from_saved(cls, state_dict: dict[str, torch.Tensor], spec: dict[str, Any], card: dict[str, Any]) -> "IntentModel":
+        m = cls(
+            spec["horizon_days"], n_snapshots=spec["n_snapshots"], snapshot_step_days=spec["snapshot_step_days"],
+            active_days=spec["active_days"], n_categories=spec["n_categories"], max_train_sessions=spec["max_train_sessions"],
+            session_max_len=spec["session_max_len"], use_sequence=spec["use_sequence"], settings=TrainSettings(**spec["settings"]),
+        )
+        m.vocab_ = spec["vocab"]
+        m.categories_ = list(spec["categories"])
+        m.devices_ = list(spec["devices"])
+        m.user_scaler_ = TabularScaler.from_dict(spec["user_scaler"])
+        m.session_scaler_ = TabularScaler.from_dict(spec["session_scaler"])
+        m.net_ = build_net(spec["user_net"])
+        m.net_.load_state_dict({k[len("user."):]: v for k, v in state_dict.items() if k.startswith("user.")}, strict=True)
+        m.session_net_ = build_net(spec["session_net"])
+        m.session_net_.load_state_dict({k[len("session."):]: v for k, v in state_dict.items() if k.startswith("session.")}, strict=True)
+        m.net_.eval()
+        m.session_net_.eval()
+        m.user_calibration_ = Calibration(**spec["user_calibration"])
+        m.session_calibration_ = Calibration(**spec["session_calibration"])
+        m.user_threshold_ = float(spec["user_threshold"])
+        m.session_threshold_ = float(spec["session_threshold"])
+        m.card_ = card
+        return m
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _users(events: pd.DataFrame, user_ids: Sequence[str] | None) -> pd.Index:
+    if user_ids is None:
+        return pd.Index(sorted(events["user_id"].astype(str).unique()), name="user_id")
+    users = pd.Index([str(u) for u in user_ids], name="user_id")
+    unknown = users.difference(pd.Index(events["user_id"].astype(str).unique()))
+    if len(unknown):
+        raise KeyError(f"unknown user id(s): {', '.join(map(str, unknown[:5]))}")
+    return users
+
+
+def _stack(parts: list[Sequences]) -> Sequences:
+    return Sequences(
+        np.concatenate([p.tokens for p in parts]), np.concatenate([p.lengths for p in parts]), pd.RangeIndex(sum(len(p.lengths) for p in parts))
+    )
+
+
+def _latest_fraction(order_key: np.ndarray, fraction: float) -> np.ndarray:
+    """Mask of the rows with the largest ``order_key`` (the most recent ``fraction``), at least one row."""
+    n = len(order_key)
+    k = max(1, int(round(n * fraction)))
+    mask = np.zeros(n, dtype=bool)
+    mask[np.argsort(order_key, kind="stable")[n - k :]] = True
+    return mask
+
+
+def _top_values(events: pd.DataFrame, column: str, k: int) -> list[str]:
+    if column not in events.columns:
+        return []
+    return sorted(events[column].dropna().astype(str).value_counts().index[:k].tolist())

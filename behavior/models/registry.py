@@ -1,0 +1,205 @@
+"""The model registry: ``workspace/models/<name>/<version>/`` with weights, feature spec, card and scores.
+
+A version folder holds ``weights.safetensors`` (tensors only, no pickles), ``spec.json`` (what
+inference needs to rebuild features and the net; carries ``schema_version``), ``card.json``
+(data window, metrics beside the baselines', calibration, training time; carries the sha256
+of the weights) and optionally ``scores.parquet`` (every user's probability as of the end of
+the training events, so cohort questions need no inference). A version is written in a
+temporary folder and renamed into place: a crash never leaves a half-written version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pandas as pd
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from behavior.models.common import SPEC_SCHEMA_VERSION, ModelError
+from behavior.workspace import Workspace
+
+WEIGHTS = "weights.safetensors"
+SPEC = "spec.json"
+CARD = "card.json"
+SCORES = "scores.parquet"
+_VERSION = re.compile(r"^v(\d+)$")
+
+
+class SavedModel(NamedTuple):
+    """A loaded version: unpack as ``state_dict, spec, card = registry.load(ws, name)``."""
+
+    state_dict: dict[str, torch.Tensor]
+    spec: dict[str, Any]
+    card: dict[str, Any]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def versions(ws: Workspace, name: str) -> list[str]:
+    """Saved versions of ``name``, oldest first (``["v1", "v2", ...]``)."""
+    folder = ws.models_dir / name
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p.name) for p in folder.iterdir() if p.is_dir() and (m := _VERSION.match(p.name))]
+    return [v for _, v in sorted(found)]
+
+
+def latest_version(ws: Workspace, name: str) -> str | None:
+    """The newest version of ``name``, or None if none is saved."""
+    vs = versions(ws, name)
+    return vs[-1] if vs else None
+
+
+def model_dir(ws: Workspace, name: str, version: str | None = None) -> Path:
+    """The folder of a saved version (default: latest); raises ``ModelError`` if there is none."""
+    v = version or latest_version(ws, name)
+    if v is None:
+        raise ModelError(f"no '{name}' model in workspace '{ws.root}': train one with `shopsight train {name}`")
+    path = ws.models_dir / name / v
+    if not path.is_dir():
+        have = ", ".join(versions(ws, name)) or "none"
+        raise ModelError(f"no version '{v}' of the '{name}' model in '{ws.root}' (saved: {have})")
+    return path
+
+
+def save_model(
+    ws: Workspace,
+    name: str,
+    *,
+    state_dict: dict[str, torch.Tensor],
+    spec: dict[str, Any],
+    card: dict[str, Any],
+    scores: pd.DataFrame | None = None,
+) -> str:
+    """Save a new version of model ``name`` atomically and return its version string ("v1", "v2", …).
+
+    Args:
+        ws: the workspace.
+        name: model name (``intent``, ``churn``, ``risk``, …).
+        state_dict: tensors only; saved with safetensors.
+        spec: JSON-able feature spec; ``schema_version`` is added.
+        card: JSON-able model card; ``name``, ``version``, ``created`` and ``weights_sha256`` are added.
+        scores: optional per-user scores (``user_id``, ``probability``, …) as of the end of the events.
+    """
+    parent = ws.models_dir / name
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".saving-", dir=parent))
+    try:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+        save_file(tensors, str(tmp / WEIGHTS))
+        spec = {**spec, "schema_version": SPEC_SCHEMA_VERSION, "name": name}
+        (tmp / SPEC).write_text(json.dumps(spec, indent=2, sort_keys=True, default=str) + "\n")
+        if scores is not None:
+            scores.to_parquet(tmp / SCORES, index=False)
+        for _ in range(100):  # another process may take the same number: try the next one
+            latest = latest_version(ws, name)
+            version = f"v{int(latest[1:]) + 1 if latest else 1}"
+            full_card = {
+                **card,
+                "name": name,
+                "version": version,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "weights_sha256": _sha256(tmp / WEIGHTS),
+            }
+            (tmp / CARD).write_text(json.dumps(full_card, indent=2, sort_keys=True, default=str) + "\n")
+            try:
+                os.rename(tmp, parent / version)  # atomic; fails if the version exists (non-empty)
+                return version
+            except OSError:
+                if not (parent / version).exists():
+                    raise
+        raise ModelError(f"could not allocate a new version for '{name}' in {parent}")
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read_json(path: Path, what: str, name: str) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{what} missing in {path.parent}: the '{name}' model is incomplete; retrain with `shopsight train {name}`") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path} is corrupted ({exc}); retrain with `shopsight train {name}`") from exc
+
+
+def load(ws: Workspace, name: str, version: str | None = None) -> SavedModel:
+    """Load a saved version (default: latest), checking integrity and compatibility.
+
+    Raises:
+        ModelError: no such model or version; a file missing or corrupted (weights checksum,
+            unreadable JSON); a spec written by an incompatible version of the code.
+    """
+    path = model_dir(ws, name, version)
+    spec = _read_json(path / SPEC, "spec.json", name)
+    card = _read_json(path / CARD, "card.json", name)
+    got = spec.get("schema_version")
+    if got != SPEC_SCHEMA_VERSION:
+        raise ModelError(
+            f"the '{name}' model {path.name} has feature-spec schema {got}, this code reads schema "
+            f"{SPEC_SCHEMA_VERSION}: retrain it with `shopsight train {name}`"
+        )
+    weights = path / WEIGHTS
+    if not weights.exists():
+        raise ModelError(f"weights missing in {path}; retrain with `shopsight train {name}`")
+    expected = card.get("weights_sha256")
+    if expected and _sha256(weights) != expected:
+        raise ModelError(f"{weights} is corrupted (checksum mismatch); retrain with `shopsight train {name}`")
+    try:
+        state_dict = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"{weights} is corrupted ({exc}); retrain with `shopsight train {name}`") from exc
+    return SavedModel(state_dict, spec, card)
+
+
+def load_scores(ws: Workspace, name: str, version: str | None = None) -> pd.DataFrame:
+    """The per-user scores written at training time (``user_id``, ``probability``, …)."""
+    path = model_dir(ws, name, version) / SCORES
+    if not path.exists():
+        raise ModelError(f"no scores saved with the '{name}' model {path.parent.name}; retrain with `shopsight train {name}`")
+    return pd.read_parquet(path)
+
+
+def list_models(ws: Workspace) -> list[dict[str, Any]]:
+    """Every saved version in ``ws``: name, version, created, data window, headline metrics, path.
+
+    A version whose card cannot be read is listed with ``error`` instead of failing the list.
+    """
+    rows: list[dict[str, Any]] = []
+    if not ws.models_dir.is_dir():
+        return rows
+    for folder in sorted(p for p in ws.models_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for v in versions(ws, folder.name):
+            path = folder / v
+            row: dict[str, Any] = {"name": folder.name, "version": v, "path": str(path)}
+            try:
+                card = json.loads((path / CARD).read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                row["error"] = f"unreadable card: {exc}"
+                rows.append(row)
+                continue
+            row.update(
+                created=card.get("created"),
+                data_window=card.get("data_window"),
+                metrics=card.get("metrics", {}),
+                baselines=card.get("baselines", {}),
+                train_seconds=card.get("train_seconds"),
+            )
+            rows.append(row)
+    return rows

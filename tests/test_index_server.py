@@ -1,0 +1,95 @@
+"""The session index against a real Chroma server (`chroma run`) on the loopback interface."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from behavior.workspace import Workspace
+from index.store import SessionIndex, chroma_url_from_env
+from test_index import SECRETS, make_events  # tests/ is on sys.path (no __init__.py)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def chroma_server(tmp_path: Path) -> Iterator[str]:
+    exe = Path(sys.executable).parent / "chroma"
+    if not exe.exists():
+        found = shutil.which("chroma")
+        if found is None:
+            pytest.fail("the `chroma` command from the chromadb package is not installed in this environment")
+        exe = Path(found)
+    port = _free_port()
+    log = (tmp_path / "chroma.log").open("wb")
+    proc = subprocess.Popen(
+        [str(exe), "run", "--path", str(tmp_path / "server-data"), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"chroma server did not start: {(tmp_path / 'chroma.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def test_chroma_url_comes_from_the_environment_setting() -> None:
+    assert chroma_url_from_env({"SHOPSIGHT_CHROMA_URL": " http://127.0.0.1:8123 "}) == "http://127.0.0.1:8123"
+    assert chroma_url_from_env({"SHOPSIGHT_CHROMA_URL": ""}) is None
+    assert chroma_url_from_env({}) is None
+
+
+@pytest.mark.slow
+def test_index_builds_and_answers_through_a_chroma_server(chroma_server: str, workspace: Workspace) -> None:
+    events = make_events(users=8, seed=11)
+    n = events["session_id"].nunique()
+    index = SessionIndex(workspace, chroma_url=chroma_server)
+    stats = index.build(events)
+    assert (stats.embedded, stats.target) == (n, chroma_server)
+    # Nothing was written to the embedded store: the vectors live on the server.
+    assert not index.chroma_path.exists()
+
+    again = SessionIndex(workspace, chroma_url=chroma_server)
+    assert again.build(events).embedded == 0
+    assert again.collection().count() == n
+
+    user = events["user_id"].iloc[0]
+    history = again.user_history(user)
+    assert history and all(h.user_id == user for h in history)
+    starts = [h.start for h in history]
+    assert starts == sorted(starts, reverse=True)
+
+    hits = again.search("garden hose", k=3, purchased=False)
+    assert 0 < len(hits) <= 3 and all(h.metadata["purchased"] is False for h in hits)
+    stored = again.collection().get(include=["documents"])
+    assert not any(secret in doc for doc in stored["documents"] for secret in SECRETS.values())

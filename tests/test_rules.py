@@ -1,0 +1,178 @@
+"""The named risk rules fire on constructed fraud and stay quiet on honest behaviour."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from behavior.events import to_canonical
+from behavior.models.rules import (
+    RULE_NAMES,
+    RuleThresholds,
+    bot_velocity,
+    card_testing_burst,
+    evaluate_rules,
+    linked_accounts,
+    new_device_high_value,
+    order_table,
+    refund_rate,
+    rule_features,
+    rules_for_order,
+    rules_for_user,
+    velocity,
+)
+
+T0 = pd.Timestamp("2026-03-02 10:00", tz="UTC")
+
+
+def ev(user, minutes, event, session, *, price=20.0, order=None, device="dev-" , ip=None, country="DE", category="books"):
+    return {
+        "user_id": user,
+        "ts": T0 + pd.Timedelta(minutes=minutes),
+        "event": event,
+        "item_id": "i1",
+        "category": category,
+        "price": price,
+        "quantity": 1,
+        "session_id": session,
+        "device": device if device != "dev-" else f"dev-{user}",
+        "country": country,
+        "order_id": order,
+        "ip": ip or f"10.0.0.{abs(hash(user)) % 200}",
+        "payment": "card",
+    }
+
+
+def frame(rows):
+    return to_canonical(pd.DataFrame(rows))
+
+
+def honest_user(user, day_offset=0, orders=3):
+    """A shopper with a few sessions a few days apart, each ending in one normal order."""
+    rows = []
+    for k in range(orders):
+        m = (day_offset + 3 * k) * 1440
+        s = f"{user}-s{k}"
+        rows += [
+            ev(user, m, "view", s),
+            ev(user, m + 2, "view", s),
+            ev(user, m + 5, "add_to_cart", s),
+            ev(user, m + 7, "purchase", s, price=40.0, order=f"{user}-o{k}"),
+        ]
+    return rows
+
+
+def test_card_testing_burst_fires_on_tiny_orders_in_an_hour_and_cites_them():
+    rows = honest_user("h1")
+    rows += [ev("f1", 0, "view", "f1-s0")]
+    rows += [ev("f1", 1 + 3 * k, "purchase", "f1-s0", price=1.0, order=f"f1-o{k}") for k in range(6)]
+    res = card_testing_burst(frame(rows))
+    assert res.users.at["f1", "fired"]
+    assert res.users.at["f1", "value"] == 6
+    assert sorted(res.users.at["f1", "evidence"]) == sorted(f"f1-o{k}" for k in range(6))
+    assert not res.users.at["h1", "fired"]
+    assert res.orders.at["f1-o5", "fired"] and not res.orders.at["f1-o0", "fired"]
+
+
+def test_card_testing_ignores_tiny_orders_spread_over_days():
+    rows = [ev("u", 1440 * k, "purchase", f"u-s{k}", price=1.0, order=f"u-o{k}") for k in range(6)]
+    assert not card_testing_burst(frame(rows)).users.at["u", "fired"]
+
+
+def test_velocity_counts_orders_within_a_day():
+    rows = honest_user("h1")
+    rows += [ev("f", 60 * k, "purchase", f"f-s{k}", price=80.0, order=f"f-o{k}") for k in range(7)]
+    res = velocity(frame(rows))
+    assert res.users.at["f", "value"] == 7 and res.users.at["f", "fired"]
+    assert res.users.at["h1", "value"] == 1 and not res.users.at["h1", "fired"]
+
+
+def test_new_device_high_value_fires_on_takeover_order_only():
+    rows = honest_user("victim")
+    # Later: a session from a device and country never seen before, with a large order.
+    rows += [
+        ev("victim", 20 * 1440, "login", "victim-x", device="dev-attacker", country="RU"),
+        ev("victim", 20 * 1440 + 1, "purchase", "victim-x", price=900.0, order="victim-big", device="dev-attacker", country="RU"),
+    ]
+    # Control: a user who buys big but always from their own device.
+    rows += honest_user("rich")
+    rows += [ev("rich", 20 * 1440, "purchase", "rich-x", price=900.0, order="rich-big")]
+    res = new_device_high_value(frame(rows))
+    assert res.users.at["victim", "fired"]
+    assert res.users.at["victim", "evidence"] == ["victim-big"]
+    assert res.orders.at["victim-big", "value"] == pytest.approx(900.0 / 40.0)
+    assert "new device dev-attacker" in res.orders.at["victim-big", "detail"]
+    assert not res.users.at["rich", "fired"]
+    assert not res.orders.loc[["victim-o0", "victim-o1", "victim-o2"], "fired"].any()
+
+
+def test_new_device_does_not_judge_a_users_first_session():
+    rows = [ev("newbie", 0, "purchase", "n-s0", price=900.0, order="n-o0")]
+    assert not new_device_high_value(frame(rows)).users.at["newbie", "fired"]
+
+
+def test_refund_rate_fires_on_serial_returner_and_cites_refunded_orders():
+    rows = honest_user("h1")
+    rows += honest_user("r", orders=4)
+    rows += [ev("r", (3 * k) * 1440 + 600, "refund", f"r-s{k}r", order=f"r-o{k}") for k in range(3)]
+    res = refund_rate(frame(rows))
+    assert res.users.at["r", "value"] == pytest.approx(0.75)
+    assert res.users.at["r", "fired"]
+    assert res.users.at["r", "evidence"] == ["r-o0", "r-o1", "r-o2"]
+    assert res.users.at["h1", "value"] == 0 and not res.users.at["h1", "fired"]
+
+
+def test_linked_accounts_via_shared_ip_but_not_via_generic_device_label():
+    rows = []
+    for k in range(40):  # honest crowd: everyone says device "mobile", each has an own IP
+        rows += [ev(f"h{k}", k, "view", f"h{k}-s0", device="mobile", ip=f"192.168.1.{k}")]
+    for k in range(4):  # a ring of accounts behind one IP
+        rows += [ev(f"ring{k}", 100 + k, "view", f"ring{k}-s0", device="mobile", ip="203.0.113.9")]
+    res = linked_accounts(frame(rows), RuleThresholds(linked_max_share=0.02))
+    assert res.users.at["ring0", "value"] == 3
+    assert res.users.at["ring0", "fired"]
+    assert res.users.at["ring0", "evidence"] == ["ring0-s0"]
+    assert not res.users.loc[[f"h{k}" for k in range(40)], "fired"].any()
+
+
+def test_bot_velocity_fires_on_scripted_session_not_on_a_browser():
+    rows = [ev("human", 0.5 * k, "view", "human-s0") for k in range(20)]  # 2 events/min
+    bot_rows = [
+        {**ev("bot", 0, "view", "bot-s0"), "ts": T0 + pd.Timedelta(seconds=2 * k)} for k in range(60)
+    ]  # 30 events/min
+    res = bot_velocity(frame(rows + bot_rows))
+    assert res.users.at["bot", "fired"] and res.users.at["bot", "value"] == pytest.approx(60 / (118 / 60))
+    assert res.users.at["bot", "evidence"] == ["bot-s0"]
+    assert not res.users.at["human", "fired"]
+
+
+def test_evaluate_rules_gives_every_rule_for_every_user_and_dicts_for_explain():
+    rows = honest_user("h1") + [ev("f1", 1 + k, "purchase", "f1-s0", price=1.0, order=f"f1-o{k}") for k in range(5)]
+    events = frame(rows)
+    results = evaluate_rules(events)
+    assert list(results) == list(RULE_NAMES)
+    feats = rule_features(results)
+    assert set(feats.index) == {"h1", "f1"}
+    assert feats.at["f1", "rule_card_testing_burst_fired"] == 1.0
+    assert feats.at["h1", "rule_card_testing_burst_fired"] == 0.0
+    user_rules = rules_for_user(results, "f1")
+    assert user_rules[0]["fired"] and {r["name"] for r in user_rules} == set(RULE_NAMES)
+    assert set(user_rules[0]["evidence"]) <= set(order_table(events).index)
+    order_rules = rules_for_order(results, "f1-o4")
+    assert any(r["name"] == "card_testing_burst" and r["fired"] for r in order_rules)
+
+
+def test_rules_tolerate_events_without_optional_columns():
+    events = frame(honest_user("h1")).drop(columns=["device", "ip", "country", "payment", "order_id"])
+    results = evaluate_rules(events)
+    assert not rule_features(results).filter(like="_fired").to_numpy().any()
+    # Without order ids each session with purchases is one order.
+    assert list(order_table(events).index) == ["h1-s0", "h1-s1", "h1-s2"]
+
+
+def test_users_without_orders_get_quiet_rules_and_a_typed_empty_order_table():
+    events = frame([ev("browser", k, "view", "b-s0") for k in range(3)])
+    orders = order_table(events)
+    assert orders.empty and str(orders["ts"].dtype) == "datetime64[ns, UTC]"
+    feats = rule_features(evaluate_rules(events))
+    assert feats.loc["browser"].filter(like="_fired").sum() == 0

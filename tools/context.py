@@ -1,0 +1,141 @@
+"""The context every tool receives (hidden from the LLM): the workspace and what is loaded from it, lazily.
+
+Tests build a ToolContext with small hand-made events and fake models or index; the CLI
+builds one per process so events, features, models and the index load once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import pandas as pd
+
+from behavior.privacy import mask_pii
+from behavior.workspace import Workspace, WorkspaceError
+
+log = logging.getLogger(__name__)
+
+MAX_TEXT_CHARS = 240  # a retrieved document is data to quote, not a page to paste
+
+
+class ScoringModel(Protocol):
+    """What tools need from a trained model (intent, churn or risk)."""
+
+    def predict_proba(self, events: pd.DataFrame, user_ids: list[str] | None = None) -> pd.Series: ...
+
+    def explain(self, events: pd.DataFrame, user_id: str) -> dict: ...
+
+
+class SessionSearch(Protocol):
+    """What tools need from the session index."""
+
+    def user_history(self, user_id: str, since: str | None = None, until: str | None = None, limit: int = 20) -> list: ...
+
+    def search(self, query: str, k: int = 10, **filters: Any) -> list: ...
+
+
+def mask_text(text: str | None) -> str:
+    """Mask emails, phones, IPs and cards, and bound the length: what any tool returns as free text."""
+    if text is None or (isinstance(text, float) and pd.isna(text)) or text is pd.NA:
+        return ""
+    masked = mask_pii(str(text))
+    return masked if len(masked) <= MAX_TEXT_CHARS else masked[: MAX_TEXT_CHARS - 1] + "…"
+
+
+@dataclass
+class ToolContext:
+    """The workspace and what tools read from it, loaded on first use and kept.
+
+    Args:
+        workspace: The workspace the tools read.
+        chroma_url: A Chroma server to use instead of the embedded index.
+        events: Preloaded events (tests); default: ``workspace.load_events()``.
+        models: Preloaded models by name (tests); default: ``behavior.models.load_model``.
+        index: A preloaded session index (tests); default: ``index.store.SessionIndex``.
+        raise_errors: Re-raise unexpected tool exceptions (SHOPSIGHT_RAISE_ERRORS=1).
+    """
+
+    workspace: Workspace
+    chroma_url: str | None = None
+    events: pd.DataFrame | None = None
+    models: dict[str, ScoringModel] = field(default_factory=dict)
+    index: SessionSearch | None = None
+    model_loader: Callable[[Workspace, str], ScoringModel] | None = None
+    raise_errors: bool = False  # re-raise a tool's unexpected exception instead of reporting it
+    _features: pd.DataFrame | None = field(default=None, repr=False)
+    _sessions: pd.DataFrame | None = field(default=None, repr=False)
+    _user_ids: frozenset[str] | None = field(default=None, repr=False)
+
+    # --- data ------------------------------------------------------------------------
+    def get_events(self) -> pd.DataFrame:
+        if self.events is None:
+            self.events = self.workspace.load_events()
+        return self.events
+
+    def user_ids(self) -> frozenset[str]:
+        if self._user_ids is None:
+            self._user_ids = frozenset(self.get_events()["user_id"].astype(str).unique())
+        return self._user_ids
+
+    def has_user(self, user_id: str) -> bool:
+        return str(user_id) in self.user_ids()
+
+    def features(self) -> pd.DataFrame:
+        if self._features is None:
+            from behavior.features import user_features
+
+            self._features = user_features(self.get_events())
+        return self._features
+
+    def sessions(self) -> pd.DataFrame:
+        if self._sessions is None:
+            from behavior.features import session_table
+
+            self._sessions = session_table(self.get_events())
+        return self._sessions
+
+    # --- models and index -------------------------------------------------------------
+    def model(self, name: str) -> ScoringModel:
+        """The trained model ``name``; raises WorkspaceError with the command to train it."""
+        if name not in self.models:
+            loader = self.model_loader
+            if loader is None:
+                try:
+                    from behavior.models import load_model as loader  # type: ignore[no-redef]
+                except ImportError as exc:
+                    raise WorkspaceError(f"the {name} model is not available in this install ({exc})") from exc
+            self.models[name] = loader(self.workspace, name)
+        return self.models[name]
+
+    def session_index(self) -> SessionSearch:
+        """The session index; raises WorkspaceError with the command to build it if it is empty."""
+        if self.index is None:
+            from index.store import SessionIndex, SessionIndexError
+
+            index = SessionIndex(self.workspace, chroma_url=self.chroma_url)
+            try:
+                index.require_built()
+            except SessionIndexError as exc:
+                raise WorkspaceError(str(exc)) from exc
+            self.index = index
+        return self.index
+
+
+def no_such_user(ctx: ToolContext, user_id: str) -> dict[str, Any]:
+    """The result for an id that is not in the workspace: something the model can act on."""
+    ids = sorted(ctx.user_ids())
+    example = ids[0] if ids else "u00001"
+    return {
+        "error": "no such user",
+        "user_id": str(user_id),
+        "hint": f"user ids look like '{example}'; this workspace has {len(ids):,} users. "
+        "Order ids (like o000123) go to score_risk(order_id=...).",
+    }
+
+
+def unavailable(what: str, exc: Exception) -> dict[str, Any]:
+    """The result for a missing model or index: says what to run, and is logged."""
+    log.info("tool unavailable: %s: %s", what, exc)
+    return {"error": f"{what} unavailable", "hint": str(exc)}
