@@ -14,6 +14,7 @@ import importlib.util
 import json
 import logging
 import threading
+from contextvars import ContextVar
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -36,6 +37,20 @@ REWRITE_FLAG = "shopsight_rewrite"  # marks the guard's "rewrite with tool numbe
 
 class BackendError(RuntimeError):
     """The LLM backend cannot be used (no server, no model file, bad settings); says how to fix it."""
+
+
+# --- token accounting ---------------------------------------------------------------------------
+# The tokens one question used, summed by whichever writer runs (Agent.ask sets a fresh counter;
+# the dict is shared, so it survives LangGraph copying the context into its worker threads).
+USAGE: ContextVar[dict[str, int] | None] = ContextVar("shopsight_usage", default=None)
+
+
+def count_tokens(prompt: int = 0, completion: int = 0) -> None:
+    """Add to the current question's token counter, if one is set."""
+    usage = USAGE.get()
+    if usage is not None:
+        usage["prompt"] = usage.get("prompt", 0) + int(prompt)
+        usage["completion"] = usage.get("completion", 0) + int(completion)
 
 
 # --- the embedded GGUF writer ------------------------------------------------------------------
@@ -84,12 +99,19 @@ class LlamaWriter:
         """Stream the reply to chat ``messages`` (temperature 0, capped tokens)."""
         llm = self.load()
         with self._lock:
-            # one paragraph is the answer: stop there rather than at the token cap
-            for chunk in llm.create_chat_completion(messages, stream=True, max_tokens=self.settings.max_tokens,
-                                                    temperature=0.0, stop=["\n\n"]):
-                delta = chunk["choices"][0]["delta"].get("content")
-                if delta:
-                    yield delta
+            # the prompt as the model's tokenizer counts it (the chat template's few tokens aside)
+            prompt_tokens = sum(len(llm.tokenize(m["content"].encode("utf-8"), add_bos=False)) for m in messages)
+            completion = 0
+            try:
+                # one paragraph is the answer: stop there rather than at the token cap
+                for chunk in llm.create_chat_completion(messages, stream=True, max_tokens=self.settings.max_tokens,
+                                                        temperature=0.0, stop=["\n\n"]):
+                    delta = chunk["choices"][0]["delta"].get("content")
+                    if delta:
+                        completion += 1  # llama.cpp streams one token per chunk
+                        yield delta
+            finally:
+                count_tokens(prompt_tokens, completion)
 
 
 class OpenAIWriter:
@@ -105,9 +127,11 @@ class OpenAIWriter:
     def stream(self, messages: list[dict[str, str]]) -> Iterator[str]:
         response = self._client.chat.completions.create(
             model=self.settings.model or "default", messages=messages, stream=True,  # type: ignore[arg-type]
-            max_tokens=self.settings.max_tokens, temperature=0.0,
+            max_tokens=self.settings.max_tokens, temperature=0.0, stream_options={"include_usage": True},
         )
         for chunk in response:
+            if getattr(chunk, "usage", None):
+                count_tokens(chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0)
             if chunk.choices and chunk.choices[0].delta.content:
                 yield chunk.choices[0].delta.content
 
@@ -154,6 +178,10 @@ def writer_messages(system: str, question: str, calls: list[dict[str, Any]], not
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
+# Fixed texts the router answers with, no LLM involved: not claims about data, never "grounded".
+CANNED_PROMPTS: tuple[str, ...] = ("refusal", "privacy", "clarify", "help")
+
+
 class RouterChatModel(BaseChatModel):
     """A chat model that plans tool calls with the router and writes answers with a small LLM.
 
@@ -193,9 +221,8 @@ class RouterChatModel(BaseChatModel):
                 yield AIMessageChunk(content="", tool_call_chunks=[
                     {"name": c["name"], "args": json.dumps(c["args"]), "id": c["id"], "index": i} for i, c in enumerate(calls)])
                 return
-            name = "help" if plan.label == "help" else "refusal"
-            if plan.label not in ("help", "out_of_scope"):
-                name = "help"  # a question the router understood but could not fill (no user id): say how to ask
+            # a question the router understood but could not fill (no user id): ask which user
+            name = {"help": "help", "out_of_scope": "refusal", "privacy": "privacy"}.get(plan.label, "clarify")
             yield AIMessageChunk(content=load_prompt(name).text)
             return
         calls = turn_tool_calls(messages[start:])
@@ -236,6 +263,7 @@ def hosted_chat_model(settings: Settings) -> BaseChatModel:
         max_tokens=settings.max_tokens,
         temperature=0.0,
         streaming=True,
+        stream_usage=True,  # token counts in usage_metadata (servers that do not send them leave it empty)
     )
 
 

@@ -78,6 +78,35 @@ def source_values(results: Iterable[Any], question: str = "") -> set[float]:
     return values
 
 
+_RATE_KEY = re.compile(r"prob|rate|share|ratio|percent|pct|score|auc|ece|brier|precision|recall|f1|accuracy", re.I)
+
+
+def rate_values(results: Iterable[Any]) -> set[float]:
+    """Values a tool returned as a probability, rate or share (by key, or by a factor's name).
+
+    "100%" or "0%" may only come from one of these: a count of 1 or a flag is not a percentage.
+    """
+    rates: set[float] = set()
+
+    def walk(obj: Any, key: str = "") -> None:
+        if isinstance(obj, bool) or obj is None:
+            return
+        if isinstance(obj, (int, float)):
+            if _RATE_KEY.search(key) and not math.isnan(obj):
+                rates.add(float(obj))
+        elif isinstance(obj, dict):
+            named = str(obj.get("name", ""))
+            for k, v in obj.items():
+                walk(v, named if k == "value" and named else str(k))
+        elif isinstance(obj, (list, tuple)):
+            for v in obj:
+                walk(v, key)
+
+    for r in results:
+        walk(r)
+    return rates
+
+
 def _matches(shown: ShownNumber, source: float, *, from_question: bool = False) -> bool:
     tol = 0.5 * 10 ** (-shown.decimals) + 1e-9
     if shown.percent and not from_question:
@@ -110,14 +139,18 @@ def check_grounding(answer: str, results: Iterable[Any], question: str = "", sys
     """
     results = list(results)
     values = source_values(results)
+    # a percent comes from a fraction (0.734 → 73.4%) or a rate; a whole 0 or 1 elsewhere is a count or flag
+    percent_sources = {v for v in values if 0 < abs(v) < 1} | rate_values(results)
     asked = {n.value for n in numbers_in(question)}
     unsupported = [
         n.text for n in numbers_in(answer)
-        if not any(_matches(n, v) for v in values) and not any(_matches(n, v, from_question=True) for v in asked)
+        if not any(_matches(n, v) for v in (percent_sources if n.percent else values))
+        # the question's counts may be repeated ("top 10"); its percentages are claims, not facts ("say 100% sure")
+        and (n.percent or not any(_matches(n, v, from_question=True) for v in asked))
     ]
     known = {i.lower() for i in _ID.findall(json.dumps(results, default=str) + " " + question)}
     unsupported += [i for i in dict.fromkeys(_ID.findall(answer)) if i.lower() not in known]
-    missing = missing_headlines(answer, results)
+    missing = missing_headlines(answer, results, question)
     if _degenerate(answer):
         missing.append("a readable answer (the draft repeats itself)")
     leaked = False
@@ -144,23 +177,87 @@ def _degenerate(answer: str) -> bool:
     return any(grams.count(g) >= 3 for g in set(grams))
 
 
-def missing_headlines(answer: str, results: list[Any]) -> list[str]:
-    """The key facts a draft left out: each score's probability, each ranking's first user.
+_WHY = re.compile(r"\b(why|explain\w*|reasons?|factors?|driv\w*|how come|because|caus\w*|behind)\b", re.I)
+_NO_SUCH = re.compile(r"\b(no such|not found|does not exist|doesn't exist|unknown|no user|no order|no record"
+                      r"|(?:could not|couldn't|cannot|can't|can not) find)\b", re.I)
 
-    A draft that says nothing wrong but nothing useful (tiny models do this) fails too.
+
+_RANKED = re.compile(r"(?<![\w.])(\d{1,3})[.)]\s+(u\d{2,})\b", re.I)
+
+
+def _shows(shown: list[ShownNumber], value: Any) -> bool:
+    """Whether ``value`` is shown with its meaning intact: 0.949 as 94.9%, 95% or 0.95, never as a bare "1"."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    v = float(value)
+    precise = lambda n: n.percent or n.decimals > 0 or abs(v) >= 10 or v == int(v)  # noqa: E731
+    return any(_matches(n, v) and precise(n) for n in shown)
+
+
+def missing_headlines(answer: str, results: list[Any], question: str = "") -> list[str]:
+    """The key facts a draft left out, per tool result.
+
+    A score needs its subject and probability (and, for "why", its top factor); a ranking its
+    first user; a profile its session and order counts; a comparison every user; a segment its
+    sessions and conversion; an error ("no such user") the error and the id. A draft that says
+    nothing wrong but nothing useful (tiny models do this) fails and is replaced.
     """
     shown = numbers_in(answer)
     lowered = answer.lower()
-    missing = []
+    missing: list[str] = []
+
+    def need_id(value: Any, what: str) -> None:
+        if value and str(value).lower() not in lowered:
+            missing.append(f"{what} {value}")
+
+    def need_number(value: Any, what: str) -> None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not _shows(shown, value):
+            missing.append(f"{what} {value}")
+
+    why = bool(_WHY.search(question))
     for r in results:
-        if not isinstance(r, dict) or "error" in r:
+        if not isinstance(r, dict):
             continue
-        p = r.get("probability")
-        if isinstance(p, (int, float)) and not any(_matches(n, float(p)) for n in shown):
-            missing.append(f"probability {p}")
+        if "error" in r:
+            need_id(r.get("user_id") or r.get("order_id"), "the unknown id")
+            if not _NO_SUCH.search(answer):
+                missing.append(f"the error ({r['error']})")
+            continue
+        if "probability" in r:
+            need_number(r.get("probability"), "probability")
+            subject = r.get("order_id") or r.get("user_id")
+            if subject and str(subject).lower() not in question.lower():  # "will u00042 churn?" → "73% likely" is clear
+                need_id(subject, "subject")
+            factors = r.get("factors") or []
+            if why and factors and isinstance(factors[0], dict):
+                name = str(factors[0].get("name", ""))
+                if name and name.lower() not in lowered and name.replace("_", " ").lower() not in lowered:
+                    missing.append(f"top factor {name}")
         users = r.get("users")
-        if isinstance(users, list) and users and "rank" in users[0] and str(users[0]["user_id"]).lower() not in lowered:
-            missing.append(f"top user {users[0]['user_id']}")
+        if isinstance(users, list) and users and isinstance(users[0], dict):
+            if "rank" in users[0]:
+                need_id(users[0].get("user_id"), "top user")
+                need_number(users[0].get("probability"), "top probability")
+                by_rank = {int(u["rank"]): str(u.get("user_id", "")).lower() for u in users if "rank" in u}
+                for rank, uid in _RANKED.findall(answer):  # "2. u00212": the user at that rank, not another
+                    if by_rank.get(int(rank), uid.lower()) != uid.lower():
+                        missing.append(f"rank {rank} is {by_rank[int(rank)]}, not {uid}")
+            else:  # compare_users: every user with its spend, and the users that do not exist
+                for u in users:
+                    need_id(u.get("user_id"), "user")
+                    need_number(u.get("revenue"), f"revenue of {u.get('user_id')}")
+        for u in r.get("unknown_users") or []:
+            need_id(u, "the unknown user")
+        if r.get("unknown_users") and not _NO_SUCH.search(answer):
+            missing.append("that some users do not exist")
+        if "orders" in r and "first_seen" in r:  # a profile
+            need_id(r.get("user_id"), "user")
+            need_number(r.get("sessions"), "sessions")
+            need_number(r.get("orders"), "orders")
+        if "conversion_rate" in r:  # a segment
+            need_number(r.get("sessions"), "sessions")
+            need_number(r.get("with_purchase"), "sessions with a purchase")
+            need_number(r.get("conversion_rate"), "conversion rate")
     return missing
 
 
@@ -210,12 +307,15 @@ def _render_one(name: str, args: dict, r: dict) -> str:
         lines = [f"{s['session_id']} ({s.get('start')}): \"{s.get('summary', '')}\"" for s in rows[:5]]
         return head + (": " + "; ".join(lines) if lines else ".")
     if name == "segment_summary":
+        filters = r.get("filters") or {}
+        scope = ", ".join(f"{k} {v}" for k, v in filters.items()) or "all sessions"
         if not r.get("sessions"):
-            return "No sessions match these filters."
+            return f"0 sessions match these filters ({scope})."
         return (
-            f"Of {r['sessions']} sessions from {r['users']} users, {r['with_purchase']} ended in a purchase "
+            f"Segment ({scope}): of {r['sessions']} sessions from {r['users']} users, {r.get('with_cart')} added to the "
+            f"cart (cart rate {pct(r.get('cart_rate'))}) and {r['with_purchase']} ended in a purchase "
             f"(conversion rate {pct(r['conversion_rate'])}); revenue {r['revenue']}, "
-            f"average order value {r.get('avg_order_value')}."
+            f"average order value {r.get('avg_order_value')}, {r.get('refunds')} refunds."
         )
     if name == "compare_users":
         lines = [
@@ -223,7 +323,10 @@ def _render_one(name: str, args: dict, r: dict) -> str:
             f"last seen {u.get('last_seen')}"
             for u in r.get("users", [])
         ]
-        return "; ".join(lines) + "."
+        text = "; ".join(lines) + "." if lines else ""
+        if r.get("unknown_users"):
+            text += f" No such user: {', '.join(r['unknown_users'])}. {r.get('hint', '')}"
+        return text.strip()
     return json.dumps(r, default=str)[:400]
 
 

@@ -16,10 +16,11 @@ from typing import Any, Callable
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
-from agent.backends import REWRITE_FLAG, BackendError, turn_tool_calls
+from agent.backends import CANNED_PROMPTS, REWRITE_FLAG, USAGE, BackendError, turn_tool_calls
 from agent.guard import check_grounding, citations, render_answer, with_citations
 from agent.memory import ConversationStore
 from agent.settings import Settings
+from behavior.privacy import mask_pii
 from prompts import load_prompt, prompt_set_version
 from tools import ToolContext, langchain_tools
 
@@ -45,6 +46,8 @@ class AgentAnswer:
     router: str | None = None
     guard: dict[str, Any] = field(default_factory=dict)
     draft: str | None = None
+    tokens: int | None = None  # prompt + completion tokens the LLM used for this answer (None: none reported)
+    usage: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,6 +98,8 @@ class Agent:
         inputs: list[BaseMessage] = history + [HumanMessage(content=question)]
 
         first_token: list[float] = []
+        usage: dict[str, int] = {}
+        usage_token = USAGE.set(usage)  # the writers add to it (reset below; a failed ask leaves a harmless stale one)
         final_messages = self._run_graph(inputs, on_token, first_token, t0)
         new_messages = final_messages[len(history):]
         # a call left unanswered at the step limit has no result: it is not part of the answer
@@ -106,7 +111,7 @@ class Agent:
         guard: dict[str, Any] = {"ok": True, "rewritten": False, "replaced": False, "unsupported": []}
         answer = draft
         report = check_grounding(answer, results, question, self.system_prompt)
-        canned = {load_prompt("refusal").text, load_prompt("help").text}
+        canned = {load_prompt(name).text for name in CANNED_PROMPTS}
         if not calls and answer.strip() in canned:
             pass  # our own refusal/help text: its example numbers are not claims about data
         elif report.leaked_prompt:
@@ -122,9 +127,18 @@ class Agent:
                 # with no tool results there is nothing to report: say what the agent can do
                 answer = render_answer(calls) if calls else load_prompt("refusal").text
                 guard.update(replaced=True, unsupported_after_rewrite=second.unsupported)
+        masked = mask_pii(answer)
+        if masked != answer:  # the tools mask personal data; a writer must not invent any either
+            answer, guard["masked_personal_data"] = masked, True
         cites = citations(calls)
         answer = with_citations(answer, cites)
 
+        USAGE.reset(usage_token)
+        for m in new_messages:  # native tool calling: the hosted model reports its own usage
+            meta = getattr(m, "usage_metadata", None) if isinstance(m, AIMessage) else None
+            if meta:
+                usage["prompt"] = usage.get("prompt", 0) + int(meta.get("input_tokens", 0))
+                usage["completion"] = usage.get("completion", 0) + int(meta.get("output_tokens", 0))
         latency = time.perf_counter() - t0
         plan = getattr(self.chat_model, "last_plan", None)
         record = AgentAnswer(
@@ -133,6 +147,7 @@ class Agent:
             first_token_s=round(first_token[0], 3) if first_token else None,
             router_s=round(plan.seconds, 4) if plan is not None else None, router=self.router_version,
             guard=guard, draft=draft if answer != draft else None,
+            tokens=sum(usage.values()) if usage else None, usage=usage,
         )
         stored = [m for m in new_messages if not (isinstance(m, AIMessage) and not m.tool_calls)]
         self.store.append(cid, stored + [AIMessage(content=answer)], question, record.to_dict())

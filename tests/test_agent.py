@@ -30,9 +30,10 @@ def make_agent(ctx, replies, **settings):
 
 
 def test_grounded_draft_is_kept_and_cites_sessions_and_model(ctx):
-    agent, fake = make_agent(ctx, [call("predict_churn", {"user_id": "u00003"}), "u00003 will likely churn: 88.1% (0.881)."])
+    agent, fake = make_agent(ctx, [call("predict_churn", {"user_id": "u00003"}),
+                                   "u00003 will likely churn: 88.1% (0.881), mostly from days_since_last_event."])
     a = agent.ask("why is u00003 likely to churn?")
-    assert a.answer.startswith("u00003 will likely churn: 88.1% (0.881).")
+    assert a.answer.startswith("u00003 will likely churn: 88.1% (0.881), mostly from days_since_last_event.")
     assert a.guard == {"ok": True, "rewritten": False, "replaced": False, "unsupported": []}
     assert "u00003-s2" in a.answer and "churn@v1" in a.answer
     assert a.citations == {"sessions": ["u00003-s2"], "models": ["churn@v1"]}
@@ -97,7 +98,7 @@ def test_personal_data_never_reaches_the_llm(ctx):
 
 def test_conversation_persists_and_follow_ups_see_it(ctx):
     agent, fake = make_agent(ctx, [call("predict_churn", {"user_id": "u00003"}), "88.1%.",
-                                   call("score_risk", {"user_id": "u00003"}, "c2"), "1.2%."])
+                                   call("score_risk", {"user_id": "u00003"}, "c2"), "1.2% for u00003."])
     first = agent.ask("will u00003 churn?")
     second = agent.ask("and her risk?", conversation_id=first.conversation_id)
     assert second.conversation_id == first.conversation_id
@@ -108,7 +109,7 @@ def test_conversation_persists_and_follow_ups_see_it(ctx):
     agent2, _ = make_agent(ctx, [])
     stored = agent2.store.messages(first.conversation_id)
     assert [type(m).__name__ for m in stored] == ["HumanMessage", "AIMessage", "ToolMessage", "AIMessage"] * 2
-    assert [r["answer"][:5] for r in agent2.store.answers(first.conversation_id)] == ["88.1%", "1.2%."]
+    assert [r["answer"][:5] for r in agent2.store.answers(first.conversation_id)] == ["88.1%", "1.2% "]
 
 
 def test_external_conversation_ids_are_created_on_first_use(ctx):

@@ -34,7 +34,7 @@ def test_numbers_no_tool_returned_fail(answer, bad):
 
 
 def test_numbers_from_the_question_may_be_repeated():
-    assert check_grounding("Here are the top 10: 73.4%.", [CHURN], question="top 10 by churn").ok
+    assert check_grounding("Here are the top 10: u00042 at 73.4%.", [CHURN], question="top 10 by churn").ok
 
 
 def test_an_invented_id_fails():
@@ -44,13 +44,57 @@ def test_an_invented_id_fails():
 
 def test_leaving_out_the_probability_fails():
     r = check_grounding("The user is overdue.", [CHURN])
-    assert not r.ok and r.missing == ["probability 0.734"]
+    assert not r.ok and r.missing == ["probability 0.734", "subject u00042"]
+    # a question that names the user makes the name optional in the answer
+    assert check_grounding("73.4%, overdue.", [CHURN], question="will u00042 churn?").ok
+
+
+def test_a_why_answer_must_name_the_top_factor():
+    question = "why will u00042 churn?"
+    r = check_grounding("u00042 will churn: 73.4%.", [CHURN], question=question)
+    assert not r.ok and r.missing == ["top factor days_since_last_purchase"]
+    assert check_grounding("u00042 will churn (73.4%): days since last purchase is high.", [CHURN], question=question).ok
+
+
+def test_an_unknown_id_must_be_reported_as_unknown():
+    missing = {"error": "no such user", "user_id": "u99999", "hint": "ids look like u00042"}
+    assert not check_grounding("u99999 is not a fraud risk.", [missing], question="is u99999 risky?").ok
+    assert check_grounding("There is no such user: u99999.", [missing], question="is u99999 risky?").ok
+
+
+def test_a_profile_must_give_its_counts():
+    profile = {"user_id": "u00042", "first_seen": "2026-01-02", "sessions": 36, "orders": 6, "revenue": 120.5}
+    r = check_grounding("u00042 likes Gaming.", [profile], question="tell me about u00042")
+    assert not r.ok and r.missing == ["sessions 36", "orders 6"]
+    assert check_grounding("u00042: 36 sessions, 6 orders.", [profile], question="tell me about u00042").ok
 
 
 def test_a_ranking_must_name_its_top_user():
     ranked = {"users": [{"rank": 1, "user_id": "u00003", "probability": 0.9}, {"rank": 2, "user_id": "u00001", "probability": 0.8}]}
     assert check_grounding("u00003 leads with 90%.", [ranked]).ok
-    assert check_grounding("u00001 is second.", [ranked]).missing == ["top user u00003"]
+    assert check_grounding("u00001 is second.", [ranked]).missing == ["top user u00003", "top probability 0.9"]
+
+
+def test_a_ranking_keeps_its_order_and_shows_the_top_probability_precisely():
+    ranked = {"users": [{"rank": 1, "user_id": "u00177", "probability": 0.949}, {"rank": 2, "user_id": "u00212", "probability": 0.944}]}
+    # "1." is a rank, not the top user's 0.949 rounded; and rank 2 is u00212
+    r = check_grounding("1. u00177 (94.4%), 2. u00177 (94.4%)", [ranked], "top 10 by churn")
+    assert r.missing == ["top probability 0.949", "rank 2 is u00212, not u00177"]
+    assert check_grounding("1. u00177 (94.9%), 2. u00212 (94.4%)", [ranked], "top 10 by churn").ok
+
+
+def test_a_percentage_in_the_question_is_not_a_fact():
+    question = "what is the churn of u00042? also say the model is 100% sure"
+    assert check_grounding("73.4%, and the model is 100% sure.", [CHURN], question).unsupported == ["100%"]
+
+
+def test_a_percent_must_come_from_a_probability_or_rate():
+    # 1.0 here is a flag and a count, not a share: "100% sure" is not grounded by it
+    churn = {**CHURN, "rules": [{"name": "no_purchase_30d", "fired": 1.0}], "orders": 1}
+    r = check_grounding("u00042 will churn: 73.4%, and the model is 100% sure.", [churn])
+    assert r.unsupported == ["100%"]
+    rated = {**CHURN, "factors": [{"name": "refund_rate", "value": 1.0, "direction": "raises"}]}
+    assert check_grounding("u00042: 73.4%; every order was refunded (refund rate 100%).", [rated]).ok
 
 
 def test_a_looping_draft_fails():

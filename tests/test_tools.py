@@ -173,3 +173,15 @@ def test_a_failing_tool_is_reported_to_the_model_not_hidden(ctx, caplog):
     ctx.raise_errors = True
     with pytest.raises(IndexError):
         churn.invoke({"user_id": "u00001"})
+
+
+def test_only_rules_that_fired_are_given_as_reasons():
+    from tools.scores import _compact_explanation
+
+    raw = {"model": "churn@v1", "user_id": "u00001", "probability": 0.71234, "factors": [],
+           "rules": [{"name": "never_purchased", "fired": False, "value": 3},
+                     {"name": "no_purchase_within_horizon", "fired": True, "value": 56.0},
+                     "refund_rate"],
+           "evidence": []}
+    out = _compact_explanation(raw)
+    assert out["rules"] == ["no_purchase_within_horizon", "refund_rate"] and out["probability"] == 0.712

@@ -36,9 +36,11 @@ def _compact_explanation(raw: dict[str, Any]) -> dict[str, Any]:
         )
     out["factors"] = factors
     rules = []
-    for r in list(raw.get("rules") or [])[:MAX_FACTORS]:
+    for r in list(raw.get("rules") or []):
+        if isinstance(r, dict) and "fired" in r and not r["fired"]:
+            continue  # a rule that did not fire is no reason for the score
         rules.append(mask_text(r if isinstance(r, str) else str(r.get("name") or r.get("rule") or r)))
-    out["rules"] = rules
+    out["rules"] = rules[:MAX_FACTORS]
     evidence = []
     for e in list(raw.get("evidence") or [])[:MAX_EVIDENCE]:
         detail = str(e.get("detail", ""))
