@@ -11,6 +11,7 @@ from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -304,7 +305,7 @@ def eval_run(
             table.add_column("case", style="bold")
             table.add_column("why", overflow="fold")
             for c in failed:
-                table.add_row(c.id, "; ".join(c.all_reasons()))
+                table.add_row(c.id, escape("; ".join(c.all_reasons())))
             console.print(table)
         table = Table(title=f"{eval_set.name}: {run.totals['passed']} of {run.totals['cases']} cases passed")
         table.add_column("measure")
@@ -481,7 +482,7 @@ def index_build(
     workspace: Optional[Path] = WorkspaceOpt,
     chroma_url: Optional[str] = ChromaUrlOpt,
     batch_size: int = typer.Option(256, min=1, help="Sessions embedded and stored per batch (the unit an interrupted build resumes from)."),
-    threads: Optional[int] = typer.Option(None, min=1, help="Torch threads for embedding (default 1: fastest when the cores are shared)."),
+    threads: Optional[int] = typer.Option(None, min=1, help="Torch threads for embedding (default: every usable core; use 1 when the cores are busy with other work)."),
     as_json: bool = typer.Option(False, "--json", help="Print the build counts as JSON."),
 ) -> None:
     """Embed new or changed sessions into the index; skip unchanged ones, drop removed ones.
@@ -543,7 +544,7 @@ def index_query(
     for col in ("score", "session", "user", "start", "document"):
         table.add_column(col, overflow="fold")
     for h in hits:
-        table.add_row("-" if h.score is None else f"{h.score:.3f}", h.session_id, h.user_id, h.start[:16].replace("T", " "), h.document)
+        table.add_row("-" if h.score is None else f"{h.score:.3f}", h.session_id, h.user_id, h.start[:16].replace("T", " "), escape(h.document))
     console.print(table)
 
 
@@ -811,14 +812,14 @@ def _print_tool_calls(answer) -> None:
     for col in ("tool", "args", "result"):
         table.add_column(col, overflow="fold")
     for c in answer.tool_calls:
-        table.add_row(c["name"], json.dumps(c["args"]), json.dumps(c["result"], default=str)[:300])
+        table.add_row(c["name"], escape(json.dumps(c["args"])), escape(json.dumps(c["result"], default=str)[:300]))
     console.print(table)
 
 
 def _print_guard_note(answer) -> None:
     if answer.guard.get("replaced"):
         why = answer.guard.get("unsupported", []) + answer.guard.get("missing", [])
-        console.print(f"[yellow](draft replaced by the facts: {', '.join(why) or 'it failed the grounding check'})[/]", highlight=False)
+        console.print(f"[yellow](draft replaced by the facts: {escape(', '.join(why)) or 'it failed the grounding check'})[/]", highlight=False)
     elif answer.guard.get("rewritten"):
         console.print("[yellow](draft rewritten: it used numbers not in the tool results)[/]")
 
@@ -855,7 +856,7 @@ def ask(
         return
     if verbose:
         _print_tool_calls(answer)
-    console.print(answer.answer, highlight=False)
+    console.print(answer.answer, highlight=False, markup=False)
     console.print(f"[dim]{answer.backend} · {answer.model} · prompts {answer.prompt_version} · {answer.latency_s:.1f}s · "
                   f"conversation {answer.conversation_id}[/]", highlight=False)
 
@@ -918,7 +919,7 @@ def chat(
 
         def stream(text: str) -> None:
             streamed.append(text)
-            console.print(text, end="", highlight=False, soft_wrap=True)
+            console.print(text, end="", highlight=False, soft_wrap=True, markup=False)
 
         answer = _agent_call(lambda: agent.ask(question, conversation_id=cid, on_token=None if show_json else stream))
         cid = answer.conversation_id
@@ -927,11 +928,11 @@ def chat(
             continue
         shown = "".join(streamed).rstrip()
         if answer.draft is None and answer.answer.startswith(shown):
-            console.print(answer.answer[len(shown):], highlight=False, soft_wrap=True)  # the citations
+            console.print(answer.answer[len(shown):], highlight=False, soft_wrap=True, markup=False)  # the citations
         else:  # what streamed was a draft the guard replaced: show the final answer in full
             console.print()
             _print_guard_note(answer)
-            console.print(answer.answer, highlight=False)
+            console.print(answer.answer, highlight=False, markup=False)
         if verbose:
             _print_tool_calls(answer)
         console.print(f"[dim]{answer.latency_s:.1f}s · conversation {cid}[/]")
@@ -950,7 +951,7 @@ def _demo_ask(ws) -> None:
     for question in sample_questions(ws):
         console.print(f"\n[bold cyan]Q:[/] {question}", highlight=False)
         answer = _agent_call(lambda: agent.ask(question))
-        console.print(f"[bold green]A:[/] {answer.answer}", highlight=False)
+        console.print(f"[bold green]A:[/] {escape(answer.answer)}", highlight=False)
         console.print(f"[dim]{answer.latency_s:.1f}s · tools: {', '.join(c['name'] for c in answer.tool_calls) or '-'}[/]", highlight=False)
     console.print('\nAsk your own: shopsight ask "top 10 users by churn"   or   shopsight chat')
 

@@ -178,6 +178,7 @@ def _degenerate(answer: str) -> bool:
 
 
 _WHY = re.compile(r"\b(why|explain\w*|reasons?|factors?|driv\w*|how come|because|caus\w*|behind)\b", re.I)
+_WHAT_BUY = re.compile(r"\bwhat\b.{0,40}\b(?:buy|purchase|order|want|interested)|\bwhich\s+(?:categor|product|item)", re.I)
 _NO_SUCH = re.compile(r"\b(no such|not found|does not exist|doesn't exist|unknown|no user|no order|no record"
                       r"|(?:could not|couldn't|cannot|can't|can not) find)\b", re.I)
 
@@ -228,6 +229,9 @@ def missing_headlines(answer: str, results: list[Any], question: str = "") -> li
             subject = r.get("order_id") or r.get("user_id")
             if subject and str(subject).lower() not in question.lower():  # "will u00042 churn?" → "73% likely" is clear
                 need_id(subject, "subject")
+            nexts = r.get("next_categories") or []
+            if nexts and _WHAT_BUY.search(question) and str(nexts[0].get("category", "")).lower() not in lowered:
+                missing.append(f"next category {nexts[0].get('category')}")
             factors = r.get("factors") or []
             if why and factors and isinstance(factors[0], dict):
                 name = str(factors[0].get("name", ""))
@@ -238,6 +242,8 @@ def missing_headlines(answer: str, results: list[Any], question: str = "") -> li
             if "rank" in users[0]:
                 need_id(users[0].get("user_id"), "top user")
                 need_number(users[0].get("probability"), "top probability")
+                for u in users[1:5]:  # a ranking shows at least its first five, none silently dropped
+                    need_id(u.get("user_id"), f"rank {u.get('rank')} user")
                 by_rank = {int(u["rank"]): str(u.get("user_id", "")).lower() for u in users if "rank" in u}
                 for rank, uid in _RANKED.findall(answer):  # "2. u00212": the user at that rank, not another
                     if by_rank.get(int(rank), uid.lower()) != uid.lower():
@@ -286,6 +292,9 @@ def _render_one(name: str, args: dict, r: dict) -> str:
         metric = (r.get("model") or name).split("@")[0]
         subject = f"order {r['order_id']}" if r.get("order_id") else f"user {r.get('user_id')}"
         text = f"The {_WHAT.get(metric, metric)} probability for {subject} is {pct(r.get('probability'))}."
+        if r.get("next_categories"):
+            cats = ", ".join(f"{c['category']} ({pct(c.get('share'))} of recent interest)" for c in r["next_categories"])
+            text += f" Most likely next categories: {cats}."
         if r.get("factors"):
             text += f" Top factors: {_factors(r)}."
         if r.get("rules"):

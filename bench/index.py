@@ -33,6 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import bench_console, peak_rss_mb, print_table, write_result  # noqa: E402
+from index.embedder import get_embedder  # noqa: E402
 
 # Sessions per synthetic user over the default 120 days (measured: 1,823 sessions / 200 users).
 SESSIONS_PER_USER = 9.1
@@ -190,6 +191,7 @@ def run_size(
             "sessions": n_sessions,
             "mode": f"pooled vectors ({pooled} real embeddings + noise): build/s excludes embedding" if pooled else "real embeddings",
             "embed_threads": threads if threads is not None else 1,
+            "embed_precision": get_embedder().precision,
             "users": int(events["user_id"].nunique()),
             "events": int(len(events)),
             "generate_s": round(gen_s, 1),

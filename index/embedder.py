@@ -17,6 +17,11 @@ from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
 from chromadb.utils.embedding_functions import register_embedding_function
 
 EMBEDDING_DIM = 384
+# Precision of the forward pass: "auto" uses bfloat16 where the CPU computes it natively
+# (AVX512-BF16 or AMX), else float32. Measured on this 2-core AMD EPYC (AVX512-BF16): 2.0x the
+# documents/s of float32, cosine to the float32 vectors ≥ 0.9999, so an index built with one
+# answers queries embedded with the other. SHOPSIGHT_EMBED_PRECISION=fp32|bf16|auto.
+PRECISIONS = ("auto", "fp32", "bf16")
 # One thread by default. Measured on the shared 2-core machine (load ~12): one query 45 ms
 # with 1 thread vs 830 ms with 2, bulk 17.5 vs 8.8 documents/s; torch's threads wait on
 # each other whenever a neighbour takes a core. Set `threads` higher on a quiet machine.
@@ -26,6 +31,32 @@ MODEL_NAME = "all-MiniLM-L6-v2"
 
 class EmbedderError(RuntimeError):
     """The bundled embedding model cannot be found or loaded; the message says how to fix it."""
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def native_bf16() -> bool:
+    """Whether this CPU has bfloat16 arithmetic (AVX512-BF16 or AMX), where bf16 beats float32."""
+    import torch
+
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, p, lambda: False)()) for p in probes)
+
+
+def resolve_precision(precision: str | None = None) -> str:
+    """"fp32" or "bf16" for ``precision`` (default: $SHOPSIGHT_EMBED_PRECISION, else "auto")."""
+    chosen = (precision or os.environ.get("SHOPSIGHT_EMBED_PRECISION") or "auto").lower()
+    if chosen not in PRECISIONS:
+        raise EmbedderError(f"SHOPSIGHT_EMBED_PRECISION={chosen!r} is not one of {', '.join(PRECISIONS)}")
+    if chosen == "auto":
+        return "bf16" if native_bf16() else "fp32"
+    return chosen
 
 
 def model_path() -> Path:
@@ -45,9 +76,10 @@ def model_path() -> Path:
 class MiniLMEmbedder:
     """all-MiniLM-L6-v2 on the CPU: texts in, L2-normalised float32 vectors (n, 384) out."""
 
-    def __init__(self, path: Path | None = None, *, threads: int | None = DEFAULT_THREADS) -> None:
+    def __init__(self, path: Path | None = None, *, threads: int | None = DEFAULT_THREADS, precision: str | None = None) -> None:
         self.path = path or model_path()
         self.threads = threads
+        self.precision = resolve_precision(precision)
         # Set before sentence-transformers/transformers are imported so nothing asks the hub.
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -60,12 +92,14 @@ class MiniLMEmbedder:
         self._model = SentenceTransformer(str(self.path), device="cpu", local_files_only=True)
         self._lock = threading.Lock()
 
-    def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    def embed(self, texts: list[str], batch_size: int = 64, threads: int | None = None) -> np.ndarray:
         """Embed ``texts`` in batches of ``batch_size``.
 
         Args:
             texts: The texts; an empty list gives an empty (0, 384) array.
             batch_size: Texts per forward pass.
+            threads: Torch threads for this call (default: ``self.threads``). Bulk builds pass
+                every usable core: on a quiet 2-core machine 2 threads embed 1.8x faster.
 
         Returns:
             A float32 array of shape (len(texts), 384) with unit-length rows.
@@ -76,22 +110,27 @@ class MiniLMEmbedder:
 
         with self._lock:  # one forward pass at a time: the CPU is the bottleneck anyway
             before = torch.get_num_threads()
+            wanted = threads if threads is not None else self.threads
             # torch's thread count is process-wide: set it for this call only, so the
             # intent/churn/risk models keep their own setting.
-            if self.threads is not None and self.threads != before:
-                torch.set_num_threads(self.threads)
+            if wanted is not None and wanted != before:
+                torch.set_num_threads(wanted)
             try:
-                vectors = self._model.encode(
-                    list(texts),
-                    batch_size=batch_size,
-                    normalize_embeddings=True,
-                    convert_to_numpy=True,
-                    show_progress_bar=False,
-                )
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+                    vectors = self._model.encode(
+                        list(texts),
+                        batch_size=batch_size,
+                        normalize_embeddings=True,
+                        convert_to_numpy=True,
+                        show_progress_bar=False,
+                    )
             finally:
                 if torch.get_num_threads() != before:
                     torch.set_num_threads(before)
-        return np.asarray(vectors, dtype=np.float32)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if self.precision == "bf16":  # renormalise in float32: bf16 rounding leaves norms ~1e-3 off 1
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors
 
 
 _EMBEDDER: MiniLMEmbedder | None = None

@@ -293,12 +293,15 @@ class SessionIndex:
         for a in range(0, len(removed), _PAGE):
             col.delete(ids=removed[a : a + _PAGE])
         total = len(todo)
+        from index.embedder import usable_cores
+
         if progress is not None:
             progress(0, total)
         for a in range(0, total, self.batch_size):
             batch = todo.iloc[a : a + self.batch_size]
             te = time.perf_counter()
-            vectors = self.embedder().embed(batch["document"].tolist())
+            # a bulk build uses every core unless told otherwise; single queries keep one thread
+            vectors = self.embedder().embed(batch["document"].tolist(), threads=self.embed_threads or usable_cores())
             stats.embed_seconds += time.perf_counter() - te
             metadatas = [
                 {**meta, **_category_keys(meta["categories"]), "content_hash": h}

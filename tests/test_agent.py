@@ -127,10 +127,10 @@ def test_the_loop_stops_at_the_step_limit(ctx):
 
 
 def test_streamed_tokens_reach_the_callback(ctx):
-    agent, _ = make_agent(ctx, [call("top_users", {"metric": "risk", "limit": 2}), "u00002 leads at 76.2%."])
+    agent, _ = make_agent(ctx, [call("top_users", {"metric": "risk", "limit": 2}), "u00002 leads at 76.2%, then u00004."])
     tokens = []
     a = agent.ask("top 2 fraud risks", on_token=tokens.append)
-    assert "".join(tokens) == "u00002 leads at 76.2%." and a.first_token_s is not None
+    assert "".join(tokens) == "u00002 leads at 76.2%, then u00004." and a.first_token_s is not None
 
 
 def test_empty_question_is_refused(ctx):

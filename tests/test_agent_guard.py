@@ -71,15 +71,17 @@ def test_a_profile_must_give_its_counts():
 
 def test_a_ranking_must_name_its_top_user():
     ranked = {"users": [{"rank": 1, "user_id": "u00003", "probability": 0.9}, {"rank": 2, "user_id": "u00001", "probability": 0.8}]}
-    assert check_grounding("u00003 leads with 90%.", [ranked]).ok
+    assert check_grounding("u00003 leads with 90%, then u00001.", [ranked]).ok
     assert check_grounding("u00001 is second.", [ranked]).missing == ["top user u00003", "top probability 0.9"]
+    # a list is shown whole (its first five): a draft that drops a user fails
+    assert check_grounding("u00003 leads with 90%.", [ranked]).missing == ["rank 2 user u00001"]
 
 
 def test_a_ranking_keeps_its_order_and_shows_the_top_probability_precisely():
     ranked = {"users": [{"rank": 1, "user_id": "u00177", "probability": 0.949}, {"rank": 2, "user_id": "u00212", "probability": 0.944}]}
     # "1." is a rank, not the top user's 0.949 rounded; and rank 2 is u00212
     r = check_grounding("1. u00177 (94.4%), 2. u00177 (94.4%)", [ranked], "top 10 by churn")
-    assert r.missing == ["top probability 0.949", "rank 2 is u00212, not u00177"]
+    assert r.missing == ["top probability 0.949", "rank 2 user u00212", "rank 2 is u00212, not u00177"]
     assert check_grounding("1. u00177 (94.9%), 2. u00212 (94.4%)", [ranked], "top 10 by churn").ok
 
 
@@ -128,3 +130,14 @@ def test_a_clause_said_three_times_fails():
 
 def test_a_truncated_id_is_not_taken_for_a_longer_one():
     assert check_grounding("u0004 has 73.4%.", [CHURN]).unsupported == ["u0004"]
+
+
+def test_what_will_they_buy_needs_the_likeliest_category():
+    intent = {"model": "intent@v1", "user_id": "u00042", "probability": 0.729, "factors": [],
+              "next_categories": [{"category": "Toys", "share": 0.739}, {"category": "Grocery", "share": 0.121}]}
+    question = "what is u00042 about to buy?"
+    assert check_grounding("72.9% likely to buy soon.", [intent], question).missing == ["next category Toys"]
+    assert check_grounding("72.9% likely to buy, most likely Toys.", [intent], question).ok
+    rendered = render_answer([{"name": "predict_intent", "args": {"user_id": "u00042"}, "result": intent}])
+    assert "Most likely next categories: Toys (73.9% of recent interest)" in rendered
+    assert check_grounding(rendered, [intent], question).ok

@@ -77,6 +77,15 @@ def test_ask_json_cli_on_the_demo_workspace(demo_ws):
     assert first in d["answer"] and d["citations"]["models"][0].startswith("churn@v")
 
 
+def test_ask_prints_answers_verbatim_brackets_included(demo_ws):
+    from cli import app
+
+    # "[user id]" in the refusal (and "[email]" masks in data) must not be eaten as console markup
+    r = CliRunner().invoke(app, ["ask", "write me a poem about the sea", "-w", str(demo_ws.root)])
+    assert r.exit_code == 0, r.output
+    assert "[user id]" in " ".join(r.output.split())
+
+
 def test_chat_repl_commands_and_a_streamed_answer(demo_ws):
     from cli import app
 

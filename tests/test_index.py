@@ -91,7 +91,7 @@ class RecordingEmbedder:
         self.batches = 0
         self.texts: list[str] = []
 
-    def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    def embed(self, texts: list[str], batch_size: int = 64, threads: int | None = None) -> np.ndarray:
         if self.fail_after_batches is not None and self.batches >= self.fail_after_batches:
             raise RuntimeError("simulated crash mid-build")
         self.batches += 1
@@ -127,6 +127,28 @@ def test_embedder_loads_offline_and_gives_normalised_384d_vectors(monkeypatch: p
     sim = vectors @ vectors.T
     assert sim[0, 1] > sim[0, 2] + 0.2
     assert embedder.embed([]).shape == (0, 384)
+
+
+def test_bfloat16_vectors_match_float32_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    from index.embedder import EmbedderError, get_embedder, resolve_precision
+
+    embedder = get_embedder()
+    texts = ["2026-03-04 09:12, mobile, 14 min: searched 'wireless earbuds', viewed 5 items in Audio", "garden hose"]
+    kept = embedder.precision
+    try:
+        embedder.precision = "fp32"
+        full = embedder.embed(texts)
+        embedder.precision = "bf16"
+        half = embedder.embed(texts)
+    finally:
+        embedder.precision = kept
+    # an index built in one precision answers queries embedded in the other
+    assert (full * half).sum(axis=1).min() > 0.999
+    np.testing.assert_allclose(np.linalg.norm(half, axis=1), 1.0, atol=1e-5)
+    assert resolve_precision("fp32") == "fp32" and resolve_precision("auto") in ("fp32", "bf16")
+    monkeypatch.setenv("SHOPSIGHT_EMBED_PRECISION", "fp8")
+    with pytest.raises(EmbedderError, match="SHOPSIGHT_EMBED_PRECISION='fp8'"):
+        resolve_precision()
 
 
 def test_get_embedder_is_one_instance_per_process() -> None:
@@ -217,7 +239,7 @@ def test_user_history_is_newest_first_without_vector_search(built: tuple[Session
     index, events = built
 
     class NoEmbedding:
-        def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        def embed(self, texts: list[str], batch_size: int = 64, threads: int | None = None) -> np.ndarray:
             raise AssertionError("user_history must not embed anything")
 
     lookup = SessionIndex(index.workspace, embedder=NoEmbedding())  # type: ignore[arg-type]

@@ -35,6 +35,9 @@ def _compact_explanation(raw: dict[str, Any]) -> dict[str, Any]:
             }
         )
     out["factors"] = factors
+    if raw.get("next_categories"):  # intent: what the user is most likely to buy next
+        out["next_categories"] = [{"category": str(c["category"]), "share": _num(c.get("share"), 3)}
+                                  for c in raw["next_categories"][:3]]
     rules = []
     for r in list(raw.get("rules") or []):
         if isinstance(r, dict) and "fired" in r and not r["fired"]:

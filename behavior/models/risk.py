@@ -414,23 +414,23 @@ class RiskModel(BehaviorModel):
 
         Unknown user ids raise ``KeyError``.
         """
+        users, feats, seqs = self._scoring_inputs(events, user_ids)
+        p, _ = self._probabilities(feats, seqs)
+        return pd.Series(p, index=users, name="p_risk")
+
+    def _scoring_inputs(self, events: pd.DataFrame, user_ids: Sequence[str] | None) -> tuple[pd.Index, pd.DataFrame, Sequences]:
+        """Users, features and sequences as of the end of ``events``; a few users skip judging the whole table."""
         self._check_fitted()
         asof = end_of_events(events)
         users = _users(events, user_ids)
         rules = evaluate_rules(events, self.thresholds) if user_ids is None else evaluate_rules_for_users(events, list(users), self.thresholds)
         scope = events if user_ids is None else events[events["user_id"].isin(users)]
         feats, seqs = self._inputs(scope, asof, users, rules)
-        p, _ = self._probabilities(feats, seqs)
-        return pd.Series(p, index=users, name="p_risk")
+        return users, feats, seqs
 
     def anomaly_score(self, events: pd.DataFrame, user_ids: Sequence[str] | None = None) -> pd.Series:
         """The autoencoder's anomaly percentile per user (0 = most ordinary, 1 = beyond every training account)."""
-        self._check_fitted()
-        asof = end_of_events(events)
-        users = _users(events, user_ids)
-        rules = evaluate_rules(events, self.thresholds) if user_ids is None else evaluate_rules_for_users(events, list(users), self.thresholds)
-        scope = events if user_ids is None else events[events["user_id"].isin(users)]
-        feats, _ = self._inputs(scope, asof, users, rules)
+        users, feats, _ = self._scoring_inputs(events, user_ids)
         return pd.Series(self._with_anomaly(feats)[0]["anomaly_score"].to_numpy(), index=users, name="anomaly_score")
 
     def explain(self, events: pd.DataFrame, user_id: str) -> dict[str, Any]:
