@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import bench_console, peak_rss_mb, print_table, write_result  # noqa: E402
-from index.embedder import get_embedder  # noqa: E402
+from index.embedder import get_embedder, usable_cores  # noqa: E402
 
 # Sessions per synthetic user over the default 120 days (measured: 1,823 sessions / 200 users).
 SESSIONS_PER_USER = 9.1
@@ -190,7 +190,7 @@ def run_size(
         return {
             "sessions": n_sessions,
             "mode": f"pooled vectors ({pooled} real embeddings + noise): build/s excludes embedding" if pooled else "real embeddings",
-            "embed_threads": threads if threads is not None else 1,
+            "embed_threads": threads if threads is not None else usable_cores(),
             "embed_precision": get_embedder().precision,
             "users": int(events["user_id"].nunique()),
             "events": int(len(events)),
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=100, help="Timed queries per kind.")
     parser.add_argument("--batch-size", type=int, default=256, help="Sessions per embedded/upserted batch.")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=None, help="Torch threads for embedding (default: the embedder's, 1).")
+    parser.add_argument("--threads", type=int, default=None, help="Torch threads for embedding (default: every usable core).")
     parser.add_argument("--keep", type=Path, default=None, help="Keep the built workspaces under this folder.")
     parser.add_argument("--name", default="index", help="Result file name under bench/results/.")
     parser.add_argument(

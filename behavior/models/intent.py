@@ -96,7 +96,7 @@ def session_examples(events: pd.DataFrame, devices: Sequence[str] = ()) -> pd.Da
     out["minutes"] = (out["end"] - out["p_start"]).dt.total_seconds() / 60.0
     out["events_per_minute"] = out["n_events"] / out["minutes"].clip(lower=1.0)
     out["hour"] = out["p_start"].dt.hour
-    out["weekend"] = (out["p_start"].dt.dayofweek >= 5).astype("float64")
+    out["weekend"] = (out["p_start"].dt.day_of_week >= 5).astype("float64")
     if "device" in prefix.columns:
         dev = g["device"].first()
         for d in devices:
