@@ -179,11 +179,10 @@ def _degenerate(answer: str) -> bool:
 
 _WHY = re.compile(r"\b(why|explain\w*|reasons?|factors?|driv\w*|how come|because|caus\w*|behind)\b", re.I)
 _WHAT_BUY = re.compile(r"\bwhat\b.{0,40}\b(?:buy|purchase|order|want|interested)|\bwhich\s+(?:categor|product|item)", re.I)
+_RANKED = re.compile(r"(?<![\w.])(\d{1,3})[.)]\s+(u\d{2,})\b", re.I)  # "2. u00212" in a ranking
 _NO_SUCH = re.compile(r"\b(no such|not found|does not exist|doesn't exist|unknown|no user|no order|no record"
                       r"|(?:could not|couldn't|cannot|can't|can not) find)\b", re.I)
 
-
-_RANKED = re.compile(r"(?<![\w.])(\d{1,3})[.)]\s+(u\d{2,})\b", re.I)
 
 
 def _shows(shown: list[ShownNumber], value: Any) -> bool:
@@ -198,10 +197,12 @@ def _shows(shown: list[ShownNumber], value: Any) -> bool:
 def missing_headlines(answer: str, results: list[Any], question: str = "") -> list[str]:
     """The key facts a draft left out, per tool result.
 
-    A score needs its subject and probability (and, for "why", its top factor); a ranking its
-    first user; a profile its session and order counts; a comparison every user; a segment its
-    sessions and conversion; an error ("no such user") the error and the id. A draft that says
-    nothing wrong but nothing useful (tiny models do this) fails and is replaced.
+    A score needs its subject and probability (for "why" its top factor, for "what will they
+    buy" the likeliest category); a ranking its first five users in order and the top
+    probability; a profile its session and order counts; a comparison every user and their
+    spend; a segment its sessions, purchases and conversion; an error ("no such user") the
+    error and the id. A draft that says nothing wrong but nothing useful (tiny models do
+    this) fails and is replaced.
     """
     shown = numbers_in(answer)
     lowered = answer.lower()

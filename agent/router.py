@@ -504,6 +504,11 @@ class ConversationState:
     last_metric: str | None = None
     last_call: dict[str, Any] | None = None
 
+    def ranked_at(self, ordinal: int | None) -> str:
+        """The user at 1-based position ``ordinal`` of the last ranking (-1: the last; None: the first)."""
+        n = ordinal or 1
+        return self.last_ranked[-1 if n == -1 else min(n, len(self.last_ranked)) - 1]
+
 
 @dataclass
 class Plan:
@@ -563,9 +568,7 @@ class Router:
         resolved_position = False
         if not ent.user_ids and state.last_ranked and _ORDINAL_REF.search(question):
             # "the second one" names a position in the last ranking: resolve it to that user
-            n = ent.ordinal or 1
-            idx = len(state.last_ranked) - 1 if n == -1 else min(n - 1, len(state.last_ranked) - 1)
-            ent.user_ids = [state.last_ranked[idx]]
+            ent.user_ids = [state.ranked_at(ent.ordinal)]
             resolved_position = True
         parts = [p for p in _SPLIT.split(question) if p and p.strip()]
         labelled = self.classify([question] + parts if len(parts) > 1 else [question])
@@ -613,8 +616,8 @@ class Router:
             return []  # it names its own score ("and her risk?"): the normal path handles it
         if ent.user_ids and "user_id" in args:
             return [{"name": name, "args": {**args, "user_id": ent.user_ids[0]}}]
-        if ent.user_ids and ent.order_ids:
-            return []
+        if ent.user_ids or ent.order_ids:
+            return []  # a user or order after a cohort question: the normal path decides
         changed = {k: v for k, v in {"since": ent.since, "until": ent.until, "category": ent.category,
                                      "country": ent.country, "device": ent.device}.items() if v}
         allowed = {"segment_summary": {"since", "until", "category", "country", "device"},
@@ -660,9 +663,7 @@ class Router:
             if not state.last_ranked:
                 user = self._user_for(ent, state)
                 return self._calls_for(state.last_metric or "profile", ent, state, question) if user else []
-            n = ent.ordinal or 1
-            idx = len(state.last_ranked) - 1 if n == -1 else min(n - 1, len(state.last_ranked) - 1)
-            user = ent.user_ids[0] if ent.user_ids else state.last_ranked[idx]
+            user = ent.user_ids[0] if ent.user_ids else state.ranked_at(ent.ordinal)
             named = metrics_named(question)
             if named:
                 tool = METRIC_TOOL[named[0]]
