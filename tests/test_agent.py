@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from typer.testing import CliRunner
@@ -12,6 +10,7 @@ from agent.fake import ScriptedChatModel
 from agent.loop import Agent
 from agent.settings import Settings
 from prompts import load_prompt
+from servers import free_port
 from test_agent_support import EMAIL, IP, PHONE, tiny_context, tiny_events
 
 
@@ -140,12 +139,6 @@ def test_empty_question_is_refused(ctx):
 
 
 # --- CLI failures: clear message, non-zero exit, no traceback -----------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run(args, env):
     from cli import app
 
@@ -154,7 +147,7 @@ def _run(args, env):
 
 def test_unreachable_server_is_a_clear_error(workspace):
     workspace.save_events(tiny_events())
-    url = f"http://127.0.0.1:{_free_port()}/v1"
+    url = f"http://127.0.0.1:{free_port()}/v1"
     r = _run(["ask", "top 10 by churn", "--backend", "openai", "-w", str(workspace.root)], {"OPENAI_BASE_URL": url})
     assert r.exit_code == 2
     assert "cannot reach the LLM server" in r.output and "Traceback" not in r.output

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
@@ -14,49 +11,25 @@ import pytest
 from agent.backends import default_gguf
 from agent.guard import check_grounding
 from agent.settings import Settings
+from servers import free_port, running  # tests/ is on sys.path (no __init__.py)
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     pytest.importorskip("llama_cpp.server.app", reason="llama_cpp.server needs fastapi, sse-starlette, starlette-context")
-    port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(default_gguf()), "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", "2048", "--n_threads", "2", "--model_alias", "smollm2"],
-        # a file, not a pipe: llama.cpp logs enough while loading to fill a pipe and block the server
-        stdout=subprocess.DEVNULL, stderr=log.open("w"),
-    )
+    port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited: {log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/models", timeout=2) as r:
-                    if json.load(r)["data"]:
-                        break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+
+    def ready() -> bool:
+        with urllib.request.urlopen(f"{url}/models", timeout=2) as r:
+            return bool(json.load(r)["data"])
+
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(default_gguf()), "--host", "127.0.0.1",
+           "--port", str(port), "--n_ctx", "2048", "--n_threads", "2", "--model_alias", "smollm2"]
+    with running(cmd, ready, tmp_path_factory.mktemp("server") / "server.log", timeout_s=120, name="llama_cpp.server"):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +69,6 @@ def test_openai_client_talks_to_the_server(server):
 def test_a_stopped_server_is_a_clear_error():
     from agent.backends import BackendError, check_server
 
-    dead = f"http://127.0.0.1:{_free_port()}/v1"
+    dead = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(BackendError, match="cannot reach the LLM server"):
         check_server(Settings.from_env(backend="openai", openai_base_url=dead))

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Iterator
@@ -15,13 +12,8 @@ import pytest
 
 from behavior.workspace import Workspace
 from index.store import SessionIndex, chroma_url_from_env
-from test_index import SECRETS, make_events  # tests/ is on sys.path (no __init__.py)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from servers import free_port, running  # tests/ is on sys.path (no __init__.py)
+from test_index import SECRETS, make_events
 
 
 @pytest.fixture
@@ -32,35 +24,16 @@ def chroma_server(tmp_path: Path) -> Iterator[str]:
         if found is None:
             pytest.fail("the `chroma` command from the chromadb package is not installed in this environment")
         exe = Path(found)
-    port = _free_port()
-    log = (tmp_path / "chroma.log").open("wb")
-    proc = subprocess.Popen(
-        [str(exe), "run", "--path", str(tmp_path / "server-data"), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"chroma server did not start: {(tmp_path / 'chroma.log').read_text()[-2000:]}")
-            time.sleep(0.2)
+
+    def ready() -> bool:
+        with urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=2) as r:
+            return r.status == 200
+
+    cmd = [str(exe), "run", "--path", str(tmp_path / "server-data"), "--host", "127.0.0.1", "--port", str(port)]
+    with running(cmd, ready, tmp_path / "chroma.log", timeout_s=60, name="chroma server"):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def test_chroma_url_comes_from_the_environment_setting() -> None:
