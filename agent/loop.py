@@ -78,6 +78,7 @@ class Agent:
         self.router_version = router_version
         self.system_prompt = load_prompt("system").text
         self.prompt_version = prompt_set_version()
+        self.canned = {load_prompt(name).text for name in CANNED_PROMPTS}  # fixed router texts, read once like the system prompt
         self.graph = create_agent(chat_model, langchain_tools(ctx), system_prompt=self.system_prompt)
 
     # -------------------------------------------------------------------------------------
@@ -111,8 +112,7 @@ class Agent:
         guard: dict[str, Any] = {"ok": True, "rewritten": False, "replaced": False, "unsupported": []}
         answer = draft
         report = check_grounding(answer, results, question, self.system_prompt)
-        canned = {load_prompt(name).text for name in CANNED_PROMPTS}
-        if not calls and answer.strip() in canned:
+        if not calls and answer.strip() in self.canned:
             pass  # our own refusal/help text: its example numbers are not claims about data
         elif report.leaked_prompt:
             answer, guard = load_prompt("refusal").text, {**guard, "ok": False, "replaced": True, "leaked_prompt": True}
