@@ -141,3 +141,46 @@ def test_save_load_round_trip_gives_identical_predictions(fitted, unsupervised, 
 def test_unfitted_model_says_how_to_fix_it(shop):
     with pytest.raises(NotFittedError, match="shopsight train risk"):
         RiskModel().predict_proba(shop.events)
+
+
+def _sample_users(shop, labels, n_random=25):
+    """One account of every fraud type plus random ones (seeded): the users the one-user paths are checked on."""
+    frauds = labels.dropna(subset=["fraud_type"]).groupby("fraud_type")["user_id"].first().tolist()
+    everyone = pd.Series(sorted(shop.events["user_id"].unique()))
+    return frauds + everyone.sample(n_random, random_state=3).tolist()
+
+
+def test_one_user_rules_and_features_equal_the_batch_ones(shop, labels):
+    from behavior.models.rules import evaluate_rules, evaluate_rules_for_users, order_table, rule_features
+
+    events = shop.events
+    asof = events["ts"].max() + pd.Timedelta(seconds=1)
+    batch = evaluate_rules(events)
+    batch_features = risk_features(events, asof, rules=batch)
+    for user in _sample_users(shop, labels):
+        one = evaluate_rules_for_users(events, [user])
+        for name in RULE_NAMES:
+            a, b = batch[name].users.loc[user], one[name].users.loc[user]
+            assert (a["value"], a["fired"], list(a["evidence"]), a["detail"]) == (b["value"], b["fired"], list(b["evidence"]), b["detail"]), (user, name)
+        mine = events[events["user_id"] == user]
+        own = risk_features(mine, asof, rules=one, orders=order_table(mine))
+        pd.testing.assert_series_equal(own.loc[user], batch_features.loc[user], check_exact=True)
+    assert rule_features(batch).loc[_sample_users(shop, labels)].filter(like="_fired").to_numpy().any()  # some rule fired among them
+
+
+def test_one_user_scores_and_explanations_equal_the_batch_scores(fitted, shop, labels):
+    users = _sample_users(shop, labels)
+    batch = fitted.predict_proba(shop.events)
+    one = pd.Series({u: fitted.predict_proba(shop.events, [u]).iloc[0] for u in users})
+    # Same features bit for bit; only the net's float32 matmuls differ between a batch of one and many.
+    np.testing.assert_allclose(one.to_numpy(), batch.loc[users].to_numpy(), rtol=0, atol=1e-6)
+    for u in users[:8]:
+        assert fitted.explain(shop.events, u)["probability"] == pytest.approx(batch.loc[u], abs=1e-4)  # explain rounds to 4 places
+
+
+def test_cross_fitted_net_averages_one_net_per_fold_and_calibrates_out_of_fold(fitted):
+    card = fitted.card_
+    assert len(fitted.net_.members) == fitted.n_folds == 5
+    # every training account was scored by the one fold net that never saw it
+    assert card["out_of_fold_metrics"]["n"] == card["split"]["n_train"]
+    assert card["out_of_fold_metrics"]["roc_auc"] > 0.6

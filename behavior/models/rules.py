@@ -76,7 +76,11 @@ def order_table(events: pd.DataFrame) -> pd.DataFrame:
     """One row per order: order_id, user_id, session_id, ts, amount, n_lines, device, ip, country, payment.
 
     Orders are the purchase events grouped by ``order_id``; a source without order ids has
-    one order per session with purchases (the order id is then the session id).
+    one order per session with purchases (the order id is then the session id). Per order:
+    the first non-missing user/session/identity value, the earliest ts, the summed amount.
+
+    Written with numpy over integer order codes: one user's explanation builds this table on
+    a hundred rows, where each pandas groupby cost more than the whole computation.
     """
     buys = events[events["event"] == "purchase"]
     cols = ["order_id", "user_id", "session_id", "ts", "amount", "n_lines", "device", "ip", "country", "payment"]
@@ -85,29 +89,46 @@ def order_table(events: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame({c: pd.Series(dtype=dtypes.get(c, "string")) for c in cols}).set_index("order_id")
     key = buys["order_id"] if "order_id" in buys.columns else pd.Series(pd.NA, index=buys.index, dtype="string")
     key = key.fillna(buys["session_id"]).astype("string")
-    df = buys.assign(_order=key, _amount=buys["price"].fillna(0.0) * buys["quantity"])
-    g = df.groupby("_order", sort=False)
-    out = g.agg(
-        user_id=("user_id", "first"),
-        session_id=("session_id", "first"),
-        ts=("ts", "min"),
-        amount=("_amount", "sum"),
-        n_lines=("event", "size"),
-    )
+    codes, uniques = pd.factorize(key, sort=False)  # first-appearance order, as groupby(sort=False)
+    n = len(uniques)
+    rows = np.arange(len(buys))
+    ts_ns = buys["ts"].to_numpy(dtype="datetime64[ns]").astype("int64")
+    first_ts = np.full(n, np.iinfo("int64").max)
+    np.minimum.at(first_ts, codes, ts_ns)
+    amount = (buys["price"].fillna(0.0) * buys["quantity"]).to_numpy(dtype="float64")
+    total = np.zeros(n)
+    np.add.at(total, codes, amount)  # row order within each order, like groupby's sum
+
+    def first_valid(col: str) -> pd.Series:
+        values = buys[col]
+        ok = values.notna().to_numpy(dtype=bool)
+        pos = np.full(n, len(buys))
+        np.minimum.at(pos, codes[ok], rows[ok])
+        found = pos < len(buys)
+        out = values.iloc[np.where(found, pos, 0)].reset_index(drop=True)
+        return out.where(found) if not found.all() else out
+
+    out = pd.DataFrame({
+        "user_id": first_valid("user_id"),
+        "session_id": first_valid("session_id"),
+        "ts": pd.to_datetime(first_ts, utc=True).astype(buys["ts"].dtype),
+        "amount": total,
+        "n_lines": np.bincount(codes, minlength=n).astype("int64"),
+    })
     for opt in ("device", "ip", "country", "payment"):
-        out[opt] = g[opt].first() if opt in df.columns else pd.Series(pd.NA, index=out.index, dtype="string")
-    out.index.name = "order_id"
+        out[opt] = first_valid(opt) if opt in buys.columns else pd.Series(pd.NA, index=out.index, dtype="string")
+    out.index = pd.Index(uniques, name="order_id")
     return out.sort_values(["user_id", "ts"], kind="stable")
 
 
 def _empty_users(users: pd.Index) -> pd.DataFrame:
-    out = pd.DataFrame(index=users)
-    out.index.name = "user_id"
-    out["value"] = 0.0
-    out["fired"] = False
-    out["evidence"] = [[] for _ in range(len(out))]
-    out["detail"] = ""
-    return out
+    n = len(users)
+    index = pd.Index(users, name="user_id")
+    return pd.DataFrame(
+        {"value": np.zeros(n), "fired": np.zeros(n, dtype=bool), "evidence": [[] for _ in range(n)],
+         "detail": pd.Series([""] * n, dtype="str", index=index)},
+        index=index,
+    )
 
 
 def _all_users(events: pd.DataFrame) -> pd.Index:
@@ -179,29 +200,35 @@ def _burst_rule(
 # --- the rules ------------------------------------------------------------------------------
 
 
-def velocity(events: pd.DataFrame, thresholds: RuleThresholds = RuleThresholds()) -> RuleResult:
+def velocity(
+    events: pd.DataFrame, thresholds: RuleThresholds = RuleThresholds(), *, orders: pd.DataFrame | None = None
+) -> RuleResult:
     """Order velocity: the most orders one user placed within ``velocity_window``.
 
     Value per user: that count; per order: the user's orders in the window ending at it.
-    Evidence: the order ids of the busiest window.
+    Evidence: the order ids of the busiest window. ``orders``: ``order_table(events)`` if
+    already built.
     """
     return _burst_rule(
         "velocity",
         events,
-        order_table(events),
+        order_table(events) if orders is None else orders,
         thresholds.velocity_window,
         thresholds.velocity_orders,
         "orders",
     )
 
 
-def card_testing_burst(events: pd.DataFrame, thresholds: RuleThresholds = RuleThresholds()) -> RuleResult:
+def card_testing_burst(
+    events: pd.DataFrame, thresholds: RuleThresholds = RuleThresholds(), *, orders: pd.DataFrame | None = None
+) -> RuleResult:
     """Card testing: many tiny orders (≤ ``card_testing_amount``) in a short burst.
 
     Fraudsters check stolen cards with small charges before a large one. Value: the most
-    tiny orders within ``card_testing_window``; evidence: those order ids.
+    tiny orders within ``card_testing_window``; evidence: those order ids. ``orders``:
+    ``order_table(events)`` if already built.
     """
-    orders = order_table(events)
+    orders = order_table(events) if orders is None else orders
     small = orders[orders["amount"] <= thresholds.card_testing_amount]
     return _burst_rule(
         "card_testing_burst",
@@ -217,6 +244,8 @@ def new_device_high_value(
     events: pd.DataFrame,
     thresholds: RuleThresholds = RuleThresholds(),
     identity_columns: tuple[str, ...] = ("device", "country"),
+    *,
+    orders: pd.DataFrame | None = None,
 ) -> RuleResult:
     """A high-value order from a device and a country the user had never used before.
 
@@ -226,61 +255,89 @@ def new_device_high_value(
     their own phone is not new. A user's first session is not judged (everything is new then). It is high value when
     its amount is ≥ ``high_value_amount`` or ≥ ``high_value_ratio`` × the user's earlier
     mean order. Value per order: amount / max(earlier mean, 1) when new, else 0; per
-    user: the largest such value. Evidence: the order ids that fired.
+    user: the largest such value. Evidence: the order ids that fired. ``orders``:
+    ``order_table(events)`` if already built.
     """
     users = _empty_users(_all_users(events))
-    orders = order_table(events)
+    orders = order_table(events) if orders is None else orders
     cols = [c for c in identity_columns if c in events.columns]
     order_out = pd.DataFrame(columns=ORDER_COLUMNS, index=pd.Index([], name="order_id"))
     if orders.empty or not cols:
         return RuleResult("new_device_high_value", thresholds.high_value_ratio, users, order_out)
 
+    # Numpy over integer user/session codes, like order_table: this runs per request for one user.
+    ts_ns = events["ts"].to_numpy(dtype="datetime64[ns]").astype("int64")
+    user_code = users.index.get_indexer(events["user_id"])
+    o_user = users.index.get_indexer(orders["user_id"])
     # First time each (user, column, value) was seen, at session granularity: a device that
     # first appears in the order's own session is new for that order.
-    sess_start = events.groupby("session_id", sort=False)["ts"].min()
+    s_code, sessions = pd.factorize(events["session_id"], sort=False)
+    sess_start = np.full(len(sessions), np.iinfo("int64").max)
+    np.minimum.at(sess_start, s_code[s_code >= 0], ts_ns[s_code >= 0])
+    order_sess_start = sess_start[pd.Index(sessions).get_indexer(orders["session_id"])]
+    first_session = np.full(len(users), np.iinfo("int64").max)
+    np.minimum.at(first_session, user_code[user_code >= 0], ts_ns[user_code >= 0])
     is_new = np.ones(len(orders), dtype=bool)
     new_what: list[list[str]] = [[] for _ in range(len(orders))]
-    first_session = events.groupby("user_id")["ts"].min()
-    order_sess_start = sess_start.reindex(orders["session_id"]).to_numpy()
     for col in cols:
-        seen = events.dropna(subset=[col]).groupby(["user_id", col], sort=False)["ts"].min().rename("_first").reset_index()
-        first_seen = orders[["user_id", col]].merge(seen, on=["user_id", col], how="left")["_first"]
-        new_here = (first_seen.notna() & (first_seen.to_numpy() >= order_sess_start)).to_numpy()
+        v_code, values = pd.factorize(events[col], sort=False)
+        ok = (v_code >= 0) & (user_code >= 0)
+        width = len(values) + 1
+        keys, inv = np.unique(user_code[ok].astype("int64") * width + v_code[ok], return_inverse=True)
+        first = np.full(len(keys), np.iinfo("int64").max)
+        np.minimum.at(first, inv, ts_ns[ok])
+        o_val = pd.Index(values).get_indexer(orders[col])
+        o_key = o_user.astype("int64") * width + o_val
+        at = np.minimum(np.searchsorted(keys, o_key), max(len(keys) - 1, 0))
+        known = (o_val >= 0) & (len(keys) > 0) & (keys[at] == o_key if len(keys) else False)
+        new_here = known & (first[at] >= order_sess_start)
         is_new &= new_here
         for i in np.flatnonzero(new_here):
             new_what[i].append(f"{col} {orders[col].iat[i]}")
-    not_first = (order_sess_start > first_session.reindex(orders["user_id"]).to_numpy())
-    is_new &= not_first
+    is_new &= order_sess_start > first_session[o_user]
 
-    # The user's mean order before this one (expanding, excluding the current order).
-    by_user = orders.groupby("user_id", sort=False)["amount"]
-    n_before = by_user.cumcount().astype("float64")
-    prior_mean = ((by_user.cumsum() - orders["amount"]) / n_before.where(n_before > 0)).astype("float64")
-    ratio = orders["amount"] / prior_mean.fillna(0.0).clip(lower=1.0)
-    high = (orders["amount"] >= thresholds.high_value_amount) | (
-        prior_mean.notna() & (ratio >= thresholds.high_value_ratio)
-    )
-    fired = is_new & high.to_numpy()
-    value = np.where(is_new, ratio.to_numpy(), 0.0)
+    # The user's mean order before this one (expanding, excluding the current order); orders
+    # are sorted by user then time, so each user's orders are one contiguous block.
+    amount = orders["amount"].to_numpy(dtype="float64")
+    prior_mean = np.full(len(orders), np.nan)
+    starts = np.flatnonzero(np.r_[True, o_user[1:] != o_user[:-1]])
+    for lo, hi in zip(starts, np.r_[starts[1:], len(orders)]):
+        before = np.cumsum(amount[lo:hi])[:-1]
+        prior_mean[lo + 1 : hi] = before / np.arange(1, hi - lo)
+    has_prior = ~np.isnan(prior_mean)
+    ratio = amount / np.maximum(np.where(has_prior, prior_mean, 0.0), 1.0)
+    high = (amount >= thresholds.high_value_amount) | (has_prior & (ratio >= thresholds.high_value_ratio))
+    fired = is_new & high
+    value = np.where(is_new, ratio, 0.0)
     order_out = pd.DataFrame({"user_id": orders["user_id"], "value": value, "fired": fired})
-    order_out["evidence"] = [[str(o)] if f else [] for o, f in zip(order_out.index, fired)]
-    order_out["detail"] = [
+    ids = [str(o) for o in orders.index]
+    order_out["evidence"] = [[o] if f else [] for o, f in zip(ids, fired)]
+    details = [
         (
             f"order of {a:.2f} from new {', '.join(w)}"
             + (f", {r:.1f}x the earlier mean {m:.2f}" if not np.isnan(m) else ", no earlier orders")
         )
         if n
         else f"order of {a:.2f} from known device/country"
-        for a, w, n, r, m in zip(orders["amount"], new_what, is_new, ratio, prior_mean)
+        for a, w, n, r, m in zip(amount, new_what, is_new, ratio, prior_mean)
     ]
-    per_user = order_out.groupby("user_id")
-    users.loc[per_user["value"].max().index, "value"] = per_user["value"].max()
-    users.loc[per_user["fired"].any().index, "fired"] = per_user["fired"].any()
-    for user, grp in order_out[order_out["fired"]].groupby("user_id"):
-        users.at[user, "evidence"] = [str(o) for o in grp.index]
-        users.at[user, "detail"] = f"{len(grp)} high-value orders from a new device/country: " + "; ".join(
-            grp["detail"].head(3)
-        )
+    order_out["detail"] = details
+    top = users["value"].to_numpy(dtype="float64").copy()
+    np.maximum.at(top, o_user, value)
+    users["value"] = top
+    any_fired = np.zeros(len(users), dtype=bool)
+    any_fired[o_user[fired]] = True
+    users["fired"] = any_fired
+    evidence = list(users["evidence"])
+    detail = list(users["detail"])
+    fired_details: dict[int, list[str]] = {}
+    for i in np.flatnonzero(fired):
+        evidence[o_user[i]].append(ids[i])
+        fired_details.setdefault(int(o_user[i]), []).append(details[i])
+    for u, texts in fired_details.items():
+        detail[u] = f"{len(texts)} high-value orders from a new device/country: " + "; ".join(texts[:3])
+    users["evidence"] = evidence
+    users["detail"] = detail
     return RuleResult("new_device_high_value", thresholds.high_value_ratio, users, order_out)
 
 
@@ -291,21 +348,24 @@ def refund_rate(events: pd.DataFrame, thresholds: RuleThresholds = RuleThreshold
     Evidence: the refunded order ids (session ids where refunds carry no order id).
     """
     users = _empty_users(_all_users(events))
-    ev = events["event"]
-    purchases = events[ev == "purchase"].groupby("user_id").size()
-    refunds_df = events[ev == "refund"]
-    refunds = refunds_df.groupby("user_id").size()
-    n_buy = purchases.reindex(users.index).fillna(0).astype("int64")
-    n_ref = refunds.reindex(users.index).fillna(0).astype("int64")
-    rate = n_ref / n_buy.clip(lower=1)
+    ev = events["event"].to_numpy(dtype=object, na_value="")
+    codes = users.index.get_indexer(events["user_id"])
+    known = codes >= 0
+    n_buy = np.bincount(codes[known & (ev == "purchase")], minlength=len(users))
+    is_ref = known & (ev == "refund")
+    n_ref = np.bincount(codes[is_ref], minlength=len(users))
+    rate = n_ref / np.maximum(n_buy, 1)
     users["value"] = rate.astype("float64")
     users["fired"] = (rate >= thresholds.refund_rate) & (n_buy >= thresholds.refund_min_purchases)
-    if not refunds_df.empty:
+    if is_ref.any():
+        refunds_df = events[is_ref]
         ref_id = refunds_df["order_id"] if "order_id" in refunds_df.columns else refunds_df["session_id"]
         ref_id = ref_id.fillna(refunds_df["session_id"]).astype("string")
-        ids = ref_id.groupby(refunds_df["user_id"]).agg(lambda s: list(dict.fromkeys(map(str, s))))
-        for user, lst in ids.items():
-            users.at[user, "evidence"] = lst
+        evidence = list(users["evidence"])
+        for u, ref in zip(codes[is_ref], ref_id):
+            if str(ref) not in evidence[u]:
+                evidence[u].append(str(ref))  # first-seen order, each id once
+        users["evidence"] = evidence
     users["detail"] = [f"{r} refunds for {b} purchased lines" for r, b in zip(n_ref, n_buy)]
     return RuleResult("refund_rate", thresholds.refund_rate, users, None)
 
@@ -373,29 +433,60 @@ def bot_velocity(events: pd.DataFrame, thresholds: RuleThresholds = RuleThreshol
     """Bot-like speed: the fastest session's events per minute (sessions of ≥ ``bot_min_events``).
 
     People browse at a few events a minute; scripts at dozens. Evidence: the session ids at
-    or above the threshold (or the fastest session when none is).
+    or above the threshold (or the fastest session when none is). Numpy over session codes,
+    like ``order_table``.
     """
     users = _empty_users(_all_users(events))
-    g = events.groupby("session_id", sort=False)
-    s = g.agg(user_id=("user_id", "first"), n=("event", "size"), start=("ts", "min"), end=("ts", "max"))
+    if events.empty:
+        return RuleResult("bot_velocity", thresholds.bot_events_per_minute, users, None)
+    codes, sessions = pd.factorize(events["session_id"], sort=False)  # groupby(sort=False) order
+    ok = codes >= 0
+    codes = codes[ok]
+    k = len(sessions)
+    ts_ns = events["ts"].to_numpy(dtype="datetime64[ns]").astype("int64")[ok]
+    n = np.bincount(codes, minlength=k)
+    start = np.full(k, np.iinfo("int64").max)
+    np.minimum.at(start, codes, ts_ns)
+    end = np.full(k, np.iinfo("int64").min)
+    np.maximum.at(end, codes, ts_ns)
+    user_codes = users.index.get_indexer(events["user_id"][ok])
+    sess_user = user_codes[_first_rows(codes, k, user_codes >= 0)]
     # A session of n events spans n-1 gaps; floor the span at one second per gap so that
     # identical timestamps do not divide by zero.
-    minutes = ((s["end"] - s["start"]).dt.total_seconds() / 60.0).clip(lower=(s["n"] - 1).clip(lower=1) / 60.0)
-    s["rate"] = np.where(s["n"] >= thresholds.bot_min_events, s["n"] / minutes, 0.0)
-    best = s.sort_values("rate", ascending=False, kind="stable").groupby("user_id", sort=False).head(1)
-    users.loc[best["user_id"], "value"] = best["rate"].to_numpy()
-    users["fired"] = users["value"] >= thresholds.bot_events_per_minute
-    fast = s[s["rate"] >= thresholds.bot_events_per_minute]
-    for user, grp in fast.groupby("user_id"):
-        users.at[user, "evidence"] = [str(i) for i in grp.index]
-    for user, sid, rate, n in zip(best["user_id"], best.index, best["rate"], best["n"]):
-        if not users.at[user, "evidence"] and rate > 0:
-            users.at[user, "evidence"] = [str(sid)]
-        users.at[user, "detail"] = f"fastest session {sid}: {int(n)} events at {rate:.1f}/min"
+    minutes = np.maximum(pd.to_timedelta(end - start, unit="ns").total_seconds().to_numpy() / 60.0, np.maximum(n - 1, 1) / 60.0)
+    rate = np.where(n >= thresholds.bot_min_events, n / minutes, 0.0)
+    order = np.argsort(-rate, kind="stable")  # fastest first; ties in session order
+    _, first = np.unique(sess_user[order], return_index=True)
+    best = order[first]  # each user's fastest session
+    value = users["value"].to_numpy(dtype="float64").copy()
+    value[sess_user[best]] = rate[best]
+    users["value"] = value
+    users["fired"] = value >= thresholds.bot_events_per_minute
+    evidence: list[list[str]] = [[] for _ in range(len(users))]
+    for j in np.flatnonzero(rate >= thresholds.bot_events_per_minute):
+        evidence[sess_user[j]].append(str(sessions[j]))
+    detail = list(users["detail"])
+    for j in best:
+        u = sess_user[j]
+        if not evidence[u] and rate[j] > 0:
+            evidence[u] = [str(sessions[j])]
+        detail[u] = f"fastest session {sessions[j]}: {int(n[j])} events at {rate[j]:.1f}/min"
+    users["evidence"] = evidence
+    users["detail"] = detail
     return RuleResult("bot_velocity", thresholds.bot_events_per_minute, users, None)
 
 
-RULES: dict[str, Callable[[pd.DataFrame, RuleThresholds], RuleResult]] = {
+def _first_rows(codes: np.ndarray, n_groups: int, ok: np.ndarray | None = None) -> np.ndarray:
+    """Position of each group's first row (among the ``ok`` rows), like groupby's ``first``; groups without one get 0."""
+    rows = np.arange(len(codes))
+    if ok is not None:
+        codes, rows = codes[ok], rows[ok]
+    pos = np.full(n_groups, len(rows) and rows.max() + 1)
+    np.minimum.at(pos, codes, rows)
+    return np.where(pos > (rows.max() if len(rows) else -1), 0, pos)
+
+
+RULES: dict[str, Callable[..., RuleResult]] = {
     "velocity": velocity,
     "new_device_high_value": new_device_high_value,
     "card_testing_burst": card_testing_burst,
@@ -405,36 +496,123 @@ RULES: dict[str, Callable[[pd.DataFrame, RuleThresholds], RuleResult]] = {
 }
 
 
+ORDER_RULES = ("velocity", "new_device_high_value", "card_testing_burst")  # rules that read order_table
+
+
+def _run_rules(
+    events: pd.DataFrame, thresholds: RuleThresholds, names: Sequence[str], orders: pd.DataFrame | None = None
+) -> dict[str, RuleResult]:
+    """The named rules over ``events``, building the order table once for the rules that read it."""
+    if orders is None and any(n in ORDER_RULES for n in names):
+        orders = order_table(events)
+    return {n: RULES[n](events, thresholds, orders=orders) if n in ORDER_RULES else RULES[n](events, thresholds) for n in names}
+
+
 def evaluate_rules(events: pd.DataFrame, thresholds: RuleThresholds = RuleThresholds()) -> dict[str, RuleResult]:
     """Run every rule in RULE_NAMES over ``events``."""
-    return {name: RULES[name](events, thresholds) for name in RULE_NAMES}
+    return _run_rules(events, thresholds, RULE_NAMES)
 
 
 def evaluate_rules_for_users(
-    events: pd.DataFrame, users: Sequence[str], thresholds: RuleThresholds = RuleThresholds()
+    events: pd.DataFrame,
+    users: Sequence[str],
+    thresholds: RuleThresholds = RuleThresholds(),
+    *,
+    rows: np.ndarray | None = None,
+    orders: pd.DataFrame | None = None,
 ) -> dict[str, RuleResult]:
     """Every rule for a few ``users`` without judging the whole table: the fast path of explain/predict.
 
-    Per-user rules see only these users' events; ``linked_accounts`` also sees every other
-    account that shares an identifier with them, and takes its "common identifier" share of
-    all users in ``events``, so the verdicts equal those of ``evaluate_rules(events)``.
+    Per-user rules see only these users' events; ``linked_accounts`` also sees the rows of
+    every identifier they share with other accounts (only the identifiers that are not
+    common), so the verdicts equal those of ``evaluate_rules(events)``. ``rows``:
+    ``rows_of_users(events, users)`` if already computed; ``orders``: ``order_table`` of those rows.
     """
     users = [str(u) for u in users]
-    mine = events[events["user_id"].isin(users)]
-    out = {name: RULES[name](mine, thresholds) for name in RULE_NAMES if name != "linked_accounts"}
-    n_all = int(events["user_id"].nunique())
-    cap = max(int(thresholds.linked_max_share * n_all), thresholds.linked_min_common)
-    near = events["user_id"].isin(users).to_numpy(dtype=bool).copy()
-    for col in ("ip", "device"):
-        if col in events.columns:
-            hit = events[col].isin(mine[col].dropna().unique()).to_numpy(dtype=bool)
-            per_id = events.loc[hit, ["user_id", col]].drop_duplicates().groupby(col)["user_id"].size()
-            # Common identifiers ("mobile") would pull in everyone and are ignored by the rule anyway.
-            near |= events[col].isin(per_id[per_id <= cap].index).to_numpy(dtype=bool)
-    linked = linked_accounts(events[near], thresholds, population=n_all)
-    res = RuleResult(linked.name, linked.threshold, linked.users.reindex(pd.Index(users, name="user_id")), None)
-    out["linked_accounts"] = res
+    is_mine = rows_of_users(events, users) if rows is None else rows
+    mine = events[is_mine]
+    out = _run_rules(mine, thresholds, [n for n in RULE_NAMES if n != "linked_accounts"], orders)
+    linked = _linked_accounts_for(events, mine, is_mine, thresholds)
+    out["linked_accounts"] = RuleResult(linked.name, linked.threshold, linked.users.reindex(pd.Index(users, name="user_id")), None)
     return {name: out[name] for name in RULE_NAMES}
+
+
+def rows_of_users(events: pd.DataFrame, users: Sequence[str]) -> np.ndarray:
+    """Boolean mask over ``events`` marking the rows of ``users`` (one scan of the user column)."""
+    return _matches(events["user_id"], [str(u) for u in users])
+
+
+def _matches(column: pd.Series, values: Sequence[str]) -> np.ndarray:
+    """``column.isin(values)`` as a bool array; for one or two values ``==`` is faster on arrow strings (isin: 2x one ``==``)."""
+    if len(values) > 2:
+        return column.isin(values).to_numpy(dtype=bool)
+    hit = np.zeros(len(column), dtype=bool)
+    for v in values:
+        hit |= (column == v).to_numpy(dtype=bool, na_value=False)
+    return hit
+
+
+def _distinct_users(user_col: pd.Series, rows: np.ndarray, enough: int) -> int:
+    """Distinct users among ``rows`` (positions); may stop counting once past ``enough``."""
+    step = 4096
+    while True:
+        n = int(user_col.iloc[rows[:step]].nunique())
+        if n > enough or step >= len(rows):
+            return n
+        step *= 8
+
+
+def _linked_accounts_for(
+    events: pd.DataFrame, mine: pd.DataFrame, is_mine: np.ndarray, thresholds: RuleThresholds
+) -> RuleResult:
+    """``linked_accounts`` for the users of ``mine``, reading only the rows of their specific identifiers.
+
+    An identifier links accounts when 2..cap users share it (cap: ``linked_max_share`` of all
+    users, at least ``linked_min_common``). A generic one ("mobile") has thousands of users:
+    counting stops once past the cap, and all users are counted only when that is needed.
+    The frame handed to the rule keeps only the specific identifiers, with all their rows, so
+    every count it makes is the count over ``events``.
+    """
+    identity_columns = ("ip", "device")  # linked_accounts' defaults
+    cols = [c for c in identity_columns if c in events.columns]
+    user_col = events["user_id"]
+    n_all: int | None = None
+    near = is_mine.copy()
+    specific: dict[str, list] = {}
+    for col in cols:
+        specific[col] = []
+        values = list(mine[col].dropna().unique())
+        if not values:
+            continue
+        # One pass over the column for all of them, then each value's rows among those hits;
+        # a generic value ("mobile") hits most rows, and one more pass per value is then cheaper.
+        hits = np.flatnonzero(_matches(events[col], values))
+        few = len(values) > 1 and len(hits) <= 20_000
+        hit_values = events[col].iloc[hits].to_numpy(dtype=object) if few else None
+        for value in values:
+            if len(values) == 1:
+                rows = hits
+            elif few:
+                rows = hits[hit_values == value]
+            else:
+                rows = np.flatnonzero(_matches(events[col], [value]))
+            n = _distinct_users(user_col, rows, thresholds.linked_min_common)
+            if n > thresholds.linked_min_common:
+                if n_all is None:
+                    n_all = int(user_col.nunique())
+                cap = max(int(thresholds.linked_max_share * n_all), thresholds.linked_min_common)
+                n = _distinct_users(user_col, rows, cap)
+                if n > cap:
+                    continue  # common: the rule ignores it
+            if n > 1:
+                specific[col].append(value)
+                near[rows] = True
+    frame = events.loc[near, ["user_id", "session_id", *cols]].copy()
+    for col in cols:
+        frame[col] = frame[col].where(frame[col].isin(specific[col]))
+    # Every identifier left has at most cap users, so the rule's own cap (from ``population``,
+    # or its frame's users when no count needed all users) keeps each of them.
+    return linked_accounts(frame, thresholds, identity_columns=identity_columns, population=n_all)
 
 
 def rule_features(results: dict[str, RuleResult]) -> pd.DataFrame:
