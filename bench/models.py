@@ -60,11 +60,16 @@ def _rows_from_card(dataset: str, card: dict[str, Any], name: str, seconds: floa
 
 
 def cdnow_events() -> pd.DataFrame:
-    """CDNOW master lines collapsed to one purchase event per customer per calendar day."""
+    """CDNOW master lines collapsed to one purchase event per customer per calendar day.
+
+    quantity = the day's CDs, price = the day's dollars per CD, so price × quantity is the
+    day's spend (every master line has at least one CD).
+    """
     from behavior.adapters.cdnow import cdnow_transactions
 
     tx = cdnow_transactions(sample=False)
-    day = tx.groupby(["customer_id", "date"], sort=True)["value"].sum().reset_index()
+    day = tx.groupby(["customer_id", "date"], sort=True).agg(value=("value", "sum"), cds=("quantity", "sum")).reset_index()
+    cds = day["cds"].clip(lower=1).astype("int64")
     uid = day["customer_id"].astype(str)
     return pd.DataFrame({
         "user_id": uid,
@@ -72,8 +77,8 @@ def cdnow_events() -> pd.DataFrame:
         "event": "purchase",
         "item_id": pd.NA,
         "category": pd.array([pd.NA] * len(day), dtype="string"),
-        "price": day["value"].astype("float64"),
-        "quantity": 1,
+        "price": (day["value"] / cds).astype("float64"),
+        "quantity": cds,
         "session_id": uid + "-" + day["date"].dt.strftime("%Y%m%d"),
     })
 
