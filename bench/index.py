@@ -7,7 +7,9 @@ reported apart), then times the questions the agent asks:
 
 - user history (metadata lookup, no vectors) through the sidecar, and straight from chromadb;
 - semantic search without filters, and with each kind of filter (query embedding included);
-- a no-op rebuild (what re-running `shopsight index build` costs when nothing changed).
+- a no-op rebuild (what re-running `shopsight index build` costs when nothing changed);
+- embedding throughput of ``embed_text`` (what builds embed) against whole documents (what
+  they embedded before), on the same 512 sessions in this process: the ratio is the gain.
 
     python bench/index.py --sessions 10000 100000
     python bench/index.py --sessions 2000 --queries 30      # a quick check
@@ -97,7 +99,7 @@ class PooledEmbedder:
         from index.documents import session_documents
 
         self.real = real
-        docs = session_documents(events.head(pool * 12), None)["document"].tolist()[:pool]
+        docs = session_documents(events.head(pool * 12), None)["embed_text"].tolist()[:pool]
         self.vectors = real.embed(docs)
         self.rng = np.random.default_rng(seed)
 
@@ -118,6 +120,34 @@ def _merge(name: str, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     old = json.loads(path.read_text()).get("results", []) if path.exists() else []
     seen = {(r["sessions"], r.get("mode")) for r in new}
     return [r for r in old if (r.get("sessions"), r.get("mode")) not in seen] + new
+
+
+def embed_text_ab(embedder: Any, docs: Any, threads: int, n: int = 512, rounds: int = 3) -> dict[str, Any]:
+    """Embedding throughput of what is embedded (``embed_text``) against the whole document
+    (what builds embedded before), on the same sessions in this process.
+
+    Each chunk of 256 is embedded both ways back to back (the order alternating), so the two
+    timings of a pair see the same load; the speedup is the median of the pairs' ratios.
+    """
+    sample = docs.sample(min(n, len(docs)), random_state=0)
+    columns = ("document", "embed_text")
+    seconds: dict[str, list[float]] = {c: [] for c in columns}
+    for r in range(rounds):
+        for a in range(0, len(sample), 256):
+            chunk = sample.iloc[a : a + 256]
+            for column in columns if (r + a // 256) % 2 == 0 else columns[::-1]:
+                t = time.perf_counter()
+                embedder.embed(chunk[column].tolist(), threads=threads)
+                seconds[column].append((time.perf_counter() - t) / len(chunk))
+    ratios = np.asarray(seconds["document"]) / np.asarray(seconds["embed_text"])
+    return {
+        "sample": len(sample),
+        "pairs": len(ratios),
+        "document_docs_per_s": round(1 / float(np.median(seconds["document"])), 1),
+        "embed_text_docs_per_s": round(1 / float(np.median(seconds["embed_text"])), 1),
+        "speedup": round(float(np.median(ratios)), 3),
+        "mean_chars": {c: round(float(sample[c].str.len().mean()), 1) for c in columns},
+    }
 
 
 def disk_bytes(path: Path) -> int:
@@ -187,6 +217,9 @@ def run_size(
         history_direct = timed(lambda i: direct.user_history(users[i % len(users)]), min(queries, 100))
         where_direct = timed(lambda i: direct.search(QUERIES[i % len(QUERIES)], k=10, purchased=True), min(queries, 30))
         all_filtered = [x for v in filtered.values() for x in v]
+        from index.documents import session_documents
+
+        ab = embed_text_ab(embedder, session_documents(events, ws.load_catalogue()), threads or usable_cores())
         return {
             "sessions": n_sessions,
             "mode": f"pooled vectors ({pooled} real embeddings + noise): build/s excludes embedding" if pooled else "real embeddings",
@@ -201,6 +234,7 @@ def run_size(
             "build_sessions_per_cpu_s": round(stats.embedded / build_cpu_s, 1) if build_cpu_s > 0 else None,
             "embed_only_sessions_per_s": round(stats.embedded / stats.embed_seconds, 1) if stats.embed_seconds else None,
             "noop_rebuild_s": round(noop.seconds, 2),
+            "embed_text_vs_document": ab,
             "query_embedding": pct(embed_q),
             "user_history": pct(history),
             "user_history_14d": pct(history_range),
@@ -247,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             "build/s": r["build_sessions_per_s"],
             "build/cpu-s": r.get("build_sessions_per_cpu_s"),
             "embed/s": r["embed_only_sessions_per_s"],
+            "embed_text/document": r["embed_text_vs_document"]["speedup"],
             "no-op rebuild s": r["noop_rebuild_s"],
             "history p50": r["user_history"]["p50_ms"],
             "history p99": r["user_history"]["p99_ms"],

@@ -4,6 +4,11 @@ A document reads like an analyst's note: "2026-03-04 09:12, mobile, 14 min, US: 
 "wireless earbuds"; viewed 5 items in Audio (avg $118); added 'Sony WF-1000XM5' to cart;
 no purchase." Free text from the events (searches, reviews) is masked for personal data,
 shortened and quoted so it reads as data, never as an instruction.
+
+What gets embedded is the same note without its date and time and without order ids
+(``embed_text``): those are metadata the index filters and cites exactly, they carry no
+meaning a semantic query can match, and they are a fifth of a note's tokens — the embedder's
+cost grows with tokens, so leaving them out makes builds that much faster.
 """
 
 from __future__ import annotations
@@ -20,9 +25,9 @@ import pandas as pd
 from behavior.features import session_table
 from behavior.privacy import mask_pii
 
-# Bump when the wording changes: every session's hash changes and the index re-embeds all.
-DOC_VERSION = "1"
-DOC_COLUMNS = ["id", "document", "metadata", "content_hash"]
+# Bump when the wording (or what is embedded) changes: every hash changes and the index re-embeds all.
+DOC_VERSION = "2"
+DOC_COLUMNS = ["id", "document", "embed_text", "metadata", "content_hash"]
 CATEGORY_SEP = "|"
 MAX_QUOTE = 80
 MAX_ITEMS = 3
@@ -53,9 +58,11 @@ def _names(items: list[str], names: dict[str, str]) -> str:
     return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
 
 
-def _describe(rows: dict[str, list[Any]], head: str, names: dict[str, str], purchased: bool) -> str:
-    """The sentence for one session from its events (already in time order)."""
+def _describe(rows: dict[str, list[Any]], names: dict[str, str], purchased: bool) -> tuple[str, str]:
+    """What one session did, from its events (already in time order): the clauses with the
+    order ids cited, and the same without them (for embedding)."""
     parts: list[str] = []
+    ref, bought_at = "", -1
     ev, item, cat, price, qty, text, order = (
         rows["event"], rows["item_id"], rows["category"], rows["price"], rows["quantity"], rows["text"], rows["order_id"]
     )
@@ -84,7 +91,8 @@ def _describe(rows: dict[str, list[Any]], head: str, names: dict[str, str], purc
         total = sum((price[i] or 0.0) * (qty[i] or 1) for i in bought)
         orders = list(dict.fromkeys(order[i] for i in bought if order[i]))
         ref = f" (order {', '.join(orders[:2])})" if orders else ""
-        parts.append(f"bought {_names([item[i] for i in bought if item[i]], names) or 'items'} for {_money(total)}{ref}")
+        bought_at = len(parts)
+        parts.append(f"bought {_names([item[i] for i in bought if item[i]], names) or 'items'} for {_money(total)}")
     refunds = [i for i, e in enumerate(ev) if e == "refund"]
     if refunds:
         parts.append(f"refunded {_names([item[i] for i in refunds if item[i]], names) or str(len(refunds)) + ' items'}")
@@ -97,7 +105,10 @@ def _describe(rows: dict[str, list[Any]], head: str, names: dict[str, str], purc
         parts.append("logged in")
     if not purchased:
         parts.append("no purchase")
-    return f"{head}: " + "; ".join(parts) + "."
+    cited = parts.copy()
+    if ref:
+        cited[bought_at] += ref
+    return "; ".join(cited), "; ".join(parts)
 
 
 def content_hash(document: str, metadata: dict[str, Any]) -> str:
@@ -115,7 +126,8 @@ def session_documents(events: pd.DataFrame, catalogue: pd.DataFrame | None = Non
             name are shown by id.
 
     Returns:
-        A DataFrame with columns ``id`` (the session id), ``document``, ``metadata`` (a dict
+        A DataFrame with columns ``id`` (the session id), ``document``, ``embed_text`` (the
+        document without date, time and order ids: what is embedded), ``metadata`` (a dict
         of ``user_id, session_id, start`` (epoch seconds), ``end``, ``n_events``,
         ``purchased``, ``revenue``, ``categories`` ("|A|B|"), ``device``, ``country``) and
         ``content_hash``, ordered by session start.
@@ -146,17 +158,17 @@ def session_documents(events: pd.DataFrame, catalogue: pd.DataFrame | None = Non
 
     has_device = "device" in sessions.columns
     has_country = "country" in sessions.columns
-    ids, docs, metas, hashes = [], [], [], []
+    ids, docs, texts, metas, hashes = [], [], [], [], []
     for row in sessions.itertuples(index=False):
         a, b = spans[row.session_id]
         rows = {c: data[c][a:b] for c in cols[1:]}
         device = row.device if has_device and isinstance(row.device, str) else ""
         country = row.country if has_country and isinstance(row.country, str) else ""
         start = pd.Timestamp(row.start).tz_convert("UTC") if pd.Timestamp(row.start).tzinfo else pd.Timestamp(row.start)
-        head = ", ".join(
-            p for p in (start.strftime("%Y-%m-%d %H:%M"), device, f"{max(1, round(row.minutes))} min", country) if p
-        )
-        doc = _describe(rows, head, names, bool(row.purchased))
+        shape = ", ".join(p for p in (device, f"{max(1, round(row.minutes))} min", country) if p)
+        cited, body = _describe(rows, names, bool(row.purchased))
+        doc = f"{start.strftime('%Y-%m-%d %H:%M')}, {shape}: {cited}."
+        text = f"{shape}: {body}."
         meta = {
             "user_id": str(row.user_id),
             "session_id": str(row.session_id),
@@ -172,6 +184,7 @@ def session_documents(events: pd.DataFrame, catalogue: pd.DataFrame | None = Non
         }
         ids.append(str(row.session_id))
         docs.append(doc)
+        texts.append(text)
         metas.append(meta)
         hashes.append(content_hash(doc, meta))
-    return pd.DataFrame({"id": ids, "document": docs, "metadata": metas, "content_hash": hashes})
+    return pd.DataFrame({"id": ids, "document": docs, "embed_text": texts, "metadata": metas, "content_hash": hashes})

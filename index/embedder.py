@@ -94,46 +94,70 @@ class MiniLMEmbedder:
 
         self._model = SentenceTransformer(str(self.path), device="cpu", local_files_only=True)
         self._lock = threading.Lock()
+        self._tokenizer_lock = threading.Lock()
 
     def embed(self, texts: list[str], batch_size: int = BATCH_SIZE, threads: int | None = None) -> np.ndarray:
-        """Embed ``texts`` in batches of ``batch_size``.
+        """Embed ``texts`` in length-sorted batches of ``batch_size``.
+
+        With ``threads`` > 1 the batches run data-parallel: that many worker threads, each
+        computing whole batches with one torch thread. Measured here (bf16, 1,024 session
+        texts): one torch thread embeds ~114/s; two torch threads on one batch at a time only
+        1.6x that on a quiet machine and collapse to 17-24/s when another process holds a
+        core (their threads wait on each other), while two workers of one thread each kept
+        87-99/s under the same load.
 
         Args:
             texts: The texts; an empty list gives an empty (0, 384) array.
             batch_size: Texts per forward pass.
-            threads: Torch threads for this call (default: ``self.threads``). Bulk builds pass
-                every usable core: on a quiet 2-core machine 2 threads embed 1.8x faster.
+            threads: Cores to use for this call (default: ``self.threads``; None keeps
+                torch's own setting). Bulk builds pass every usable core.
 
         Returns:
-            A float32 array of shape (len(texts), 384) with unit-length rows.
+            A float32 array of shape (len(texts), 384) with unit-length rows, in input order.
         """
         if not texts:
             return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
         import torch
 
-        with self._lock:  # one forward pass at a time: the CPU is the bottleneck anyway
+        texts = list(texts)
+        order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths pad less
+        batches = [[texts[i] for i in order[a : a + batch_size]] for a in range(0, len(texts), batch_size)]
+        wanted = threads if threads is not None else self.threads
+        workers = min(wanted or 1, len(batches))
+        with self._lock:  # one call at a time: it already uses the cores it was given
             before = torch.get_num_threads()
-            wanted = threads if threads is not None else self.threads
             # torch's thread count is process-wide: set it for this call only, so the
             # intent/churn/risk models keep their own setting.
-            if wanted is not None and wanted != before:
-                torch.set_num_threads(wanted)
+            per_worker = 1 if workers > 1 else wanted
+            if per_worker is not None and per_worker != before:
+                torch.set_num_threads(per_worker)
             try:
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-                    vectors = self._model.encode(
-                        list(texts),
-                        batch_size=batch_size,
-                        normalize_embeddings=True,
-                        convert_to_numpy=True,
-                        show_progress_bar=False,
-                    )
+                if workers > 1:
+                    from concurrent.futures import ThreadPoolExecutor
+
+                    with ThreadPoolExecutor(workers, thread_name_prefix="embed") as pool:
+                        parts = list(pool.map(self._embed_batch, batches))
+                else:
+                    parts = [self._embed_batch(batch) for batch in batches]
             finally:
                 if torch.get_num_threads() != before:
                     torch.set_num_threads(before)
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if self.precision == "bf16":  # renormalise in float32: bf16 rounding leaves norms ~1e-3 off 1
-            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        vectors = np.empty((len(texts), EMBEDDING_DIM), dtype=np.float32)
+        vectors[order] = np.concatenate(parts)
+        # renormalise in float32: bf16 rounding leaves norms ~1e-3 off 1
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return vectors
+
+    def _embed_batch(self, batch: list[str]) -> np.ndarray:
+        """One forward pass (tokenize, MiniLM, mean pooling, normalise); safe to call from several threads."""
+        import torch
+
+        with self._tokenizer_lock:  # a fast tokenizer must not be used by two threads at once
+            features = self._model.preprocess(batch)
+        # autocast and inference mode are per thread, so each worker sets its own
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            out = self._model(features)["sentence_embedding"]
+        return out.float().numpy()
 
 
 _EMBEDDER: MiniLMEmbedder | None = None

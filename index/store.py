@@ -301,7 +301,7 @@ class SessionIndex:
             batch = todo.iloc[a : a + self.batch_size]
             te = time.perf_counter()
             # a bulk build uses every core unless told otherwise; single queries keep one thread
-            vectors = self.embedder().embed(batch["document"].tolist(), threads=self.embed_threads or usable_cores())
+            vectors = self.embedder().embed(batch["embed_text"].tolist(), threads=self.embed_threads or usable_cores())
             stats.embed_seconds += time.perf_counter() - te
             metadatas = [
                 {**meta, **_category_keys(meta["categories"]), "content_hash": h}

@@ -151,6 +151,24 @@ def test_bfloat16_vectors_match_float32_ones(monkeypatch: pytest.MonkeyPatch) ->
         resolve_precision()
 
 
+def test_parallel_embedding_gives_the_sequential_vectors_in_input_order() -> None:
+    import torch
+
+    from index.embedder import get_embedder
+
+    embedder = get_embedder()
+    # lengths out of order, more batches than workers, and a repeated text
+    texts = [f"{'very long ' * (i % 7)}session {i} viewed {i} items in Audio" for i in range(37)] + ["garden hose"] * 2
+    torch_threads = torch.get_num_threads()
+    one = embedder.embed(texts, batch_size=4, threads=1)
+    many = embedder.embed(texts, batch_size=4, threads=3)
+    assert torch.get_num_threads() == torch_threads  # the process-wide setting is restored
+    np.testing.assert_allclose(many, one, atol=1e-6)
+    alone = np.stack([embedder.embed([t])[0] for t in texts[:5]])  # each text's own vector, unbatched
+    assert (alone * many[:5]).sum(axis=1).min() > 0.999
+    np.testing.assert_array_equal(many[-1], many[-2])
+
+
 def test_get_embedder_is_one_instance_per_process() -> None:
     from index.embedder import get_embedder
 
@@ -170,7 +188,7 @@ def test_embedding_function_wrapper_matches_embed() -> None:
 def test_session_documents_read_as_notes_with_metadata() -> None:
     events = make_events(users=6)
     docs = session_documents(events, pd.DataFrame({"item_id": ["iau0"], "name": ["Sony WF-1000XM5"]}))
-    assert list(docs.columns) == ["id", "document", "metadata", "content_hash"]
+    assert list(docs.columns) == ["id", "document", "embed_text", "metadata", "content_hash"]
     assert docs["id"].is_unique and set(docs["id"]) == set(events["session_id"])
     row = docs.iloc[0]
     meta = row["metadata"]
@@ -185,6 +203,19 @@ def test_session_documents_read_as_notes_with_metadata() -> None:
     assert not audio.empty
     assert docs["document"].str.contains('searched "').all()
     assert docs.loc[~docs["metadata"].map(lambda m: m["purchased"]), "document"].str.endswith("no purchase.").all()
+
+
+def test_embedded_text_is_the_note_without_its_date_time_and_order_ids() -> None:
+    events = make_events(users=6)
+    docs = session_documents(events, None)
+    for doc, text, meta in zip(docs["document"], docs["embed_text"], docs["metadata"]):
+        stamp = pd.Timestamp(meta["start"], unit="s", tz="UTC").strftime("%Y-%m-%d %H:%M")
+        assert doc.startswith(f"{stamp}, ") and stamp not in text
+        orders = events.loc[events["session_id"] == meta["session_id"], "order_id"].dropna().unique()
+        cited = f" (order {', '.join(orders)})" if len(orders) else ""
+        assert all(o in doc and o not in text for o in orders)
+        assert doc == f"{stamp}, " + text.replace("for $59.00", f"for $59.00{cited}")
+    assert docs["metadata"].map(lambda m: m["purchased"]).any()  # the order-id case is exercised
 
 
 def test_content_hash_changes_only_when_the_session_changes() -> None:
@@ -394,7 +425,7 @@ def test_rebuild_embeds_only_new_changed_and_drops_removed_sessions(workspace: W
     texts_before = len(recorder.texts)
     stats = index.build(changed)
     assert stats.embedded == 1
-    assert recorder.texts[texts_before:] == [d for i, d in zip(*session_documents(changed, None)[["id", "document"]].T.values) if i == sid]
+    assert recorder.texts[texts_before:] == [d for i, d in zip(*session_documents(changed, None)[["id", "embed_text"]].T.values) if i == sid]
 
     shrunk = changed[changed["session_id"] != "u999-s1"]
     stats = index.build(shrunk)
