@@ -7,7 +7,8 @@ trained models of ``--workspace``), then for ~50 random users times
 - ``predict_proba(events, [user])``: the score alone;
 
 and, as the same-process baseline, the batch path — ``predict_proba(events)`` over every user,
-which is what one user cost before the one-user paths existed — quoting batch / one-user.
+i.e. answering for one user by scoring the whole table — quoting batch / one-user. To compare
+with an older commit, run this file from an export of it (``git archive <rev> | tar -x -C DIR``).
 
     python bench/predict.py                      # a 1,000-user demo shop, 50 users
     python bench/predict.py --users 2000 --samples 100

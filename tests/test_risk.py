@@ -157,7 +157,9 @@ def test_one_user_rules_and_features_equal_the_batch_ones(shop, labels):
     asof = events["ts"].max() + pd.Timedelta(seconds=1)
     batch = evaluate_rules(events)
     batch_features = risk_features(events, asof, rules=batch)
-    for user in _sample_users(shop, labels):
+    linked = batch["linked_accounts"].users.query("value > 0").index[:10].tolist()
+    assert linked  # the shop's promo rings share identifiers: the linked-accounts path is exercised
+    for user in _sample_users(shop, labels) + linked:
         one = evaluate_rules_for_users(events, [user])
         for name in RULE_NAMES:
             a, b = batch[name].users.loc[user], one[name].users.loc[user]

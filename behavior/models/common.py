@@ -645,25 +645,42 @@ class BehaviorModel:
 
 
 def user_evidence(events: pd.DataFrame, user_id: str, *, n_sessions: int = 3) -> list[dict[str, Any]]:
-    """The user's most recent sessions (and the last purchase session) as evidence rows for ``explain``."""
+    """The user's most recent sessions (and the last purchase session) as evidence rows for ``explain``.
+
+    Plain numpy/Python over the user's rows: it runs once per explained user, where each pandas
+    groupby and filter cost more than the whole computation.
+    """
     mine = events[events["user_id"] == user_id]
     if mine.empty:
         return []
-    by_session = mine.groupby("session_id", sort=False).agg(ts=("ts", "min"), n=("event", "size"))
-    recent = list(by_session.sort_values("ts").index[-n_sessions:])
-    buys = mine[mine["event"] == "purchase"]
+    sid = mine["session_id"].astype(object).to_numpy()
+    event = mine["event"].astype(object).to_numpy()
+    category = mine["category"].astype(object).to_numpy()
+    ts = mine["ts"]
+    ts_ns = ts.to_numpy(dtype="datetime64[ns]").astype("int64")
+    codes, sessions = pd.factorize(sid, sort=False)
+    start = np.full(len(sessions), np.iinfo("int64").max)
+    np.minimum.at(start, codes, ts_ns)
+    # sessions by start time (stable: ties keep first-appearance order, as sort_values does)
+    recent = [sessions[i] for i in np.argsort(start, kind="stable")[-n_sessions:]]
+    buys = np.flatnonzero(event == "purchase")
     if len(buys):
-        last_buy = buys.sort_values("ts")["session_id"].iloc[-1]
+        last_buy = sid[buys[np.argsort(ts_ns[buys], kind="stable")[-1]]]
         if last_buy not in recent:
             recent.insert(0, last_buy)
     out = []
-    for sid in recent:
-        rows = mine[mine["session_id"] == sid]
-        counts = rows["event"].value_counts()
-        cats = sorted(set(rows["category"].dropna().astype(str)))[:3]
-        detail = ", ".join(f"{int(v)} {k}" for k, v in counts.items())
+    for s in recent:
+        rows = np.flatnonzero(sid == s)
+        counts: dict[str, int] = {}
+        for e in event[rows]:
+            if e is not None and e is not pd.NA:
+                counts[e] = counts.get(e, 0) + 1
+        # value_counts' order: most frequent first, ties in order of first appearance
+        ordered = sorted(counts.items(), key=lambda kv: -kv[1])
+        cats = sorted({str(c) for c in category[rows] if not pd.isna(c)})[:3]
+        detail = ", ".join(f"{int(v)} {k}" for k, v in ordered)
         if cats:
             detail += f" in {', '.join(cats)}"
-        top_event = "purchase" if "purchase" in counts.index else str(counts.index[0])
-        out.append({"session_id": str(sid), "ts": rows["ts"].min().isoformat(), "event": top_event, "detail": detail})
+        top_event = "purchase" if "purchase" in counts else str(ordered[0][0])
+        out.append({"session_id": str(s), "ts": ts.iloc[int(rows[np.argmin(ts_ns[rows])])].isoformat(), "event": top_event, "detail": detail})
     return out

@@ -77,7 +77,7 @@ def account_features(events: pd.DataFrame, asof: pd.Timestamp, *, orders: pd.Dat
     Numpy over integer user codes (as ``rfm_features``): one user's explanation computes this
     on a hundred rows, where a dozen pandas groupbys cost 100+ ms.
     """
-    df = events[events["ts"] < asof]
+    df = _rows_where(events, (events["ts"] < asof).to_numpy(dtype=bool))
     codes, uniques = pd.factorize(df["user_id"], sort=True)
     users = pd.Index(uniques, name="user_id")
     n = len(users)
@@ -94,7 +94,7 @@ def account_features(events: pd.DataFrame, asof: pd.Timestamp, *, orders: pd.Dat
     def seconds(ns: np.ndarray) -> np.ndarray:
         return pd.to_timedelta(ns, unit="ns").total_seconds().to_numpy(dtype="float64")
 
-    f = pd.DataFrame(index=users)
+    f: dict[str, Any] = {}  # one DataFrame at the end: a column insert costs more than its numpy
     for col in ("device", "country", "ip", "payment"):
         f[f"n_{col}s"] = n_distinct(codes, df[col]) if col in df.columns else 0.0
     orders = order_table(df) if orders is None else orders
@@ -138,7 +138,7 @@ def account_features(events: pd.DataFrame, asof: pd.Timestamp, *, orders: pd.Dat
     first_order = np.full(n, np.iinfo("int64").max)
     np.minimum.at(first_order, oc, order_ns)
     f["hours_signup_to_first_order"] = np.where(n_orders > 0, seconds(first_order - first_seen) / 3600, -1.0)
-    return f.astype("float64")
+    return pd.DataFrame(f, index=users).astype("float64")
 
 
 def risk_features(
@@ -159,7 +159,7 @@ def risk_features(
         thresholds: rule thresholds.
         orders: ``order_table`` of the events before ``asof`` if already built.
     """
-    df = events[events["ts"] < asof]
+    df = _rows_where(events, (events["ts"] < asof).to_numpy(dtype=bool))
     if df.empty:
         return pd.DataFrame(index=pd.Index([], name="user_id"))
     rfm = rfm_features(df, asof)
@@ -323,7 +323,7 @@ class RiskModel(BehaviorModel):
         if self.scaler_ is not None:
             feats = feats.reindex(columns=[c for c in self.scaler_.columns if c != "anomaly_score"])
         if self.use_sequence:
-            past = events[(events["ts"] < asof) & events["user_id"].isin(users)]
+            past = _rows_where(events, (events["ts"] < asof).to_numpy(dtype=bool) & events["user_id"].isin(users).to_numpy(dtype=bool))
             seqs = tokenize_events(past, self.vocab_ or {}, keys=users, max_len=self.settings.max_len)
         else:
             seqs = Sequences(np.zeros((len(users), 1), dtype="int64"), np.ones(len(users), dtype="int64"), users)
@@ -765,6 +765,11 @@ def _users(events: pd.DataFrame, user_ids: Sequence[str] | None) -> pd.Index:
     if len(unknown):
         raise KeyError(f"unknown user id(s): {', '.join(map(str, unknown[:5]))}")
     return users
+
+
+def _rows_where(events: pd.DataFrame, mask: np.ndarray) -> pd.DataFrame:
+    """``events[mask]``, or ``events`` itself when every row qualifies (one user's rows as of their end: no copy)."""
+    return events if mask.all() else events[mask]
 
 
 def _check_known(rows: pd.DataFrame, users: pd.Index) -> None:

@@ -1,4 +1,4 @@
-"""Named fraud/abuse rule signals as pure pandas functions, each citing the ids behind it.
+"""Named fraud/abuse rule signals as pure functions over event tables, each citing the ids behind it.
 
 A rule answers one question a risk officer would ask ("did this user place many tiny
 orders in a burst?") with a value, a threshold, a fired flag and the evidence (order or
@@ -12,7 +12,7 @@ user group on Spark too; ``linked_accounts`` needs every user who might share a 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -82,11 +82,13 @@ def order_table(events: pd.DataFrame) -> pd.DataFrame:
     Written with numpy over integer order codes: one user's explanation builds this table on
     a hundred rows, where each pandas groupby cost more than the whole computation.
     """
-    buys = events[events["event"] == "purchase"]
     cols = ["order_id", "user_id", "session_id", "ts", "amount", "n_lines", "device", "ip", "country", "payment"]
-    if buys.empty:
+    is_buy = (events["event"] == "purchase").to_numpy(dtype=bool, na_value=False)
+    if not is_buy.any():
         dtypes = {"ts": "datetime64[ns, UTC]", "amount": "float64", "n_lines": "int64"}
         return pd.DataFrame({c: pd.Series(dtype=dtypes.get(c, "string")) for c in cols}).set_index("order_id")
+    identity = [c for c in ("device", "ip", "country", "payment") if c in events.columns]
+    buys = events.loc[is_buy, [c for c in ("order_id", "user_id", "session_id", "ts", "price", "quantity") if c in events.columns] + identity]
     key = buys["order_id"] if "order_id" in buys.columns else pd.Series(pd.NA, index=buys.index, dtype="string")
     key = key.fillna(buys["session_id"]).astype("string")
     codes, uniques = pd.factorize(key, sort=False)  # first-appearance order, as groupby(sort=False)
@@ -99,25 +101,23 @@ def order_table(events: pd.DataFrame) -> pd.DataFrame:
     total = np.zeros(n)
     np.add.at(total, codes, amount)  # row order within each order, like groupby's sum
 
-    def first_valid(col: str) -> pd.Series:
+    def first_valid(col: str) -> Any:
         values = buys[col]
         ok = values.notna().to_numpy(dtype=bool)
         pos = np.full(n, len(buys))
         np.minimum.at(pos, codes[ok], rows[ok])
-        found = pos < len(buys)
-        out = values.iloc[np.where(found, pos, 0)].reset_index(drop=True)
-        return out.where(found) if not found.all() else out
+        return values.array.take(np.where(pos < len(buys), pos, -1), allow_fill=True)
 
-    out = pd.DataFrame({
+    data: dict[str, Any] = {
         "user_id": first_valid("user_id"),
         "session_id": first_valid("session_id"),
         "ts": pd.to_datetime(first_ts, utc=True).astype(buys["ts"].dtype),
         "amount": total,
         "n_lines": np.bincount(codes, minlength=n).astype("int64"),
-    })
+    }
     for opt in ("device", "ip", "country", "payment"):
-        out[opt] = first_valid(opt) if opt in buys.columns else pd.Series(pd.NA, index=out.index, dtype="string")
-    out.index = pd.Index(uniques, name="order_id")
+        data[opt] = first_valid(opt) if opt in identity else pd.array([pd.NA] * n, dtype="string")
+    out = pd.DataFrame(data, index=pd.Index(uniques, name="order_id"))
     return out.sort_values(["user_id", "ts"], kind="stable")
 
 
@@ -168,27 +168,31 @@ def _burst_rule(
             {"user_id": orders["user_id"], "value": counts.astype("float64"), "fired": counts >= threshold}
         )
         # The orders of a window ending at row i are the count[i] rows up to i (rows are sorted
-        # by user then time), so a burst's evidence is a slice, not a search.
-        rows = pd.DataFrame({"u": orders["user_id"].to_numpy(), "c": counts.to_numpy(), "p": np.arange(len(orders))})
-        peak = rows.sort_values(["u", "c", "p"], ascending=[True, False, True], kind="stable").drop_duplicates("u")
-        peak_pos = pd.Series(peak["p"].to_numpy(), index=pd.Index(peak["u"].to_numpy(), name="user_id"))
+        # by user then time), so a burst's evidence is a slice, not a search; each user's peak is
+        # the first row with their largest count. Plain numpy per user block, so one user's
+        # verdict is computed exactly as inside the whole table.
+        c = counts.to_numpy()
+        u = orders["user_id"].to_numpy(dtype=object)
+        starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
+        ends = np.r_[starts[1:], len(u)]
         ids = orders.index.astype(str).to_numpy()
-        amount_cum = np.r_[0.0, np.cumsum(orders["amount"].to_numpy(dtype="float64"))]
+        amount = orders["amount"].to_numpy(dtype="float64")
         ts = orders["ts"]
         hours = window.total_seconds() / 3600
-        evidence, detail, values = [], [], []
-        for p in peak_pos.to_numpy():
-            n = int(counts.iat[p])
-            evidence.append(list(ids[p - n + 1 : p + 1]))
-            values.append(float(n))
-            detail.append(
+        value = users["value"].to_numpy(dtype="float64").copy()
+        fired = users["fired"].to_numpy(dtype=bool).copy()
+        evidence, detail = list(users["evidence"]), list(users["detail"])
+        for lo, hi, j in zip(starts, ends, users.index.get_indexer(u[starts])):
+            p = lo + int(np.argmax(c[lo:hi]))
+            n = int(c[p])
+            evidence[j] = list(ids[p - n + 1 : p + 1])
+            value[j] = float(n)
+            fired[j] = n >= threshold
+            detail[j] = (
                 f"{n} {what} within {hours:g} h ending {ts.iat[p]:%Y-%m-%d %H:%M}, "
-                f"total {amount_cum[p + 1] - amount_cum[p - n + 1]:.2f}"
+                f"total {amount[p - n + 1 : p + 1].sum():.2f}"
             )
-        users.loc[peak_pos.index, "value"] = values
-        users.loc[peak_pos.index, "fired"] = np.asarray(values) >= threshold
-        users.loc[peak_pos.index, "evidence"] = pd.Series(evidence, index=peak_pos.index, dtype=object)
-        users.loc[peak_pos.index, "detail"] = detail
+        users["value"], users["fired"], users["evidence"], users["detail"] = value, fired, evidence, detail
         start = np.arange(len(orders)) - counts.to_numpy() + 1
         order_out["evidence"] = [
             list(ids[a : b + 1]) if f else [ids[b]] for a, b, f in zip(start, range(len(orders)), order_out["fired"])
@@ -532,7 +536,7 @@ def evaluate_rules_for_users(
     is_mine = rows_of_users(events, users) if rows is None else rows
     mine = events[is_mine]
     out = _run_rules(mine, thresholds, [n for n in RULE_NAMES if n != "linked_accounts"], orders)
-    linked = _linked_accounts_for(events, mine, is_mine, thresholds)
+    linked = _linked_accounts_for(events, mine, thresholds)
     out["linked_accounts"] = RuleResult(linked.name, linked.threshold, linked.users.reindex(pd.Index(users, name="user_id")), None)
     return {name: out[name] for name in RULE_NAMES}
 
@@ -562,25 +566,22 @@ def _distinct_users(user_col: pd.Series, rows: np.ndarray, enough: int) -> int:
         step *= 8
 
 
-def _linked_accounts_for(
-    events: pd.DataFrame, mine: pd.DataFrame, is_mine: np.ndarray, thresholds: RuleThresholds
-) -> RuleResult:
+def _linked_accounts_for(events: pd.DataFrame, mine: pd.DataFrame, thresholds: RuleThresholds) -> RuleResult:
     """``linked_accounts`` for the users of ``mine``, reading only the rows of their specific identifiers.
 
     An identifier links accounts when 2..cap users share it (cap: ``linked_max_share`` of all
     users, at least ``linked_min_common``). A generic one ("mobile") has thousands of users:
     counting stops once past the cap, and all users are counted only when that is needed.
-    The frame handed to the rule keeps only the specific identifiers, with all their rows, so
-    every count it makes is the count over ``events``.
+    Value, evidence and detail are then those of :func:`linked_accounts` over ``events``
+    (the tests hold the two to the same verdicts).
     """
     identity_columns = ("ip", "device")  # linked_accounts' defaults
     cols = [c for c in identity_columns if c in events.columns]
+    users = _empty_users(_all_users(mine))
     user_col = events["user_id"]
     n_all: int | None = None
-    near = is_mine.copy()
-    specific: dict[str, list] = {}
+    shared: dict[tuple[str, object], np.ndarray] = {}  # (column, specific identifier) -> its rows in events
     for col in cols:
-        specific[col] = []
         values = list(mine[col].dropna().unique())
         if not values:
             continue
@@ -605,14 +606,34 @@ def _linked_accounts_for(
                 if n > cap:
                     continue  # common: the rule ignores it
             if n > 1:
-                specific[col].append(value)
-                near[rows] = True
-    frame = events.loc[near, ["user_id", "session_id", *cols]].copy()
-    for col in cols:
-        frame[col] = frame[col].where(frame[col].isin(specific[col]))
-    # Every identifier left has at most cap users, so the rule's own cap (from ``population``,
-    # or its frame's users when no count needed all users) keeps each of them.
-    return linked_accounts(frame, thresholds, identity_columns=identity_columns, population=n_all)
+                shared[(col, value)] = rows
+    if not shared:
+        return RuleResult("linked_accounts", float(thresholds.linked_users), users, None)
+    own_user = mine["user_id"].to_numpy(dtype=object, na_value=None)
+    own_session = mine["session_id"].to_numpy(dtype=object, na_value=None)
+    own_value = {col: mine[col].to_numpy(dtype=object, na_value=None) for col in cols}
+    value = users["value"].to_numpy(dtype="float64").copy()
+    evidence, detail = list(users["evidence"]), list(users["detail"])
+    for j, user in enumerate(users.index):
+        mine_rows = own_user == user
+        keys = [k for k in shared if (own_value[k[0]][mine_rows] == k[1]).any()]
+        if not keys:
+            continue
+        others = set()
+        for k in keys:
+            others.update(user_col.iloc[shared[k]].dropna().unique())
+        others.discard(user)
+        value[j] = float(len(others))
+        # As the rule: this user's sessions on a shared ip (in row order), then on a shared device.
+        sessions = []
+        for col in cols:
+            hit = mine_rows & np.isin(own_value[col], [v for c, v in keys if c == col])
+            sessions += [str(x) for x in own_session[hit]]
+        evidence[j] = list(dict.fromkeys(sessions))[:20]
+        detail[j] = f"shares {'/'.join(sorted({c for c, _ in keys}))} with {len(others)} other accounts"
+    users["value"], users["evidence"], users["detail"] = value, evidence, detail
+    users["fired"] = value >= thresholds.linked_users
+    return RuleResult("linked_accounts", float(thresholds.linked_users), users, None)
 
 
 def rule_features(results: dict[str, RuleResult]) -> pd.DataFrame:
