@@ -165,7 +165,7 @@ def risk_features(
     rfm = rfm_features(df, asof)
     acc = account_features(df, asof, orders=orders)
     rf = rule_features(rules if rules is not None else evaluate_rules(df, thresholds))
-    return rfm.join(acc, how="left").join(rf, how="left").astype("float64")
+    return pd.concat([rfm, acc.reindex(rfm.index), rf.reindex(rfm.index)], axis=1).astype("float64")  # a left join on rfm's users
 
 
 # --- the autoencoder ------------------------------------------------------------------------
