@@ -446,11 +446,11 @@ ChromaUrlOpt = typer.Option(
 )
 
 
-def _session_index(workspace: Optional[Path], chroma_url: Optional[str], batch_size: int = 256, threads: Optional[int] = None):
-    from index.store import SessionIndex, chroma_url_from_env
+def _session_index(workspace: Optional[Path], chroma_url: Optional[str], batch_size: Optional[int] = None, threads: Optional[int] = None):
+    from index.store import BUILD_BATCH, SessionIndex, chroma_url_from_env
 
     return SessionIndex(
-        _workspace(workspace), chroma_url=chroma_url or chroma_url_from_env(), batch_size=batch_size, embed_threads=threads
+        _workspace(workspace), chroma_url=chroma_url or chroma_url_from_env(), batch_size=batch_size or BUILD_BATCH, embed_threads=threads
     )
 
 
@@ -481,8 +481,8 @@ def _print_build(stats) -> None:
 def index_build(
     workspace: Optional[Path] = WorkspaceOpt,
     chroma_url: Optional[str] = ChromaUrlOpt,
-    batch_size: int = typer.Option(256, min=1, help="Sessions embedded and stored per batch (the unit an interrupted build resumes from)."),
-    threads: Optional[int] = typer.Option(None, min=1, help="Torch threads for embedding (default: every usable core; use 1 when the cores are busy with other work)."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Sessions embedded and stored per batch, the unit an interrupted build resumes from (default: 1024).", show_default=False),
+    threads: Optional[int] = typer.Option(None, min=1, help="Cores for embedding, one batch of texts each (default: every usable core)."),
     as_json: bool = typer.Option(False, "--json", help="Print the build counts as JSON."),
 ) -> None:
     """Embed new or changed sessions into the index; skip unchanged ones, drop removed ones.

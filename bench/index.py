@@ -103,7 +103,7 @@ class PooledEmbedder:
         self.vectors = real.embed(docs)
         self.rng = np.random.default_rng(seed)
 
-    def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    def embed(self, texts: list[str], batch_size: int = 64, threads: int | None = None) -> np.ndarray:
         import zlib
 
         idx = [zlib.crc32(t.encode()) % len(self.vectors) for t in texts]
@@ -155,12 +155,13 @@ def disk_bytes(path: Path) -> int:
 
 
 def run_size(
-    sessions: int, queries: int, seed: int, batch_size: int, keep: Path | None, threads: int | None, pooled: int = 0
+    sessions: int, queries: int, seed: int, batch_size: int | None, keep: Path | None, threads: int | None, pooled: int = 0
 ) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from index.store import SessionIndex
+    from index.store import BUILD_BATCH, SessionIndex
 
+    batch_size = batch_size or BUILD_BATCH
     console = bench_console()
     root = (keep / f"index-{sessions}") if keep else Path(tempfile.mkdtemp(prefix=f"bench-index-{sessions}-"))
     if root.exists():
@@ -223,6 +224,7 @@ def run_size(
         return {
             "sessions": n_sessions,
             "mode": f"pooled vectors ({pooled} real embeddings + noise): build/s excludes embedding" if pooled else "real embeddings",
+            "batch_size": batch_size,
             "embed_threads": threads if threads is not None else usable_cores(),
             "embed_precision": get_embedder().precision,
             "users": int(events["user_id"].nunique()),
@@ -255,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sessions", type=int, nargs="+", default=[10_000, 100_000], help="Index sizes to measure.")
     parser.add_argument("--queries", type=int, default=100, help="Timed queries per kind.")
-    parser.add_argument("--batch-size", type=int, default=256, help="Sessions per embedded/upserted batch.")
+    parser.add_argument("--batch-size", type=int, default=None, help="Sessions per embedded/upserted batch (default: the build's).")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None, help="Torch threads for embedding (default: every usable core).")
     parser.add_argument("--keep", type=Path, default=None, help="Keep the built workspaces under this folder.")

@@ -25,9 +25,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # Texts per forward pass. Small batches pad less (texts are length-sorted within each call):
 # 256 session documents embedded at 182/s with batches of 16 vs 135/s with 64 (bf16, 2 threads).
 BATCH_SIZE = 16
-# One thread by default. Measured on the shared 2-core machine (load ~12): one query 45 ms
-# with 1 thread vs 830 ms with 2, bulk 17.5 vs 8.8 documents/s; torch's threads wait on
-# each other whenever a neighbour takes a core. Set `threads` higher on a quiet machine.
+# One thread by default: a query is one batch, and one batch on two torch threads was
+# measured at 830 ms vs 45 ms on one when a neighbour held a core (the threads wait on each
+# other). Bulk builds pass every core, which `embed` spreads over batches (one thread each).
 DEFAULT_THREADS: int | None = 1
 MODEL_NAME = "all-MiniLM-L6-v2"
 

@@ -51,6 +51,10 @@ EXACT_CANDIDATES = 200
 # Over-fetch cap for post-filtering an unfiltered query before falling back to chromadb `where`.
 MAX_OVERFETCH = 4000
 _PAGE = 5000
+# Sessions embedded and upserted per batch: the unit an interrupted build resumes from. Built
+# on a quiet 2-core machine, 10k sessions: 155 sessions/s with 1,024 vs 146.5 with 256 (the
+# embedding workers idle less at the end of each batch, and lengths sort over more texts).
+BUILD_BATCH = 1024
 
 ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(done, total)`` after each embedded batch."""
@@ -155,7 +159,7 @@ class SessionIndex:
         *,
         chroma_url: str | None = None,
         collection: str = COLLECTION,
-        batch_size: int = 256,
+        batch_size: int = BUILD_BATCH,
         embedder: "MiniLMEmbedder | None" = None,
         embed_threads: int | None = None,
     ) -> None:
