@@ -100,11 +100,10 @@ class MiniLMEmbedder:
         """Embed ``texts`` in length-sorted batches of ``batch_size``.
 
         With ``threads`` > 1 the batches run data-parallel: that many worker threads, each
-        computing whole batches with one torch thread. Measured here (bf16, 1,024 session
-        texts): one torch thread embeds ~114/s; two torch threads on one batch at a time only
-        1.6x that on a quiet machine and collapse to 17-24/s when another process holds a
-        core (their threads wait on each other), while two workers of one thread each kept
-        87-99/s under the same load.
+        computing whole batches with one torch thread. Measured here (bf16, session texts):
+        one torch thread embeds ~114/s on a quiet machine; with another process holding a
+        core, two torch threads on one batch at a time fell to 11-24/s (their threads wait on
+        each other) while two workers of one thread each kept 87-144/s.
 
         Args:
             texts: The texts; an empty list gives an empty (0, 384) array.
