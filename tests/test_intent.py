@@ -126,6 +126,26 @@ def test_training_ignores_events_after_the_cutoff(shop):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_one_user_scores_equal_the_whole_table_scores(fitted, shop):
+    events = shop.events
+    batch = fitted.predict_proba(events)
+    sessions = fitted.predict_sessions(events)
+    for user in sorted(events["user_id"].unique())[::40]:
+        explained = fitted.explain(events, user)
+        assert fitted.predict_proba(events, [user]).iloc[0] == pytest.approx(batch[user], abs=1e-6)
+        assert explained["probability"] == pytest.approx(round(float(batch[user]), 4), abs=1e-6)
+        for s in explained["sessions"]:
+            assert s["p_purchase"] == pytest.approx(round(float(sessions[s["session_id"]]), 4), abs=1e-6)
+
+
+def test_one_users_session_examples_equal_their_whole_table_rows(shop):
+    events = shop.events
+    whole = session_examples(events, ["desktop", "mobile"])
+    for user in sorted(events["user_id"].unique())[::50]:
+        mine = session_examples(events[events["user_id"] == user], ["desktop", "mobile"])
+        pd.testing.assert_frame_equal(mine, whole[whole["user_id"] == user], check_exact=True)
+
+
 def test_session_probability_does_not_see_the_checkout(fitted, shop):
     events = shop.events
     sid = session_examples(events).query("purchased").index[0]
