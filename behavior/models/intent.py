@@ -265,7 +265,9 @@ def category_affinity(events: pd.DataFrame, asof: pd.Timestamp | None = None) ->
         df = df[df["ts"] < asof]
     ref = asof if asof is not None else (df["ts"].max() if len(df) else pd.Timestamp(0, tz="UTC"))
     age = (ref - df["ts"]).dt.total_seconds().to_numpy() / 86400
-    w = df["event"].astype(str).map(CATEGORY_EVENT_WEIGHTS).fillna(0.0).to_numpy() * np.power(0.5, age / CATEGORY_HALF_LIFE_DAYS)
+    kind = pd.Index(list(CATEGORY_EVENT_WEIGHTS), dtype=object).get_indexer(df["event"].astype(str).to_numpy(dtype=object))
+    weight = np.append(np.asarray(list(CATEGORY_EVENT_WEIGHTS.values()), dtype="float64"), 0.0)[kind]  # -1 (other events): 0
+    w = weight * np.power(0.5, age / CATEGORY_HALF_LIFE_DAYS)
     mix = pd.DataFrame({"user_id": df["user_id"].astype(str).to_numpy(), "category": df["category"].astype(str).to_numpy(), "w": w})
     mix = mix[mix["w"] > 0].groupby(["user_id", "category"], sort=True)["w"].sum().reset_index()
     mix["share"] = mix["w"] / mix.groupby("user_id")["w"].transform("sum")
