@@ -212,7 +212,8 @@ def rfm_features(
     def per_user(weights: np.ndarray | None = None) -> np.ndarray:
         return np.bincount(codes, weights=weights, minlength=n).astype("float64")
 
-    f = pd.DataFrame(index=pd.Index(uniques, name="user_id"))
+    # columns gathered in a dict and framed once: ~40 DataFrame inserts cost more than the numpy
+    f: dict[str, np.ndarray] = {}
     oldest = np.full(n, -np.inf)
     np.maximum.at(oldest, codes, age)
     newest = np.full(n, np.inf)
@@ -270,10 +271,10 @@ def rfm_features(
     f["gap_mean_days"] = gap_mean
     f["gap_std_days"] = np.sqrt(np.clip(var, 0, None))
     f["gap_last_days"] = gap_last
-    f["recency_over_gap"] = f["recency_days"] / np.clip(np.nan_to_num(gap_mean, nan=-np.inf), 1.0, None)
-    f.loc[np.isnan(gap_mean), "recency_over_gap"] = np.nan
-    b30 = f["buys_30d"] if "buys_30d" in f else pd.Series(0.0, index=f.index)
-    b90 = f["buys_90d"] if "buys_90d" in f else pd.Series(0.0, index=f.index)
+    ratio = f["recency_days"] / np.clip(np.nan_to_num(gap_mean, nan=-np.inf), 1.0, None)
+    f["recency_over_gap"] = np.where(np.isnan(gap_mean), np.nan, ratio)
+    b30 = f.get("buys_30d", np.zeros(n))
+    b90 = f.get("buys_90d", np.zeros(n))
     f["trend_30_vs_prev60"] = b30 - (b90 - b30) / 2.0
     recent = age < 30
     f["views_30d"] = per_user((recent & (event == "view")).astype("float64"))
@@ -287,4 +288,4 @@ def rfm_features(
         for c in categories:
             spend = np.bincount(b_codes, weights=np.where(cat == c, b_amount, 0.0), minlength=n)
             f[f"share_{c}"] = np.divide(spend, monetary, out=np.zeros(n), where=monetary > 0)
-    return f
+    return pd.DataFrame(f, index=pd.Index(uniques, name="user_id"))
