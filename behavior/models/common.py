@@ -150,6 +150,17 @@ def event_tokens(events: pd.DataFrame, vocab: dict[str, Any], *, by: str = "user
     return 1 + ((ev * n_cat + cat) * n_gap + gap) * n_price + pb
 
 
+def distinct_per_group(group: np.ndarray, values: pd.Series, n: int) -> np.ndarray:
+    """How many distinct non-missing ``values`` each of ``n`` groups has (``group[i]`` owns
+    ``values[i]``; -1: no group): a groupby nunique over integer group codes, as float64."""
+    codes, uniques = pd.factorize(values)
+    ok = (codes >= 0) & (group >= 0)
+    if not ok.any():
+        return np.zeros(n, dtype="float64")
+    pairs = np.unique(group[ok].astype("int64") * len(uniques) + codes[ok])
+    return np.bincount(pairs // len(uniques), minlength=n).astype("float64")
+
+
 @dataclass
 class Sequences:
     """Tokenized sequences: ``tokens[i, :lengths[i]]`` are the last events of ``keys[i]``, oldest first."""

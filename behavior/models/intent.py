@@ -29,6 +29,7 @@ from behavior.models.common import (
     TrainSettings,
     ablation_factors,
     build_net,
+    distinct_per_group,
     fit_binary,
     fit_vocab,
     net_config,
@@ -155,8 +156,8 @@ def _prefix_aggregates(prefix: pd.DataFrame) -> pd.DataFrame:
         "end": prefix["ts"].array.take(last),
         "p_start": prefix["ts"].array.take(first),
         "n_events": pd.array(size, dtype="Int64"),  # the dtype of a groupby "size" of a string column
-        "n_items": _distinct_per_row(codes, prefix["item_id"], n).astype("int64"),
-        "n_categories": _distinct_per_row(codes, prefix["category"], n).astype("int64"),
+        "n_items": distinct_per_group(codes, prefix["item_id"], n).astype("int64"),
+        "n_categories": distinct_per_group(codes, prefix["category"], n).astype("int64"),
         "max_price": np.where(has_price, max_price, np.nan),
     }, index=sessions)
 
@@ -226,21 +227,11 @@ def user_intent_features(events: pd.DataFrame, asof: pd.Timestamp, categories: S
         "views_7d": count("view"),
         "searches_7d": count("search"),
         "carts_7d": carts,
-        "sessions_7d": _distinct_per_row(row, last7["session_id"], len(f)),
+        "sessions_7d": distinct_per_group(row, last7["session_id"], len(f)),
         "open_cart_7d": np.clip(carts - count("purchase") - count("remove_from_cart"), 0.0, None),
         "days_since_last_cart": ((asof - last_cart).dt.total_seconds() / 86400).fillna(f["tenure_days"] + 1.0).to_numpy(dtype="float64"),
     }
     return pd.concat([f, pd.DataFrame(extras, index=f.index)], axis=1).astype("float64")
-
-
-def _distinct_per_row(row: np.ndarray, values: pd.Series, n: int) -> np.ndarray:
-    """How many distinct non-missing ``values`` each of ``n`` rows has (``row[i]`` owns ``values[i]``, -1: none): a groupby nunique."""
-    codes, uniques = pd.factorize(values)
-    ok = (codes >= 0) & (row >= 0)
-    if not ok.any():
-        return np.zeros(n, dtype="float64")
-    pairs = np.unique(row[ok].astype("int64") * len(uniques) + codes[ok])
-    return np.bincount(pairs // len(uniques), minlength=n).astype("float64")
 
 
 def bought_within(events: pd.DataFrame, asof: pd.Timestamp, days: float, users: pd.Index) -> np.ndarray:

@@ -38,6 +38,7 @@ from behavior.models.common import (
     TrainSettings,
     ablation_factors,
     build_net,
+    distinct_per_group,
     fit_binary,
     fit_vocab,
     net_config,
@@ -85,18 +86,12 @@ def account_features(events: pd.DataFrame, asof: pd.Timestamp, *, orders: pd.Dat
     def per_user(c: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         return np.bincount(c, weights=weights, minlength=n).astype("float64")
 
-    def n_distinct(c: np.ndarray, values: pd.Series) -> np.ndarray:
-        v, _ = pd.factorize(values)
-        ok = (v >= 0) & (c >= 0)
-        pairs = np.unique(c[ok].astype("int64") * (int(v.max(initial=0)) + 1) + v[ok])
-        return per_user(pairs // (int(v.max(initial=0)) + 1))
-
     def seconds(ns: np.ndarray) -> np.ndarray:
         return pd.to_timedelta(ns, unit="ns").total_seconds().to_numpy(dtype="float64")
 
     f: dict[str, Any] = {}  # one DataFrame at the end: a column insert costs more than its numpy
     for col in ("device", "country", "ip", "payment"):
-        f[f"n_{col}s"] = n_distinct(codes, df[col]) if col in df.columns else 0.0
+        f[f"n_{col}s"] = distinct_per_group(codes, df[col], n) if col in df.columns else 0.0
     orders = order_table(df) if orders is None else orders
     oc = users.get_indexer(orders["user_id"])
     amount = orders["amount"].to_numpy(dtype="float64")
@@ -109,7 +104,7 @@ def account_features(events: pd.DataFrame, asof: pd.Timestamp, *, orders: pd.Dat
     f["small_orders"] = per_user(oc[amount <= SMALL_ORDER])
     order_ns = orders["ts"].to_numpy(dtype="datetime64[ns]").astype("int64")
     day_ns = 86_400 * 10**9
-    order_days = n_distinct(oc, pd.Series(order_ns // day_ns))
+    order_days = distinct_per_group(oc, pd.Series(order_ns // day_ns), n)
     f["orders_per_active_day"] = n_orders / np.maximum(order_days, 1)
     ts_ns = df["ts"].to_numpy(dtype="datetime64[ns]").astype("int64")
     sc, sessions = pd.factorize(df["session_id"], sort=False)
