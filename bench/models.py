@@ -2,7 +2,9 @@
 
 Protocols are fixed in /work/shared/BENCHMARKS.md:
 
-- ``demo``: the synthetic shop (ground truth known); each model's own time-based split.
+- ``demo``: the synthetic shop (ground truth known); each model's own time-based split, on
+  several shops (seeds; 7 is ``shopsight demo``'s) and their mean: one 5,000-user shop has
+  only 14–36 fraud accounts in its test window, so a single shop's risk AUC swings by ±0.05.
 - ``cdnow``: full CDNOW (23,570 customers); calibration weeks 1–39, churn = no purchase in
   weeks 40–78. Learned models use customer-level 5-fold cross-validation at the week-39
   snapshot (out-of-fold predictions pooled); BG/NBD scores -E[holdout purchases].
@@ -11,7 +13,7 @@ Protocols are fixed in /work/shared/BENCHMARKS.md:
 
     python bench/models.py                                   # everything
     python bench/models.py --datasets cdnow --models churn   # one part
-    python bench/models.py --demo-users 1000                 # a quicker demo shop
+    python bench/models.py --demo-users 1000 --demo-seeds 7  # a quicker demo shop, one seed
 
 Prints a table and writes ``bench/results/models.json``.
 """
@@ -111,8 +113,17 @@ def completejourney_events() -> pd.DataFrame:
 # --- benchmarks ---------------------------------------------------------------------------------
 
 
-def bench_demo(models: list[str], users: int, seed: int) -> list[dict[str, Any]]:
-    """Each model on the synthetic shop: its own time split, baselines, and ground truth where known."""
+def bench_demo(models: list[str], users: int, seeds: list[int]) -> list[dict[str, Any]]:
+    """Each model on synthetic shops (one per seed): its own time split, baselines, ground truth; the mean over shops."""
+    rows: list[dict[str, Any]] = []
+    for seed in seeds:
+        rows += _bench_demo_shop(models, users, seed, f"demo ({users} users, seed {seed})")
+    if len(seeds) > 1:
+        rows += _mean_rows(rows, f"demo ({users} users, mean of {len(seeds)} seeds)", over="dataset")
+    return rows
+
+
+def _bench_demo_shop(models: list[str], users: int, seed: int, dataset: str) -> list[dict[str, Any]]:
     from behavior.models import available_models, model_class
     from behavior.synthetic import generate_shop
 
@@ -120,7 +131,7 @@ def bench_demo(models: list[str], users: int, seed: int) -> list[dict[str, Any]]
     rows: list[dict[str, Any]] = []
     for name in models:
         if name not in available_models():
-            rows.append({"dataset": "demo", "task": name, "who": name, "error": "model code not present"})
+            rows.append({"dataset": dataset, "task": name, "who": name, "error": "model code not present"})
             continue
         cls = model_class(name)
         table = getattr(cls, "label_table", None)
@@ -130,15 +141,15 @@ def bench_demo(models: list[str], users: int, seed: int) -> list[dict[str, Any]]
             model = cls().fit(shop.events, labels=labels)
         except Exception as exc:  # a benchmark reports a failing model and goes on with the rest
             traceback.print_exc()
-            rows.append({"dataset": "demo", "task": name, "who": name, "error": f"{type(exc).__name__}: {exc}"})
+            rows.append({"dataset": dataset, "task": name, "who": name, "error": f"{type(exc).__name__}: {exc}"})
             continue
         seconds = time.perf_counter() - t
         card = model.card_
-        rows += _rows_from_card(f"demo ({users} users)", card, name, seconds)
+        rows += _rows_from_card(dataset, card, name, seconds)
         gt = card.get("ground_truth") or {}
         for who, rep in gt.items():
             if isinstance(rep, dict) and "roc_auc" in rep:
-                rows.append(_row(f"demo ({users} users)", f"{name} vs true dropout", name if who == "model" else who, rep, None))
+                rows.append(_row(dataset, f"{name} vs true dropout", name if who == "model" else who, rep, None))
     return rows
 
 
@@ -231,18 +242,29 @@ def bench_completejourney(models: list[str], seed: int = 0) -> list[dict[str, An
                     rep["brier"] = None  # raw scores, not probabilities
                 rows.append(_row("completejourney", "buy_7 (churn net, H=7)", "churn_7 net" if who == "model" else who, rep,
                                  seconds if who == "model" else None, cutoff=c))
-    return rows + _cutoff_means(rows)
+    return rows + _mean_rows(rows, "completejourney", over="cutoff", label="mean of 3")
 
 
-def _cutoff_means(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    df = pd.DataFrame([r for r in rows if "error" not in r and r.get("cutoff")])
+def _mean_rows(rows: list[dict[str, Any]], dataset: str, *, over: str, label: str = "") -> list[dict[str, Any]]:
+    """One row per (task, who): the mean of its rows across the values of ``over`` (cutoffs, or shops).
+
+    Metrics and training seconds are means; ``n`` is the total.
+
+    A (task, who) missing from some of them (a model that failed there) gets no mean row: a
+    mean over fewer shops or cutoffs than the others would not compare.
+    """
+    df = pd.DataFrame([r for r in rows if "error" not in r and r.get(over)])
     if df.empty:
         return []
+    n_parts = df[over].nunique()
     out = []
     for (task, who), g in df.groupby(["task", "who"], sort=False):
+        if g[over].nunique() < n_parts:
+            continue
         mean = {k: (float(g[k].astype(float).mean()) if g[k].notna().all() else None) for k in ("roc_auc", "pr_auc", "brier", "base_rate")}
-        out.append({"dataset": "completejourney", "task": task, "who": who, **mean, "n": int(g["n"].sum()),
-                    "train_s": float(g["train_s"].astype(float).sum()) if g["train_s"].notna().all() else None, "cutoff": "mean of 3"})
+        out.append({"dataset": dataset, "task": task, "who": who, **mean, "n": int(g["n"].sum()),
+                    "train_s": round(float(g["train_s"].astype(float).mean()), 1) if g["train_s"].notna().all() else None,
+                    "cutoff": label or f"mean of {n_parts}"})
     return out
 
 
@@ -251,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--demo-users", type=int, default=5000)
+    parser.add_argument("--demo-seeds", type=int, nargs="+", default=[7, 8, 9, 10, 11],
+                        help="one synthetic shop per seed (7 is `shopsight demo`'s), and their mean")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="models", help="result name: bench/results/<out>.json")
     args = parser.parse_args(argv)
@@ -261,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     if "demo" in args.datasets:
-        rows += bench_demo(args.models, args.demo_users, seed=7)
+        rows += bench_demo(args.models, args.demo_users, args.demo_seeds)
     if "cdnow" in args.datasets and "churn" in args.models:
         rows += bench_cdnow(seed=args.seed)
     if "completejourney" in args.datasets:

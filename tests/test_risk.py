@@ -186,3 +186,29 @@ def test_cross_fitted_net_averages_one_net_per_fold_and_calibrates_out_of_fold(f
     # every training account was scored by the one fold net that never saw it
     assert card["out_of_fold_metrics"]["n"] == card["split"]["n_train"]
     assert card["out_of_fold_metrics"]["roc_auc"] > 0.6
+    # the baselines under the same folds sit beside it, in and out of fold
+    for name in ("logistic_folds", "lightgbm_folds"):
+        assert card["baselines"][name]["n"] == card["split"]["n_test"]
+        assert card["out_of_fold_baselines"][name]["n"] == card["split"]["n_train"]
+
+
+def test_cross_fitted_baselines_score_each_fold_with_models_that_never_saw_it():
+    from behavior.models.baselines import cross_fitted_baselines
+
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"a": rng.normal(size=600), "b": rng.normal(size=600)})
+    y = (X["a"] + 0.5 * rng.normal(size=600) > 0).to_numpy().astype("int64")
+    folds = np.arange(600) % 3
+    X_test = pd.DataFrame({"a": [-2.0, 2.0], "b": [0.0, 0.0]})
+    out = cross_fitted_baselines(X, y, folds, X_test, seed=0, threads=1)
+    assert set(out) == {"logistic", "lightgbm"}
+    for res in out.values():
+        assert res["oof"].shape == (600,) and res["proba"].shape == (2,)
+        assert res["proba"][1] > 0.8 > 0.2 > res["proba"][0]
+    # Scramble fold 0's labels: logistic regression's out-of-fold scores there must not move
+    # (its fold-0 model never saw those rows), while the other folds' scores do.
+    y2 = y.copy()
+    y2[folds == 0] = rng.permutation(y2[folds == 0])
+    again = cross_fitted_baselines(X, y2, folds, X_test, seed=0, threads=1)["logistic"]["oof"]
+    np.testing.assert_allclose(again[folds == 0], out["logistic"]["oof"][folds == 0])
+    assert not np.allclose(again[folds != 0], out["logistic"]["oof"][folds != 0])

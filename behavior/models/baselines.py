@@ -128,24 +128,34 @@ def run_baselines(
     return out
 
 
-def cross_fitted_lightgbm(
+def cross_fitted_baselines(
     X: pd.DataFrame, y: np.ndarray, folds: np.ndarray, X_test: pd.DataFrame, *, seed: int = 0, threads: int = 2
-) -> dict[str, Any]:
-    """LightGBM under a cross-fitted model's protocol: one model per fold, early-stopped on it.
+) -> dict[str, dict[str, Any]]:
+    """Logistic regression and LightGBM under a cross-fitted model's protocol: one model per fold.
 
-    Each model learns on the rows outside fold ``k`` and stops on fold ``k``; the test score is
-    the mean of the fold models' probabilities, as a fold-ensemble net's is of its nets'.
+    Each model learns on the rows outside fold ``k`` (LightGBM early-stops on fold ``k``); the
+    test score is the mean of the fold models' probabilities, as a fold-ensemble net's is of
+    its nets'.
 
     Returns:
-        {"oof": out-of-fold probabilities [len(X)], "proba": test probabilities, "train_seconds"}.
+        name ("logistic", "lightgbm") -> {"oof": out-of-fold probabilities [len(X)], "proba":
+        test probabilities, "train_seconds"}.
     """
     y = np.asarray(y, dtype="int64")
-    oof = np.zeros(len(y))
-    test = []
-    t = time.perf_counter()
-    for k in np.unique(folds):
-        va = folds == k
-        gbm = fit_lightgbm(X[~va], y[~va], X_val=X[va], y_val=y[va], seed=seed + int(k), threads=threads)
-        oof[va] = gbm.predict_proba(X[va].to_numpy(dtype="float64"))[:, 1]
-        test.append(gbm.predict_proba(X_test.to_numpy(dtype="float64"))[:, 1])
-    return {"oof": oof, "proba": np.mean(test, axis=0), "train_seconds": time.perf_counter() - t}
+    Xt = X_test.to_numpy(dtype="float64")
+    out: dict[str, dict[str, Any]] = {}
+    fitters = {
+        "logistic": lambda Xa, ya, Xv, yv, k: fit_logistic(Xa, ya, seed=seed + k),
+        "lightgbm": lambda Xa, ya, Xv, yv, k: fit_lightgbm(Xa, ya, X_val=Xv, y_val=yv, seed=seed + k, threads=threads),
+    }
+    for name, fit in fitters.items():
+        oof = np.zeros(len(y))
+        test = []
+        t = time.perf_counter()
+        for k in np.unique(folds):
+            va = folds == k
+            model = fit(X[~va], y[~va], X[va], y[va], int(k))
+            oof[va] = model.predict_proba(X[va].to_numpy(dtype="float64"))[:, 1]
+            test.append(model.predict_proba(Xt)[:, 1])
+        out[name] = {"oof": oof, "proba": np.mean(test, axis=0), "train_seconds": time.perf_counter() - t}
+    return out

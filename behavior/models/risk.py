@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from behavior.features import rfm_features
-from behavior.models.baselines import cross_fitted_lightgbm, run_baselines
+from behavior.models.baselines import cross_fitted_baselines, run_baselines
 from behavior.models.churn import end_of_events
 from behavior.models.common import (
     BehaviorModel,
@@ -453,11 +453,11 @@ class RiskModel(BehaviorModel):
                 baselines = {k: {**v["report"], "train_seconds": round(v["train_seconds"], 3)} for k, v in runs.items()}
                 # The same trees under the net's own protocol (the folds above), so the comparison
                 # is like for like in what each model learns from as well as in features.
-                cv = cross_fitted_lightgbm(X_train, y_train, folds, X_test, seed=s.seed, threads=s.threads)
-                cv_threshold = best_f1_threshold(y_train, cv["oof"])
-                baselines["lightgbm_folds"] = {**binary_report(y_test, cv["proba"], threshold=cv_threshold),
-                                               "train_seconds": round(cv["train_seconds"], 3)}
-                oof_baselines["lightgbm_folds"] = binary_report(y_train, cv["oof"], threshold=cv_threshold)
+                for name, cv in cross_fitted_baselines(X_train, y_train, folds, X_test, seed=s.seed, threads=s.threads).items():
+                    cv_threshold = best_f1_threshold(y_train, cv["oof"])
+                    baselines[f"{name}_folds"] = {**binary_report(y_test, cv["proba"], threshold=cv_threshold),
+                                                  "train_seconds": round(cv["train_seconds"], 3)}
+                    oof_baselines[f"{name}_folds"] = binary_report(y_train, cv["oof"], threshold=cv_threshold)
                 anomaly_report = binary_report(y_test, X_test["anomaly_score"].to_numpy(),
                                                threshold=best_f1_threshold(y_train[val], X_train["anomaly_score"].to_numpy()[val]))
                 fired_any = rule_features(rules_end).filter(like="_fired").max(axis=1).reindex(test_users).to_numpy()
