@@ -176,3 +176,30 @@ def test_users_without_orders_get_quiet_rules_and_a_typed_empty_order_table():
     assert orders.empty and str(orders["ts"].dtype) == "datetime64[ns, UTC]"
     feats = rule_features(evaluate_rules(events))
     assert feats.loc["browser"].filter(like="_fired").sum() == 0
+
+
+@pytest.mark.parametrize("dtype", ["string[pyarrow]", "string[python]", "object"])
+def test_row_matching_is_the_same_for_every_string_storage(dtype):
+    from behavior.models.rules import _matches, _value_positions
+
+    column = pd.Series(["a", None, "b", "a", "c"], dtype=dtype)
+    assert _matches(column, ["a"]).tolist() == [True, False, False, True, False]
+    assert _matches(column, ["a", "b", "a"]).tolist() == [True, False, True, True, False]  # duplicates are fine
+    assert _matches(column, ["zz"]).tolist() == [False] * 5
+    assert _matches(column, []).tolist() == [False] * 5
+    # the position of each row's value among the (distinct) values asked for; -1 else, missing too
+    assert _value_positions(column, ["b", "a"]).tolist() == [1, -1, 0, 1, -1]
+
+
+def test_remembered_user_count_follows_the_table_it_was_counted_on():
+    from behavior.models.rules import _n_distinct
+
+    first = pd.Series(["u1", "u2", "u2", None], dtype="string[pyarrow]")
+    assert _n_distinct(first) == 2
+    assert _n_distinct(first) == 2  # remembered
+    grown = pd.concat([first, pd.Series(["u3"], dtype="string[pyarrow]")], ignore_index=True)
+    assert _n_distinct(grown) == 3  # a new table is counted afresh, never served the old count
+    changed = first.copy()
+    changed.iloc[3] = "u7"  # an edit in place swaps the immutable arrow array underneath
+    assert _n_distinct(changed) == 3 and _n_distinct(first) == 2
+    assert _n_distinct(pd.Series(["a", "b", "a"], dtype=object)) == 2  # other storages: plain nunique

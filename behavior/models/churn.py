@@ -38,6 +38,7 @@ from behavior.models.common import (
     user_evidence,
 )
 from behavior.models.metrics import best_f1_threshold, binary_report
+from behavior.models.rules import rows_of_users
 
 DAY = pd.Timedelta(days=1)
 
@@ -305,7 +306,7 @@ class ChurnModel(BehaviorModel):
         self._check_fitted()
         user_id = str(user_id)
         asof = end_of_events(events)
-        mine = events[events["user_id"] == user_id]
+        mine = events[rows_of_users(events, [user_id])]
         if mine.empty:
             raise KeyError(f"unknown user id: {user_id}")
         users = pd.Index([user_id], name="user_id")

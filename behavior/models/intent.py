@@ -39,6 +39,7 @@ from behavior.models.common import (
     user_evidence,
 )
 from behavior.models.metrics import best_f1_threshold, binary_report
+from behavior.models.rules import rows_of_users
 
 # Events at or after which a session's outcome is (nearly) known: never shown to the session model.
 OUTCOME_EVENTS: tuple[str, ...] = ("checkout", "purchase")
@@ -575,7 +576,7 @@ class IntentModel(BehaviorModel):
         """
         self._check_fitted()
         user_id = str(user_id)
-        mine = events[events["user_id"] == user_id]
+        mine = events[rows_of_users(events, [user_id])]
         if mine.empty:
             raise KeyError(f"unknown user id: {user_id}")
         users = pd.Index([user_id], name="user_id")
@@ -619,7 +620,7 @@ class IntentModel(BehaviorModel):
         if rows.empty:
             raise KeyError(f"unknown session id: {session_id}")
         user_id = str(rows["user_id"].iloc[0])
-        mine = events[events["user_id"] == user_id]
+        mine = events[rows_of_users(events, [user_id])]
         ex = session_examples(mine, self.devices_)
         if session_id not in ex.index:
             return {"model": self.label, "session_id": session_id, "user_id": user_id, "probability": None,
