@@ -179,16 +179,30 @@ def test_users_without_orders_get_quiet_rules_and_a_typed_empty_order_table():
 
 
 @pytest.mark.parametrize("dtype", ["string[pyarrow]", "string[python]", "object"])
-def test_row_matching_is_the_same_for_every_string_storage(dtype):
-    from behavior.models.rules import _matches, _value_positions
+def test_row_lookup_is_the_same_for_every_string_storage_scanned_or_indexed(dtype):
+    from behavior.models.rules import _value_positions, _value_rows
 
-    column = pd.Series(["a", None, "b", "a", "c"], dtype=dtype)
-    assert _matches(column, ["a"]).tolist() == [True, False, False, True, False]
-    assert _matches(column, ["a", "b", "a"]).tolist() == [True, False, True, True, False]  # duplicates are fine
-    assert _matches(column, ["zz"]).tolist() == [False] * 5
-    assert _matches(column, []).tolist() == [False] * 5
+    column = pd.Series(["a", None, "b", "a", "c", "a"], dtype=dtype)
     # the position of each row's value among the (distinct) values asked for; -1 else, missing too
-    assert _value_positions(column, ["b", "a"]).tolist() == [1, -1, 0, 1, -1]
+    assert _value_positions(column, ["b", "a"]).tolist() == [1, -1, 0, 1, -1, 1]
+    # the first lookup scans; a pyarrow column is indexed from its second lookup on: same answers
+    for _ in range(3):
+        rows = _value_rows(column, ["a", "zz", "c"])
+        assert [r.tolist() for r in rows] == [[0, 3, 5], [], [4]]
+        assert [r.tolist() for r in _value_rows(column, ["b"])] == [[2]]
+        assert [r.tolist() for r in _value_rows(column, [])] == []
+
+
+def test_user_rows_follow_edits_to_the_table():
+    from behavior.models.rules import rows_of_users
+
+    events = pd.DataFrame({"user_id": pd.Series(["u1", "u2", "u1"], dtype="string[pyarrow]")})
+    for _ in range(3):  # scanned, then indexed
+        assert rows_of_users(events, ["u1"]).tolist() == [True, False, True]
+    events.loc[1, "user_id"] = "u1"  # an edit puts a new (immutable) arrow array behind the column
+    assert rows_of_users(events, ["u1"]).tolist() == [True, True, True]
+    assert rows_of_users(events, ["u2", "u1", "u2"]).tolist() == [True, True, True]
+    assert rows_of_users(events, ["nobody"]).tolist() == [False, False, False]
 
 
 def test_remembered_user_count_follows_the_table_it_was_counted_on():
