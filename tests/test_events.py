@@ -260,3 +260,28 @@ def test_round_trip_through_the_workspace_keeps_dtypes_and_values(tmp_path, work
     loaded = workspace.load_events()
     pd.testing.assert_frame_equal(loaded, events, check_exact=True)
     assert loaded["ts"].iloc[-1] == pd.Timestamp("2024-03-03 09:00:00.123456", tz="UTC")
+
+
+def test_loaded_events_have_one_chunk_per_string_column_and_the_same_values(tmp_path):
+    """Parquet reads arrive in batches; load_events joins them so one user's rows cost what they hold."""
+    import pyarrow as pa
+
+    from behavior.workspace import Workspace, single_chunk_strings
+
+    n = 300_000  # more rows than one parquet read batch
+    events = pd.DataFrame({
+        "user_id": pd.Series([f"u{i % 997:04d}" for i in range(n)], dtype="string[pyarrow]"),
+        "ts": pd.date_range("2026-01-01", periods=n, freq="s", tz="UTC"),
+        "event": pd.Series(["view", None, "purchase"] * (n // 3), dtype="string[pyarrow]"),
+        "price": np.arange(n, dtype="float64"),
+    })
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir(parents=True)
+    ws.save_events(events)
+    raw = pd.read_parquet(ws.events_path)
+    assert raw["user_id"].array.__arrow_array__().num_chunks > 1  # what a plain read gives
+    loaded = ws.load_events()
+    for col in ("user_id", "event"):
+        assert loaded[col].array.__arrow_array__().num_chunks == 1
+    pd.testing.assert_frame_equal(loaded, raw)  # same values, dtypes and index
+    assert single_chunk_strings(pd.DataFrame({"x": pd.Series(["a"], dtype=object)}))["x"].tolist() == ["a"]  # other storages untouched
