@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pandas as pd
-import pyarrow as pa
+
+from behavior.events import single_chunk_strings
 
 DEFAULT_WORKSPACE = Path("workspace")
 MANIFEST = "manifest.json"
@@ -170,22 +171,3 @@ class Workspace:
         self.write_manifest(manifest)
         return manifest
 
-
-def single_chunk_strings(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` with each pyarrow-backed string column in one contiguous chunk (same values, same dtype).
-
-    Parquet reads arrive in batches (four chunks for the 440k-row demo), and pyarrow's take
-    on a many-chunk array costs time in the whole column's length: each subset of rows (one
-    user's events) then paid ~1.5 ms per string column on 1.8M rows. One chunk makes it cost
-    in the rows taken. Combining costs ~1.5 ms per column per 440k rows, once per load.
-    """
-    for col in df.columns:
-        dtype = df[col].dtype
-        if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow":
-            chunks = df[col].array.__arrow_array__()
-            if chunks.num_chunks > 1:
-                try:
-                    df[col] = pd.Series(chunks.combine_chunks(), dtype=dtype, index=df.index)
-                except (pa.ArrowInvalid, pa.ArrowCapacityError):  # too big for one chunk: leave it as read
-                    continue
-    return df

@@ -264,7 +264,8 @@ def test_round_trip_through_the_workspace_keeps_dtypes_and_values(tmp_path, work
 
 def test_loaded_events_have_one_chunk_per_string_column_and_the_same_values(tmp_path):
     """Parquet reads arrive in batches; load_events joins them so one user's rows cost what they hold."""
-    from behavior.workspace import Workspace, single_chunk_strings
+    from behavior.events import single_chunk_strings
+    from behavior.workspace import Workspace
 
     n = 300_000  # more rows than one parquet read batch
     events = pd.DataFrame({

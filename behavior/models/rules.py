@@ -20,6 +20,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from behavior.events import arrow_strings
+
 RULE_NAMES: tuple[str, ...] = (
     "velocity",
     "new_device_high_value",
@@ -558,21 +560,11 @@ def _value_positions(column: pd.Series, values: Sequence[str]) -> np.ndarray:
     One pass for all the values: the rows of each are then ``positions == j`` in numpy, where a
     pass per value over a 440k-row string column costs 2 ms each.
     """
-    arrow = _arrow_strings(column)
+    arrow = arrow_strings(column)
     if arrow is not None:
         found = pc.index_in(arrow, value_set=pa.array([str(v) for v in values], type=arrow.type))
         return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype("int64", copy=False)
     return pd.Index(list(values)).get_indexer(column).astype("int64", copy=False)
-
-
-def _arrow_strings(column: pd.Series) -> pa.ChunkedArray | None:
-    """The pyarrow array behind a pyarrow-backed string column (no copy), else None."""
-    dtype = column.dtype
-    if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow":
-        return column.array.__arrow_array__()
-    if isinstance(dtype, pd.ArrowDtype) and (pa.types.is_string(dtype.pyarrow_dtype) or pa.types.is_large_string(dtype.pyarrow_dtype)):
-        return column.array.__arrow_array__()
-    return None
 
 
 @dataclass
@@ -598,7 +590,7 @@ def _memo(column: pd.Series) -> _ColumnMemo | None:
     values, and an edit to the column puts a new array behind it. Only weak references are
     kept, so a memo never keeps a table alive.
     """
-    arrow = _arrow_strings(column)
+    arrow = arrow_strings(column)
     if arrow is None:
         return None
     memo = _MEMO.get(id(arrow))
