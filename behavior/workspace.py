@@ -170,4 +170,3 @@ class Workspace:
         manifest.update(fields)
         self.write_manifest(manifest)
         return manifest
-

@@ -242,10 +242,10 @@ def bench_completejourney(models: list[str], seed: int = 0) -> list[dict[str, An
                     rep["brier"] = None  # raw scores, not probabilities
                 rows.append(_row("completejourney", "buy_7 (churn net, H=7)", "churn_7 net" if who == "model" else who, rep,
                                  seconds if who == "model" else None, cutoff=c))
-    return rows + _mean_rows(rows, "completejourney", over="cutoff", label="mean of 3")
+    return rows + _mean_rows(rows, "completejourney", over="cutoff")
 
 
-def _mean_rows(rows: list[dict[str, Any]], dataset: str, *, over: str, label: str = "") -> list[dict[str, Any]]:
+def _mean_rows(rows: list[dict[str, Any]], dataset: str, *, over: str) -> list[dict[str, Any]]:
     """One row per (task, who): the mean of its rows across the values of ``over`` (cutoffs, or shops).
 
     Metrics and training seconds are means; ``n`` is the total.
@@ -264,7 +264,7 @@ def _mean_rows(rows: list[dict[str, Any]], dataset: str, *, over: str, label: st
         mean = {k: (float(g[k].astype(float).mean()) if g[k].notna().all() else None) for k in ("roc_auc", "pr_auc", "brier", "base_rate")}
         out.append({"dataset": dataset, "task": task, "who": who, **mean, "n": int(g["n"].sum()),
                     "train_s": round(float(g["train_s"].astype(float).mean()), 1) if g["train_s"].notna().all() else None,
-                    "cutoff": label or f"mean of {n_parts}"})
+                    "cutoff": f"mean of {n_parts}"})
     return out
 
 

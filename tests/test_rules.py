@@ -217,3 +217,19 @@ def test_remembered_user_count_follows_the_table_it_was_counted_on():
     changed.iloc[3] = "u7"  # an edit in place swaps the immutable arrow array underneath
     assert _n_distinct(changed) == 3 and _n_distinct(first) == 2
     assert _n_distinct(pd.Series(["a", "b", "a"], dtype=object)) == 2  # other storages: plain nunique
+
+
+def test_one_off_lookups_do_not_push_out_an_indexed_column():
+    """score_order looks up columns of a fresh copy per call; the main table's row index must survive them."""
+    from behavior.models import rules
+
+    main = pd.Series([f"u{i % 7}" for i in range(50)], dtype="string[pyarrow]")
+    for _ in range(2):  # indexed from its second lookup
+        rules._value_rows(main, ["u1"])
+    kept = rules._memo(main)
+    assert kept.order is not None
+    copies = [pd.Series(["a", "b", "a"], dtype="string[pyarrow]") for _ in range(3 * rules._MEMO_SIZE)]
+    for c in copies:  # alive, each looked up once
+        rules._value_rows(c, ["a"])
+    assert rules._memo(main) is kept and kept.order is not None
+    assert [r.tolist() for r in rules._value_rows(main, ["u1"])] == [[1, 8, 15, 22, 29, 36, 43]]

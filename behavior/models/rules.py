@@ -596,9 +596,22 @@ def _memo(column: pd.Series) -> _ColumnMemo | None:
     memo = _MEMO.get(id(arrow))
     if memo is None or memo.ref() is not arrow:
         if len(_MEMO) >= _MEMO_SIZE:
-            _MEMO.pop(next(iter(_MEMO)))
+            _MEMO.pop(_memo_to_evict())
         memo = _MEMO[id(arrow)] = _ColumnMemo(weakref.ref(arrow))
     return memo
+
+
+def _memo_to_evict() -> int:
+    """The memo to drop when full: one whose array is gone, else the oldest without an index, else the oldest.
+
+    ``score_order`` looks up columns of a fresh copy of the table on every call; those one-off
+    memos must not push out the index of the table the agent keeps asking about.
+    """
+    for wanted in (lambda m: m.ref() is None, lambda m: m.order is None):
+        key = next((k for k, m in _MEMO.items() if wanted(m)), None)
+        if key is not None:
+            return key
+    return next(iter(_MEMO))
 
 
 def _n_distinct(column: pd.Series) -> int:
