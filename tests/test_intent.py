@@ -63,6 +63,36 @@ def test_session_examples_label_whole_sessions_but_count_only_the_prefix():
     assert ex.loc["a2", "prior_purchases"] == 1 and ex.loc["a1", "prior_purchases"] == 0
 
 
+def test_session_features_are_hand_computable_and_ignore_row_order():
+    rows = [
+        ev("a", 0, "view", "a1", price=10.0), ev("a", 1, "add_to_cart", "a1", price=30.0),
+        {**ev("a", 2, "add_to_cart", "a1", price=5.0), "quantity": 2}, ev("a", 3, "checkout", "a1"),
+        ev("a", 2 * 1440, "search", "a2", category=None, price=None), ev("a", 2 * 1440 + 4, "view", "a2", price=7.0),
+    ]
+    events = to_canonical(pd.DataFrame(rows)).assign(device=["mobile", "mobile", "mobile", "mobile", None, "tablet"])
+    shuffled = events.sample(frac=1.0, random_state=0)
+
+    ex = session_examples(events, ["mobile", "tablet"])
+    pd.testing.assert_frame_equal(session_prefix(shuffled), session_prefix(events))
+    pd.testing.assert_frame_equal(session_examples(shuffled, ["mobile", "tablet"]), ex)
+
+    a1, a2 = ex.loc["a1"], ex.loc["a2"]
+    assert (a1["n_events"], a1["n_add_to_cart"], a1["n_view"]) == (3, 2, 1)  # the checkout is not in the prefix
+    assert a1["mean_price"] == pytest.approx(15.0) and a1["max_price"] == 30.0
+    assert a1["cart_value"] == pytest.approx(30.0 + 2 * 5.0) and a1["minutes"] == pytest.approx(2.0)
+    assert a1["events_per_minute"] == pytest.approx(1.5) and (a1["hour"], a1["weekend"]) == (10, 0.0)  # a Monday
+    assert (a1["device_mobile"], a1["device_tablet"]) == (1.0, 0.0)
+    assert (a2["device_mobile"], a2["device_tablet"]) == (0.0, 1.0)  # the first known device
+    assert a2["mean_price"] == 7.0 and a2["n_categories"] == 1 and a2["prior_sessions"] == 1
+    assert a2["days_since_prev_session"] == pytest.approx(2.0)
+
+
+def test_a_session_without_a_known_device_counts_as_no_device():
+    events = to_canonical(pd.DataFrame([ev("a", 0, "view", "a1"), ev("a", 1, "view", "a1")])).assign(device=None)
+    ex = session_examples(events, ["mobile"])
+    assert ex.loc["a1", "device_mobile"] == 0.0
+
+
 def test_shop_prefixes_never_contain_outcome_events(shop):
     prefix = session_prefix(shop.events)
     assert len(prefix) > 0

@@ -122,6 +122,34 @@ def test_rare_and_missing_categories_get_their_own_buckets():
     assert len(vocab["categories"]) == 2
 
 
+def test_tokens_do_not_depend_on_row_order_and_rows_without_a_key_are_left_out():
+    ev = _events()
+    vocab = fit_vocab(ev, max_categories=2)
+    shuffled = ev.sample(frac=1.0, random_state=4)
+    keyless = pd.concat([ev, ev.iloc[[0]].assign(session_id=pd.NA)], ignore_index=True)
+    for by in ("user_id", "session_id"):
+        a = tokenize_events(ev, vocab, by=by, max_len=4)
+        b = tokenize_events(shuffled, vocab, by=by, max_len=4)
+        assert np.array_equal(a.tokens, b.tokens) and np.array_equal(a.lengths, b.lengths)
+        assert a.keys.tolist() == sorted(ev[by].unique())  # default keys: every value, sorted
+    by_session = tokenize_events(keyless, vocab, by="session_id", max_len=4)
+    assert by_session.keys.tolist() == ["s1", "s2", "s3"]
+    assert np.array_equal(by_session.tokens, tokenize_events(ev, vocab, by="session_id", max_len=4).tokens)
+
+
+def test_one_shared_sequence_scores_like_the_sequence_repeated_per_row():
+    seqs, X, _ = _toy(n=40)
+    net = build_net({"vocab_size": 6, "n_tabular": 4, "hidden": 16, "emb_dim": 8})
+    one = Sequences(seqs.tokens[:1], seqs.lengths[:1], pd.RangeIndex(1))
+    repeated = Sequences(np.repeat(one.tokens, len(X), axis=0), np.repeat(one.lengths, len(X)), pd.RangeIndex(len(X)))
+
+    shared = predict_logits(net, one, X, batch_size=16)  # batches past the first reuse the one sequence
+
+    assert shared.shape == (len(X),)
+    np.testing.assert_allclose(shared, predict_logits(net, repeated, X), rtol=0, atol=1e-6)
+    assert not np.allclose(shared, shared[0])  # the tabular rows still differ
+
+
 # --- training and calibration -------------------------------------------------------------------
 
 

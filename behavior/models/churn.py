@@ -314,9 +314,7 @@ class ChurnModel(BehaviorModel):
         x = self.scaler_.transform(feats)[0]
 
         def score(batch: np.ndarray) -> np.ndarray:  # the user's own sequence beside each ablated row
-            k = len(batch)
-            s = Sequences(np.repeat(seqs.tokens, k, axis=0), np.repeat(seqs.lengths, k), pd.RangeIndex(k))
-            return self.calibration_.apply(predict_logits(self.net_, s, batch))
+            return self.calibration_.apply(predict_logits(self.net_, seqs, batch))
 
         p = float(score(x[None, :])[0])
         raw = feats.iloc[0].to_dict()

@@ -127,29 +127,6 @@ def vocab_size(vocab: dict[str, Any]) -> int:
     return 1 + n_ev * n_cat * n_gap * n_price
 
 
-def event_tokens(events: pd.DataFrame, vocab: dict[str, Any], *, by: str = "user_id") -> np.ndarray:
-    """One token id (>= 1) per event row, in the row order of ``events`` (sorted by ``by``, ts)."""
-    n_ev, n_cat, n_gap, n_price = _dims(vocab)
-    # Index lookups rather than Series.map: one call each instead of several conversions
-    ev = pd.Index(vocab["events"], dtype=object).get_indexer(events["event"].astype(str).to_numpy(dtype=object))
-    ev[ev < 0] = n_ev - 1  # unknown (or missing) event
-    cat_raw = events["category"]
-    cat = pd.Index(vocab["categories"], dtype=object).get_indexer(cat_raw.astype(str).to_numpy(dtype=object))
-    cat[cat < 0] = n_cat - 2  # other
-    cat[cat_raw.isna().to_numpy()] = n_cat - 1
-    ts = events["ts"]
-    gap_s = ts.diff().dt.total_seconds().to_numpy(dtype="float64")
-    keys = events[by].astype(object).to_numpy()
-    first = np.ones(len(keys), dtype=bool)
-    first[1:] = keys[1:] != keys[:-1]
-    gap = np.searchsorted(np.asarray(vocab["gap_edges_seconds"], dtype="float64"), np.nan_to_num(gap_s), side="right") + 1
-    gap[first] = 0
-    price = pd.to_numeric(events["price"], errors="coerce").to_numpy(dtype="float64")
-    pb = np.searchsorted(np.asarray(vocab["price_edges"], dtype="float64"), np.nan_to_num(price), side="right")
-    pb[np.isnan(price)] = n_price - 1
-    return 1 + ((ev * n_cat + cat) * n_gap + gap) * n_price + pb
-
-
 def distinct_per_group(group: np.ndarray, values: pd.Series, n: int) -> np.ndarray:
     """How many distinct non-missing ``values`` each of ``n`` groups has (``group[i]`` owns
     ``values[i]``; -1: no group): a groupby nunique over integer group codes, as float64."""
@@ -159,6 +136,59 @@ def distinct_per_group(group: np.ndarray, values: pd.Series, n: int) -> np.ndarr
         return np.zeros(n, dtype="float64")
     pairs = np.unique(group[ok].astype("int64") * len(uniques) + codes[ok])
     return np.bincount(pairs // len(uniques), minlength=n).astype("float64")
+
+
+def _vocab_positions(values: pd.Series, vocab: list[str]) -> np.ndarray:
+    """Per row: the position of ``str(value)`` in ``vocab``, -1 if absent or missing.
+
+    Factorizes first and looks up the few distinct values, not every row: per-row string
+    conversions cost more than the rest of tokenizing one user's events.
+    """
+    codes, uniques = pd.factorize(values)
+    where = {v: i for i, v in enumerate(vocab)}  # a few dozen entries: cheaper than building an Index
+    at = np.array([where.get(str(u), -1) for u in uniques] + [-1], dtype="int64")
+    return at[codes]  # code -1 (missing) picks the trailing -1
+
+
+def _sequence_order(events: pd.DataFrame, by: str) -> tuple[np.ndarray, np.ndarray, pd.Index]:
+    """(rows sorted by ``by`` then time, ties in input order, rows without a ``by`` value left
+    out; each of those rows' code; the ``by`` values, sorted, that the codes index)."""
+    codes, uniques = pd.factorize(events[by], sort=True)
+    ts = events["ts"].to_numpy(dtype="datetime64[ns]").astype("int64")
+    rows = np.flatnonzero(codes >= 0)
+    rows = rows[np.lexsort((ts[rows], codes[rows]))]  # lexsort is stable
+    return rows, codes[rows], pd.Index(uniques, name=by)
+
+
+def event_tokens(events: pd.DataFrame, vocab: dict[str, Any], *, by: str = "user_id") -> np.ndarray:
+    """One token id (>= 1) per row of ``events`` with a ``by`` value, in (``by``, ts) order.
+
+    The time-gap part of a token is the gap to the previous event of the same ``by`` value
+    (the first event has its own bucket).
+    """
+    rows, codes, _ = _sequence_order(events, by)
+    return _tokens(events, vocab, rows, codes)
+
+
+def _tokens(events: pd.DataFrame, vocab: dict[str, Any], rows: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Token ids of ``rows`` (in that order; ``codes``: each row's sequence, equal codes contiguous)."""
+    n_ev, n_cat, n_gap, n_price = _dims(vocab)
+    ev = _vocab_positions(events["event"], vocab["events"])[rows]
+    ev[ev < 0] = n_ev - 1  # unknown (or missing) event
+    cat = _vocab_positions(events["category"], vocab["categories"])[rows]
+    cat[cat < 0] = n_cat - 2  # other
+    cat[events["category"].isna().to_numpy(dtype=bool)[rows]] = n_cat - 1
+    ts = events["ts"].to_numpy(dtype="datetime64[ns]").astype("int64")[rows]
+    first = np.ones(len(rows), dtype=bool)
+    first[1:] = codes[1:] != codes[:-1]
+    gap_s = np.zeros(len(rows))
+    gap_s[1:] = (ts[1:] - ts[:-1]) / 1e9  # what .diff().dt.total_seconds() gives
+    gap = np.searchsorted(np.asarray(vocab["gap_edges_seconds"], dtype="float64"), gap_s, side="right") + 1
+    gap[first] = 0
+    price = pd.to_numeric(events["price"], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)[rows]
+    pb = np.searchsorted(np.asarray(vocab["price_edges"], dtype="float64"), np.nan_to_num(price), side="right")
+    pb[np.isnan(price)] = n_price - 1
+    return 1 + ((ev * n_cat + cat) * n_gap + gap) * n_price + pb
 
 
 @dataclass
@@ -181,42 +211,32 @@ def tokenize_events(
     """Turn events into one token sequence per ``by`` value (user or session), the most recent ``max_len``.
 
     Args:
-        events: canonical events (any order); only the rows you want the model to see.
+        events: canonical events (any order); only the rows you want the model to see. Rows
+            without a ``by`` value are left out.
         vocab: from ``fit_vocab`` (stored in the model's spec).
         by: the column that groups events into sequences (``user_id`` or ``session_id``).
         max_len: keep this many most recent tokens per sequence.
         keys: the sequences to return, in this order; keys without events get an empty sequence.
+            Default: every ``by`` value, sorted.
 
     Returns:
         ``Sequences`` with tokens [n, max_len] (oldest first, right-padded) and lengths.
+
+    numpy over integer codes (no frame sort or groupby): it runs per request for one user.
     """
-    df = events.sort_values([by, "ts"], kind="stable")
-    tok = event_tokens(df, vocab, by=by) if len(df) else np.zeros(0, dtype="int64")
-    key_col = df[by].to_numpy()
-    if keys is None:
-        keys = pd.Index(pd.unique(key_col), name=by)
-    keys = pd.Index(keys, name=by)
+    rows, codes, values = _sequence_order(events, by)
+    keys = pd.Index(values if keys is None else keys, name=by)
     out = np.zeros((len(keys), max_len), dtype="int64")
     lengths = np.ones(len(keys), dtype="int64")
-    if len(df):
-        # position from the end inside each group: 0 = most recent
-        if pd.isna(key_col).any():  # grouped ops leave missing keys out; keep that
-            grp_sizes = pd.Series(key_col).groupby(key_col, sort=False).transform("size").to_numpy()
-            rank = pd.Series(np.ones(len(df), dtype="int64")).groupby(key_col, sort=False).cumsum().to_numpy() - 1
-        else:
-            # df is sorted by key, so each key's rows are contiguous: sizes and ranks by numpy
-            # (the grouped transform/cumsum cost more than the rest for one user's sequence)
-            opens = np.ones(len(key_col), dtype=bool)
-            opens[1:] = key_col[1:] != key_col[:-1]
-            starts = np.flatnonzero(opens)
-            sizes = np.diff(np.append(starts, len(key_col)))
-            grp_sizes = np.repeat(sizes, sizes)
-            rank = np.arange(len(key_col)) - np.repeat(starts, sizes)
-        from_end = grp_sizes - 1 - rank
+    if len(rows):
+        tok = _tokens(events, vocab, rows, codes)
+        sizes = np.bincount(codes, minlength=len(values))
+        starts = np.cumsum(sizes) - sizes
+        from_end = starts[codes] + sizes[codes] - 1 - np.arange(len(rows))  # 0 = the most recent event
         keep = from_end < max_len
-        n_kept = np.minimum(grp_sizes, max_len)
+        n_kept = np.minimum(sizes, max_len)[codes]
         pos = (n_kept - 1 - from_end)[keep]
-        row = keys.get_indexer(key_col[keep])
+        row = keys.get_indexer(values)[codes[keep]]
         ok = row >= 0
         out[row[ok], pos[ok]] = tok[keep][ok]
         lengths[row[ok]] = n_kept[keep][ok]  # every kept row of a key carries the same count
@@ -328,7 +348,8 @@ class SequenceTabularNet(nn.Module):
                 emb, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
             )
             _, h = self.gru(packed)
-            parts.append(h[-1])
+            # one sentence for a batch of tabular rows (feature ablation): encoded once, shared
+            parts.append(h[-1].expand(len(x), -1) if len(h[-1]) == 1 else h[-1])
         if self.tab is not None:
             parts.append(self.tab(x))
         out = self.head(torch.cat(parts, dim=1))
@@ -423,13 +444,20 @@ def _tensors(seqs: Sequences, X: np.ndarray) -> tuple[torch.Tensor, torch.Tensor
 
 
 def predict_logits(net: SequenceTabularNet, seqs: Sequences, X: np.ndarray, *, batch_size: int = 2048) -> np.ndarray:
-    """Raw logits of ``net`` for every row (eval mode, no grad)."""
+    """Raw logits of ``net`` for every row (eval mode, no grad).
+
+    ``seqs`` holds one sequence per row of ``X``, or a single sequence shared by every row:
+    what feature ablation scores (one user's sentence beside many variants of their features),
+    where encoding it once instead of once per row saves most of the GRU's time.
+    """
     net.eval()
     tok, lens, x = _tensors(seqs, X)
+    shared = len(tok) == 1
     outs = []
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            outs.append(net(tok[i : i + batch_size], lens[i : i + batch_size], x[i : i + batch_size]).numpy())
+            rows = slice(0, 1) if shared else slice(i, i + batch_size)
+            outs.append(net(tok[rows], lens[rows], x[i : i + batch_size]).numpy())
     if not outs:
         return np.zeros((0,) if net.n_outputs == 1 else (0, net.n_outputs), dtype="float64")
     return np.concatenate(outs).astype("float64")

@@ -60,12 +60,22 @@ def session_prefix(events: pd.DataFrame) -> pd.DataFrame:
 
     Rows are ordered by session then time (input order kept for ties), so an event logged at
     the same instant as the checkout but after it is excluded too. Sessions that open with a
-    checkout or purchase have an empty prefix and no rows here.
+    checkout or purchase have an empty prefix and no rows here; rows without a session id are
+    left out. The result is ordered by user then time (ties: by session id, then input order).
     """
-    df = events.sort_values(["session_id", "ts"], kind="stable")
-    outcome = df["event"].isin(OUTCOME_EVENTS).astype("int64")
-    seen_outcome = outcome.groupby(df["session_id"], sort=False).cumsum()
-    return df[seen_outcome.to_numpy() == 0].sort_values(["user_id", "ts"], kind="stable").reset_index(drop=True)
+    session = pd.factorize(events["session_id"], sort=True)[0]
+    ts = events["ts"].to_numpy(dtype="datetime64[ns]").astype("int64")
+    rows = np.flatnonzero(session >= 0)
+    rows = rows[np.lexsort((ts[rows], session[rows]))]  # by session, then time; lexsort is stable
+    outcome = events["event"].isin(OUTCOME_EVENTS).to_numpy(dtype="int64", na_value=0)[rows]
+    seen = np.cumsum(outcome)
+    opens = np.ones(len(rows), dtype=bool)
+    opens[1:] = session[rows[1:]] != session[rows[:-1]]
+    seen -= (seen - outcome)[np.maximum.accumulate(np.where(opens, np.arange(len(rows)), 0))]  # within the session
+    kept = rows[seen == 0]
+    user = pd.factorize(events["user_id"], sort=True)[0]
+    user = np.where(user >= 0, user, user.max(initial=-1) + 1)  # a missing user id sorts last, as in sort_values
+    return events.iloc[kept[np.lexsort((ts[kept], user[kept]))]].reset_index(drop=True)
 
 
 def session_examples(events: pd.DataFrame, devices: Sequence[str] = (), *, prefix: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -73,43 +83,78 @@ def session_examples(events: pd.DataFrame, devices: Sequence[str] = (), *, prefi
 
     Args:
         events: canonical, sessionized events (whole sessions: the label comes from them).
-        devices: device labels to one-hot (learned on training data; others count as none).
+        devices: device labels to one-hot (learned on training data; others, and a session
+            without a known device, count as none).
         prefix: ``session_prefix(events)`` if the caller already has it (it is reused for the sequences).
 
     Returns:
-        Index session_id, sorted by start; columns user_id, start (session start), end (last
-        prefix event), session_end (last event of the whole session), purchased (label: the
-        whole session had a purchase), and the numeric features in ``session_feature_names``.
+        Index session_id, sorted by start (ties: by user id); columns user_id, start (session
+        start), end (last prefix event), session_end (last event of the whole session),
+        purchased (label: the whole session had a purchase), and the numeric features in
+        ``session_feature_names``.
+
+    Written with numpy over integer session codes, not pandas groupbys: it runs per request for
+    one user's few sessions (``predict_sessions`` in ``explain``), where each groupby, crosstab
+    and join cost more than its arithmetic. A session's row depends only on its own events and
+    its user's earlier sessions: one user's examples equal their rows of the whole table's.
     """
     if prefix is None:
         prefix = session_prefix(events)
-    whole = _whole_sessions(events)
     if prefix.empty:
         return pd.DataFrame(columns=["user_id", "start", "end", "session_end", "purchased", *session_feature_names(devices)])
-    g = prefix.groupby("session_id", sort=False)
-    out = _prefix_aggregates(prefix)
-    out.insert(5, "mean_price", g["price"].mean().to_numpy())  # pandas' compensated mean: identical values
-    # the same table as pd.crosstab, at a quarter of its cost on one user's few sessions
-    counts = prefix.groupby(["session_id", "event"], sort=True).size().unstack(fill_value=0)
-    counts = counts.reindex(index=out.index, columns=list(SESSION_COUNTS), fill_value=0)
-    # the new columns gathered and added in one concat: a dozen inserts cost more than computing them
-    cols: dict[str, Any] = {f"n_{ev}": counts[ev].to_numpy() for ev in SESSION_COUNTS}
-    cart = prefix[prefix["event"] == "add_to_cart"]
-    cols["cart_value"] = (cart["price"].fillna(0) * cart["quantity"]).groupby(cart["session_id"]).sum().reindex(out.index).fillna(0.0)
-    minutes = (out["end"] - out["p_start"]).dt.total_seconds() / 60.0
+    codes, sessions, _, first, last, size = _session_rows(prefix)
+    n = len(sessions)
+    ok = codes >= 0
+    cols: dict[str, Any] = {"end": prefix["ts"].array.take(last), "n_events": size.astype("int64")}
+    cols["n_items"] = distinct_per_group(codes, prefix["item_id"], n).astype("int64")
+    cols["n_categories"] = distinct_per_group(codes, prefix["category"], n).astype("int64")
+    price = pd.to_numeric(prefix["price"], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    # sums by bincount: each session's own rows added in row order, so a session's features do not
+    # depend on the other rows of the frame (pandas' groupby picks its summation by the data)
+    has_price = ok & ~np.isnan(price)
+    priced = np.bincount(codes[has_price], minlength=n)
+    total = np.bincount(codes[has_price], weights=price[has_price], minlength=n)
+    cols["mean_price"] = np.where(priced > 0, total / np.maximum(priced, 1), 0.0)
+    max_price = np.full(n, -np.inf)
+    np.fmax.at(max_price, codes[ok], price[ok])
+    cols["max_price"] = np.where(priced > 0, max_price, 0.0)
+    kind, kinds = pd.factorize(prefix["event"])
+    per_kind = np.bincount((codes * len(kinds) + kind)[ok & (kind >= 0)], minlength=n * len(kinds)).reshape(n, len(kinds))
+    for ev in SESSION_COUNTS:
+        cols[f"n_{ev}"] = per_kind[:, kinds.get_loc(ev)] if ev in kinds else np.zeros(n, dtype="int64")
+    cart = ok & (prefix["event"] == "add_to_cart").to_numpy(dtype=bool, na_value=False)
+    value = np.nan_to_num(price, nan=0.0) * prefix["quantity"].to_numpy(dtype="float64", na_value=np.nan)
+    cols["cart_value"] = np.bincount(codes[cart], weights=value[cart], minlength=n).astype("float64")  # (int zeros when empty)
+    ts = prefix["ts"].to_numpy(dtype="datetime64[ns]").astype("int64")
+    p_start = ts[first]
+    minutes = (ts[last] - p_start) / 1e9 / 60.0  # what .dt.total_seconds() / 60 gives
     cols["minutes"] = minutes
-    cols["events_per_minute"] = out["n_events"] / minutes.clip(lower=1.0)
-    cols["hour"] = out["p_start"].dt.hour
-    cols["weekend"] = (out["p_start"].dt.day_of_week >= 5).astype("float64")
-    dev = g["device"].first() if "device" in prefix.columns else None
+    cols["events_per_minute"] = size / np.maximum(minutes, 1.0)
+    cols["hour"] = (p_start // 3_600_000_000_000 % 24).astype("int32")  # ts is UTC (canonical events)
+    cols["weekend"] = ((p_start // 86_400_000_000_000 + 3) % 7 >= 5).astype("float64")  # 1970-01-01 was a Thursday (3)
+    device = np.full(n, "", dtype=object)
+    if "device" in prefix.columns:
+        known = np.flatnonzero(ok & prefix["device"].notna().to_numpy(dtype=bool))
+        owner, at = np.unique(codes[known], return_index=True)  # each session's first known device, as groupby first()
+        device[owner] = prefix["device"].to_numpy(dtype=object)[known[at]]
     for d in devices:
-        cols[f"device_{d}"] = (dev == d).astype("float64").to_numpy() if dev is not None else np.zeros(len(out))
-    out = pd.concat([out, pd.DataFrame(cols, index=out.index)], axis=1)
-    out = out.join(whole, how="left")
-    out = out.join(_prior_history(whole), how="left")
-    out["mean_price"] = out["mean_price"].fillna(0.0)
-    out["max_price"] = out["max_price"].fillna(0.0)
-    return out.drop(columns=["p_start"]).sort_values(["start", "user_id"], kind="stable")
+        cols[f"device_{d}"] = (device == d).astype("float64")
+    whole = _whole_sessions(events)
+    at = whole.index.get_indexer(sessions)
+    for name in ("user_id", "start", "session_end", "purchased"):
+        cols[name] = whole[name].array.take(at)
+    for name, values in _prior_history(whole).items():
+        cols[name] = values[at]
+    start = whole["start"].to_numpy(dtype="datetime64[ns]").astype("int64")[at]
+    order = np.lexsort((_sort_codes(cols["user_id"]), start))  # sort_values(["start", "user_id"], kind="stable")
+    out = pd.DataFrame({k: v.take(order) for k, v in cols.items()}, index=sessions.take(order))
+    return out
+
+
+def _sort_codes(values: Any) -> np.ndarray:
+    """Integer codes that sort as ``values`` do under ``sort_values`` (missing values last)."""
+    codes = pd.factorize(values, sort=True)[0]
+    return np.where(codes >= 0, codes, codes.max(initial=-1) + 1)
 
 
 def _session_rows(events: pd.DataFrame) -> tuple[np.ndarray, pd.Index, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -144,51 +189,42 @@ def _whole_sessions(events: pd.DataFrame) -> pd.DataFrame:
     }, index=sessions)
 
 
-def _prefix_aggregates(prefix: pd.DataFrame) -> pd.DataFrame:
-    """Per session of the prefix (first-appearance order): end, p_start, n_events, n_items, n_categories, max_price."""
-    codes, sessions, _, first, last, size = _session_rows(prefix)
-    ok = codes >= 0
-    n = len(sessions)
-    price = pd.to_numeric(prefix["price"], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-    max_price = np.full(n, -np.inf)
-    np.fmax.at(max_price, codes[ok], price[ok])
-    has_price = np.bincount(codes[ok], weights=(~np.isnan(price[ok])).astype("float64"), minlength=n) > 0
-    return pd.DataFrame({
-        "end": prefix["ts"].array.take(last),
-        "p_start": prefix["ts"].array.take(first),
-        "n_events": pd.array(size, dtype="Int64"),  # the dtype of a groupby "size" of a string column
-        "n_items": distinct_per_group(codes, prefix["item_id"], n).astype("int64"),
-        "n_categories": distinct_per_group(codes, prefix["category"], n).astype("int64"),
-        "max_price": np.where(has_price, max_price, np.nan),
-    }, index=sessions)
+def _prior_history(whole: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per session of ``whole`` (its row order): the user's sessions and purchases before it and the days since them.
 
-
-def _prior_history(whole: pd.DataFrame) -> pd.DataFrame:
-    """Per session: the user's sessions and purchases before it and the time since them."""
-    s = whole.sort_values(["user_id", "start"], kind="stable")
-    # numpy over the sorted rows (each user's sessions are contiguous) instead of grouped
-    # cumcount/cumsum/shift/ffill: the same values at a fraction of pandas' per-call cost
+    numpy over the sessions sorted by user then start (each user's sessions contiguous)
+    instead of grouped cumcount/cumsum/shift/ffill: the same values at a fraction of the cost.
+    """
+    start = whole["start"].to_numpy(dtype="datetime64[ns]").astype("int64")
+    s = np.lexsort((start, _sort_codes(whole["user_id"])))
     n = len(s)
     at = np.arange(n)
-    user = pd.factorize(s["user_id"])[0]
+    user = _sort_codes(whole["user_id"])[s]
     opens = np.ones(n, dtype=bool)
     opens[1:] = user[1:] != user[:-1]
     first = np.maximum.accumulate(np.where(opens, at, 0)) if n else at  # first row of the row's user
-    bought = s["purchased"].to_numpy(dtype="float64")
+    purchased = whole["purchased"].to_numpy(dtype=bool)[s]
+    bought = purchased.astype("float64")
     before = np.cumsum(bought) - bought  # purchases in all earlier rows
-    out = pd.DataFrame(index=s.index)
-    out["prior_sessions"] = (at - first).astype("float64")
-    out["prior_purchases"] = before - before[first]
-    out["prior_purchase_rate"] = out["prior_purchases"] / out["prior_sessions"].clip(lower=1)
-    start = s["start"].array
+    prior_sessions = (at - first).astype("float64")
+    prior_purchases = before - before[first]
+    t = start[s]
     prev = np.where(opens, -1, at - 1)
-    prev_start = pd.Series(start.take(prev, allow_fill=True), index=s.index)
-    out["days_since_prev_session"] = ((s["start"] - prev_start).dt.total_seconds() / 86400).fillna(-1.0)
-    last = np.maximum.accumulate(np.where(s["purchased"].to_numpy(dtype=bool), at, -1)) if n else at  # latest purchase row so far
+    last = np.maximum.accumulate(np.where(purchased, at, -1)) if n else at  # latest purchase row so far
     last_before = np.concatenate([[-1], last[:-1]]) if n else at
     last_before = np.where(last_before >= first, last_before, -1)  # only the user's own sessions
-    last_buy = pd.Series(start.take(last_before, allow_fill=True), index=s.index)
-    out["days_since_prev_purchase"] = ((s["start"] - last_buy).dt.total_seconds() / 86400).fillna(-1.0)
+    days_since = lambda row: np.where(row >= 0, (t - t[row]) / 1e9 / 86400, -1.0)  # noqa: E731  (as .dt.total_seconds() / 86400)
+    sorted_out = {
+        "prior_sessions": prior_sessions,
+        "prior_purchases": prior_purchases,
+        "prior_purchase_rate": prior_purchases / np.maximum(prior_sessions, 1),
+        "days_since_prev_session": days_since(prev),
+        "days_since_prev_purchase": days_since(last_before),
+    }
+    out = {}
+    for name, values in sorted_out.items():
+        out[name] = np.empty(n)
+        out[name][s] = values
     return out
 
 
@@ -216,21 +252,28 @@ def user_intent_features(events: pd.DataFrame, asof: pd.Timestamp, categories: S
     f = rfm_features(df, asof, categories=list(categories))
     if f.empty:
         return f
-    last7 = df[df["ts"] >= asof - pd.Timedelta(days=7)]
     # numpy over the row of each event's user in ``f``: this runs per request for one user, where
-    # five pandas groupbys cost more than the rest of the features
-    row = f.index.get_indexer(last7["user_id"])
-    ev = last7["event"].astype("string").fillna("").to_numpy(dtype=object)
-    count = lambda name: np.bincount(row, weights=(ev == name).astype("float64"), minlength=len(f))  # noqa: E731
+    # pandas filters and groupbys cost more than the rest of the features
+    n = len(f)
+    row = f.index.get_indexer(df["user_id"])
+    ts = df["ts"].to_numpy(dtype="datetime64[ns]").astype("int64")
+    week = ts >= (asof - pd.Timedelta(days=7)).value
+    kind, kinds = pd.factorize(df["event"])
+    count = lambda name: np.bincount(row[week & (kind == kinds.get_loc(name))], minlength=n).astype("float64") if name in kinds else np.zeros(n)  # noqa: E731
     carts = count("add_to_cart")
-    last_cart = df[df["event"] == "add_to_cart"].groupby("user_id")["ts"].max().reindex(f.index)
+    last_cart = np.full(n, np.iinfo("int64").min)
+    if "add_to_cart" in kinds:
+        is_cart = kind == kinds.get_loc("add_to_cart")
+        np.maximum.at(last_cart, row[is_cart], ts[is_cart])
+    never = last_cart == np.iinfo("int64").min
     extras = {
         "views_7d": count("view"),
         "searches_7d": count("search"),
         "carts_7d": carts,
-        "sessions_7d": distinct_per_group(row, last7["session_id"], len(f)),
+        "sessions_7d": distinct_per_group(np.where(week, row, -1), df["session_id"], n),
         "open_cart_7d": np.clip(carts - count("purchase") - count("remove_from_cart"), 0.0, None),
-        "days_since_last_cart": ((asof - last_cart).dt.total_seconds() / 86400).fillna(f["tenure_days"] + 1.0).to_numpy(dtype="float64"),
+        # as (asof - last cart).dt.total_seconds() / 86400; a user who never carted: tenure + 1
+        "days_since_last_cart": np.where(never, f["tenure_days"].to_numpy() + 1.0, (pd.Timestamp(asof).value - last_cart) / 1e9 / 86400),
     }
     return pd.concat([f, pd.DataFrame(extras, index=f.index)], axis=1).astype("float64")
 
@@ -256,15 +299,26 @@ def category_affinity(events: pd.DataFrame, asof: pd.Timestamp | None = None) ->
     df = events[events["category"].notna()]
     if asof is not None:
         df = df[df["ts"] < asof]
-    ref = asof if asof is not None else (df["ts"].max() if len(df) else pd.Timestamp(0, tz="UTC"))
-    age = (ref - df["ts"]).dt.total_seconds().to_numpy() / 86400
-    kind = pd.Index(list(CATEGORY_EVENT_WEIGHTS), dtype=object).get_indexer(df["event"].astype(str).to_numpy(dtype=object))
-    weight = np.append(np.asarray(list(CATEGORY_EVENT_WEIGHTS.values()), dtype="float64"), 0.0)[kind]  # -1 (other events): 0
-    w = weight * np.power(0.5, age / CATEGORY_HALF_LIFE_DAYS)
-    mix = pd.DataFrame({"user_id": df["user_id"].astype(str).to_numpy(), "category": df["category"].astype(str).to_numpy(), "w": w})
-    mix = mix[mix["w"] > 0].groupby(["user_id", "category"], sort=True)["w"].sum().reset_index()
-    mix["share"] = mix["w"] / mix.groupby("user_id")["w"].transform("sum")
-    return mix.drop(columns="w").sort_values(["user_id", "share", "category"], ascending=[True, False, True], kind="stable").reset_index(drop=True)
+    ts = df["ts"].to_numpy(dtype="datetime64[ns]").astype("int64")
+    ref = pd.Timestamp(asof).value if asof is not None else (ts.max() if len(ts) else 0)
+    age = (ref - ts) / 1e9 / 86400  # as (ref - ts).dt.total_seconds() / 86400
+    kind, kinds = pd.factorize(df["event"])
+    per_kind = np.array([CATEGORY_EVENT_WEIGHTS.get(str(k), 0.0) for k in kinds] + [0.0])  # other events (and -1): 0
+    w = per_kind[kind] * np.power(0.5, age / CATEGORY_HALF_LIFE_DAYS)
+    # numpy over (user, category) codes, both sorted as strings: one user's mix runs per request
+    user, users = pd.factorize(df["user_id"].astype(str), sort=True)
+    cat, cats = pd.factorize(df["category"].astype(str), sort=True)
+    pos = w > 0
+    pair, at = np.unique(user[pos].astype("int64") * len(cats) + cat[pos], return_inverse=True)
+    total = np.bincount(at, weights=w[pos], minlength=len(pair))
+    pair_user, pair_cat = pair // max(len(cats), 1), pair % max(len(cats), 1)
+    share = total / np.bincount(pair_user, weights=total)[pair_user]
+    order = np.lexsort((pair_cat, -share, pair_user))  # user, then the largest share, then category
+    return pd.DataFrame({
+        "user_id": np.asarray(users, dtype=object)[pair_user[order]],
+        "category": np.asarray(cats, dtype=object)[pair_cat[order]],
+        "share": share[order],
+    })
 
 
 def next_categories(events: pd.DataFrame, user_id: str, *, k: int = 3, asof: pd.Timestamp | None = None) -> list[dict[str, Any]]:
@@ -378,9 +432,7 @@ class IntentModel(BehaviorModel):
         """Token sequences of the prefixes of ``session_ids``; ``prefix``: ``session_prefix`` of ``events`` if already known."""
         if prefix is None:
             prefix = session_prefix(events[events["session_id"].isin(session_ids)])
-        else:
-            prefix = prefix[prefix["session_id"].isin(session_ids)]
-        return self._sequences(prefix, session_ids, "session_id", self.session_max_len)
+        return self._sequences(prefix, session_ids, "session_id", self.session_max_len)  # other sessions' rows: left out
 
     def _new_net(self, n_tabular: int) -> torch.nn.Module:
         s = self.settings
@@ -544,10 +596,14 @@ class IntentModel(BehaviorModel):
                 raise KeyError(f"unknown session id(s): {', '.join(map(str, unknown[:5]))}")
             owners = events.loc[events["session_id"].isin(sids), "user_id"].unique()
             events = events[events["user_id"].isin(owners)]  # prior history needs the owners' earlier sessions
+        return self._score_sessions(events, None if session_ids is None else sids)
+
+    def _score_sessions(self, events: pd.DataFrame, session_ids: pd.Index | None) -> pd.Series:
+        """``predict_sessions`` without its checks: ``events`` hold the whole history of the sessions' users."""
         prefix = session_prefix(events)
         ex = session_examples(events, self.devices_, prefix=prefix)
         if session_ids is not None:
-            ex = ex[ex.index.isin(sids)]
+            ex = ex[ex.index.isin(session_ids)]
         if ex.empty:
             return pd.Series(dtype="float64", name="p_session_purchase")
         X = self.session_scaler_.transform(ex)
@@ -584,10 +640,8 @@ class IntentModel(BehaviorModel):
         feats, seqs = self._user_inputs(mine, users, asof)
         x = self.user_scaler_.transform(feats)[0]
 
-        def score(batch: np.ndarray, q: Sequences = seqs) -> np.ndarray:
-            k = len(batch)
-            rep = Sequences(np.repeat(q.tokens, k, axis=0), np.repeat(q.lengths, k), pd.RangeIndex(k))
-            return self.user_calibration_.apply(predict_logits(self.net_, rep, batch))
+        def score(batch: np.ndarray, q: Sequences = seqs) -> np.ndarray:  # the user's sequence beside each row
+            return self.user_calibration_.apply(predict_logits(self.net_, q, batch))
 
         p = float(score(x[None, :])[0])
         factors = ablation_factors(score, x, feats.iloc[0].to_dict(), self.user_scaler_.columns, top_k=5)
@@ -596,8 +650,9 @@ class IntentModel(BehaviorModel):
             c = p - float(score(x[None, :], blank)[0])
             factors.append({"name": "recent_event_sequence", "value": int(seqs.lengths[0]), "direction": "raises" if c >= 0 else "lowers", "contribution": round(c, 4)})
             factors.sort(key=lambda f: -abs(f["contribution"]))
-        recent = mine.groupby("session_id")["ts"].max().sort_values().index[-3:]
-        sessions = self.predict_sessions(mine, list(recent))
+        whole = _whole_sessions(mine)  # the user's sessions, in order of their last event
+        recent = whole.index[np.argsort(whole["session_end"].to_numpy(dtype="datetime64[ns]"), kind="stable")[-3:]]
+        sessions = self._score_sessions(mine, recent)  # ``mine`` is the user's whole history
         return {
             "model": self.label,
             "user_id": user_id,
@@ -629,10 +684,8 @@ class IntentModel(BehaviorModel):
         x = self.session_scaler_.transform(ex)[0]
         seqs = self._session_sequences(mine, ex.index)
 
-        def score(batch: np.ndarray) -> np.ndarray:
-            k = len(batch)
-            rep = Sequences(np.repeat(seqs.tokens, k, axis=0), np.repeat(seqs.lengths, k), pd.RangeIndex(k))
-            return self.session_calibration_.apply(predict_logits(self.session_net_, rep, batch))
+        def score(batch: np.ndarray) -> np.ndarray:  # the session's sequence beside each row
+            return self.session_calibration_.apply(predict_logits(self.session_net_, seqs, batch))
 
         p = float(score(x[None, :])[0])
         prefix = session_prefix(rows)

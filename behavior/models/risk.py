@@ -594,10 +594,8 @@ class RiskModel(BehaviorModel):
         if self.supervised_ and self.net_ is not None:
             x = self.scaler_.transform(X)[0]
 
-            def score(batch: np.ndarray, q: Sequences = seqs) -> np.ndarray:
-                k = len(batch)
-                rep = Sequences(np.repeat(q.tokens, k, axis=0), np.repeat(q.lengths, k), pd.RangeIndex(k))
-                return self.calibration_.apply(predict_logits(self.net_, rep, batch))
+            def score(batch: np.ndarray, q: Sequences = seqs) -> np.ndarray:  # the user's sequence beside each row
+                return self.calibration_.apply(predict_logits(self.net_, q, batch))
 
             scored: list[np.ndarray] = []
 
