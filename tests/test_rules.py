@@ -176,6 +176,23 @@ def test_users_without_orders_get_quiet_rules_and_a_typed_empty_order_table():
     assert orders.empty and str(orders["ts"].dtype) == "datetime64[ns, UTC]"
     feats = rule_features(evaluate_rules(events))
     assert feats.loc["browser"].filter(like="_fired").sum() == 0
+    orders.loc["x", "amount"] = 1.0  # the table is the caller's: editing it changes no later one
+    assert order_table(events).empty
+
+
+def test_rule_features_align_rules_that_judged_different_users():
+    from behavior.models.rules import RuleResult
+
+    def judged(users, values):
+        index = pd.Index(users, name="user_id")
+        return RuleResult("r", 1.0, pd.DataFrame({"value": values, "fired": [v >= 1 for v in values]}, index=index))
+
+    same = rule_features({"a": judged(["u1", "u2"], [2.0, 0.0]), "b": judged(["u1", "u2"], [0.0, 1.0])})
+    assert same.index.tolist() == ["u1", "u2"] and same.index.name == "user_id"
+    assert same.to_dict("list") == {"rule_a": [2.0, 0.0], "rule_a_fired": [1.0, 0.0], "rule_b": [0.0, 1.0], "rule_b_fired": [0.0, 1.0]}
+    mixed = rule_features({"a": judged(["u2", "u1"], [2.0, 0.0]), "b": judged(["u3"], [1.0])})
+    assert mixed.index.tolist() == ["u1", "u2", "u3"] and mixed.index.name == "user_id"
+    assert mixed.at["u2", "rule_a"] == 2.0 and pd.isna(mixed.at["u3", "rule_a"]) and mixed.at["u3", "rule_b_fired"] == 1.0
 
 
 @pytest.mark.parametrize("dtype", ["string[pyarrow]", "string[python]", "object"])

@@ -11,6 +11,8 @@ user group on Spark too; ``linked_accounts`` needs every user who might share a 
 
 from __future__ import annotations
 
+import functools
+
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -87,11 +89,9 @@ def order_table(events: pd.DataFrame) -> pd.DataFrame:
     Written with numpy over integer order codes: one user's explanation builds this table on
     a hundred rows, where each pandas groupby cost more than the whole computation.
     """
-    cols = ["order_id", "user_id", "session_id", "ts", "amount", "n_lines", "device", "ip", "country", "payment"]
     is_buy = (events["event"] == "purchase").to_numpy(dtype=bool, na_value=False)
     if not is_buy.any():
-        dtypes = {"ts": "datetime64[ns, UTC]", "amount": "float64", "n_lines": "int64"}
-        return pd.DataFrame({c: pd.Series(dtype=dtypes.get(c, "string")) for c in cols}).set_index("order_id")
+        return _no_orders().copy()
     identity = [c for c in ("device", "ip", "country", "payment") if c in events.columns]
     buys = events.loc[is_buy, [c for c in ("order_id", "user_id", "session_id", "ts", "price", "quantity") if c in events.columns] + identity]
     key = buys["order_id"] if "order_id" in buys.columns else pd.Series(pd.NA, index=buys.index, dtype="string")
@@ -124,6 +124,15 @@ def order_table(events: pd.DataFrame) -> pd.DataFrame:
         data[opt] = first_valid(opt) if opt in identity else pd.array([pd.NA] * n, dtype="string")
     out = pd.DataFrame(data, index=pd.Index(uniques, name="order_id"))
     return out.sort_values(["user_id", "ts"], kind="stable")
+
+
+@functools.cache
+def _no_orders() -> pd.DataFrame:
+    """The order table of events without purchases (built once: a user without orders is common,
+    and building an empty frame column by column cost more than their whole explanation's rules)."""
+    dtypes = {"ts": "datetime64[ns, UTC]", "amount": "float64", "n_lines": "int64"}
+    cols = ["order_id", "user_id", "session_id", "ts", "amount", "n_lines", "device", "ip", "country", "payment"]
+    return pd.DataFrame({c: pd.Series(dtype=dtypes.get(c, "string")) for c in cols}).set_index("order_id")
 
 
 def _empty_users(users: pd.Index) -> pd.DataFrame:
@@ -723,11 +732,21 @@ def _linked_accounts_for(events: pd.DataFrame, mine: pd.DataFrame, thresholds: R
 
 def rule_features(results: dict[str, RuleResult]) -> pd.DataFrame:
     """Wide per-user table for models: ``rule_<name>`` (value) and ``rule_<name>_fired`` (0/1)."""
-    cols = {}
+    items = list(results.values())
+    index = items[0].users.index if items else pd.Index([])
+    if all(res.users.index.equals(index) for res in items):
+        # the usual case (every rule judged the same users): arrays, no index alignment, which
+        # costs more than the rest for one user's explanation
+        cols = {}
+        for name, res in results.items():
+            cols[f"rule_{name}"] = res.users["value"].to_numpy(dtype="float64")
+            cols[f"rule_{name}_fired"] = res.users["fired"].to_numpy(dtype="float64")
+        return pd.DataFrame(cols, index=pd.Index(index, name="user_id"))
+    series = {}
     for name, res in results.items():
-        cols[f"rule_{name}"] = res.users["value"].astype("float64")
-        cols[f"rule_{name}_fired"] = res.users["fired"].astype("float64")
-    out = pd.DataFrame(cols)
+        series[f"rule_{name}"] = res.users["value"].astype("float64")
+        series[f"rule_{name}_fired"] = res.users["fired"].astype("float64")
+    out = pd.DataFrame(series)  # aligned on the union of the rules' users
     out.index.name = "user_id"
     return out
 
