@@ -160,18 +160,10 @@ def _sequence_order(events: pd.DataFrame, by: str) -> tuple[np.ndarray, np.ndarr
     return rows, codes[rows], pd.Index(uniques, name=by)
 
 
-def event_tokens(events: pd.DataFrame, vocab: dict[str, Any], *, by: str = "user_id") -> np.ndarray:
-    """One token id (>= 1) per row of ``events`` with a ``by`` value, in (``by``, ts) order.
-
-    The time-gap part of a token is the gap to the previous event of the same ``by`` value
-    (the first event has its own bucket).
-    """
-    rows, codes, _ = _sequence_order(events, by)
-    return _tokens(events, vocab, rows, codes)
-
-
 def _tokens(events: pd.DataFrame, vocab: dict[str, Any], rows: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Token ids of ``rows`` (in that order; ``codes``: each row's sequence, equal codes contiguous)."""
+    """Token ids (>= 1) of ``rows`` of ``events``, in that order (``_sequence_order``: ``codes``
+    are each row's sequence, equal codes contiguous). The time-gap part of a token is the gap
+    to the previous event of the same sequence; the first event has its own bucket."""
     n_ev, n_cat, n_gap, n_price = _dims(vocab)
     ev = _vocab_positions(events["event"], vocab["events"])[rows]
     ev[ev < 0] = n_ev - 1  # unknown (or missing) event

@@ -73,8 +73,7 @@ def session_prefix(events: pd.DataFrame) -> pd.DataFrame:
     opens[1:] = session[rows[1:]] != session[rows[:-1]]
     seen -= (seen - outcome)[np.maximum.accumulate(np.where(opens, np.arange(len(rows)), 0))]  # within the session
     kept = rows[seen == 0]
-    user = pd.factorize(events["user_id"], sort=True)[0]
-    user = np.where(user >= 0, user, user.max(initial=-1) + 1)  # a missing user id sorts last, as in sort_values
+    user = _sort_codes(events["user_id"])
     return events.iloc[kept[np.lexsort((ts[kept], user[kept]))]].reset_index(drop=True)
 
 
@@ -147,8 +146,7 @@ def session_examples(events: pd.DataFrame, devices: Sequence[str] = (), *, prefi
         cols[name] = values[at]
     start = whole["start"].to_numpy(dtype="datetime64[ns]").astype("int64")[at]
     order = np.lexsort((_sort_codes(cols["user_id"]), start))  # sort_values(["start", "user_id"], kind="stable")
-    out = pd.DataFrame({k: v.take(order) for k, v in cols.items()}, index=sessions.take(order))
-    return out
+    return pd.DataFrame({k: v.take(order) for k, v in cols.items()}, index=sessions.take(order))
 
 
 def _sort_codes(values: Any) -> np.ndarray:
@@ -196,10 +194,11 @@ def _prior_history(whole: pd.DataFrame) -> dict[str, np.ndarray]:
     instead of grouped cumcount/cumsum/shift/ffill: the same values at a fraction of the cost.
     """
     start = whole["start"].to_numpy(dtype="datetime64[ns]").astype("int64")
-    s = np.lexsort((start, _sort_codes(whole["user_id"])))
+    user = _sort_codes(whole["user_id"])
+    s = np.lexsort((start, user))
     n = len(s)
     at = np.arange(n)
-    user = _sort_codes(whole["user_id"])[s]
+    user = user[s]
     opens = np.ones(n, dtype=bool)
     opens[1:] = user[1:] != user[:-1]
     first = np.maximum.accumulate(np.where(opens, at, 0)) if n else at  # first row of the row's user

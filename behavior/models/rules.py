@@ -12,7 +12,6 @@ user group on Spark too; ``linked_accounts`` needs every user who might share a 
 from __future__ import annotations
 
 import functools
-
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
