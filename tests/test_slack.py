@@ -166,11 +166,12 @@ def test_mention_is_answered_in_its_thread_with_blocks_and_a_chart(serve, fake_s
 
 def test_placeholder_is_updated_in_place(serve, fake_slack):
     server = serve(ScriptedAgent(with_history=False))
-    post_event(server.url, SECRET, message_event(f"<@{BOT_USER_ID}> churn of u7?", ts=_ts(1)))
+    ts = _ts(1)  # once: _ts follows the clock, and a second may tick between two calls
+    post_event(server.url, SECRET, message_event(f"<@{BOT_USER_ID}> churn of u7?", ts=ts))
     fake_slack.wait_for(lambda f: f.calls_to("chat.update"))
     # The update must target exactly the placeholder message, not post a second one.
     (update,) = fake_slack.calls_to("chat.update")
-    assert fake_slack.posted_threads() == {update["ts"]: ("C1", _ts(1))}
+    assert fake_slack.posted_threads() == {update["ts"]: ("C1", ts)}
     assert fake_slack.calls_to("files.getUploadURLExternal") == []  # one score: no chart helps
 
 
@@ -276,13 +277,14 @@ def test_chart_upload_refused_for_missing_scope_is_explained_in_the_thread(serve
 def test_answer_refused_by_slack_never_leaves_the_placeholder_standing(serve, fake_slack):
     server = serve(ScriptedAgent(with_history=False))
     fake_slack.fail_next("chat.update", 200, retry_after=None, error="invalid_blocks")
+    ts = _ts(1)
 
-    post_event(server.url, SECRET, message_event(f"<@{BOT_USER_ID}> churn of u7?", ts=_ts(1)))
+    post_event(server.url, SECRET, message_event(f"<@{BOT_USER_ID}> churn of u7?", ts=ts))
 
     fake_slack.wait_for(lambda f: f.calls_to("chat.update"))
     (update,) = fake_slack.calls_to("chat.update")
     assert "invalid_blocks" in update["text"] and "blocks" not in update
-    assert fake_slack.posted_threads() == {update["ts"]: ("C1", _ts(1))}
+    assert fake_slack.posted_threads() == {update["ts"]: ("C1", ts)}
 
 
 # -- access control ----------------------------------------------------------------------------
@@ -367,10 +369,11 @@ def test_direct_message_is_answered_and_bot_or_edited_messages_are_not(serve, fa
     dm = {"kind": "message", "channel_type": "im", "channel": "D_ALICE"}
     post_event(server.url, SECRET, message_event("edited", ts=_ts(1), subtype="message_changed", **dm))
     post_event(server.url, SECRET, message_event("from a bot", ts=_ts(2), bot_id="B_OTHER", **dm))
-    post_event(server.url, SECRET, message_event("churn of u7?", ts=_ts(3), **dm))
+    asked_ts = _ts(3)
+    post_event(server.url, SECRET, message_event("churn of u7?", ts=asked_ts, **dm))
 
     fake_slack.wait_for(lambda f: f.calls_to("chat.update"))
-    assert agent.asked == [(f"slack:T1:D_ALICE:{_ts(3)}", "churn of u7?")]
+    assert agent.asked == [(f"slack:T1:D_ALICE:{asked_ts}", "churn of u7?")]
 
 
 def test_socket_mode_answers_events_pushed_over_the_websocket_once(fake_slack):
