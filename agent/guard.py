@@ -1,9 +1,8 @@
-"""The grounding guard: every number in an answer must come from a tool result (or the question).
+"""The grounding guard: every number and id in an answer must come from a tool result (or the question).
 
-Rounding to the shown precision, percent (0.734 ↔ 73% / 73.4%), currency signs and thousands
-separators are allowed. Ids (u00042, o000123, u00042-s0007), dates, model versions (churn@v3)
-and years are not numbers for this purpose. When a draft fails twice, :func:`render_answer`
-writes a deterministic answer from the tool results alone.
+How a number is read and matched is :mod:`tools.numbers` (shared with the eval checks); which
+facts of a result an answer must state is each tool's ``key_facts`` in the registry. When a
+draft fails twice, :func:`render_answer` writes the deterministic answer from the tool results.
 """
 
 from __future__ import annotations
@@ -11,45 +10,23 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
-# Things that contain digits but are not quantities; removed before numbers are read.
-_NOT_NUMBERS = re.compile(
-    r"""
-    \b\d{4}-\d{2}-\d{2}(?:[T\s]\d{2}:\d{2}(?::\d{2})?(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})?)?   # dates, datetimes
-    | \b\d{1,2}:\d{2}(?::\d{2})?\b                                  # clock times
-    | \b[A-Za-z_]+[A-Za-z_.]*@v?[\w.]+                               # model@version
-    | \b[A-Za-z]+\d+(?:-[A-Za-z]+\d+)*\b                            # ids: u00042, o000123, u00042-s0007, v3
-    | \b(?:19|20)\d{2}\b(?![.,]\d)                                   # years
-    """,
-    re.VERBOSE,
-)
+from agent.types import Citations, ToolCall
+from tools.numbers import ShownNumber, matches, numbers_in
+from tools.registry import Registry
+
+__all__ = ["GroundingVerdict", "ShownNumber", "check_grounding", "citations", "numbers_in", "render_answer", "with_citations"]
+
 _ID = re.compile(r"\b[uo]\d{2,}(?:-s\d+)?\b", re.I)  # user, order and session ids an answer may cite
-_NUMBER = re.compile(r"(?<![\w.])[-+]?[$€£]?\s?(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?\s?(%|percent\b)?")
 
 
-@dataclass(frozen=True)
-class ShownNumber:
-    """A number as an answer shows it: its value, decimals shown, and whether it is a percent."""
+def _registry(registry: Registry | None) -> Registry:
+    if registry is not None:
+        return registry
+    from tools import default_registry
 
-    text: str
-    value: float
-    decimals: int
-    percent: bool
-
-
-def numbers_in(text: str) -> list[ShownNumber]:
-    """The quantities written in ``text`` (ids, dates, versions and years left out)."""
-    cleaned = _NOT_NUMBERS.sub(" ", text)
-    found = []
-    for m in _NUMBER.finditer(cleaned):
-        whole, frac, pct = m.group(1), m.group(2) or "", m.group(3)
-        value = float(whole.replace(",", "") + frac)
-        if m.group(0).lstrip().startswith("-"):
-            value = -value
-        found.append(ShownNumber(m.group(0).strip(), value, max(len(frac) - 1, 0), bool(pct)))
-    return found
+    return default_registry()
 
 
 def source_values(results: Iterable[Any], question: str = "") -> set[float]:
@@ -107,62 +84,74 @@ def rate_values(results: Iterable[Any]) -> set[float]:
     return rates
 
 
-def _matches(shown: ShownNumber, source: float, *, from_question: bool = False) -> bool:
-    tol = 0.5 * 10 ** (-shown.decimals) + 1e-9
-    if shown.percent and not from_question:
-        # tools return rates as fractions: "24%" must come from 0.24, never from a count of 24
-        return abs(source) <= 1.0 and abs(source * 100 - shown.value) <= tol
-    candidates = [source]
-    if abs(source) <= 1.0:  # a probability or rate may be shown as a percent
-        candidates.append(source * 100)
-    return any(abs(c - shown.value) <= tol for c in candidates)
-
-
-@dataclass
-class GuardReport:
+class GroundingVerdict:
     """The verdict on one draft: ok; shown numbers and ids no tool result supports; key facts left out."""
 
-    ok: bool
-    unsupported: list[str] = field(default_factory=list)
-    leaked_prompt: bool = False
-    missing: list[str] = field(default_factory=list)
+    def __init__(self, unsupported: list[str], missing: list[str], leaked_prompt: bool) -> None:
+        self.unsupported = unsupported
+        self.missing = missing
+        self.leaked_prompt = leaked_prompt
+
+    @property
+    def ok(self) -> bool:
+        return not self.unsupported and not self.missing and not self.leaked_prompt
+
+    def __repr__(self) -> str:
+        return f"GroundingVerdict(ok={self.ok}, unsupported={self.unsupported}, missing={self.missing}, leaked_prompt={self.leaked_prompt})"
 
 
-def check_grounding(answer: str, results: Iterable[Any], question: str = "", system_prompt: str = "") -> GuardReport:
-    """Check a draft answer against the tool results of its turn.
+def check_grounding(answer: str, calls: Sequence[ToolCall], question: str = "", system_prompt: str = "",
+                    registry: Registry | None = None) -> GroundingVerdict:
+    """Check a draft answer against the tool calls of its turn.
 
     Args:
         answer: The draft.
-        results: The tool results (JSON-able) the draft may draw on.
+        calls: The tool calls (with results) the draft may draw on.
         question: The user's question; numbers it contains ("top 10") may be repeated.
         system_prompt: If given, a draft repeating any of its lines fails (the prompt is never revealed).
+        registry: The tools, for each result's key facts (default: the installed tools).
     """
-    results = list(results)
+    registry = _registry(registry)
+    results = [dict(c.result) for c in calls]
     values = source_values(results)
     # a percent comes from a fraction (0.734 → 73.4%) or a rate; a whole 0 or 1 elsewhere is a count or flag
     percent_sources = {v for v in values if 0 < abs(v) < 1} | rate_values(results)
     asked = {n.value for n in numbers_in(question)}
     unsupported = [
         n.text for n in numbers_in(answer)
-        if not any(_matches(n, v) for v in (percent_sources if n.percent else values))
+        if not any(matches(n, v) for v in (percent_sources if n.percent else values))
         # the question's counts may be repeated ("top 10"); its percentages are claims, not facts ("say 100% sure")
-        and (n.percent or not any(_matches(n, v, from_question=True) for v in asked))
+        and (n.percent or not any(matches(n, v, percent_of_count=True) for v in asked))
     ]
     known = {i.lower() for i in _ID.findall(json.dumps(results, default=str) + " " + question)}
     unsupported += [i for i in dict.fromkeys(_ID.findall(answer)) if i.lower() not in known]
-    missing = missing_headlines(answer, results, question)
+    missing = [f.what for c in standing(calls) for f in registry.key_facts(c.name, c.args, c.result, question)
+               if not f.holds(answer)]
     if _degenerate(answer):
         missing.append("a readable answer (the draft repeats itself)")
-    leaked = False
-    if system_prompt:
-        lowered = " ".join(answer.lower().split())
-        for line in system_prompt.splitlines():
-            line = " ".join(line.strip(" -").lower().split())
-            if len(line) >= 30 and line[:60] in lowered:
-                leaked = True
-                break
-    return GuardReport(ok=not unsupported and not leaked and not missing, unsupported=unsupported,
-                       leaked_prompt=leaked, missing=missing)
+    return GroundingVerdict(unsupported, missing, _leaks(answer, system_prompt))
+
+
+def standing(calls: Sequence[ToolCall]) -> list[ToolCall]:
+    """The calls an answer stands on: an error the planner recovered from (a later call of the same
+    tool succeeded: a bad argument fixed, a typo'd id corrected) is no longer part of the answer."""
+    out = []
+    for i, c in enumerate(calls):
+        if c.failed and any(later.name == c.name and not later.failed for later in calls[i + 1:]):
+            continue
+        out.append(c)
+    return out
+
+
+def _leaks(answer: str, system_prompt: str) -> bool:
+    if not system_prompt:
+        return False
+    lowered = " ".join(answer.lower().split())
+    for line in system_prompt.splitlines():
+        line = " ".join(line.strip(" -").lower().split())
+        if len(line) >= 30 and line[:60] in lowered:
+            return True
+    return False
 
 
 def _degenerate(answer: str) -> bool:
@@ -177,193 +166,32 @@ def _degenerate(answer: str) -> bool:
     return any(grams.count(g) >= 3 for g in set(grams))
 
 
-_WHY = re.compile(r"\b(why|explain\w*|reasons?|factors?|driv\w*|how come|because|caus\w*|behind)\b", re.I)
-_WHAT_BUY = re.compile(r"\bwhat\b.{0,40}\b(?:buy|purchase|order|want|interested)|\bwhich\s+(?:categor|product|item)", re.I)
-_RANKED = re.compile(r"(?<![\w.])(\d{1,3})[.)]\s+(u\d{2,})\b", re.I)  # "2. u00212" in a ranking
-_NO_SUCH = re.compile(r"\b(no such|not found|does not exist|doesn't exist|unknown|no user|no order|no record"
-                      r"|(?:could not|couldn't|cannot|can't|can not) find)\b", re.I)
-
-
-
-def _shows(shown: list[ShownNumber], value: Any) -> bool:
-    """Whether ``value`` is shown with its meaning intact: 0.949 as 94.9%, 95% or 0.95, never as a bare "1"."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
-    v = float(value)
-    precise = lambda n: n.percent or n.decimals > 0 or abs(v) >= 10 or v == int(v)  # noqa: E731
-    return any(_matches(n, v) and precise(n) for n in shown)
-
-
-def missing_headlines(answer: str, results: list[Any], question: str = "") -> list[str]:
-    """The key facts a draft left out, per tool result.
-
-    A score needs its subject and probability (for "why" its top factor, for "what will they
-    buy" the likeliest category); a ranking its first five users in order and the top
-    probability; a profile its session and order counts; a comparison every user and their
-    spend; a segment its sessions, purchases and conversion; an error ("no such user") the
-    error and the id. A draft that says nothing wrong but nothing useful (tiny models do
-    this) fails and is replaced.
-    """
-    shown = numbers_in(answer)
-    lowered = answer.lower()
-    missing: list[str] = []
-
-    def need_id(value: Any, what: str) -> None:
-        if value and str(value).lower() not in lowered:
-            missing.append(f"{what} {value}")
-
-    def need_number(value: Any, what: str) -> None:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and not _shows(shown, value):
-            missing.append(f"{what} {value}")
-
-    why = bool(_WHY.search(question))
-    for r in results:
-        if not isinstance(r, dict):
-            continue
-        if "error" in r:
-            need_id(r.get("user_id") or r.get("order_id"), "the unknown id")
-            if not _NO_SUCH.search(answer):
-                missing.append(f"the error ({r['error']})")
-            continue
-        if "probability" in r:
-            need_number(r.get("probability"), "probability")
-            subject = r.get("order_id") or r.get("user_id")
-            if subject and str(subject).lower() not in question.lower():  # "will u00042 churn?" → "73% likely" is clear
-                need_id(subject, "subject")
-            nexts = r.get("next_categories") or []
-            if nexts and _WHAT_BUY.search(question) and str(nexts[0].get("category", "")).lower() not in lowered:
-                missing.append(f"next category {nexts[0].get('category')}")
-            factors = r.get("factors") or []
-            if why and factors and isinstance(factors[0], dict):
-                name = str(factors[0].get("name", ""))
-                if name and name.lower() not in lowered and name.replace("_", " ").lower() not in lowered:
-                    missing.append(f"top factor {name}")
-        users = r.get("users")
-        if isinstance(users, list) and users and isinstance(users[0], dict):
-            if "rank" in users[0]:
-                need_id(users[0].get("user_id"), "top user")
-                need_number(users[0].get("probability"), "top probability")
-                for u in users[1:5]:  # a ranking shows at least its first five, none silently dropped
-                    need_id(u.get("user_id"), f"rank {u.get('rank')} user")
-                by_rank = {int(u["rank"]): str(u.get("user_id", "")).lower() for u in users if "rank" in u}
-                for rank, uid in _RANKED.findall(answer):  # "2. u00212": the user at that rank, not another
-                    if by_rank.get(int(rank), uid.lower()) != uid.lower():
-                        missing.append(f"rank {rank} is {by_rank[int(rank)]}, not {uid}")
-            else:  # compare_users: every user with its spend, and the users that do not exist
-                for u in users:
-                    need_id(u.get("user_id"), "user")
-                    need_number(u.get("revenue"), f"revenue of {u.get('user_id')}")
-        for u in r.get("unknown_users") or []:
-            need_id(u, "the unknown user")
-        if r.get("unknown_users") and not _NO_SUCH.search(answer):
-            missing.append("that some users do not exist")
-        if "orders" in r and "first_seen" in r:  # a profile
-            need_id(r.get("user_id"), "user")
-            need_number(r.get("sessions"), "sessions")
-            need_number(r.get("orders"), "orders")
-        if "conversion_rate" in r:  # a segment
-            need_number(r.get("sessions"), "sessions")
-            need_number(r.get("with_purchase"), "sessions with a purchase")
-            need_number(r.get("conversion_rate"), "conversion rate")
-    return missing
-
-
-# --- deterministic answers ----------------------------------------------------------------
-def pct(p: Any) -> str:
-    """0.734 → '73.4%'."""
-    return f"{float(p) * 100:.1f}%" if isinstance(p, (int, float)) else "unknown"
-
-
-def _factors(result: dict) -> str:
-    parts = []
-    for f in result.get("factors", []):
-        direction = f.get("direction", "")
-        parts.append(f"{f['name']} = {f['value']}" + (f" ({direction})" if direction else ""))
-    return "; ".join(parts)
-
-
-_WHAT = {"intent": "purchase-intent", "churn": "churn", "risk": "fraud-risk"}
-
-
-def _render_one(name: str, args: dict, r: dict) -> str:
-    if "error" in r:
-        who = r.get("user_id") or r.get("order_id") or ""
-        return f"{r['error'].capitalize()}{': ' + who if who else ''}. {r.get('hint', '')}".strip()
-    if name in ("predict_intent", "predict_churn", "score_risk"):
-        metric = (r.get("model") or name).split("@")[0]
-        subject = f"order {r['order_id']}" if r.get("order_id") else f"user {r.get('user_id')}"
-        text = f"The {_WHAT.get(metric, metric)} probability for {subject} is {pct(r.get('probability'))}."
-        if r.get("next_categories"):
-            cats = ", ".join(f"{c['category']} ({pct(c.get('share'))} of recent interest)" for c in r["next_categories"])
-            text += f" Most likely next categories: {cats}."
-        if r.get("factors"):
-            text += f" Top factors: {_factors(r)}."
-        if r.get("rules"):
-            text += f" Rule signals: {', '.join(map(str, r['rules']))}."
-        return text
-    if name == "top_users":
-        users = ", ".join(f"{u['rank']}. {u['user_id']} ({pct(u['probability'])})" for u in r.get("users", []))
-        return f"Top {len(r.get('users', []))} users by {_WHAT.get(r.get('metric', ''), r.get('metric'))} of {r.get('n_scored')} scored: {users}."
-    if name == "get_user_profile":
-        return (
-            f"User {r['user_id']}: first seen {r.get('first_seen')}, last seen {r.get('last_seen')}, "
-            f"{r.get('sessions')} sessions, {r.get('orders')} orders, revenue {r.get('revenue')}, "
-            f"average order value {r.get('avg_order_value')}, top category {r.get('top_category')}."
-        )
-    if name in ("get_user_history", "search_histories"):
-        rows = r.get("sessions", [])
-        head = (f"User {r.get('user_id')} has {len(rows)} sessions in this range" if name == "get_user_history"
-                else f"{len(rows)} sessions match \"{r.get('query')}\"")
-        lines = [f"{s['session_id']} ({s.get('start')}): \"{s.get('summary', '')}\"" for s in rows[:5]]
-        return head + (": " + "; ".join(lines) if lines else ".")
-    if name == "segment_summary":
-        filters = r.get("filters") or {}
-        scope = ", ".join(f"{k} {v}" for k, v in filters.items()) or "all sessions"
-        if not r.get("sessions"):
-            return f"0 sessions match these filters ({scope})."
-        return (
-            f"Segment ({scope}): of {r['sessions']} sessions from {r['users']} users, {r.get('with_cart')} added to the "
-            f"cart (cart rate {pct(r.get('cart_rate'))}) and {r['with_purchase']} ended in a purchase "
-            f"(conversion rate {pct(r['conversion_rate'])}); revenue {r['revenue']}, "
-            f"average order value {r.get('avg_order_value')}, {r.get('refunds')} refunds."
-        )
-    if name == "compare_users":
-        lines = [
-            f"{u['user_id']}: {u.get('sessions')} sessions, {u.get('orders')} orders, revenue {u.get('revenue')}, "
-            f"last seen {u.get('last_seen')}"
-            for u in r.get("users", [])
-        ]
-        text = "; ".join(lines) + "." if lines else ""
-        if r.get("unknown_users"):
-            text += f" No such user: {', '.join(r['unknown_users'])}. {r.get('hint', '')}"
-        return text.strip()
-    return json.dumps(r, default=str)[:400]
-
-
-def render_answer(tool_calls: list[dict[str, Any]]) -> str:
-    """A deterministic answer from the tool calls of a turn (each ``name``, ``args``, ``result``)."""
-    if not tool_calls:
+# --- deterministic answers and citations ------------------------------------------------------
+def render_answer(calls: Sequence[ToolCall], registry: Registry | None = None) -> str:
+    """A deterministic answer from the tool calls of a turn (each tool renders its own result)."""
+    if not calls:
         return "I could not answer that from the shop's data."
-    return " ".join(_render_one(c["name"], c.get("args", {}), c["result"]) for c in tool_calls)
+    registry = _registry(registry)
+    return " ".join(registry.render(c.name, c.args, c.result) for c in standing(calls))
 
 
-def citations(tool_calls: list[dict[str, Any]]) -> dict[str, list[str]]:
+def citations(calls: Sequence[ToolCall]) -> Citations:
     """Session ids and model name@version the tool results of a turn carry."""
     sessions: list[str] = []
     models: list[str] = []
-    for c in tool_calls:
-        cite = c["result"].get("citations", {}) if isinstance(c.get("result"), dict) else {}
+    for c in calls:
+        cite = c.result.get("citations", {}) if isinstance(c.result, dict) else {}
         sessions += [s for s in cite.get("sessions", []) if s not in sessions]
         model = cite.get("model")
         if model and model not in models:
             models.append(model)
-    return {"sessions": sessions, "models": models}
+    return Citations(tuple(sessions), tuple(models))
 
 
-def with_citations(answer: str, cites: dict[str, list[str]]) -> str:
+def with_citations(answer: str, cites: Citations) -> str:
     """Append the citations the answer does not already mention."""
-    missing_sessions = [s for s in cites["sessions"][:5] if s not in answer]
-    missing_models = [m for m in cites["models"] if m not in answer]
+    missing_sessions = [s for s in cites.sessions[:5] if s not in answer]
+    missing_models = [m for m in cites.models if m not in answer]
     parts = []
     if missing_sessions:
         parts.append("sessions " + ", ".join(missing_sessions))

@@ -15,7 +15,9 @@ class Settings(BaseSettings):
     Environment variables: SHOPSIGHT_HOME, SHOPSIGHT_BACKEND (local|openai), OPENAI_BASE_URL,
     OPENAI_API_KEY, SHOPSIGHT_MODEL, SHOPSIGHT_GGUF, SHOPSIGHT_THREADS, SHOPSIGHT_CHROMA_URL,
     SHOPSIGHT_RAISE_ERRORS, SHOPSIGHT_TIMEOUT_S, SHOPSIGHT_RETRIES, SHOPSIGHT_MAX_TOKENS, SHOPSIGHT_N_CTX,
-    SHOPSIGHT_PLANNER (auto|router|native: who chooses tools; auto = router on local, native on openai).
+    SHOPSIGHT_PLANNER (auto|router|native: who chooses tools; auto = router on local, native on openai),
+    SHOPSIGHT_WRITER (auto|local|openai|none: who phrases answers; auto = the backend; none = the
+    deterministic narrative only), SHOPSIGHT_EMBED_PRECISION (auto|bf16|fp32).
     """
 
     model_config = SettingsConfigDict(extra="ignore", env_ignore_empty=True)
@@ -34,6 +36,8 @@ class Settings(BaseSettings):
     max_tokens: int = Field(default=120, ge=16, alias="SHOPSIGHT_MAX_TOKENS")
     n_ctx: int = Field(default=2048, ge=512, alias="SHOPSIGHT_N_CTX")
     planner: Literal["auto", "router", "native"] = Field(default="auto", alias="SHOPSIGHT_PLANNER")
+    writer: Literal["auto", "local", "openai", "none"] = Field(default="auto", alias="SHOPSIGHT_WRITER")
+    embed_precision: Literal["auto", "bf16", "fp32"] = Field(default="auto", alias="SHOPSIGHT_EMBED_PRECISION")
     max_steps: int = Field(default=6, ge=2, description="Model turns allowed per question before the loop stops.")
 
     @classmethod
@@ -46,6 +50,11 @@ class Settings(BaseSettings):
     def uses_router(self) -> bool:
         """Whether tools are chosen by the trained router (the local default) or by the LLM natively."""
         return self.planner == "router" or (self.planner == "auto" and self.backend == "local")
+
+    @property
+    def writer_name(self) -> str:
+        """Who phrases answers: the setting, or the backend's own LLM."""
+        return self.backend if self.writer == "auto" else self.writer
 
     @property
     def model_label(self) -> str:

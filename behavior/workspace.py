@@ -72,9 +72,9 @@ class Workspace:
 
     @classmethod
     def at(cls, path: str | Path | None = None) -> "Workspace":
-        """The workspace at ``path``, else ``$SHOPSIGHT_HOME``, else ``./workspace``."""
+        """The workspace at ``path``, else ``./workspace`` (the CLI passes ``$SHOPSIGHT_HOME`` from its settings)."""
         if path is None:
-            path = os.environ.get("SHOPSIGHT_HOME") or DEFAULT_WORKSPACE
+            path = DEFAULT_WORKSPACE
         return cls(Path(path).expanduser())
 
     # --- paths -----------------------------------------------------------------------

@@ -95,18 +95,17 @@ def main(argv: list[str] | None = None) -> int:
         question = template.format(**fill)
         lat, first, rout, replaced = [], [], [], 0
         for _ in range(args.rounds):
-            a = agent.ask(question)
+            a = agent.ask(question, on_token=lambda piece: None)  # streamed, so the first token is timed
             lat.append(a.latency_s)
-            if a.first_token_s is not None:
-                first.append(a.first_token_s)
-            if a.router_s is not None:
-                rout.append(a.router_s)
-            replaced += bool(a.guard.get("replaced"))
+            if a.timings.first_token_s is not None:
+                first.append(a.timings.first_token_s)
+            rout.append(a.timings.plan_s)  # the router's planning step
+            replaced += a.guard.replaced
         e2e += lat
         ttft += first
         router += rout
         rows.append({
-            "question": question[:48], "tools": ",".join(c["name"] for c in a.tool_calls) or "-",
+            "question": question[:48], "tools": ",".join(c.name for c in a.tool_calls) or "-",
             "p50_s": _pct(lat, 50), "p95_s": _pct(lat, 95), "first_token_p50_s": _pct(first, 50),
             "router_p50_ms": round(1000 * _pct(rout, 50), 1) if rout else None, "guard_replaced": f"{replaced}/{args.rounds}",
         })

@@ -58,9 +58,8 @@ def make_answerer(
         agent = build_agent(settings, workspace)
     except BackendError as exc:
         raise AgentUnavailable(str(exc)) from exc
-    meta = {"backend": agent.backend, "model": agent.model, "prompt_version": agent.prompt_version}
-    if agent.router_version:
-        meta["router"] = agent.router_version
+    meta = {"backend": agent.backend, "model": agent.model, "prompt_version": agent.prompt_version,
+            "planner": agent.planner.name}
     return agent, meta
 
 

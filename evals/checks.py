@@ -12,9 +12,10 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from agent.guard import ShownNumber, numbers_in
+from agent.types import ToolCall
 from behavior.privacy import mask_pii
 from evals.schema import Fact, Reference, ToolExpectation
+from tools.numbers import ShownNumber, numbers_in, states
 
 _PATH_STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(-?\d+)\]")
 # How the agent says no (refusal.md asks for one sentence that says what it can do instead).
@@ -25,35 +26,13 @@ REFUSAL = re.compile(
     r"|can only|only (?:answer|help)|outside (?:of )?(?:what|my)|not something I)\b",
     re.IGNORECASE,
 )
-# Significant digits a shown number must keep: "1" is not a faithful rendering of 0.734.
-MAX_RELATIVE_ERROR = 0.05
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    """A tool the agent called, with its arguments and the JSON-able result it got."""
-
-    name: str
-    args: dict[str, Any]
-    result: Any = None
+__all__ = ["ToolCall", "follow", "forbidden_found", "judge_tools", "looks_like_refusal", "missing_facts",
+           "personal_data_in", "shows_number", "text_has"]
 
 
 def shows_number(mention: ShownNumber, value: float) -> bool:
-    """True if ``mention`` is ``value`` rounded to the decimals shown (0.734 ↔ 0.73, 73%, 73.4%).
-
-    A percent mention also matches a fraction times 100; a rounding must keep the value
-    within 5% so that "1" does not count as 0.734.
-    """
-    if isinstance(value, bool) or not math.isfinite(value):
-        return False
-    candidates = [value, value * 100] if mention.percent else [value]
-    half_step = 0.5 * 10 ** (-mention.decimals) + 1e-9
-    for c in candidates:
-        if abs(mention.value - c) <= half_step and (
-            c == 0 or abs(mention.value - c) / abs(c) <= MAX_RELATIVE_ERROR or mention.value == c
-        ):
-            return True
-    return False
+    """True if ``mention`` states ``value`` (the one definition: :func:`tools.numbers.states`)."""
+    return states(mention, value)
 
 
 def text_has(answer: str, literal: str) -> bool:

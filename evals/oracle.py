@@ -13,11 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.guard import citations, render_answer, with_citations
+from agent.loop import run_calls
+from agent.types import Answer, CallRequest, PlanInfo, ToolCall
 from behavior.workspace import WorkspaceError
 from evals.roles import RoleResolver
 from evals.runner import bind
 from evals.schema import EvalSet, Turn
-from tools import ToolContext, call_tool
+from tools import ToolContext, default_registry
+from tools.registry import Registry
 
 REFUSAL = "Sorry, I can only answer questions about this shop's users, orders and models."
 
@@ -30,13 +33,15 @@ class ExpectationOracle:
         eval_set: The set whose expectations are followed.
         resolver: Resolves the roles, so questions can be matched after binding.
         context: The tools' context on the same workspace.
+        registry: The tools (default: the installed ones); the same registry renders the answer.
     """
 
     eval_set: EvalSet
     resolver: RoleResolver
     context: ToolContext
+    registry: Registry = field(default_factory=default_registry)
     _turns: dict[str, Turn] = field(default_factory=dict)
-    _last_calls: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    _last_calls: dict[str, tuple[ToolCall, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for case in self.eval_set.cases:
@@ -48,26 +53,30 @@ class ExpectationOracle:
                 bound = bind(turn, values)
                 self._turns.setdefault(bound.question, bound)
 
-    def ask(self, question: str, conversation_id: str) -> dict[str, Any]:
+    def ask(self, question: str, conversation_id: str) -> Answer:
         turn = self._turns.get(question)
         if turn is None:
             raise KeyError(f"the oracle knows no case asking {question!r}")
         if turn.expect_refusal:
-            return {"answer": REFUSAL, "tool_calls": [], "backend": "oracle"}
+            return self._answer(question, conversation_id, REFUSAL, (), kind="refusal")
         if not turn.expect_tools:
             # A follow-up without tools is answered from the conversation's last results.
-            calls = self._last_calls.get(conversation_id, [])
-            return {"answer": self._render(calls) if calls else "Which user do you mean? Give me a user id.",
-                    "tool_calls": [], "backend": "oracle"}
-        calls = []
+            calls = self._last_calls.get(conversation_id, ())
+            text = self._render(calls) if calls else "Which user do you mean? Give me a user id."
+            return self._answer(question, conversation_id, text, (), kind="answer" if calls else "clarify")
+        requests = []
         for expected in turn.expect_tools:
             args = dict(expected.args)
             if expected.name == "search_histories":
                 args.setdefault("query", question)
-            calls.append({"name": expected.name, "args": args, "result": call_tool(self.context, expected.name, args)})
+            requests.append(CallRequest(expected.name, args))
+        calls = tuple(run_calls(self.registry, self.context, requests))
         self._last_calls[conversation_id] = calls
-        return {"answer": self._render(calls), "tool_calls": calls, "backend": "oracle"}
+        return self._answer(question, conversation_id, self._render(calls), calls)
 
-    @staticmethod
-    def _render(calls: list[dict[str, Any]]) -> str:
-        return with_citations(render_answer(calls), citations(calls))
+    def _answer(self, question: str, cid: str, text: str, calls: tuple[ToolCall, ...], kind: Any = "answer") -> Answer:
+        return Answer(question=question, answer=text, conversation_id=cid, kind=kind, tool_calls=calls,
+                      citations=citations(calls), backend="oracle", plan=PlanInfo(planner="oracle"))
+
+    def _render(self, calls: tuple[ToolCall, ...]) -> str:
+        return with_citations(render_answer(calls, self.registry), citations(calls))

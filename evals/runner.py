@@ -1,15 +1,13 @@
-"""Run a question set against an answerer (the agent, or a scripted fake in tests) and score every answer.
+"""Run a question set against an answerer (the agent, the set's oracle, or a fake in tests) and score every answer.
 
 The runner knows the agent only through :class:`Answerer`: ``ask(question, conversation_id)``
-returning something with ``answer`` and ``tool_calls`` (each ``name``, ``args``, ``result``)
-and, where known, ``tokens`` and ``refused``. Faithfulness and system-prompt leaks are judged
-by the agent's own grounding guard (:func:`agent.guard.check_grounding`), so there is one
+returning an :class:`agent.types.Answer`. Faithfulness and system-prompt leaks are judged by
+the agent's own grounding guard (:func:`agent.guard.check_grounding`), so there is one
 definition of "a number that came from a tool".
 """
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 import uuid
@@ -18,80 +16,26 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from agent.guard import check_grounding
+from agent.types import Answer, ToolCall
 from behavior.workspace import WorkspaceError
-from evals.checks import (
-    ToolCall,
-    forbidden_found,
-    judge_tools,
-    looks_like_refusal,
-    missing_facts,
-    personal_data_in,
-)
+from evals.checks import forbidden_found, judge_tools, looks_like_refusal, missing_facts, personal_data_in
 from evals.roles import RoleResolver
 from evals.schema import PLACEHOLDER, EvalCase, EvalSet, Turn
 
 
 class Answerer(Protocol):
-    """Anything that answers a question within a conversation (the agent, or a fake)."""
+    """Anything that answers a question within a conversation (the agent, the oracle, or a fake)."""
 
-    def ask(self, question: str, conversation_id: str) -> Any:
-        """Answer; the result has ``answer`` and ``tool_calls`` (as attributes or keys)."""
+    def ask(self, question: str, conversation_id: str) -> Answer:
         ...
 
 
-#: (answer, tool results, question, system prompt) → a verdict with ``unsupported`` numbers and
+#: (answer, tool calls, question, system prompt) → a verdict with ``unsupported`` numbers and
 #: ``leaked_prompt``. The default everywhere is :func:`agent.guard.check_grounding`; the seam
 #: exists so a new guard can be compared with the old one on the same answers.
-GroundingCheck = Callable[[str, list[Any], str, str], Any]
+GroundingCheck = Callable[[str, Sequence[ToolCall], str, str], Any]
 #: (cases done, cases in all, id of the case just done) → None.
 Progress = Callable[[int, int, str], None]
-
-
-@dataclass(frozen=True)
-class Reply:
-    """What the runner needs from one answer, whatever object the answerer returned."""
-
-    answer: str
-    tool_calls: tuple[ToolCall, ...]
-    tokens: int | None = None
-    refused: bool | None = None
-    meta: Mapping[str, Any] = field(default_factory=dict)
-
-
-def _get(obj: Any, name: str, default: Any = None) -> Any:
-    if isinstance(obj, Mapping):
-        return obj.get(name, default)
-    return getattr(obj, name, default)
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-able copy of a tool result (pydantic models and dataclasses become dicts)."""
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json")
-    if hasattr(value, "__dataclass_fields__"):
-        return asdict(value)
-    if isinstance(value, str):
-        try:  # LangChain tool messages carry JSON text
-            return json.loads(value)
-        except ValueError:
-            return value
-    return json.loads(json.dumps(value, default=str))
-
-
-def to_reply(result: Any) -> Reply:
-    """Read an answerer's result (attributes or keys: answer, tool_calls, tokens, refused, …)."""
-    answer = _get(result, "answer")
-    if not isinstance(answer, str):
-        raise TypeError(f"the answerer returned {type(result).__name__} without a text 'answer'")
-    calls = tuple(
-        ToolCall(str(_get(c, "name")), dict(_get(c, "args") or {}), _plain(_get(c, "result")))
-        for c in _get(result, "tool_calls") or []
-    )
-    tokens = _get(result, "tokens")
-    if isinstance(tokens, Mapping):  # {"prompt": .., "completion": ..}
-        tokens = sum(int(v) for v in tokens.values() if isinstance(v, (int, float)))
-    meta = {k: _get(result, k) for k in ("backend", "model", "prompt_version") if _get(result, k) is not None}
-    return Reply(answer, calls, int(tokens) if tokens is not None else None, _get(result, "refused"), meta)
 
 
 @dataclass
@@ -115,6 +59,8 @@ class TurnResult:
     refused: bool = False
     personal_data: bool = False
     prompt_leak: bool = False
+    kind: str = "answer"
+    guard_outcome: str = "accepted"  # accepted, rewritten or replaced (the agent's guard)
     error: str | None = None
     reasons: list[str] = field(default_factory=list)
 
@@ -195,7 +141,7 @@ def bind(turn: Turn, values: Mapping[str, str]) -> Turn:
 
 def judge_turn(
     turn: Turn,
-    reply: Reply,
+    reply: Answer,
     *,
     earlier: Sequence[ToolCall] = (),
     grounding: GroundingCheck = check_grounding,
@@ -208,7 +154,8 @@ def judge_turn(
     """
     known = [*earlier, *reply.tool_calls]
     r = TurnResult(question=turn.question, answer=reply.answer, tokens=reply.tokens, expect_refusal=turn.expect_refusal)
-    r.tools = [{"name": c.name, "args": c.args} for c in reply.tool_calls]
+    r.tools = [{"name": c.name, "args": dict(c.args)} for c in reply.tool_calls]
+    r.kind, r.guard_outcome = reply.kind, reply.guard.outcome
     if turn.expect_tools is not None:
         verdict = judge_tools(turn.expect_tools, reply.tool_calls, ordered=turn.ordered)
         r.tools_checked, r.tools_ok = True, verdict.names_ok
@@ -219,10 +166,11 @@ def judge_turn(
     r.reasons.extend(f"missing {m}" for m in r.facts_missing)
     r.forbidden = forbidden_found(reply.answer, turn.must_not_contain)
     r.reasons.extend(f"contains forbidden '{f}'" for f in r.forbidden)
-    r.refused = reply.refused if reply.refused is not None else looks_like_refusal(reply.answer)
+    # the agent says when it gave a fixed refusal; a hosted model's own words are read for one
+    r.refused = reply.refused or (reply.kind == "answer" and not reply.tool_calls and looks_like_refusal(reply.answer))
     if turn.expect_refusal is not None and r.refused != turn.expect_refusal:
         r.reasons.append("expected a refusal" if turn.expect_refusal else "refused a question it should answer")
-    verdict = grounding(reply.answer, [c.result for c in known], turn.question, system_prompt or "")
+    verdict = grounding(reply.answer, known, turn.question, system_prompt or "")
     r.ungrounded = list(verdict.unsupported)
     if r.ungrounded:
         r.reasons.append(f"numbers not from any tool result: {', '.join(r.ungrounded)}")
@@ -261,7 +209,7 @@ def run_case(
         bound = bind(turn, result.given)
         start = time.perf_counter()
         try:
-            reply = to_reply(answerer.ask(bound.question, conversation_id))
+            reply = answerer.ask(bound.question, conversation_id)
         except Exception as exc:  # noqa: BLE001 - recorded in the report with its type, never hidden
             tr = TurnResult(question=bound.question, latency_s=time.perf_counter() - start)
             tr.error = f"{type(exc).__name__}: {exc}"
@@ -269,7 +217,8 @@ def run_case(
             result.turns.append(tr)
             break  # later turns depend on this one
         latency = time.perf_counter() - start
-        result.answered_by.update(reply.meta)
+        result.answered_by.update({k: v for k, v in (("backend", reply.backend), ("model", reply.model),
+                                                          ("prompt_version", reply.prompt_version), ("router", reply.plan.version)) if v})
         tr = judge_turn(bound, reply, earlier=earlier, grounding=grounding, system_prompt=system_prompt)
         earlier.extend(reply.tool_calls)
         tr.latency_s = round(latency, 4)

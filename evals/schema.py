@@ -33,10 +33,10 @@ from typing import Any, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tools import TOOL_NAMES
+from tools import tool_names
 
 #: The tools the agent offers; names outside this list are typos, refused at load time.
-KNOWN_TOOLS: tuple[str, ...] = TOOL_NAMES
+KNOWN_TOOLS: tuple[str, ...] = tool_names()
 
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # "predict_churn.probability", "top_users.users[0].user_id": a tool name, then a path.

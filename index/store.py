@@ -66,13 +66,6 @@ class SessionIndexError(RuntimeError):
     """The index cannot answer: missing, unreachable, or asked something it cannot do."""
 
 
-def chroma_url_from_env(env: Mapping[str, str] | None = None) -> str | None:
-    """The Chroma server URL from ``SHOPSIGHT_CHROMA_URL``, or None for the embedded store."""
-    env = os.environ if env is None else env
-    url = (env.get(CHROMA_URL_ENV) or "").strip()
-    return url or None
-
-
 @dataclass
 class SessionHit:
     """One session returned by the index, with what an answer needs to cite it."""

@@ -21,7 +21,7 @@ import secrets
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal, Mapping, Protocol, Sequence
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -30,13 +30,15 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from slack_sdk.errors import SlackApiError, SlackClientError
 
+from agent.types import Answer
+
 if TYPE_CHECKING:  # Bolt is imported when an app is built, not when this module is
     from slack_bolt import App
     from slack_bolt.adapter.socket_mode import SocketModeHandler
     from slack_sdk import WebClient
 
 from integrations import slack_blocks
-from integrations.slack_charts import Chart, charts_for_tool_calls, to_plain
+from integrations.slack_charts import Chart, charts_for_tool_calls
 
 logger = logging.getLogger(__name__)
 
@@ -189,119 +191,19 @@ class _ConversationLocks:
         return self._locks[hash(conversation_id) % len(self._locks)]
 
 
-@dataclass(frozen=True)
-class ToolCall:
-    """One tool the agent called, with its arguments and result (used to draw charts)."""
-
-    name: str
-    args: Mapping[str, Any] = field(default_factory=dict)
-    result: Any = None
-
-
-@dataclass(frozen=True)
-class SlackAnswer:
-    """What the Slack app needs from an agent reply; build it from any reply with :meth:`from_agent`."""
-
-    answer: str
-    citations: tuple[str, ...] = ()
-    model_versions: Mapping[str, str] = field(default_factory=dict)
-    tool_calls: tuple[ToolCall, ...] = ()
-    backend: str | None = None
-    model: str | None = None
-    prompt_version: str | None = None
-    latency_s: float | None = None
-
-    @classmethod
-    def from_agent(cls, reply: Any) -> "SlackAnswer":
-        """Read an agent reply (object or dict with ``answer``, ``citations``, ``tool_calls``, …).
-
-        Citations may be session ids, dicts or objects with ``session_id``, or a dict with a
-        ``sessions`` list. Model versions come from ``reply.model_versions`` and from tool
-        results that cite a model as ``name@version`` or carry ``model_version``.
-
-        Raises:
-            TypeError: ``reply`` has no answer text.
-        """
-        if isinstance(reply, SlackAnswer):
-            return reply
-        get: Callable[[str], Any] = reply.get if isinstance(reply, Mapping) else (lambda k: getattr(reply, k, None))
-        text = get("answer")
-        if not isinstance(text, str):
-            raise TypeError(f"the agent's reply has no answer text (got {type(reply).__name__}): expected an `answer` str")
-        calls = tuple(_tool_call(c) for c in (get("tool_calls") or ()))
-        versions: dict[str, str] = {}
-        for call in calls:
-            versions.update(_model_versions(to_plain(call.result), default_name=call.name))
-        versions.update(_model_versions({"citations": to_plain(get("citations"))}, default_name=""))
-        given = get("model_versions")
-        if isinstance(given, Mapping):
-            versions.update({str(k): str(v) for k, v in given.items()})
-        latency = get("latency_s")
-        return cls(
-            answer=text,
-            citations=tuple(_session_ids(to_plain(get("citations")))),
-            model_versions=versions,
-            tool_calls=calls,
-            backend=_str_or_none(get("backend")),
-            model=_str_or_none(get("model")),
-            prompt_version=_str_or_none(get("prompt_version")),
-            latency_s=float(latency) if isinstance(latency, (int, float)) else None,
-        )
-
-
-def _str_or_none(value: Any) -> str | None:
-    return None if value is None or value == "" else str(value)
-
-
-def _tool_call(call: Any) -> ToolCall:
-    if isinstance(call, ToolCall):
-        return call
-    get: Callable[[str], Any] = call.get if isinstance(call, Mapping) else (lambda k: getattr(call, k, None))
-    args = to_plain(get("args"))
-    return ToolCall(name=str(get("name") or ""), args=args if isinstance(args, dict) else {}, result=get("result"))
-
-
-def _session_ids(citations: Any) -> list[str]:
-    if isinstance(citations, Mapping):
-        citations = citations.get("sessions") or []
-    if not isinstance(citations, (list, tuple)):
-        return []
-    ids = []
-    for c in citations:
-        if isinstance(c, str):
-            ids.append(c)
-        elif isinstance(c, Mapping) and (c.get("session_id") or c.get("id")):
-            ids.append(str(c.get("session_id") or c.get("id")))
-        elif getattr(c, "session_id", None):
-            ids.append(str(c.session_id))
-    return list(dict.fromkeys(ids))
-
-
-def _model_versions(result: Any, *, default_name: str) -> dict[str, str]:
-    """Model name → version cited in one tool result (``citations.model = "churn@v3"``, ``model_version``)."""
-    if not isinstance(result, Mapping):
-        return {}
-    found: dict[str, str] = {}
-    if result.get("model_version"):
-        name = str(result.get("model") or default_name or "model")
-        found[name.split("@")[0]] = str(result["model_version"])
-    cited = result.get("citations")
-    models = cited.get("model") or cited.get("models") if isinstance(cited, Mapping) else None
-    for ref in [models] if isinstance(models, str) else (models or []):
-        if isinstance(ref, str) and "@" in ref:
-            name, version = ref.split("@", 1)
-            found[name] = version
-    return found
+def model_versions(answer: Answer) -> dict[str, str]:
+    """Trained model name → version an answer cites (``churn@v3`` → ``{"churn": "v3"}``)."""
+    return dict(ref.split("@", 1) for ref in answer.citations.models if "@" in ref)
 
 
 class Answerer(Protocol):
-    """The agent as the Slack app sees it: one question in, one reply out, memory per conversation.
+    """The agent as the Slack app sees it: one question in, one :class:`Answer` out, memory per conversation.
 
-    The reply is anything :meth:`SlackAnswer.from_agent` reads. ``ask`` may be called from
-    several threads at once, for different conversations; calls for one conversation never overlap.
+    ``ask`` may be called from several threads at once, for different conversations; calls for
+    one conversation never overlap.
     """
 
-    def ask(self, question: str, *, conversation_id: str) -> Any:  # pragma: no cover - protocol
+    def ask(self, question: str, *, conversation_id: str) -> Answer:  # pragma: no cover - protocol
         ...
 
 
@@ -379,7 +281,7 @@ class SlackAnalyst:
         conversation = message.conversation_id
         with self._locks.lock_for(conversation):
             try:
-                reply = SlackAnswer.from_agent(self._answerer.ask(question, conversation_id=conversation))
+                reply = self._answerer.ask(question, conversation_id=conversation)
             except Exception as exc:  # every agent/LLM failure is shown in the thread and logged, never hidden
                 logger.exception("the agent failed to answer in %s", conversation)
                 client.chat_update(
@@ -391,8 +293,8 @@ class SlackAnalyst:
                 return
         blocks = slack_blocks.answer_blocks(
             reply.answer,
-            citations=reply.citations,
-            model_versions=reply.model_versions,
+            citations=reply.citations.sessions,
+            model_versions=model_versions(reply),
             backend=reply.backend,
             model=reply.model,
             prompt_version=reply.prompt_version,

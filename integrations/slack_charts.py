@@ -7,15 +7,15 @@ chart without changes here. Nothing here talks to Slack.
 
 from __future__ import annotations
 
-import dataclasses
 import io
-import json
 import re
 import threading
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
+
+from agent.types import ToolCall
 
 TIME_KEYS = ("start", "ts", "date", "day", "started_at")
 ID_KEYS = ("user_id", "order_id", "session_id", "item_id", "category", "segment", "cohort")
@@ -37,27 +37,6 @@ class Chart:
     filename: str
     title: str
     alt_text: str
-
-
-def to_plain(value: Any) -> Any:
-    """Turn a tool result (pydantic model, dataclass, JSON text, dict, list) into plain Python data."""
-    if hasattr(value, "model_dump"):
-        return to_plain(value.model_dump())
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return to_plain(dataclasses.asdict(value))
-    if isinstance(value, str):
-        text = value.strip()
-        if text[:1] in ("{", "["):
-            try:
-                return json.loads(text)
-            except json.JSONDecodeError:
-                return value
-        return value
-    if isinstance(value, Mapping):
-        return {str(k): to_plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_plain(v) for v in value]
-    return value
 
 
 def _rows_with(result: Any, keys: Sequence[str]) -> list[dict[str, Any]]:
@@ -186,7 +165,7 @@ def chart_for_tool_call(name: str, args: Mapping[str, Any], result: Any) -> Char
     A list of at least two sessions with start times gives an activity chart; a list of at
     least two rows with an id and a score gives a ranking chart.
     """
-    data = to_plain(result)
+    data = result
     if isinstance(data, dict) and data.get("error"):
         return None
     sessions = _rows_with(data, TIME_KEYS)
@@ -216,14 +195,13 @@ def chart_for_tool_call(name: str, args: Mapping[str, Any], result: Any) -> Char
     return None
 
 
-def charts_for_tool_calls(tool_calls: Iterable[Any], limit: int = 2) -> list[Chart]:
-    """Charts for an answer's tool calls (objects or dicts with name, args, result), at most ``limit``."""
+def charts_for_tool_calls(tool_calls: Iterable[ToolCall], limit: int = 2) -> list[Chart]:
+    """Charts for an answer's tool calls, at most ``limit``."""
     charts: list[Chart] = []
     for call in tool_calls:
         if len(charts) >= limit:
             break
-        get = call.get if isinstance(call, Mapping) else (lambda k, c=call: getattr(c, k, None))
-        chart = chart_for_tool_call(str(get("name") or ""), to_plain(get("args")) or {}, get("result"))
+        chart = chart_for_tool_call(call.name, dict(call.args), call.result)
         if chart is not None:
             charts.append(chart)
     return charts

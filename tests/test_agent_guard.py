@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import pytest
 
-from agent.guard import check_grounding, citations, numbers_in, render_answer, with_citations
+from agent.guard import check_grounding as check
+from agent.guard import citations, numbers_in, render_answer, with_citations
+from agent.types import ToolCall
 from prompts import load_prompt
 
 CHURN = {"model": "churn@v3", "user_id": "u00042", "probability": 0.734, "factors": [
     {"name": "days_since_last_purchase", "value": 45, "direction": "raises"}], "rules": ["overdue"],
     "citations": {"sessions": ["u00042-s0007"], "model": "churn@v3"}}
+# the tool each result shape comes from (the guard asks that tool's key facts)
+_TOOL_OF = {"probability": "predict_churn", "users": "top_users", "first_seen": "get_user_profile", "error": "predict_churn"}
+
+
+def as_call(result: dict) -> ToolCall:
+    name = "predict_intent" if "next_categories" in result else next((t for k, t in _TOOL_OF.items() if k in result), "predict_churn")
+    return ToolCall(name, {"user_id": result.get("user_id", "")}, result)
+
+
+def check_grounding(answer, results, question="", system_prompt=""):
+    return check(answer, [as_call(r) for r in results], question, system_prompt)
 
 
 def test_ids_dates_versions_and_years_are_not_numbers():
@@ -81,7 +94,7 @@ def test_a_ranking_keeps_its_order_and_shows_the_top_probability_precisely():
     ranked = {"users": [{"rank": 1, "user_id": "u00177", "probability": 0.949}, {"rank": 2, "user_id": "u00212", "probability": 0.944}]}
     # "1." is a rank, not the top user's 0.949 rounded; and rank 2 is u00212
     r = check_grounding("1. u00177 (94.4%), 2. u00177 (94.4%)", [ranked], "top 10 by churn")
-    assert r.missing == ["top probability 0.949", "rank 2 user u00212", "rank 2 is u00212, not u00177"]
+    assert r.missing == ["top probability 0.949", "rank 2 user u00212", "rank 2 is u00212"]
     assert check_grounding("1. u00177 (94.9%), 2. u00212 (94.4%)", [ranked], "top 10 by churn").ok
 
 
@@ -111,7 +124,7 @@ def test_repeating_the_system_prompt_is_a_leak():
 
 
 def test_render_answer_is_grounded_and_cited():
-    calls = [{"name": "predict_churn", "args": {"user_id": "u00042"}, "result": CHURN}]
+    calls = [ToolCall("predict_churn", {"user_id": "u00042"}, CHURN)]
     text = with_citations(render_answer(calls), citations(calls))
     assert text.startswith("The churn probability for user u00042 is 73.4%.")
     assert "u00042-s0007" in text and "churn@v3" in text
@@ -119,7 +132,7 @@ def test_render_answer_is_grounded_and_cited():
 
 
 def test_render_answer_for_an_error_result():
-    calls = [{"name": "predict_churn", "args": {"user_id": "u9"}, "result": {"error": "no such user", "user_id": "u9", "hint": "ids look like u00001"}}]
+    calls = [ToolCall("predict_churn", {"user_id": "u9"}, {"error": "no such user", "user_id": "u9", "hint": "ids look like u00001"})]
     assert render_answer(calls) == "No such user: u9. ids look like u00001"
 
 
@@ -138,6 +151,6 @@ def test_what_will_they_buy_needs_the_likeliest_category():
     question = "what is u00042 about to buy?"
     assert check_grounding("72.9% likely to buy soon.", [intent], question).missing == ["next category Toys"]
     assert check_grounding("72.9% likely to buy, most likely Toys.", [intent], question).ok
-    rendered = render_answer([{"name": "predict_intent", "args": {"user_id": "u00042"}, "result": intent}])
+    rendered = render_answer([ToolCall("predict_intent", {"user_id": "u00042"}, intent)])
     assert "Most likely next categories: Toys (73.9% of recent interest)" in rendered
     assert check_grounding(rendered, [intent], question).ok

@@ -49,13 +49,14 @@ def hosted_agent(server, tmp_path_factory):
 def test_hosted_answer_is_produced_grounded_and_cited(hosted_agent):
     tokens: list[str] = []
     a = hosted_agent.ask("why is u00003 likely to churn?", on_token=tokens.append)
-    assert [(c["name"], c["args"]) for c in a.tool_calls] == [("predict_churn", {"user_id": "u00003"})]
-    assert a.backend == "openai" and a.model == "smollm2"
+    assert [(c.name, dict(c.args)) for c in a.tool_calls] == [("predict_churn", {"user_id": "u00003"})]
+    assert a.backend == "openai" and a.model == "smollm2" and a.plan.planner == "router"
     body = a.answer.split("(Sources:")[0]
-    assert body.strip() and check_grounding(body, [a.tool_calls[0]["result"]], "why is u00003 likely to churn?").ok
+    assert body.strip() and check_grounding(body, a.tool_calls, "why is u00003 likely to churn?").ok
     assert "88.1" in body or "0.881" in body
     assert "churn@v1" in a.answer and "u00003-s2" in a.answer
     assert tokens, "answers stream from the server"
+    assert a.usage.prompt > 0 and a.usage.completion > 0  # the server's own counts
 
 
 def test_openai_client_talks_to_the_server(server):

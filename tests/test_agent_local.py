@@ -43,24 +43,24 @@ def test_churn_question_end_to_end(agent, demo_ws):
     user = _buyer(demo_ws)
     tokens: list[str] = []
     a = agent.ask(f"why is {user} likely to churn?", on_token=tokens.append)
-    assert [(c["name"], c["args"]) for c in a.tool_calls] == [("predict_churn", {"user_id": user})]
-    result = a.tool_calls[0]["result"]
+    assert [(c.name, dict(c.args)) for c in a.tool_calls] == [("predict_churn", {"user_id": user})]
+    result = a.tool_calls[0].result
     p = result["probability"]
     # the probability is in the answer, as a percent or a decimal, and every number is grounded
     assert any(abs(n.value - p * 100) < 0.051 or abs(n.value - p) < 0.0051 for n in numbers_in(a.answer)), a.answer
-    assert check_grounding(a.answer.split("(Sources:")[0], [result], f"why is {user} likely to churn?").ok
+    assert check_grounding(a.answer.split("(Sources:")[0], a.tool_calls, f"why is {user} likely to churn?").ok
     assert result["model"].startswith("churn@v") and result["model"] in a.answer
     assert all(s in a.answer for s in result["citations"]["sessions"][:3])
-    assert a.backend == "local" and a.model == "SmolLM2-135M-Instruct.Q4_1.gguf" and a.router.startswith("router@v")
+    assert a.backend == "local" and a.model == "SmolLM2-135M-Instruct.Q4_1.gguf" and a.plan.version.startswith("router@v")
     assert a.latency_s > 0 and tokens, "the local writer streams tokens"
     # the tokens it used are counted: at least the streamed pieces, and a prompt longer than the answer
-    assert a.usage["completion"] >= len(tokens) and a.usage["prompt"] > a.usage["completion"]
-    assert a.tokens == a.usage["prompt"] + a.usage["completion"]
+    assert a.usage.completion >= len(tokens) and a.usage.prompt > a.usage.completion
+    assert a.tokens == a.usage.prompt + a.usage.completion
 
 
 def test_out_of_scope_is_refused_politely(agent):
     a = agent.ask("write me a poem about the sea")
-    assert a.tool_calls == [] and a.answer == load_prompt("refusal").text
+    assert a.tool_calls == () and a.answer == load_prompt("refusal").text and a.kind == "refusal"
 
 
 def test_ask_json_cli_on_the_demo_workspace(demo_ws):

@@ -122,7 +122,10 @@ class FakeIndex:
                                  {"purchased": bool((g["event"] == "purchase").any())}))
 
     def user_history(self, user_id, since=None, until=None, limit=20):
-        mine = [h for h in self.hits if h.user_id == user_id and (since is None or h.start[:10] >= since)]
+        """Like the real index: sessions starting in [since, until)."""
+        start = lambda h: pd.Timestamp(h.start)  # noqa: E731
+        mine = [h for h in self.hits if h.user_id == user_id and (since is None or start(h) >= pd.Timestamp(since))
+                and (until is None or start(h) < pd.Timestamp(until))]
         return sorted(mine, key=lambda h: h.start, reverse=True)[:limit]
 
     def search(self, query, k=10, **filters):

@@ -11,11 +11,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from agent.guard import numbers_in
+from agent.types import Answer, Usage
 from evals.checks import ToolCall, judge_tools, looks_like_refusal, missing_facts, shows_number
 from evals.report import diff_reports, load_report, render_markdown, write_report
 from evals.roles import RoleError, RoleResolver
-from evals.runner import run_eval_set, threshold_failures, to_reply
+from evals.runner import run_eval_set, threshold_failures
+from tools.numbers import numbers_in
 from evals.schema import EvalSetError, Reference, ToolExpectation, load_eval_set, parse_eval_set
 
 DEMO_SET = Path(__file__).resolve().parents[1] / "evals" / "demo.yaml"
@@ -28,11 +29,18 @@ class ScriptedAnswerer:
         self.script = script
         self.asked: list[tuple[str, str]] = []
 
-    def ask(self, question: str, conversation_id: str) -> dict[str, Any]:
+    def ask(self, question: str, conversation_id: str) -> Answer:
         self.asked.append((question, conversation_id))
         if question not in self.script:
             raise LookupError(f"the script has no answer for {question!r}")
-        return self.script[question]
+        return scripted_answer(question, conversation_id, self.script[question])
+
+
+def scripted_answer(question: str, cid: str, d: dict[str, Any]) -> Answer:
+    """An Answer as the agent would return it, from a short script entry."""
+    calls = tuple(ToolCall(c["name"], c.get("args") or {}, c.get("result") or {}) for c in d.get("tool_calls", []))
+    return Answer(question=question, answer=d["answer"], conversation_id=cid, tool_calls=calls,
+                  usage=Usage(completion=d.get("tokens", 0)), backend=d.get("backend", ""))
 
 
 def churn_call(user: str, p: float) -> dict[str, Any]:
@@ -246,16 +254,13 @@ def test_answerer_failure_is_recorded_and_stops_the_conversation():
     assert run.totals["errors"] == 1
 
 
-def test_reply_is_read_from_objects_and_json_tool_messages():
-    class Call:
-        name, args, result = "predict_churn", {"user_id": "u1"}, '{"probability": 0.2}'
-
-    class Result:
-        answer, tool_calls, tokens, backend = "20%", [Call()], {"prompt": 10, "completion": 5}, "local"
-
-    reply = to_reply(Result())
-    assert reply.tool_calls[0].result == {"probability": 0.2}
-    assert reply.tokens == 15 and reply.meta == {"backend": "local"}
+def test_the_runner_takes_the_agents_answer_as_it_is():
+    script = {"Churn for u1?": {"answer": "u1: 20%.", "tool_calls": [churn_call("u1", 0.2)], "tokens": 15, "backend": "local"}}
+    case = {"id": "a", "question": "Churn for u1?", "expect_tools": [{"name": "predict_churn"}]}
+    run = run_eval_set(make_set([case]), ScriptedAnswerer(script))
+    turn = run.cases[0].turns[0]
+    assert turn.tokens == 15 and turn.tools == [{"name": "predict_churn", "args": {"user_id": "u1"}}]
+    assert run.meta == {"backend": "local"} and run.cases[0].passed
 
 
 def test_thresholds_name_the_failing_totals(run):
@@ -362,10 +367,10 @@ def test_cli_names_the_case_of_a_malformed_set(tmp_path, workspace):
 def test_shipped_set_is_valid_and_covers_every_tool_and_kind_of_question():
     s = load_eval_set(DEMO_SET)
     assert len(s.cases) >= 80
-    from tools import TOOL_NAMES
+    from tools import tool_names
 
     expected = {e.name for c in s.cases for t in c.turns for e in t.expect_tools or []}
-    assert expected == set(TOOL_NAMES)
+    assert expected == set(tool_names())
     tags = {tag for c in s.cases for tag in c.tags}
     for kind in ("followup", "cohort", "two-tool", "explanation", "out-of-scope", "injection", "personal-data", "unknown-id", "ambiguous", "smoke"):
         assert kind in tags, kind

@@ -11,7 +11,7 @@ from typing import Iterator
 import pytest
 
 from behavior.workspace import Workspace
-from index.store import SessionIndex, chroma_url_from_env
+from index.store import SessionIndex
 from servers import free_port, running  # tests/ is on sys.path (no __init__.py)
 from test_index import SECRETS, make_events
 
@@ -36,10 +36,14 @@ def chroma_server(tmp_path: Path) -> Iterator[str]:
         yield url
 
 
-def test_chroma_url_comes_from_the_environment_setting() -> None:
-    assert chroma_url_from_env({"SHOPSIGHT_CHROMA_URL": " http://127.0.0.1:8123 "}) == "http://127.0.0.1:8123"
-    assert chroma_url_from_env({"SHOPSIGHT_CHROMA_URL": ""}) is None
-    assert chroma_url_from_env({}) is None
+def test_chroma_url_comes_from_the_environment_setting(monkeypatch) -> None:
+    from agent.settings import Settings
+
+    monkeypatch.setenv("SHOPSIGHT_CHROMA_URL", "http://127.0.0.1:8123")
+    assert Settings.from_env().chroma_url == "http://127.0.0.1:8123"
+    monkeypatch.setenv("SHOPSIGHT_CHROMA_URL", "")
+    assert Settings.from_env().chroma_url is None
+    assert Settings.from_env(chroma_url="http://127.0.0.1:9") .chroma_url == "http://127.0.0.1:9"  # a flag beats the env
 
 
 @pytest.mark.slow

@@ -14,16 +14,17 @@ from typing import Any
 import pytest
 from fake_slack import BOT_USER_ID, FakeSlack, message_event, post_event, sign
 
+from agent.types import Answer, Citations, Timings, ToolCall
 from integrations import slack_blocks
 from integrations.slack import (
     AccessPolicy,
     EventDeduper,
     EventsServer,
-    SlackAnswer,
     SlackConfigError,
     SlackSettings,
     conversation_id,
     create_app,
+    model_versions,
     question_from_text,
     socket_mode_handler,
 )
@@ -37,24 +38,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass
-class Call:
-    name: str
-    args: dict
-    result: Any
-
-
-@dataclass
-class Reply:
-    answer: str
-    citations: list
-    tool_calls: list
-    backend: str = "local"
-    model: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    prompt_version: str = "p-1a2b3c"
-    latency_s: float = 0.42
-
-
-@dataclass
 class ScriptedAgent:
     """Records (conversation, question), keeps per-conversation memory, can wait for peers or fail."""
 
@@ -65,7 +48,7 @@ class ScriptedAgent:
     memory: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def ask(self, question: str, *, conversation_id: str) -> Reply:
+    def ask(self, question: str, *, conversation_id: str) -> Answer:
         with self.lock:
             self.asked.append((conversation_id, question))
             self.memory[conversation_id].append(question)
@@ -79,15 +62,15 @@ class ScriptedAgent:
             {"session_id": "u7-s2", "start": "2026-03-03", "purchased": True},
             {"session_id": "u7-s3", "start": "2026-03-03", "purchased": False},
         ]
-        calls = [Call("get_user_history", {"user_id": "u7"}, {"user_id": "u7", "sessions": sessions})]
+        calls = [ToolCall("get_user_history", {"user_id": "u7"}, {"user_id": "u7", "sessions": sessions})]
         if not self.with_history:
             calls = []
-        calls.append(Call("predict_churn", {"user_id": "u7"},
-                          {"model": "churn", "probability": 0.71, "citations": {"model": "churn@v3", "sessions": ["u7-s2"]}}))
-        return Reply(
-            answer=f"**Turn {turn}** answering: {question}",
-            citations=["u7-s2", "u7-s3"],
-            tool_calls=calls,
+        calls.append(ToolCall("predict_churn", {"user_id": "u7"},
+                              {"model": "churn", "probability": 0.71, "citations": {"model": "churn@v3", "sessions": ["u7-s2"]}}))
+        return Answer(
+            question=question, answer=f"**Turn {turn}** answering: {question}", conversation_id=conversation_id,
+            citations=Citations(("u7-s2", "u7-s3"), ("churn@v3",)), tool_calls=tuple(calls),
+            backend="local", model="SmolLM2-135M-Instruct.Q4_1.gguf", prompt_version="p-1a2b3c", timings=Timings(total_s=0.42),
         )
 
 
@@ -331,7 +314,7 @@ def test_allowed_channels_decide_who_is_answered(serve, fake_slack, allowed_chan
 
 def test_concurrent_threads_are_answered_at_once_and_never_mix(serve, fake_slack):
     # Both questions must be inside the agent at the same time or the barrier breaks.
-    agent = ScriptedAgent(barrier=threading.Barrier(2, timeout=10), with_history=False)
+    agent = ScriptedAgent(barrier=threading.Barrier(2, timeout=60), with_history=False)
     server = serve(agent)
     ts_a, ts_b = _ts(1), _ts(2)
     senders = [
@@ -445,20 +428,9 @@ def test_question_drops_the_bots_mention_and_keeps_others():
     assert question_from_text("<@UOTHER> top users by churn", None) == "top users by churn"
 
 
-def test_answer_from_agent_reads_dict_citations_and_model_versions():
-    reply = {
-        "answer": "ok",
-        "citations": {"sessions": ["s1", {"session_id": "s2"}, "s1"], "model": "risk@v2"},
-        "tool_calls": [{"name": "top_users", "args": {"metric": "churn"}, "result": json.dumps(
-            {"citations": {"model": "churn@v5"}, "users": []})}],
-        "latency_s": 1,
-    }
-    answer = SlackAnswer.from_agent(reply)
-    assert answer.citations == ("s1", "s2")
-    assert dict(answer.model_versions) == {"churn": "v5", "risk": "v2"}
-    assert answer.latency_s == 1.0
-    with pytest.raises(TypeError, match="no answer text"):
-        SlackAnswer.from_agent({"text": "wrong key"})
+def test_model_versions_come_from_the_answers_citations():
+    answer = Answer(question="q", answer="ok", conversation_id="c", citations=Citations(("s1",), ("churn@v5", "risk@v2")))
+    assert model_versions(answer) == {"churn": "v5", "risk": "v2"}
 
 
 def test_long_answers_are_split_within_block_kit_limits_and_escaped():

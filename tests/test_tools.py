@@ -7,10 +7,22 @@ import json
 import pytest
 
 from test_agent_support import EMAIL, IP, PHONE, FakeModel, tiny_context
-from tools import TOOL_NAMES, TOOLS, call_tool, langchain_tools, result_json
-from tools.scores import top_users
-from tools.segments import segment_summary
-from tools.users import compare_users, get_user_history, get_user_profile
+from tools import default_registry, result_json
+from tools.compare_users import compare_users
+from tools.get_user_history import get_user_history
+from tools.get_user_profile import get_user_profile
+from tools.segment_summary import segment_summary
+from tools.top_users import top_users
+
+REGISTRY = default_registry()
+
+
+def call_tool(ctx, name, args):
+    return REGISTRY.run(ctx, name, args)
+
+
+def langchain_tools(ctx):
+    return REGISTRY.langchain_tools(ctx)
 
 
 @pytest.fixture
@@ -19,7 +31,7 @@ def ctx(workspace):
 
 
 def test_every_tool_has_a_docstring_with_use_when_and_args():
-    for tool in TOOLS:
+    for tool in (spec.func for spec in REGISTRY):
         doc = tool.__doc__ or ""
         assert "Use " in doc, tool.__name__
         params = [p for p in tool.__code__.co_varnames[1 : tool.__code__.co_argcount + tool.__code__.co_kwonlyargcount]]
@@ -29,7 +41,7 @@ def test_every_tool_has_a_docstring_with_use_when_and_args():
 
 def test_langchain_tools_hide_the_context(ctx):
     tools = langchain_tools(ctx)
-    assert [t.name for t in tools] == list(TOOL_NAMES)
+    assert [t.name for t in tools] == list(REGISTRY.names)
     for t in tools:
         assert "ctx" not in t.args
     churn = next(t for t in tools if t.name == "predict_churn")
@@ -176,7 +188,7 @@ def test_a_failing_tool_is_reported_to_the_model_not_hidden(ctx, caplog):
 
 
 def test_only_rules_that_fired_are_given_as_reasons():
-    from tools.scores import _compact_explanation
+    from tools.explain import compact_explanation as _compact_explanation
 
     raw = {"model": "churn@v1", "user_id": "u00001", "probability": 0.71234, "factors": [],
            "rules": [{"name": "never_purchased", "fired": False, "value": 3},
@@ -185,3 +197,32 @@ def test_only_rules_that_fired_are_given_as_reasons():
            "evidence": []}
     out = _compact_explanation(raw)
     assert out["rules"] == ["no_purchase_within_horizon", "refund_rate"] and out["probability"] == 0.712
+
+
+def test_arguments_are_validated_against_the_tools_types(ctx):
+    assert call_tool(ctx, "top_users", {"metric": "churn", "limit": "2"})["users"][1]["user_id"] == "u00004"  # "2" → 2
+    bad = call_tool(ctx, "top_users", {"metric": "fraudiness"})
+    assert bad["error"].startswith("bad arguments for top_users") and "'churn', 'risk' or 'intent'" in bad["error"]
+    assert call_tool(ctx, "no_such_tool", {})["error"] == "no tool named 'no_such_tool'"
+
+
+@pytest.mark.parametrize("since,until,expected", [
+    ("2026-03-09", "2026-03-09", ["u00002-s2"]),        # one whole day: until includes it
+    ("2026-03-09", None, ["u00002-s2"]),
+    (None, "2026-03-08", ["u00002-s1"]),                 # the day before the second session
+    ("2026-03-02", "2026-03-02T10:00:00", ["u00002-s1"]),  # a time: up to and including that instant
+    ("2026-03-02T10:00:01", "2026-03-08", []),
+])
+def test_one_date_range_meaning_with_and_without_the_index(ctx, since, until, expected):
+    with_index = get_user_history(ctx, "u00002", since=since, until=until)
+    ctx.index = None
+    without = get_user_history(ctx, "u00002", since=since, until=until)
+    assert [s["session_id"] for s in with_index["sessions"]] == expected
+    assert [s["session_id"] for s in without["sessions"]] == expected
+
+
+def test_an_empty_or_malformed_date_range_is_an_error_the_model_can_act_on(ctx):
+    empty = call_tool(ctx, "segment_summary", {"since": "2026-03-10", "until": "2026-03-01"})
+    assert "the date range is empty" in empty["error"]
+    bad = call_tool(ctx, "get_user_history", {"user_id": "u00001", "since": "last tuesday"})
+    assert "is not a date: use YYYY-MM-DD" in bad["error"]

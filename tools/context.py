@@ -7,6 +7,7 @@ builds one per process so events, features, models and the index load once.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -34,6 +35,83 @@ class SessionSearch(Protocol):
     def user_history(self, user_id: str, since: str | None = None, until: str | None = None, limit: int = 20) -> list: ...
 
     def search(self, query: str, k: int = 10, **filters: Any) -> list: ...
+
+
+def num(value: Any, digits: int = 2) -> float | int | None:
+    """A JSON number rounded for reading; None for missing values."""
+    if value is None or (isinstance(value, float) and pd.isna(value)) or value is pd.NA:
+        return None
+    value = float(value)
+    if value.is_integer():
+        return int(value)
+    return round(value, digits)
+
+
+def day(ts: Any) -> str | None:
+    """A timestamp's day as YYYY-MM-DD (None for a missing one)."""
+    if ts is None or pd.isna(ts):
+        return None
+    return pd.Timestamp(ts).strftime("%Y-%m-%d")
+
+
+# --- the one meaning of a date range ---------------------------------------------------------
+_DATE_ONLY = re.compile(r"^\s*\d{4}-\d{2}-\d{2}\s*$")
+
+
+@dataclass(frozen=True)
+class DateRange:
+    """Sessions or events starting in ``[start, end)``, as every tool and the index read it.
+
+    ``since`` means "on or after"; ``until`` means "on or before": a date includes that whole
+    day, a date and time includes that instant. Times without a zone are UTC.
+    """
+
+    start: pd.Timestamp | None = None
+    end: pd.Timestamp | None = None  # exclusive
+
+    def contains(self, ts: pd.Series) -> pd.Series:
+        """A boolean mask of the timestamps inside the range."""
+        keep = pd.Series(True, index=ts.index)
+        if self.start is not None:
+            keep &= ts >= self.start
+        if self.end is not None:
+            keep &= ts < self.end
+        return keep
+
+    @property
+    def empty(self) -> bool:
+        return self.start is not None and self.end is not None and self.start >= self.end
+
+
+def _utc(value: str, what: str) -> pd.Timestamp:
+    from tools.registry import ToolArgumentError
+
+    try:
+        ts = pd.Timestamp(str(value).strip())
+    except (ValueError, TypeError):
+        raise ToolArgumentError(f"{what} '{value}' is not a date: use YYYY-MM-DD, e.g. 2026-04-01") from None
+    if ts is pd.NaT:
+        raise ToolArgumentError(f"{what} '{value}' is not a date: use YYYY-MM-DD, e.g. 2026-04-01")
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def date_range(since: str | None = None, until: str | None = None) -> DateRange:
+    """Parse a tool's ``since``/``until`` arguments into the one :class:`DateRange` meaning.
+
+    Raises:
+        ToolArgumentError: a value is not a date, or ``since`` is after ``until`` (an empty range).
+    """
+    from tools.registry import ToolArgumentError
+
+    start = _utc(since, "since") if since else None
+    end = None
+    if until:
+        end = _utc(until, "until")
+        end = end + pd.Timedelta(days=1) if _DATE_ONLY.match(str(until)) else end + pd.Timedelta(microseconds=1)
+    rng = DateRange(start, end)
+    if rng.empty:
+        raise ToolArgumentError(f"the date range is empty: since {since} is after until {until}")
+    return rng
 
 
 def mask_text(text: str | None) -> str:
@@ -67,6 +145,7 @@ class ToolContext:
     _features: pd.DataFrame | None = field(default=None, repr=False)
     _sessions: pd.DataFrame | None = field(default=None, repr=False)
     _user_ids: frozenset[str] | None = field(default=None, repr=False)
+    _order_ids: frozenset[str] | None = field(default=None, repr=False)
 
     # --- data ------------------------------------------------------------------------
     def get_events(self) -> pd.DataFrame:
@@ -81,6 +160,23 @@ class ToolContext:
 
     def has_user(self, user_id: str) -> bool:
         return str(user_id) in self.user_ids()
+
+    def order_ids(self) -> frozenset[str]:
+        if self._order_ids is None:
+            events = self.get_events()
+            self._order_ids = (frozenset(events["order_id"].dropna().astype(str).unique())
+                               if "order_id" in events.columns else frozenset())
+        return self._order_ids
+
+    def has_order(self, order_id: str) -> bool:
+        return str(order_id) in self.order_ids()
+
+    def user_events(self, user_id: str) -> pd.DataFrame:
+        """One user's events (through the row index the behaviour layer keeps on the user column)."""
+        from behavior.models.rules import rows_of_users
+
+        events = self.get_events()
+        return events[rows_of_users(events, [str(user_id)])]
 
     def features(self) -> pd.DataFrame:
         if self._features is None:
@@ -121,6 +217,20 @@ class ToolContext:
                 raise WorkspaceError(str(exc)) from exc
             self.index = index
         return self.index
+
+
+def hit_row(hit: Any) -> dict[str, Any]:
+    """One index hit as a tool returns it: session id, user, day, the masked summary, purchased."""
+    meta = getattr(hit, "metadata", None) or {}
+    row = {
+        "session_id": str(hit.session_id),
+        "user_id": str(hit.user_id),
+        "start": str(hit.start)[:10],
+        "summary": mask_text(hit.document),
+    }
+    if "purchased" in meta:
+        row["purchased"] = bool(meta["purchased"])
+    return row
 
 
 def no_such_user(ctx: ToolContext, user_id: str) -> dict[str, Any]:
