@@ -1,0 +1,122 @@
+"""get_order: what was in this order? Its items, amount, payment, device, status and fraud risk."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import pandas as pd
+
+from behavior.workspace import WorkspaceError
+from tools.context import ToolContext, day, mask_text, num
+from tools.explain import pct
+from tools.registry import ConversationState, Entities, KeyFact, Route, ToolSpec, need_id, need_number
+
+MAX_ITEMS = 10
+
+
+def get_order(ctx: ToolContext, order_id: str) -> dict[str, Any]:
+    """What was in this order? Its items, amount, payment, device, country, refund status and fraud-risk score.
+
+    Use when the question asks about ONE order's contents or details ("what was in order
+    o000123?", "how was o000123 paid?"). For whether an order is fraudulent, use score_risk.
+
+    Args:
+        order_id: The order's id, e.g. "o000123".
+    """
+    order_id = str(order_id)
+    if not ctx.has_order(order_id):
+        return {"error": "no such order", "order_id": order_id,
+                "hint": "check the id (order ids look like 'o000123'), or ask about the user instead"}
+    events = ctx.get_events()
+    rows = events[events["order_id"].astype("string") == order_id]
+    bought = rows[rows["event"] == "purchase"]
+    names = _item_names(ctx)
+    items = []
+    for r in bought.head(MAX_ITEMS).itertuples(index=False):
+        item = {"item_id": str(r.item_id), "category": None if pd.isna(r.category) else str(r.category),
+                "price": num(r.price), "quantity": int(r.quantity)}
+        if str(r.item_id) in names:
+            item["name"] = mask_text(names[str(r.item_id)])
+        items.append(item)
+    first = (bought if len(bought) else rows).iloc[0]
+    result: dict[str, Any] = {
+        "order_id": order_id,
+        "user_id": str(first["user_id"]),
+        "day": day(first["ts"]),
+        "session_id": str(first["session_id"]),
+        "items": items,
+        "n_items": int(bought["quantity"].sum()),
+        "amount": num((bought["price"].fillna(0) * bought["quantity"]).sum()),
+        "refunded": bool((rows["event"] == "refund").any()),
+    }
+    for column in ("payment", "device", "country"):
+        if column in rows.columns and pd.notna(first[column]):
+            result[column] = mask_text(str(first[column]))
+    cites: dict[str, Any] = {"sessions": [result["session_id"]]}
+    try:
+        model = ctx.model("risk")
+        if hasattr(model, "score_order"):
+            scored = model.score_order(events, order_id)
+            result["risk_probability"] = num(scored.get("probability"), 3)
+            result["risk_model"] = str(scored.get("model", ""))
+            cites["model"] = result["risk_model"]
+    except WorkspaceError:
+        pass  # no risk model trained: the order's facts stand on their own
+    result["citations"] = cites
+    return result
+
+
+def _item_names(ctx: ToolContext) -> dict[str, str]:
+    catalogue = ctx.workspace.load_catalogue()
+    if catalogue is None or not {"item_id", "name"} <= set(catalogue.columns):
+        return {}
+    return dict(zip(catalogue["item_id"].astype(str), catalogue["name"].astype(str)))
+
+
+def render(args: Mapping[str, Any], r: Mapping[str, Any]) -> str:
+    items = "; ".join(f"{i.get('name') or i['item_id']} ({i.get('category')}) x{i['quantity']} at {i.get('price')}"
+                      for i in r.get("items", []))
+    paid = ", ".join(f"{k} {r[k]}" for k in ("payment", "device", "country") if r.get(k))
+    text = (f"Order {r['order_id']} by user {r['user_id']} on {r.get('day')} (session {r.get('session_id')}): "
+            f"{r.get('n_items')} items, amount {r.get('amount')}" + (f" ({paid})" if paid else "") + f". Items: {items}.")
+    text += " It was refunded." if r.get("refunded") else " It was not refunded."
+    if r.get("risk_probability") is not None:
+        text += f" The fraud-risk probability of this order is {pct(r['risk_probability'])}."
+    return text
+
+
+def key_facts(args: Mapping[str, Any], r: Mapping[str, Any], question: str) -> list[KeyFact]:
+    """An order answer names the order and states its amount."""
+    return need_id(r.get("order_id"), "order") + need_number(r.get("amount"), "amount")
+
+
+def remember(args: Mapping[str, Any], r: Mapping[str, Any], state: ConversationState) -> None:
+    state.last_order_id = str(args.get("order_id"))
+    state.last_user_ids = []  # "is it fraudulent?" next is about the order, not its buyer
+    state.last_call = {"name": "get_order", "args": dict(args)}
+
+
+def _args(ent: Entities, state: ConversationState, question: str) -> dict[str, Any] | None:
+    order = (ent.order_ids or [state.last_order_id])[0]
+    return {"order_id": order} if order else None
+
+
+TOOL = ToolSpec(
+    func=get_order,
+    render=render,
+    key_facts=key_facts,
+    remember=remember,
+    routes=(
+        Route(
+            label="order",
+            takes_order=True,
+            args=_args,
+            examples=(
+                "show order {o}", "what was in order {o}?", "details of order {o}", "how was order {o} paid?",
+                "look up order {o}", "what did order {o} contain?", "items in order {o}", "when was order {o} placed?",
+                "which device was order {o} placed on?", "total amount of order {o}", "who placed order {o}?",
+                "was order {o} refunded?", "pull up {o}", "order {o} summary",
+            ),
+        ),
+    ),
+)
