@@ -31,9 +31,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from behavior.workspace import WorkspaceError
+from behavior.models import registry
+from behavior.models.registry import SPEC_SCHEMA_VERSION, ModelError  # noqa: F401  (re-exported: the stable API)
 
-SPEC_SCHEMA_VERSION = 1
 PAD = 0
 # Time since the previous event of the same sequence, in seconds; bucket 0 = first event.
 GAP_EDGES_SECONDS: tuple[float, ...] = (60, 30 * 60, 86400, 7 * 86400, 30 * 86400)
@@ -41,10 +41,6 @@ N_PRICE_BUCKETS = 5  # price quantile buckets, plus one for "no price"
 
 Progress = Callable[[str, float], None]
 """A progress callback: ``progress(stage, fraction_done)``; fraction in [0, 1]."""
-
-
-class ModelError(WorkspaceError):
-    """A model is missing, corrupted, incompatible or used wrongly; the message says how to fix it."""
 
 
 class NotFittedError(ModelError):
@@ -661,8 +657,6 @@ class BehaviorModel:
 
     def save(self, ws: Any) -> str:
         """Save weights, spec, card and scores as a new version in ``ws``; returns the version."""
-        from behavior.models import registry
-
         self._check_fitted()
         state_dict, spec, card, scores = self._state()
         self.version_ = registry.save_model(ws, self.name, state_dict=state_dict, spec=spec, card=card, scores=scores)
@@ -671,8 +665,6 @@ class BehaviorModel:
     @classmethod
     def load(cls, ws: Any, version: str | None = None) -> "BehaviorModel":
         """Load a saved version (default: the latest) from ``ws``."""
-        from behavior.models import registry
-
         saved = registry.load(ws, cls.name, version)
         try:
             model = cls._from_saved(saved.state_dict, saved.spec, saved.card)
