@@ -9,6 +9,7 @@ import torch
 
 from behavior.events import to_canonical
 from behavior.models.common import NotFittedError, TrainSettings
+from behavior.models.evaluation import evaluate, score_users
 from behavior.models.intent import (
     OUTCOME_EVENTS,
     IntentModel,
@@ -132,7 +133,7 @@ def test_predict_proba_gives_probabilities_for_every_user(fitted, shop):
 
 
 def test_card_reports_model_beside_baselines_on_a_time_split(fitted, shop):
-    card = fitted.card_
+    card = evaluate(fitted, shop.events).card
     C = pd.Timestamp(card["data_window"]["test_cutoff"])
     assert C < shop.events["ts"].max()
     # every training snapshot's label window ends by the cutoff
@@ -215,7 +216,7 @@ def test_explain_session_factors_and_unknown_ids(fitted, shop):
 
 
 def test_save_load_round_trip_gives_identical_predictions(fitted, shop, workspace):
-    version = fitted.save(workspace)
+    version = fitted.save(workspace, scores=score_users(fitted, shop.events))
     loaded = IntentModel.load(workspace)
     assert loaded.version_ == version and loaded.label == f"intent@{version}"
     users = list(shop.events["user_id"].unique()[:50])

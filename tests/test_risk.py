@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from behavior.models.common import NotFittedError, TrainSettings
+from behavior.models.evaluation import evaluate, score_users
 from behavior.models.risk import RiskModel, account_features, risk_features
 from behavior.models.rules import RULE_NAMES
 from behavior.synthetic import generate_shop
@@ -35,6 +36,11 @@ def unsupervised(shop):
     return RiskModel(settings=TINY, ae_epochs=30).fit(shop.events)
 
 
+@pytest.fixture(scope="module")
+def card(fitted, shop, labels):
+    return evaluate(fitted, shop.events, labels=labels).card
+
+
 def test_features_have_one_row_per_user_and_every_rule(shop):
     asof = shop.events["ts"].max() + pd.Timedelta(seconds=1)
     f = risk_features(shop.events, asof)
@@ -55,11 +61,11 @@ def test_autoencoder_scores_fraud_accounts_higher_than_honest_ones(unsupervised,
     assert score.loc[fraud].mean() > score.loc[honest].mean() + 0.2
     # without labels, predict_proba is the anomaly percentile and the card says so
     np.testing.assert_allclose(unsupervised.predict_proba(shop.events).to_numpy(), score.to_numpy())
-    assert unsupervised.card_["metrics"] is None and "anomaly" in unsupervised.card_["task"] and unsupervised.card_["note"]
+    card = evaluate(unsupervised, shop.events).card
+    assert card["metrics"] is None and "anomaly" in card["task"] and card["note"]
 
 
-def test_supervised_model_ranks_test_frauds_and_reports_beside_baselines(fitted):
-    card = fitted.card_
+def test_supervised_model_ranks_test_frauds_and_reports_beside_baselines(card):
     assert card["split"]["train_frauds"] >= 2 and card["split"]["test_frauds"] >= 1
     # Better than chance on accounts never seen in training, whose fraud types training may
     # barely have had (800 users hold ~15 frauds); the demo-scale numbers are in the report.
@@ -68,11 +74,11 @@ def test_supervised_model_ranks_test_frauds_and_reports_beside_baselines(fitted)
     assert card["anomaly_metrics"]["roc_auc"] is not None
 
 
-def test_time_split_trains_only_on_accounts_and_events_before_the_cutoff(fitted, shop, labels):
-    C = pd.Timestamp(fitted.card_["data_window"]["test_cutoff"])
+def test_time_split_trains_only_on_accounts_and_events_before_the_cutoff(fitted, card, shop, labels):
+    C = pd.Timestamp(card["data_window"]["test_cutoff"])
     first = shop.events.groupby("user_id")["ts"].min()
-    assert fitted.card_["split"]["n_train"] == int((first < C).sum())
-    assert fitted.card_["split"]["n_test"] == int((first >= C).sum())
+    assert card["split"]["n_train"] == int((first < C).sum())
+    assert card["split"]["n_test"] == int((first >= C).sum())
     # Rewriting everything after the cutoff leaves the learned weights unchanged.
     after = shop.events["ts"] >= C
     scrambled = pd.concat([shop.events[~after], shop.events[after].assign(price=0.5, device="tablet")])
@@ -130,7 +136,7 @@ def test_score_order_judges_the_order_and_cites_its_session(fitted, shop, labels
 def test_save_load_round_trip_gives_identical_predictions(fitted, unsupervised, shop, workspace):
     users = list(shop.events["user_id"].unique()[:40])
     for model in (fitted, unsupervised):
-        version = model.save(workspace)
+        version = model.save(workspace, scores=score_users(model, shop.events))
         loaded = RiskModel.load(workspace, version)
         assert loaded.supervised_ == model.supervised_ and loaded.thresholds == model.thresholds
         np.testing.assert_allclose(loaded.predict_proba(shop.events, users), model.predict_proba(shop.events, users), rtol=0, atol=1e-9)
@@ -180,8 +186,7 @@ def test_one_user_scores_and_explanations_equal_the_batch_scores(fitted, shop, l
         assert fitted.explain(shop.events, u)["probability"] == pytest.approx(batch.loc[u], abs=1e-4)  # explain rounds to 4 places
 
 
-def test_cross_fitted_net_averages_one_net_per_fold_and_calibrates_out_of_fold(fitted):
-    card = fitted.card_
+def test_cross_fitted_net_averages_one_net_per_fold_and_calibrates_out_of_fold(fitted, card):
     assert len(fitted.net_.members) == fitted.n_folds == 5
     # every training account was scored by the one fold net that never saw it
     assert card["out_of_fold_metrics"]["n"] == card["split"]["n_train"]

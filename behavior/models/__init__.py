@@ -1,4 +1,4 @@
-"""The intent, churn and risk models, their baselines and the registry they are saved in.
+"""The intent, churn and risk models, their baselines and evaluation, and the registry they are saved in.
 
 ``load_model(ws, name)`` imports a model's module only when asked, so importing this package
 stays cheap and creates nothing.
@@ -53,7 +53,10 @@ def train_model(
     events: Any = None,
     **params: Any,
 ) -> dict[str, Any]:
-    """Fit model ``name`` on the workspace's events (and ground truth where it has some), save a version.
+    """Fit model ``name`` on the workspace's events, evaluate it, score every user, and save a version.
+
+    fit (learns only) → ``evaluation.evaluate`` (the card: test metrics beside the baselines')
+    → ``evaluation.score_users`` (``scores.parquet``) → save in the registry.
 
     Args:
         ws: the workspace.
@@ -66,6 +69,8 @@ def train_model(
     Returns:
         ``{"name", "version", "train_seconds", "card"}``.
     """
+    from behavior.models.evaluation import evaluate, score_users
+
     cls = model_class(name)
     if events is None:
         events = ws.load_events()
@@ -77,8 +82,9 @@ def train_model(
     if settings is not None:
         kwargs["settings"] = settings
     model = cls(**kwargs).fit(events, labels=labels, progress=progress)
-    version = model.save(ws)
-    card = getattr(model, "card_", {}) or {}
+    card = evaluate(model, events, labels=labels, progress=progress).card
+    scores = score_users(model, events, progress=progress)
+    version = model.save(ws, card=card, scores=scores)
     return {"name": name, "version": version, "train_seconds": card.get("train_seconds"), "card": card}
 
 

@@ -3,9 +3,9 @@
 Training follows the benchmark protocol: the test cutoff C leaves H days of future to label;
 training examples are stacked snapshots at C − H − 7k (k = 0..n−1), so the last training label
 window ends at C and nothing after C reaches training. The latest training snapshot is the
-validation slice (early stopping, calibration, threshold). Baselines — days since last
-purchase, logistic regression and LightGBM on the same features, and BG/NBD — are scored on
-the same test snapshot and written into the model card beside the model's metrics.
+validation slice (early stopping, calibration, threshold). ``evaluation.evaluate`` scores the
+test snapshot at C beside the baselines (days since last purchase, logistic regression and
+LightGBM on the same features, BG/NBD) for the model card.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ import pandas as pd
 import torch
 
 from behavior.features import rfm_features, top_categories
-from behavior.models.baselines import run_baselines
-from behavior.models.bgnbd import BGNBD, bgnbd_inputs
 from behavior.models.common import (
     BehaviorModel,
     Calibration,
+    FitResult,
     ModelError,
     Progress,
     Sequences,
@@ -37,7 +36,7 @@ from behavior.models.common import (
     tokenize_events,
     user_evidence,
 )
-from behavior.models.metrics import best_f1_threshold, binary_report
+from behavior.models.metrics import best_f1_threshold
 from behavior.models.rules import rows_of_users
 
 DAY = pd.Timedelta(days=1)
@@ -58,6 +57,16 @@ class Snapshot:
     features: pd.DataFrame  # index user_id
     seqs: Sequences
     y: np.ndarray  # 1 = no purchase in the horizon (churn)
+
+
+@dataclass
+class TrainingSet:
+    """The stacked training snapshots (newest first) that ``fit`` learns from and the baselines train on."""
+
+    features: pd.DataFrame
+    seqs: Sequences
+    y: np.ndarray  # 1 = churn
+    val_mask: np.ndarray  # the validation rows (see ``split_snapshots``)
 
 
 def churn_labels(events: pd.DataFrame, asof: pd.Timestamp, horizon_days: int, users: pd.Index) -> np.ndarray:
@@ -119,9 +128,11 @@ class ChurnModel(BehaviorModel):
         self.scaler_: TabularScaler | None = None
         self.calibration_ = Calibration()
         self.threshold_: float = 0.5
-        self.card_: dict[str, Any] = {}
-        self.scores_: pd.DataFrame | None = None
-        self.test_scores_: pd.DataFrame | None = None
+        # the training record ``evaluation.evaluate`` reports (not saved: a loaded model has its card)
+        self.cutoff_: pd.Timestamp | None = None
+        self.train_asofs_: list[pd.Timestamp] = []
+        self.fit_result_: FitResult | None = None
+        self.train_seconds_: float | None = None
 
     # --- data ---------------------------------------------------------------------------
     def snapshot(self, events: pd.DataFrame, asof: pd.Timestamp, users: pd.Index | None = None) -> Snapshot:
@@ -138,6 +149,20 @@ class ChurnModel(BehaviorModel):
         H = pd.Timedelta(days=self.horizon_days)
         return [cutoff - H - pd.Timedelta(days=self.snapshot_step_days * k) for k in range(self.n_snapshots)]
 
+    def training_set(self, events: pd.DataFrame, asofs: Sequence[pd.Timestamp], *, progress: Progress | None = None) -> TrainingSet:
+        """The snapshots at ``asofs`` (newest first), each with its label window, stacked by ``split_snapshots``.
+
+        Uses the learned vocabulary and categories: ``fit`` learns those first.
+        """
+        report = progress or (lambda stage, frac: None)
+        H = pd.Timedelta(days=self.horizon_days)
+        snaps = []
+        for i, a in enumerate(asofs):
+            snaps.append(self.snapshot(events[events["ts"] < a + H], a))
+            report("features", (i + 1) / (len(asofs) + 1))
+        X, seqs, y, val_mask = split_snapshots(snaps, self.val_user_fraction, seed=self.settings.seed)
+        return TrainingSet(features=X, seqs=seqs, y=y, val_mask=val_mask)
+
     # --- training -----------------------------------------------------------------------
     def fit(
         self,
@@ -147,12 +172,12 @@ class ChurnModel(BehaviorModel):
         cutoff: pd.Timestamp | None = None,
         progress: Progress | None = None,
     ) -> "ChurnModel":
-        """Train on snapshots before ``cutoff``, test at ``cutoff``, and score every user as of the end.
+        """Learn from snapshots whose label windows end by ``cutoff``; nothing at or after it is seen.
 
         Args:
             events: canonical events.
-            labels: optional ground truth per user (``user_id``, ``dropout_ts``; the demo shop's
-                ``labels/users``): the test snapshot is also scored against true dropout.
+            labels: unused (the events' purchases are the labels); accepted for the shared
+                interface. ``evaluation.evaluate`` scores the test snapshot against them.
             cutoff: the test cutoff C (default: H days before the end of the events).
             progress: optional ``progress(stage, fraction)`` callback.
         """
@@ -175,67 +200,11 @@ class ChurnModel(BehaviorModel):
         before_c = events[events["ts"] < C]
         self.vocab_ = fit_vocab(before_c)
         self.categories_ = top_categories(before_c, self.n_categories)
-        snaps = []
-        for i, a in enumerate(train_asofs):
-            snaps.append(self.snapshot(events[events["ts"] < a + H], a))
-            report("features", (i + 1) / (len(train_asofs) + 1))
-        test = self.snapshot(events[events["ts"] < C + H], C)
+        train = self.training_set(events, train_asofs, progress=report)
         report("features", 1.0)
-        X_train, seqs_train, y_train, val_mask = split_snapshots(snaps, self.val_user_fraction, seed=self.settings.seed)
-        self._fit_arrays(X_train, seqs_train, y_train, val_mask, progress=report)
-        train_seconds = time.perf_counter() - t0
-        p_test = self._predict_arrays(test.features, test.seqs)
-        metrics = binary_report(test.y, p_test, threshold=self.threshold_)
-        report("baselines", 0.0)
-        base_runs = run_baselines(
-            X_train, y_train, test.features, test.y, val_mask=val_mask,
-            seed=self.settings.seed, threads=self.settings.threads,
-        )
-        baselines = {k: {**v["report"], "train_seconds": round(v["train_seconds"], 3)} for k, v in base_runs.items()}
-        # the test snapshot's labels and every scorer's output, for benchmarks and error analysis
-        self.test_scores_ = pd.DataFrame(
-            {"user_id": test.features.index.astype(str), "y": test.y, "model": p_test, **{k: v["proba"] for k, v in base_runs.items()}}
-        )
-        baselines["bgnbd"] = bgnbd_report(events[events["ts"] < C], test.features.index, C, self.horizon_days, test.y)
-        self.test_scores_["bgnbd"] = baselines["bgnbd"].pop("scores", np.nan)
-        report("baselines", 1.0)
-        ground_truth = None
-        if isinstance(labels, dict):
-            labels = labels.get("users")
-        if labels is not None and "dropout_ts" in labels.columns:
-            gt = labels.set_index(labels["user_id"].astype(str))["dropout_ts"].reindex(test.features.index.astype(str))
-            y_true = (gt.notna() & (gt < C + H)).to_numpy().astype("int64")
-            ground_truth = {
-                "definition": f"true dropout before cutoff + {self.horizon_days} days",
-                "model": binary_report(y_true, p_test, threshold=self.threshold_),
-                "lightgbm": binary_report(y_true, base_runs["lightgbm"]["proba"], threshold=baselines["lightgbm"]["threshold"]),
-            }
-        report("scores", 0.0)
-        self.scores_ = self._score_all(events)
-        report("scores", 1.0)
-        self.card_ = {
-            "task": f"P(no purchase in the next {self.horizon_days} days)",
-            "data_window": {"first_event": first.isoformat(), "last_event": events["ts"].max().isoformat(),
-                            "test_cutoff": C.isoformat(), "scored_asof": end.isoformat()},
-            "split": {
-                "train_snapshots": [a.isoformat() for a in train_asofs[1:]],
-                "validation_snapshot": train_asofs[0].isoformat(),
-                "validation": f"newest training snapshot of {self.val_user_fraction:.0%} of users (held out of training)",
-                "test_snapshot": C.isoformat(),
-                "last_train_label_end": (train_asofs[0] + H).isoformat(),
-                "population": f"users with an event in the {self.active_days} days before a snapshot" if self.active_days else "all users seen",
-                "n_train": int((~val_mask).sum()), "n_validation": int(val_mask.sum()), "n_test": int(len(test.y)),
-            },
-            "metrics": metrics,
-            "baselines": baselines,
-            "ground_truth": ground_truth,
-            "calibration": {"method": "platt (temperature + bias) on the validation snapshot", **self.calibration_.to_dict()},
-            "train_seconds": round(train_seconds, 2),
-            "training": {"best_epoch": self.fit_result_.best_epoch, "epochs_run": self.fit_result_.epochs_run,
-                         "net_seconds": round(self.fit_result_.seconds, 1), "note": "best_epoch 0 = the logistic warm start was not improved on validation"},
-            "settings": self.settings.to_dict(),
-            "features": list(self.scaler_.columns) if self.scaler_ else [],
-        }
+        self._fit_arrays(train.features, train.seqs, train.y, train.val_mask, progress=report)
+        self.cutoff_, self.train_asofs_ = C, train_asofs
+        self.train_seconds_ = time.perf_counter() - t0
         return self
 
     def _fit_arrays(
@@ -285,22 +254,6 @@ class ChurnModel(BehaviorModel):
         feats, seqs = self._features_at(events, asof, users)
         return pd.Series(self._predict_arrays(feats, seqs), index=users, name="p_churn")
 
-    def _score_all(self, events: pd.DataFrame) -> pd.DataFrame:
-        asof = end_of_events(events)
-        users = pd.Index(sorted(events["user_id"].unique()), name="user_id")
-        feats, seqs = self._features_at(events, asof, users)
-        p = self._predict_arrays(feats, seqs)
-        return pd.DataFrame({
-            "user_id": users.astype(str),
-            "probability": p,
-            "churn": p >= self.threshold_,
-            "recency_days": feats["recency_days"].to_numpy(),
-            "frequency": feats["frequency"].to_numpy(),
-            "monetary": feats["monetary"].to_numpy(),
-            "days_since_last_event": feats["days_since_last_event"].to_numpy(),
-            "asof": asof,
-        })
-
     def explain(self, events: pd.DataFrame, user_id: str) -> dict[str, Any]:
         """Top factors (feature ablation), churn rule signals and the sessions behind them, as data."""
         self._check_fitted()
@@ -338,7 +291,7 @@ class ChurnModel(BehaviorModel):
         }
 
     # --- persistence --------------------------------------------------------------------
-    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any], pd.DataFrame | None]:
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         spec = {
             "horizon_days": self.horizon_days,
             "n_snapshots": self.n_snapshots,
@@ -355,10 +308,10 @@ class ChurnModel(BehaviorModel):
             "calibration": self.calibration_.to_dict(),
             "threshold": self.threshold_,
         }
-        return self.net_.state_dict(), spec, self.card_, self.scores_
+        return self.net_.state_dict(), spec
 
     @classmethod
-    def _from_saved(cls, state_dict: dict[str, torch.Tensor], spec: dict[str, Any], card: dict[str, Any]) -> "ChurnModel":
+    def _from_saved(cls, state_dict: dict[str, torch.Tensor], spec: dict[str, Any]) -> "ChurnModel":
         m = cls(
             spec["horizon_days"],
             n_snapshots=spec["n_snapshots"],
@@ -377,7 +330,6 @@ class ChurnModel(BehaviorModel):
         m.net_.eval()
         m.calibration_ = Calibration(**spec["calibration"])
         m.threshold_ = float(spec["threshold"])
-        m.card_ = card
         return m
 
 
@@ -422,26 +374,6 @@ def _stack_seqs(parts: list[Sequences]) -> Sequences:
         np.concatenate([p.lengths for p in parts]),
         pd.Index(np.concatenate([np.asarray(p.keys) for p in parts])),
     )
-
-
-def bgnbd_report(
-    past: pd.DataFrame, users: pd.Index, asof: pd.Timestamp, horizon_days: int, y: np.ndarray
-) -> dict[str, Any]:
-    """BG/NBD fitted on purchases before ``asof``; churn score = − expected purchases in the horizon.
-
-    Users with no purchase yet get an expected count of 0 (BG/NBD models repeat buyers only).
-    """
-    t = time.perf_counter()
-    inp = bgnbd_inputs(past, asof)
-    if len(inp) < 10:
-        return {"error": "fewer than 10 buyers: BG/NBD not fitted", "n": int(len(y))}
-    m = BGNBD().fit(inp["x"], inp["t_x"], inp["T"])
-    exp = pd.Series(m.expected_purchases(horizon_days / 7.0, inp["x"], inp["t_x"], inp["T"]), index=inp.index)
-    score = -exp.reindex(users).fillna(0.0).to_numpy()
-    rep = binary_report(y, score, threshold=float(np.median(score)))
-    rep.update(train_seconds=round(time.perf_counter() - t, 3), params=m.params_, score="-expected purchases in horizon")
-    rep["scores"] = score  # popped by the caller (not JSON for the card)
-    return rep
 
 
 def churn_rules(f: dict[str, Any], horizon_days: int) -> list[dict[str, Any]]:

@@ -16,7 +16,8 @@ STATUS: ready — the API below is stable (additive changes only).
   out of training: stacked snapshots a week apart are near-copies of each other (see
   ``churn.split_snapshots``).
 - ``ablation_factors``: the top factors of one prediction (feature ablation), for ``explain``.
-- ``BehaviorModel``: the interface every model shares (sklearn style).
+- ``BehaviorModel``: the interface every model shares (sklearn style). ``fit`` only learns;
+  ``evaluation.evaluate`` writes the model card and ``evaluation.score_users`` the score table.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from behavior.workspace import WorkspaceError
+from behavior.models import registry
+from behavior.models.registry import SPEC_SCHEMA_VERSION, ModelError  # noqa: F401  (re-exported: the stable API)
 
-SPEC_SCHEMA_VERSION = 1
 PAD = 0
 # Time since the previous event of the same sequence, in seconds; bucket 0 = first event.
 GAP_EDGES_SECONDS: tuple[float, ...] = (60, 30 * 60, 86400, 7 * 86400, 30 * 86400)
@@ -41,10 +42,6 @@ N_PRICE_BUCKETS = 5  # price quantile buckets, plus one for "no price"
 
 Progress = Callable[[str, float], None]
 """A progress callback: ``progress(stage, fraction_done)``; fraction in [0, 1]."""
-
-
-class ModelError(WorkspaceError):
-    """A model is missing, corrupted, incompatible or used wrongly; the message says how to fix it."""
 
 
 class NotFittedError(ModelError):
@@ -624,8 +621,10 @@ class BehaviorModel:
     """The interface intent, churn and risk share (sklearn style).
 
     Hyperparameters live in ``__init__``; learned state in attributes ending in ``_``; ``fit``
-    returns self. Subclasses set ``name`` and implement ``fit``, ``predict_proba``, ``explain``,
-    ``_state`` (-> state_dict, spec, card, scores) and ``_from_saved``.
+    returns self and only learns: the test metrics beside the baselines (the model card) come
+    from ``evaluation.evaluate``, every user's score from ``evaluation.score_users``. Subclasses
+    set ``name`` and implement ``fit``, ``predict_proba``, ``explain``, ``_state`` (-> state_dict,
+    spec) and ``_from_saved``.
     """
 
     name: ClassVar[str] = "model"
@@ -647,11 +646,11 @@ class BehaviorModel:
     def explain(self, events: pd.DataFrame, user_id: str) -> dict[str, Any]:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any], pd.DataFrame | None]:  # pragma: no cover - interface
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:  # pragma: no cover - interface
         raise NotImplementedError
 
     @classmethod
-    def _from_saved(cls, state_dict: dict[str, torch.Tensor], spec: dict[str, Any], card: dict[str, Any]) -> "BehaviorModel":  # pragma: no cover - interface
+    def _from_saved(cls, state_dict: dict[str, torch.Tensor], spec: dict[str, Any]) -> "BehaviorModel":  # pragma: no cover - interface
         raise NotImplementedError
 
     @property
@@ -659,23 +658,26 @@ class BehaviorModel:
         """``"<name>@<version>"`` for citing in answers (``"<name>@unsaved"`` before ``save``)."""
         return f"{self.name}@{self.version_ or 'unsaved'}"
 
-    def save(self, ws: Any) -> str:
-        """Save weights, spec, card and scores as a new version in ``ws``; returns the version."""
-        from behavior.models import registry
+    def save(self, ws: Any, *, card: dict[str, Any] | None = None, scores: pd.DataFrame | None = None) -> str:
+        """Save weights and spec as a new version in ``ws``, with the card and scores if given; returns the version.
 
+        Args:
+            ws: the workspace.
+            card: the model card (``evaluation.evaluate(...).card``); default: none beyond what
+                the registry records (name, version, created, weights checksum).
+            scores: every user's scores (``evaluation.score_users``), saved as ``scores.parquet``.
+        """
         self._check_fitted()
-        state_dict, spec, card, scores = self._state()
-        self.version_ = registry.save_model(ws, self.name, state_dict=state_dict, spec=spec, card=card, scores=scores)
+        state_dict, spec = self._state()
+        self.version_ = registry.save_model(ws, self.name, state_dict=state_dict, spec=spec, card=card or {}, scores=scores)
         return self.version_
 
     @classmethod
     def load(cls, ws: Any, version: str | None = None) -> "BehaviorModel":
         """Load a saved version (default: the latest) from ``ws``."""
-        from behavior.models import registry
-
         saved = registry.load(ws, cls.name, version)
         try:
-            model = cls._from_saved(saved.state_dict, saved.spec, saved.card)
+            model = cls._from_saved(saved.state_dict, saved.spec)
         except (KeyError, RuntimeError, TypeError) as exc:
             raise ModelError(
                 f"{cls.name} model {saved.card.get('version')} in {ws.root} does not match this code ({exc}); "

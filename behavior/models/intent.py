@@ -2,8 +2,9 @@
 the next 7 days) per user with the most likely next categories.
 
 Both are ``SequenceTabularNet``s (GRU over the behaviour sentence + MLP over hand-made features)
-trained with ``common.fit_binary`` on a time-based split. Session examples see only the events
-before a session's first checkout or purchase, so the label can never leak into the input.
+trained with ``common.fit_binary`` on a time-based split (``evaluation.evaluate`` tests them at
+its cutoff). Session examples see only the events before a session's first checkout or
+purchase, so the label can never leak into the input.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import pandas as pd
 import torch
 
 from behavior.features import rfm_features, top_categories
-from behavior.models.baselines import run_baselines
 from behavior.models.churn import end_of_events, population
 from behavior.models.common import (
     BehaviorModel,
     Calibration,
+    FitResult,
     ModelError,
     Progress,
     Sequences,
@@ -38,7 +39,7 @@ from behavior.models.common import (
     tokenize_events,
     user_evidence,
 )
-from behavior.models.metrics import best_f1_threshold, binary_report
+from behavior.models.metrics import best_f1_threshold
 from behavior.models.rules import rows_of_users
 
 # Events at or after which a session's outcome is (nearly) known: never shown to the session model.
@@ -290,7 +291,8 @@ def category_affinity(events: pd.DataFrame, asof: pd.Timestamp | None = None) ->
     Every event counts ``CATEGORY_EVENT_WEIGHTS[event]`` (cart adds 3, purchases 2, views and
     searches 1) times ``0.5 ** (age_days / CATEGORY_HALF_LIFE_DAYS)``, age counted back from
     ``asof`` (default: the last event). A transparent rule rather than a learned head, so an
-    answer can say why; its hit rate is measured beside a "most bought" baseline in the card.
+    answer can say why; its hit rate is measured beside a "most bought" baseline in the card
+    (``evaluation.next_category_hit_rate``).
 
     Returns:
         Columns user_id, category, share (shares of a user sum to 1), largest share first.
@@ -324,28 +326,6 @@ def next_categories(events: pd.DataFrame, user_id: str, *, k: int = 3, asof: pd.
     """The user's ``k`` most likely next categories (``category_affinity`` of their events)."""
     mix = category_affinity(events[events["user_id"] == user_id], asof)
     return [{"category": c, "share": round(float(v), 4)} for c, v in zip(mix["category"].head(k), mix["share"].head(k))]
-
-
-def next_category_hit_rate(events: pd.DataFrame, asof: pd.Timestamp, horizon_days: float, k: int = 3) -> dict[str, Any]:
-    """How often a buyer's purchase in [asof, asof + horizon) falls in their top-``k`` categories.
-
-    Compares ``category_affinity`` with the baseline "the k categories the user bought most".
-    Population: users with events before ``asof`` who buy in the window.
-    """
-    past = events[events["ts"] < asof]
-    fut = events[(events["event"] == "purchase") & (events["ts"] >= asof) & (events["ts"] < asof + pd.Timedelta(days=horizon_days))]
-    bought = fut.dropna(subset=["category"]).groupby(fut["user_id"].astype(str))["category"].agg(lambda c: set(map(str, c)))
-    bought = bought[bought.index.isin(past["user_id"].astype(str).unique())]
-    aff = category_affinity(past, asof)
-    top = aff.groupby("user_id").head(k).groupby("user_id")["category"].agg(set)
-    buys = past[past["event"] == "purchase"].dropna(subset=["category"])
-    most = (
-        buys.groupby([buys["user_id"].astype(str), buys["category"].astype(str)]).size().rename("n").reset_index()
-        .sort_values(["user_id", "n", "category"], ascending=[True, False, True], kind="stable")
-        .groupby("user_id").head(k).groupby("user_id")["category"].agg(set)
-    )
-    hit = lambda pred: float(np.mean([bool(set(b) & set(pred.get(u, ()))) for u, b in bought.items()])) if len(bought) else None  # noqa: E731
-    return {"k": k, "n_buyers": int(len(bought)), "affinity_hit_rate": hit(top), "most_bought_hit_rate": hit(most)}
 
 
 # --- the model ----------------------------------------------------------------------------
@@ -409,8 +389,12 @@ class IntentModel(BehaviorModel):
         self.session_calibration_ = Calibration()
         self.user_threshold_: float = 0.5
         self.session_threshold_: float = 0.5
-        self.card_: dict[str, Any] = {}
-        self.scores_: pd.DataFrame | None = None
+        # the training record ``evaluation.evaluate`` reports (not saved: a loaded model has its card)
+        self.cutoff_: pd.Timestamp | None = None
+        self.train_asofs_: list[pd.Timestamp] = []
+        self.user_fit_: FitResult | None = None
+        self.session_fit_: FitResult | None = None
+        self.train_seconds_: float | None = None
 
     # --- data ---------------------------------------------------------------------------
     def user_snapshot(self, events: pd.DataFrame, asof: pd.Timestamp, users: pd.Index | None = None) -> tuple[pd.DataFrame, Sequences, np.ndarray]:
@@ -421,6 +405,26 @@ class IntentModel(BehaviorModel):
         feats = user_intent_features(past, asof, self.categories_).reindex(users)
         seqs = self._sequences(past, users, "user_id", self.settings.max_len)
         return feats, seqs, bought_within(events, asof, self.horizon_days, users)
+
+    def user_training_set(self, events: pd.DataFrame, asofs: Sequence[pd.Timestamp]) -> tuple[pd.DataFrame, Sequences, np.ndarray, np.ndarray]:
+        """User snapshots at ``asofs`` (newest first), stacked: features, sequences, labels, and the
+        validation mask (the newest snapshot's rows)."""
+        H = pd.Timedelta(days=self.horizon_days)
+        snaps = [self.user_snapshot(events[events["ts"] < a + H], a) for a in asofs]
+        X = pd.concat([f for f, _, _ in snaps], ignore_index=True)
+        y = np.concatenate([y for _, _, y in snaps])
+        seqs = _stack([q for _, q, _ in snaps])
+        val = np.zeros(len(y), dtype=bool)
+        val[: len(snaps[0][2])] = True
+        return X, seqs, y, val
+
+    def session_split(self, events: pd.DataFrame, cutoff: pd.Timestamp) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
+        """Session examples around ``cutoff``: (training sessions — ended before it, the latest
+        ``max_train_sessions``; their validation mask — the latest fifth; test sessions — started at or after it)."""
+        ex = session_examples(events, self.devices_)
+        train = ex[ex["session_end"] < cutoff].tail(self.max_train_sessions)
+        sval = _latest_fraction(train["start"].astype("int64").to_numpy(), 0.2)
+        return train, sval, ex[ex["start"] >= cutoff]
 
     def _sequences(self, events: pd.DataFrame, keys: pd.Index, by: str, max_len: int) -> Sequences:
         if not self.use_sequence:
@@ -447,7 +451,7 @@ class IntentModel(BehaviorModel):
         cutoff: pd.Timestamp | None = None,
         progress: Progress | None = None,
     ) -> "IntentModel":
-        """Train both nets before ``cutoff``, test at it beside the baselines, score every user as of the end.
+        """Learn both nets from what happened before ``cutoff`` (user label windows end by it).
 
         Args:
             events: canonical, sessionized events.
@@ -481,13 +485,7 @@ class IntentModel(BehaviorModel):
         self.devices_ = _top_values(before_c, "device", 6)
 
         # --- user intent: stacked snapshots, the newest validates ---
-        snaps = [self.user_snapshot(events[events["ts"] < a + H], a) for a in asofs]
-        X_test, seq_test, y_test = self.user_snapshot(events[events["ts"] < C + H], C)
-        X_train = pd.concat([f for f, _, _ in snaps], ignore_index=True)
-        y_train = np.concatenate([y for _, _, y in snaps])
-        seq_train = _stack([q for _, q, _ in snaps])
-        val = np.zeros(len(y_train), dtype=bool)
-        val[: len(snaps[0][2])] = True
+        X_train, seq_train, y_train, val = self.user_training_set(events, asofs)
         report("features", 0.5)
         self.user_scaler_ = TabularScaler.fit(X_train[~val])
         self.net_ = self._new_net(X_train.shape[1])
@@ -496,18 +494,13 @@ class IntentModel(BehaviorModel):
                         settings=replace(s, max_seconds=s.max_seconds / 2), progress=lambda st, fr: report("user intent", fr))
         self.user_calibration_ = ru.calibration
         self.user_threshold_ = best_f1_threshold(y_train[val], ru.calibration.apply(ru.val_logits))
-        p_test = self.user_calibration_.apply(predict_logits(self.net_, seq_test, self.user_scaler_.transform(X_test)))
-        user_base = run_baselines(X_train, y_train, X_test, y_test, val_mask=val, recency_sign=-1.0, seed=s.seed, threads=s.threads)
 
         # --- session intent: sessions that ended before C; the latest fifth validates ---
-        ex = session_examples(events, self.devices_)
-        names = session_feature_names(self.devices_)
-        train_ex = ex[ex["session_end"] < C].tail(self.max_train_sessions)
-        test_ex = ex[ex["start"] >= C]
+        train_ex, sval, _ = self.session_split(events, C)
         if train_ex["purchased"].nunique() < 2:
             raise ModelError("session intent needs sessions with and without purchases before the cutoff")
-        sval = _latest_fraction(train_ex["start"].astype("int64").to_numpy(), 0.2)
         ys = train_ex["purchased"].astype("int64").to_numpy()
+        names = session_feature_names(self.devices_)
         report("features", 1.0)
         self.session_scaler_ = TabularScaler.fit(train_ex.loc[~sval, names])
         self.session_net_ = self._new_net(len(names))
@@ -516,51 +509,9 @@ class IntentModel(BehaviorModel):
                         progress=lambda st, fr: report("session intent", fr))
         self.session_calibration_ = rs.calibration
         self.session_threshold_ = best_f1_threshold(ys[sval], rs.calibration.apply(rs.val_logits))
-        ys_test = test_ex["purchased"].astype("int64").to_numpy()
-        ps_test = self.session_calibration_.apply(
-            predict_logits(self.session_net_, self._session_sequences(events, test_ex.index), self.session_scaler_.transform(test_ex))
-        ) if len(test_ex) else np.zeros(0)
-        train_seconds = time.perf_counter() - t0
-        report("baselines", 0.0)
-        session_base = run_baselines(
-            train_ex[names].reset_index(drop=True), ys, test_ex[names].reset_index(drop=True), ys_test, val_mask=sval,
-            recency_column="days_since_prev_purchase", recency_sign=-1.0, seed=s.seed, threads=s.threads,
-        ) if len(test_ex) else {}
-        session_base.pop("days_since_last_purchase", None)  # not a session-level baseline
-        report("baselines", 1.0)
-        report("scores", 0.0)
-        self.scores_ = self._score_all(events)
-        report("scores", 1.0)
-        clean = lambda runs: {k: {**v["report"], "train_seconds": round(v["train_seconds"], 3)} for k, v in runs.items()}  # noqa: E731
-        self.card_ = {
-            "task": f"user: P(purchase within {self.horizon_days} days); session: P(purchase in the session) from its events before checkout",
-            "data_window": {"first_event": first.isoformat(), "last_event": events["ts"].max().isoformat(),
-                            "test_cutoff": C.isoformat(), "scored_asof": end.isoformat()},
-            "split": {
-                "user_train_snapshots": [a.isoformat() for a in asofs[1:]],
-                "user_validation_snapshot": asofs[0].isoformat(),
-                "user_test_snapshot": C.isoformat(),
-                "session_train": f"sessions that ended before {C.isoformat()} (latest {int(sval.sum())} validate)",
-                "session_test": f"sessions starting at or after {C.isoformat()}",
-                "n_user_train": int((~val).sum()), "n_user_validation": int(val.sum()), "n_user_test": int(len(y_test)),
-                "n_session_train": int((~sval).sum()), "n_session_validation": int(sval.sum()), "n_session_test": int(len(ys_test)),
-            },
-            "metrics": binary_report(y_test, p_test, threshold=self.user_threshold_),
-            "baselines": clean(user_base),
-            "session_metrics": binary_report(ys_test, ps_test, threshold=self.session_threshold_) if len(ys_test) else None,
-            "session_baselines": clean(session_base),
-            "next_categories": {
-                "method": f"recency-weighted category mix (half-life {CATEGORY_HALF_LIFE_DAYS:g} days, weights {CATEGORY_EVENT_WEIGHTS})",
-                **next_category_hit_rate(events, C, self.horizon_days),
-            },
-            "calibration": {"method": "platt (temperature + bias) on the validation slice",
-                            "user": self.user_calibration_.to_dict(), "session": self.session_calibration_.to_dict()},
-            "train_seconds": round(train_seconds, 2),
-            "training": {"user": {"best_epoch": ru.best_epoch, "epochs_run": ru.epochs_run, "seconds": round(ru.seconds, 1)},
-                         "session": {"best_epoch": rs.best_epoch, "epochs_run": rs.epochs_run, "seconds": round(rs.seconds, 1)}},
-            "settings": s.to_dict(),
-            "features": {"user": list(self.user_scaler_.columns), "session": names},
-        }
+        self.cutoff_, self.train_asofs_ = C, asofs
+        self.user_fit_, self.session_fit_ = ru, rs
+        self.train_seconds_ = time.perf_counter() - t0
         self.version_ = None
         return self
 
@@ -608,18 +559,6 @@ class IntentModel(BehaviorModel):
         X = self.session_scaler_.transform(ex)
         p = self.session_calibration_.apply(predict_logits(self.session_net_, self._session_sequences(events, ex.index, prefix=prefix), X))
         return pd.Series(p, index=ex.index, name="p_session_purchase")
-
-    def _score_all(self, events: pd.DataFrame) -> pd.DataFrame:
-        users = _users(events, None)
-        p = self.predict_proba(events)
-        top = category_affinity(events).groupby("user_id").head(1).set_index("user_id")["category"]
-        return pd.DataFrame({
-            "user_id": users.astype(str),
-            "probability": p.to_numpy(),
-            "intent": p.to_numpy() >= self.user_threshold_,
-            "next_category": top.reindex(users.astype(str)).to_numpy(),
-            "asof": end_of_events(events),
-        })
 
     def explain(self, events: pd.DataFrame, user_id: str) -> dict[str, Any]:
         """Why this user's purchase intent is what it is, as data for the agent.
@@ -702,7 +641,7 @@ class IntentModel(BehaviorModel):
         }
 
     # --- persistence --------------------------------------------------------------------
-    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any], pd.DataFrame | None]:
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         state = {f"user.{k}": v for k, v in self.net_.state_dict().items()}
         state.update({f"session.{k}": v for k, v in self.session_net_.state_dict().items()})
         spec = {
@@ -727,10 +666,10 @@ class IntentModel(BehaviorModel):
             "user_threshold": self.user_threshold_,
             "session_threshold": self.session_threshold_,
         }
-        return state, spec, self.card_, self.scores_
+        return state, spec
 
     @classmethod
-    def _from_saved(cls, state_dict: dict[str, torch.Tensor], spec: dict[str, Any], card: dict[str, Any]) -> "IntentModel":
+    def _from_saved(cls, state_dict: dict[str, torch.Tensor], spec: dict[str, Any]) -> "IntentModel":
         m = cls(
             spec["horizon_days"], n_snapshots=spec["n_snapshots"], snapshot_step_days=spec["snapshot_step_days"],
             active_days=spec["active_days"], n_categories=spec["n_categories"], max_train_sessions=spec["max_train_sessions"],
@@ -751,7 +690,6 @@ class IntentModel(BehaviorModel):
         m.session_calibration_ = Calibration(**spec["session_calibration"])
         m.user_threshold_ = float(spec["user_threshold"])
         m.session_threshold_ = float(spec["session_threshold"])
-        m.card_ = card
         return m
 
 

@@ -6,6 +6,8 @@ inference needs to rebuild features and the net; carries ``schema_version``), ``
 of the weights) and optionally ``scores.parquet`` (every user's probability as of the end of
 the training events, so cohort questions need no inference). A version is written in a
 temporary folder and renamed into place: a crash never leaves a half-written version.
+
+It stores any torch state (the router's too) and imports nothing of the models built on it.
 """
 
 from __future__ import annotations
@@ -25,14 +27,18 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from behavior.models.common import SPEC_SCHEMA_VERSION, ModelError
-from behavior.workspace import Workspace
+from behavior.workspace import Workspace, WorkspaceError
 
+SPEC_SCHEMA_VERSION = 1  # a spec of another schema is refused at load: retrain
 WEIGHTS = "weights.safetensors"
 SPEC = "spec.json"
 CARD = "card.json"
 SCORES = "scores.parquet"
 _VERSION = re.compile(r"^v(\d+)$")
+
+
+class ModelError(WorkspaceError):
+    """A model is missing, corrupted, incompatible or used wrongly; the message says how to fix it."""
 
 
 class SavedModel(NamedTuple):

@@ -11,7 +11,8 @@ Split: users are ordered by when they were first seen. Accounts first seen befor
 train (features from events before it); accounts first seen at or after it are the test set —
 new accounts in the future. The net is cross-fitted: ``n_folds`` nets, each trained on all but
 one stratified fold of the training accounts and early-stopped on that fold, are averaged;
-their out-of-fold logits fit the calibration and the threshold.
+their out-of-fold logits fit the calibration and the threshold. ``evaluation.evaluate`` tests
+the model on the new accounts beside the baselines.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import torch
 from torch import nn
 
 from behavior.features import rfm_features
-from behavior.models.baselines import cross_fitted_baselines, run_baselines
 from behavior.models.churn import end_of_events
 from behavior.models.common import (
     BehaviorModel,
@@ -47,7 +47,7 @@ from behavior.models.common import (
     tokenize_events,
     user_evidence,
 )
-from behavior.models.metrics import best_f1_threshold, binary_report
+from behavior.models.metrics import best_f1_threshold
 from behavior.models.rules import (
     RuleThresholds,
     evaluate_rules,
@@ -236,6 +236,12 @@ def stratified_folds(y: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
     return fold
 
 
+def fraud_labels(labels: pd.DataFrame, users: pd.Index) -> np.ndarray:
+    """1 for each of ``users`` marked ``is_fraud`` in ``labels`` (``user_id``, ``is_fraud``), else 0 (unlisted users too)."""
+    truth = labels.assign(user_id=labels["user_id"].astype(str)).set_index("user_id")["is_fraud"].astype(bool)
+    return truth.reindex(users.astype(str)).fillna(False).to_numpy().astype("int64")
+
+
 def build_risk_net(config: dict[str, Any]) -> nn.Module:
     """The net a saved spec describes: a ``FoldEnsemble`` of ``members`` nets, or one net (older versions)."""
     if "members" not in config:
@@ -292,8 +298,11 @@ class RiskModel(BehaviorModel):
         self.ae_errors_: np.ndarray = np.zeros(0)
         self.calibration_ = Calibration()
         self.threshold_: float = 0.5
-        self.card_: dict[str, Any] = {}
-        self.scores_: pd.DataFrame | None = None
+        # the training record ``evaluation.evaluate`` reports (not saved: a loaded model has its card)
+        self.cutoff_: pd.Timestamp | None = None
+        self.train_frauds_: int | None = None  # fraud accounts among the training accounts (None: no labels)
+        self.oof_logits_: np.ndarray | None = None  # each training account's logit from the fold net that never saw it
+        self.train_seconds_: float | None = None
 
     def _check_fitted(self) -> None:
         if self.ae_ is None:
@@ -310,6 +319,14 @@ class RiskModel(BehaviorModel):
         """
         lo, hi = events["ts"].min(), events["ts"].max()
         return (lo + (hi - lo) * self.train_share).ceil("D")
+
+    @staticmethod
+    def account_split(events: pd.DataFrame, cutoff: pd.Timestamp) -> tuple[pd.Index, pd.Index]:
+        """(training accounts — first seen before ``cutoff``, test accounts — first seen at or after it), sorted."""
+        first_seen = events.groupby("user_id")["ts"].min()
+        train = pd.Index(sorted(first_seen[first_seen < cutoff].index), name="user_id")
+        test = pd.Index(sorted(first_seen[first_seen >= cutoff].index), name="user_id")
+        return train, test
 
     def _inputs(
         self, events: pd.DataFrame, asof: pd.Timestamp, users: pd.Index, rules: dict | None = None, orders: pd.DataFrame | None = None
@@ -344,7 +361,7 @@ class RiskModel(BehaviorModel):
         cutoff: pd.Timestamp | None = None,
         progress: Progress | None = None,
     ) -> "RiskModel":
-        """Train on accounts first seen before ``cutoff``, test on those first seen after, score everyone.
+        """Learn from the accounts first seen before ``cutoff``, on their events before it.
 
         Args:
             events: canonical events.
@@ -357,13 +374,10 @@ class RiskModel(BehaviorModel):
         report = progress or (lambda stage, frac: None)
         s = self.settings
         seed_everything(s.seed, s.threads)
-        end = end_of_events(events)
         C = pd.Timestamp(cutoff) if cutoff is not None else self.default_cutoff(events)
         if C.tzinfo is None:
             C = C.tz_localize("UTC")
-        first_seen = events.groupby("user_id")["ts"].min()
-        train_users = pd.Index(sorted(first_seen[first_seen < C].index), name="user_id")
-        test_users = pd.Index(sorted(first_seen[first_seen >= C].index), name="user_id")
+        train_users, _ = self.account_split(events, C)
         if len(train_users) < 20:
             raise ModelError(f"only {len(train_users)} accounts were seen before the cutoff {C}: choose a later cutoff")
         before_c = events[events["ts"] < C]
@@ -372,11 +386,6 @@ class RiskModel(BehaviorModel):
         report("features", 0.0)
         rules_c = evaluate_rules(before_c, self.thresholds)
         X_train, seq_train = self._inputs(before_c, C, train_users, rules_c)
-        report("features", 0.5)
-        rules_end = evaluate_rules(events, self.thresholds)
-        X_all, seq_all = self._inputs(events, end, pd.Index(sorted(first_seen.index), name="user_id"), rules_end)
-        X_test = X_all.loc[test_users]
-        seq_test = Sequences(seq_all.tokens[X_all.index.get_indexer(test_users)], seq_all.lengths[X_all.index.get_indexer(test_users)], test_users)
         report("features", 1.0)
 
         # Unsupervised: the autoencoder sees only training-period accounts, no labels.
@@ -386,37 +395,16 @@ class RiskModel(BehaviorModel):
         self.ae_errors_ = np.sort(reconstruction_error(self.ae_, ae_scaler.transform(X_train)))
         report("autoencoder", 1.0)
         X_train, _ = self._with_anomaly(X_train)
-        X_test, _ = self._with_anomaly(X_test)
         self.scaler_ = TabularScaler.fit(X_train)
 
-        y_train = y_test = None
-        metrics: dict[str, Any] | None = None
-        oof_report: dict[str, Any] | None = None
-        oof_baselines: dict[str, Any] = {}
-        baselines: dict[str, Any] = {}
-        anomaly_report = None
-        self.supervised_ = labels is not None and "is_fraud" in labels.columns
-        note = None if self.supervised_ else "no fraud labels given: unsupervised (autoencoder) scores"
+        has_labels = labels is not None and "is_fraud" in labels.columns
+        y_train = fraud_labels(labels, train_users) if has_labels else None
+        self.train_frauds_ = int(y_train.sum()) if y_train is not None else None
+        # Too few labelled frauds to learn from (a tiny shop): fall back to the autoencoder rather
+        # than fail `shopsight train all`; the card says why.
+        self.supervised_ = bool(has_labels and y_train.sum() >= 2)
+        self.oof_logits_ = None
         if self.supervised_:
-            truth = labels.assign(user_id=labels["user_id"].astype(str)).set_index("user_id")["is_fraud"].astype(bool)
-            y_train = truth.reindex(train_users.astype(str)).fillna(False).to_numpy().astype("int64")
-            y_test = truth.reindex(test_users.astype(str)).fillna(False).to_numpy().astype("int64")
-            if y_train.sum() < 2:
-                # Too few labelled frauds to learn from (a tiny shop): say so and fall back to
-                # the autoencoder rather than fail `shopsight train all`.
-                self.supervised_ = False
-                note = f"only {int(y_train.sum())} fraud accounts before the cutoff: unsupervised (autoencoder) scores"
-        if self.supervised_:
-            # The baselines keep the original protocol: learn on all but the most recently
-            # first-seen fifth of the training accounts, pick trees and thresholds on that fifth.
-            val = np.zeros(len(train_users), dtype=bool)
-            val[np.argsort(first_seen.reindex(train_users).to_numpy(), kind="stable")[-max(1, len(train_users) // 5):]] = True
-            if y_train[val].sum() == 0 or y_train[~val].sum() == 0:  # too few frauds for a time split: stratify instead
-                rng = np.random.default_rng(s.seed)
-                val = rng.random(len(y_train)) < 0.2
-                pos = np.flatnonzero(y_train == 1)
-                val[pos] = False
-                val[rng.permutation(pos)[: max(1, len(pos) // 5)]] = True
             config = {
                 "vocab_size": int(self.vocab_["size"]) if self.use_sequence else 0, "n_tabular": X_train.shape[1],
                 "emb_dim": s.emb_dim, "hidden": s.hidden, "dropout": s.dropout,
@@ -441,64 +429,15 @@ class RiskModel(BehaviorModel):
             # Out-of-fold logits: every training account scored by the one net that never saw it.
             self.calibration_ = Calibration.fit(oof, y_train)
             self.threshold_ = best_f1_threshold(y_train, self.calibration_.apply(oof))
-            oof_report = binary_report(y_train, self.calibration_.apply(oof), threshold=self.threshold_)
-            train_seconds = time.perf_counter() - t0
-            if len(y_test) and 0 < y_test.sum() < len(y_test):
-                p_test = self.calibration_.apply(predict_logits(self.net_, seq_test, self.scaler_.transform(X_test)))
-                metrics = binary_report(y_test, p_test, threshold=self.threshold_)
-                report("baselines", 0.0)
-                runs = run_baselines(X_train, y_train, X_test, y_test, val_mask=val, recency_column="anomaly_score",
-                                     recency_sign=1.0, seed=s.seed, threads=s.threads)
-                runs.pop("days_since_last_purchase", None)  # not a fraud baseline; the anomaly score is reported below
-                baselines = {k: {**v["report"], "train_seconds": round(v["train_seconds"], 3)} for k, v in runs.items()}
-                # The same trees under the net's own protocol (the folds above), so the comparison
-                # is like for like in what each model learns from as well as in features.
-                for name, cv in cross_fitted_baselines(X_train, y_train, folds, X_test, seed=s.seed, threads=s.threads).items():
-                    cv_threshold = best_f1_threshold(y_train, cv["oof"])
-                    baselines[f"{name}_folds"] = {**binary_report(y_test, cv["proba"], threshold=cv_threshold),
-                                                  "train_seconds": round(cv["train_seconds"], 3)}
-                    oof_baselines[f"{name}_folds"] = binary_report(y_train, cv["oof"], threshold=cv_threshold)
-                anomaly_report = binary_report(y_test, X_test["anomaly_score"].to_numpy(),
-                                               threshold=best_f1_threshold(y_train[val], X_train["anomaly_score"].to_numpy()[val]))
-                fired_any = rule_features(rules_end).filter(like="_fired").max(axis=1).reindex(test_users).to_numpy()
-                baselines["any_rule_fired"] = binary_report(y_test, fired_any, threshold=1.0)
-                report("baselines", 1.0)
+            self.oof_logits_ = oof
         else:
             self.net_ = None
             self.calibration_ = Calibration()
             # An anomaly percentile has no learned threshold: flag the most unusual 2 %, about
             # the share of abusive accounts shops report.
             self.threshold_ = UNSUPERVISED_THRESHOLD
-            train_seconds = time.perf_counter() - t0
-            if y_test is not None and 0 < y_test.sum() < len(y_test):  # labels too few to learn from, enough to report
-                anomaly_report = binary_report(y_test, X_test["anomaly_score"].to_numpy(), threshold=self.threshold_)
-        report("scores", 0.0)
-        self.scores_ = self._score_frame(X_all, seq_all, rules_end, end)
-        report("scores", 1.0)
-        self.card_ = {
-            "task": "P(the account is fraudulent or abusive)" if self.supervised_ else "anomaly percentile (unsupervised)",
-            "note": note,
-            "data_window": {"first_event": events["ts"].min().isoformat(), "last_event": events["ts"].max().isoformat(),
-                            "test_cutoff": C.isoformat(), "scored_asof": end.isoformat()},
-            "split": {
-                "train": f"accounts first seen before {C.isoformat()} (features from events before it)",
-                "test": f"accounts first seen at or after {C.isoformat()} (features from all their events)",
-                "n_train": int(len(train_users)), "n_test": int(len(test_users)),
-                "train_frauds": int(y_train.sum()) if y_train is not None else None,
-                "test_frauds": int(y_test.sum()) if y_test is not None else None,
-            },
-            "metrics": metrics,
-            "baselines": baselines,
-            "anomaly_metrics": anomaly_report,
-            "out_of_fold_metrics": oof_report,
-            "out_of_fold_baselines": oof_baselines,
-            "calibration": {"method": "platt (temperature + bias) on the out-of-fold logits of the training accounts", **self.calibration_.to_dict()},
-            "threshold": self.threshold_,
-            "train_seconds": round(train_seconds, 2),
-            "settings": self.settings.to_dict(),
-            "features": list(self.scaler_.columns),
-            "rules": {k: str(v) for k, v in self.thresholds.__dict__.items()},
-        }
+        self.cutoff_ = C
+        self.train_seconds_ = time.perf_counter() - t0
         self.version_ = None
         return self
 
@@ -510,20 +449,6 @@ class RiskModel(BehaviorModel):
         if self.supervised_ and self.net_ is not None:
             return self.calibration_.apply(predict_logits(self.net_, seqs, self.scaler_.transform(X))), anomaly
         return anomaly, anomaly
-
-    def _score_frame(self, feats: pd.DataFrame, seqs: Sequences, rules: dict, asof: pd.Timestamp) -> pd.DataFrame:
-        p, anomaly = self._probabilities(feats, seqs)
-        fired = rule_features(rules).filter(like="_fired").reindex(feats.index)
-        names = [c[len("rule_"):-len("_fired")] for c in fired.columns]
-        fired_names = ["|".join(n for n, f in zip(names, row) if f) for row in fired.to_numpy(dtype=bool)]
-        return pd.DataFrame({
-            "user_id": feats.index.astype(str),
-            "probability": p,
-            "risky": p >= self.threshold_,
-            "anomaly_score": anomaly,
-            "rules_fired": fired_names,
-            "asof": asof,
-        })
 
     def predict_proba(self, events: pd.DataFrame, user_ids: Sequence[str] | None = None) -> pd.Series:
         """P(fraud) per user (the anomaly percentile if trained without labels), as of the end of ``events``.
@@ -702,7 +627,7 @@ class RiskModel(BehaviorModel):
         }
 
     # --- persistence --------------------------------------------------------------------
-    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any], pd.DataFrame | None]:
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         state = {f"ae.{k}": v for k, v in self.ae_.state_dict().items()}
         state["ae_errors"] = torch.from_numpy(np.ascontiguousarray(self.ae_errors_, dtype="float64"))
         if self.net_ is not None:
@@ -723,10 +648,10 @@ class RiskModel(BehaviorModel):
             "calibration": self.calibration_.to_dict(),
             "threshold": self.threshold_,
         }
-        return state, spec, self.card_, self.scores_
+        return state, spec
 
     @classmethod
-    def _from_saved(cls, state_dict: dict[str, torch.Tensor], spec: dict[str, Any], card: dict[str, Any]) -> "RiskModel":
+    def _from_saved(cls, state_dict: dict[str, torch.Tensor], spec: dict[str, Any]) -> "RiskModel":
         th = {k: (pd.Timedelta(v) if k.endswith("_window") else v) for k, v in spec["thresholds"].items()}
         m = cls(train_share=spec["train_share"], use_sequence=spec["use_sequence"], thresholds=RuleThresholds(**th),
                 ae_epochs=spec["ae_epochs"], n_folds=int(spec.get("n_folds", 1)), settings=TrainSettings(**spec["settings"]))
@@ -745,7 +670,6 @@ class RiskModel(BehaviorModel):
             m.net_.eval()
         m.calibration_ = Calibration(**spec["calibration"])
         m.threshold_ = float(spec["threshold"])
-        m.card_ = card
         return m
 
 
