@@ -609,6 +609,12 @@ class QueryEngine:
                 self._con = None
                 self._facts = None  # its tables went with the connection
 
+    def __enter__(self) -> "QueryEngine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _workspace_facts(self) -> _WorkspaceFacts:
         """Schema, span, values and the session tables of the events file, rebuilt when the file changes."""
         path = self.ws.require_events()
