@@ -24,7 +24,9 @@ How each number is counted (the one definition; tests check it against plain pan
 - **Category** is an item attribute. With a category (as a filter or a group), a session's
   view, cart, purchase and refund steps are those of items in that category; checkout carries
   no item in the canonical schema, so it counts when the session reached checkout. A session
-  touching several categories counts once in each; the total counts it once.
+  touching several categories counts once in each.
+- **Totals** are the same question without the group: a session in several categories counts
+  once, and one touching none counts too (unless a category filter is set).
 - **Device, country** are the session's (its first non-empty value). **Payment** is known only
   at checkout: a card stored as ``brand_last4`` groups as its brand (the digits never leave
   this module); it applies to orders (the order's method) and users (users who paid with it),
@@ -89,7 +91,8 @@ MAX_USER_IDS = 5000
 MAX_BAND_EDGES = 11
 
 TIME_GROUPS = frozenset({"day", "week", "month"})
-ORDERED_GROUPS = TIME_GROUPS | {"cohort_week", "cohort_month", "score_band"}  # sorted by group, not value
+PERIOD_GROUPS = TIME_GROUPS | {"cohort_week", "cohort_month"}
+ORDERED_GROUPS = PERIOD_GROUPS | {"score_band"}  # sorted by group, not value
 OPTIONAL_COLUMNS = ("device", "country", "payment")  # group/filter columns a data set may lack
 
 
@@ -544,22 +547,23 @@ def table_sql(generation: int, columns: frozenset[str], ts_has_tz: bool) -> list
     n = int(generation)
     step = "bool_or(event = 'view') AS did_view, bool_or(event = 'add_to_cart') AS did_cart, "
     return [
-        ("sessions", f"CREATE OR REPLACE TABLE sessions_{n} AS SELECT session_id, any_value(user_id) AS user_id, min({ts}) AS start, "
+        ("sessions", f"CREATE OR REPLACE TABLE sessions_{n} AS SELECT *, min(start) OVER (PARTITION BY user_id) AS first_ts FROM ("
+                     f"SELECT session_id, any_value(user_id) AS user_id, min({ts}) AS start, "
                      f"max({ts}) AS last_ts, arg_min({device}, ts) FILTER (WHERE {device} IS NOT NULL) AS device, "
                      f"arg_min({country}, ts) FILTER (WHERE {country} IS NOT NULL) AS country, {null} AS category, {step}"
                      "bool_or(event = 'checkout') AS did_checkout, bool_or(event = 'purchase') AS did_purchase, "
-                     "bool_or(event = 'refund') AS did_refund FROM read_parquet($path) GROUP BY session_id"),
-        ("scats", f"CREATE OR REPLACE TABLE scats_{n} AS SELECT c.session_id, s.user_id, s.start, s.device, s.country, c.category, "
+                     "bool_or(event = 'refund') AS did_refund FROM read_parquet($path) GROUP BY session_id) ORDER BY start"),
+        ("scats", f"CREATE OR REPLACE TABLE scats_{n} AS SELECT c.session_id, s.user_id, s.start, s.first_ts, s.device, s.country, c.category, "
                   "c.did_view, c.did_cart, s.did_checkout, c.did_purchase, c.did_refund FROM (SELECT session_id, category, "
                   f"{step}bool_or(event = 'purchase') AS did_purchase, bool_or(event = 'refund') AS did_refund "
                   f"FROM read_parquet($path) WHERE category IS NOT NULL GROUP BY session_id, category) c "
-                  f"JOIN sessions_{n} s ON s.session_id = c.session_id"),
+                  f"JOIN sessions_{n} s ON s.session_id = c.session_id ORDER BY s.start"),
         ("lines", f"CREATE OR REPLACE TABLE lines_{n} AS SELECT coalesce({order_id}, e.session_id) AS order_key, e.session_id, "
-                  f"e.user_id, s.start, s.device, s.country, e.category, {method} AS method, coalesce(e.price, 0) * e.quantity AS amount "
-                  f"FROM read_parquet($path) e JOIN sessions_{n} s ON s.session_id = e.session_id WHERE e.event = 'purchase'"),
+                  f"e.user_id, s.start, s.first_ts, s.device, s.country, e.category, {method} AS method, coalesce(e.price, 0) * e.quantity AS amount "
+                  f"FROM read_parquet($path) e JOIN sessions_{n} s ON s.session_id = e.session_id WHERE e.event = 'purchase' ORDER BY s.start"),
         ("refunds", f"CREATE OR REPLACE TABLE refunds_{n} AS SELECT DISTINCT coalesce({order_id}, session_id) AS order_key, category "
                     "FROM read_parquet($path) WHERE event = 'refund'"),
-        ("firsts", f"CREATE OR REPLACE TABLE firsts_{n} AS SELECT user_id, min(start) AS first_ts FROM sessions_{n} GROUP BY user_id"),
+        ("firsts", f"CREATE OR REPLACE TABLE firsts_{n} AS SELECT user_id, min(first_ts) AS first_ts FROM sessions_{n} GROUP BY user_id"),
     ]
 
 
@@ -650,9 +654,9 @@ class QueryEngine:
                     if col in columns:
                         rows = cur.execute(f"SELECT DISTINCT {expr} AS v FROM {t[table]} WHERE v IS NOT NULL ORDER BY v").fetchall()
                         values[col] = [str(r[0]) for r in rows]
-                if cached is not None:  # the previous generation: no query can start on it any more
-                    for name in TABLES:
-                        cur.execute(f"DROP TABLE IF EXISTS {name}_{gen - 1}")
+                # Two generations back: no query can still be reading it (one may be on the last one).
+                for name in TABLES if gen > 2 else ():
+                    cur.execute(f"DROP TABLE IF EXISTS {name}_{gen - 2}")
             except Exception as exc:
                 raise WorkspaceError(f"cannot read the events in {path} ({type(exc).__name__}: {exc}); re-create them with `shopsight ingest` or `shopsight demo`") from exc
             finally:
@@ -809,17 +813,27 @@ class QueryEngine:
             ctes.insert(0, f"facts AS (SELECT * FROM {t['scats'] if with_category else t['sessions']}{where([])})")
             return self._compile_retention(q, ctes, p, t, user_conds, start, end)
 
+        # The total is the same question without the group: by category, its units need not touch a
+        # category (unless a category filter says so), so it reads the session table, not scats.
+        cat_g, cat_t = with_category, bool(q.category)
+        null_g = "CAST(NULL AS BIGINT)" if q.group_by in PERIOD_GROUPS else null
         flag_names = ("did_view", "did_cart", "did_checkout", "did_purchase", "did_refund")
         if d.unit == "order":
             ctes.append(f"ls AS (SELECT *, {win} AS win FROM {t['lines']}{where([paid] if paid else [])})")
-            refunds = f"{t['refunds']}" if with_category else f"(SELECT DISTINCT order_key FROM {t['refunds']})"
-            on_cat = " AND r.category = ls.category" if with_category else ""
-            ctes.append(f"ol AS (SELECT ls.*, r.order_key IS NOT NULL AS refunded FROM ls LEFT JOIN {refunds} r ON r.order_key = ls.order_key{on_cat})")
+            for name, by_cat in (("ol", cat_g), ("ol_t", cat_t)) if cat_g != cat_t else (("ol", cat_g),):
+                refunds = t["refunds"] if by_cat else f"(SELECT DISTINCT order_key FROM {t['refunds']})"
+                on_cat = " AND r.category = ls.category" if by_cat else ""
+                ctes.append(f"{name} AS (SELECT ls.*, r.order_key IS NOT NULL AS refunded FROM ls LEFT JOIN {refunds} r ON r.order_key = ls.order_key{on_cat})")
+            total_src = "ol_t" if cat_g != cat_t else "ol"
             cols = "sum(f.amount) AS amount, bool_or(f.refunded) AS refunded"
             parts = [f"SELECT f.win, {g} AS g, FALSE AS is_total, f.order_key AS unit, {cols} FROM ol f{joins} GROUP BY 1, 2, 3, 4"] if q.group_by else []
-            parts.append(f"SELECT f.win, {null} AS g, TRUE AS is_total, f.order_key AS unit, {cols} FROM ol f GROUP BY 1, 2, 3, 4")
+            parts.append(f"SELECT f.win, {null_g} AS g, TRUE AS is_total, f.order_key AS unit, {cols} FROM {total_src} f GROUP BY 1, 2, 3, 4")
         else:
-            ctes.append(f"facts AS (SELECT *, {win} AS win FROM {t['scats'] if with_category else t['sessions']}{where([])})")
+            base = lambda by_cat: t["scats"] if by_cat else t["sessions"]  # noqa: E731
+            ctes.append(f"facts AS (SELECT *, {win} AS win FROM {base(cat_g)}{where([])})")
+            if cat_g != cat_t:
+                ctes.append(f"facts_t AS (SELECT *, {win} AS win FROM {base(cat_t)}{where([])})")
+            total_src = "facts_t" if cat_g != cat_t else "facts"
             key = "session_id" if d.unit == "session" else "user_id"
             paying = ""
             if d.unit == "user" and (paid or q.group_by == "payment"):
@@ -827,12 +841,12 @@ class QueryEngine:
                 if paid:
                     paying = " WHERE EXISTS (SELECT 1 FROM pay y WHERE y.win = f.win AND y.user_id = f.user_id)"
             # A session row is already one unit (a session, or a session in one category): regroup only when not.
-            unique_g = key == "session_id" and (not with_category or q.group_by == "category")
-            unique_t = key == "session_id" and not with_category
+            unique_g = key == "session_id" and (not cat_g or q.group_by == "category")
+            unique_t = key == "session_id" and not cat_t
             flags = lambda unique: ", ".join(f"f.{n}" if unique else f"bool_or(f.{n}) AS {n}" for n in flag_names)  # noqa: E731
             if q.group_by == "payment":
                 # A user may pay several ways: one row per method; users who never paid under NULL.
-                ctes.append(f"u0 AS (SELECT f.win, f.user_id AS unit, {flags(False)} FROM facts f{paying} GROUP BY 1, 2)")
+                ctes.append(f"u0 AS MATERIALIZED (SELECT f.win, f.user_id AS unit, {flags(False)} FROM facts f{paying} GROUP BY 1, 2)")
                 u_cols = ", ".join(f"u0.{n}" for n in flag_names)
                 parts = [
                     f"SELECT u0.win, y.method AS g, FALSE AS is_total, u0.unit, {u_cols} FROM u0 LEFT JOIN pay y ON y.win = u0.win AND y.user_id = u0.unit",
@@ -843,7 +857,7 @@ class QueryEngine:
                 if q.group_by:
                     parts.append(f"SELECT f.win, {g} AS g, FALSE AS is_total, f.{key} AS unit, {flags(unique_g)} FROM facts f{joins}{paying}"
                                  + ("" if unique_g else " GROUP BY 1, 2, 3, 4"))
-                parts.append(f"SELECT f.win, {null} AS g, TRUE AS is_total, f.{key} AS unit, {flags(unique_t)} FROM facts f{paying}"
+                parts.append(f"SELECT f.win, {null_g} AS g, TRUE AS is_total, f.{key} AS unit, {flags(unique_t)} FROM {total_src} f{paying}"
                              + ("" if unique_t else " GROUP BY 1, 2, 3, 4"))
         ctes.append("u AS (" + "\n  UNION ALL ".join(parts) + ")")
 
@@ -860,10 +874,10 @@ class QueryEngine:
         num, den, ex, extra = self._measures(q, p)
         examples = f"min(unit, {p(q.examples)}) FILTER (WHERE {ex})" if q.examples else "CAST([] AS VARCHAR[])"
         select = (
-            f"SELECT win, is_total, g, count(*) AS units, {num} AS num, {den} AS den, {extra}{examples} AS examples "
-            f"FROM {src}{filt} GROUP BY win, is_total, g ORDER BY win, is_total, g"
+            f"SELECT win, is_total, {_period_label(q.group_by, 'g')} AS g, count(*) AS units, {num} AS num, {den} AS den, "
+            f"{extra}{examples} AS examples FROM {src}{filt} GROUP BY win, is_total, {src}.g ORDER BY 1, 2, 3"
         )
-        return CompiledQuery("WITH " + ",\n".join(ctes) + "\n" + select, p.values, "metric")
+        return CompiledQuery(_with(ctes, select), p.values, "metric")
 
     def _group_sql(self, q: MetricQuery, ctes: list[str], p: _Params, models: dict[str, _ModelRef], t: dict[str, str]) -> tuple[str, str]:
         """The group expression over ``f`` (session facts or order lines) and the joins it needs."""
@@ -891,14 +905,14 @@ class QueryEngine:
             "category": "f.category",
             "device": "f.device",
             "country": "f.country",
-            "day": "strftime(f.start, '%Y-%m-%d')",
-            "week": "strftime(date_trunc('week', f.start), '%Y-%m-%d')",
-            "month": "strftime(f.start, '%Y-%m')",
-            "cohort_week": "strftime(date_trunc('week', fs.first_ts), '%Y-%m-%d')",
-            "cohort_month": "strftime(fs.first_ts, '%Y-%m')",
+            # Periods group as integers (labelled after the aggregate): date_trunc per row costs twice as much.
+            "day": _period_index("day", "f.start"),
+            "week": _period_index("week", "f.start"),
+            "month": _period_index("month", "f.start"),
+            "cohort_week": _period_index("week", "f.first_ts"),
+            "cohort_month": _period_index("month", "f.first_ts"),
         }
-        joins = f" JOIN {t['firsts']} fs ON fs.user_id = f.user_id" if gb.startswith("cohort_") else ""
-        return exprs[gb], joins
+        return exprs[gb], ""
 
     def _measures(self, q: MetricQuery, p: _Params) -> tuple[str, str, str, str]:
         """(numerator, denominator, the condition of example units, extra columns) for the final select."""
@@ -936,23 +950,26 @@ class QueryEngine:
         start: pd.Timestamp | None, end: pd.Timestamp | None,
     ) -> CompiledQuery:
         unit = "week" if q.group_by == "cohort_week" else "month"  # whitelisted: one of two literals
-        fmt = "%Y-%m-%d" if unit == "week" else "%Y-%m"
         conds = list(user_conds)
         if start is not None:
             conds.append(f"first_ts >= {p(_naive(start))}")
         if end is not None:
             conds.append(f"first_ts < {p(_naive(end))}")
+        bounds = conds[len(user_conds):]
         where = " WHERE " + " AND ".join(conds) if conds else ""
-        ctes.append(f"cohorts AS (SELECT user_id, date_trunc('{unit}', first_ts) AS cohort FROM {t['firsts']}{where})")
-        ctes.append(f"act AS (SELECT DISTINCT user_id, date_trunc('{unit}', start) AS period FROM facts)")
-        ex = f"min(c.user_id, {p(q.examples)})" if q.examples else "CAST([] AS VARCHAR[])"
+        # Cohort sizes count every user first seen in the range; activity counts sessions that
+        # match the row filters (each session row carries its user's first_ts: no join).
+        ex = f"min(user_id, {p(q.examples)})" if q.examples else "CAST([] AS VARCHAR[])"
+        cohort, period = _period_index(unit, "first_ts"), _period_index(unit, "start")
+        label = _period_label(q.group_by, "c")
+        ctes.append(f"active AS (SELECT DISTINCT user_id, {cohort} AS c, {period} - {cohort} AS k FROM facts"
+                    f"{' WHERE ' + ' AND '.join(bounds) if bounds else ''})")
         select = (
-            f"SELECT strftime(c.cohort, '{fmt}') AS cohort, -1 AS k, count(*) AS n, {ex} AS examples FROM cohorts c GROUP BY c.cohort\n"
-            f"UNION ALL SELECT strftime(c.cohort, '{fmt}'), date_diff('{unit}', c.cohort, a.period), count(*), {ex} "
-            "FROM cohorts c JOIN act a ON a.user_id = c.user_id AND a.period >= c.cohort GROUP BY ALL\n"
+            f"SELECT {label} AS cohort, -1 AS k, count(*) AS n, {ex} AS examples FROM (SELECT *, {cohort} AS c FROM {t['firsts']}{where}) GROUP BY c\n"
+            f"UNION ALL SELECT {label}, k, count(*), CAST([] AS VARCHAR[]) FROM active GROUP BY c, k\n"
             "ORDER BY 1, 2"
         )
-        return CompiledQuery("WITH " + ",\n".join(ctes) + "\n" + select, p.values, "retention")
+        return CompiledQuery(_with(ctes, select), p.values, "retention")
 
     # -- running ---------------------------------------------------------------------------------
     def run(self, query: MetricQuery | Mapping[str, Any]) -> MetricResult:
@@ -967,11 +984,13 @@ class QueryEngine:
         facts = self._workspace_facts()
         models = self._check(q, facts)
         compiled = self._compile(q, facts, models)
+        import duckdb
+
         cur = self._connection().cursor()
         try:
             records = cur.execute(compiled.sql, compiled.params).fetchall()
-        except Exception as exc:  # a DuckDB error here is our bug or a broken file, never the planner's
-            raise WorkspaceError(f"query over '{self.ws.root}' failed ({type(exc).__name__}: {exc}); the Parquet files may be damaged") from exc
+        except duckdb.IOException as exc:  # a score table vanished or is damaged; any other error is our bug and propagates
+            raise WorkspaceError(f"cannot read a table of workspace '{self.ws.root}' ({exc}); retrain the model or re-create the events") from exc
         finally:
             cur.close()
         start, end, prev = self._window(q, facts)
@@ -1141,6 +1160,31 @@ class QueryEngine:
                     more = f" … ({len(shown)} in all)" if len(shown) > 25 else ""
                     notes.append(f"{col} '{v}' does not occur in this workspace; {col} values: {', '.join(shown[:25])}{more}")
         return notes
+
+
+def _period_index(unit: str, column: str) -> str:
+    """An integer per day, Monday-based week or month of a TIMESTAMP column (``unit`` from a whitelist)."""
+    day = f"(epoch_us({column}) // 86400000000)"
+    return {"day": day, "week": f"(({day} - 4) // 7)", "month": f"(year({column}) * 12 + month({column}) - 1)"}[unit]  # 1970-01-05 is a Monday
+
+
+def _period_label(group_by: str | None, column: str) -> str:
+    """The text of a period index: YYYY-MM-DD for days and weeks (their Monday), YYYY-MM for months."""
+    unit = {"day": "day", "week": "week", "month": "month", "cohort_week": "week", "cohort_month": "month"}.get(group_by or "")
+    if unit == "day":
+        return f"strftime(DATE '1970-01-01' + CAST({column} AS INTEGER), '%Y-%m-%d')"
+    if unit == "week":
+        return f"strftime(DATE '1970-01-05' + CAST(7 * {column} AS INTEGER), '%Y-%m-%d')"
+    if unit == "month":
+        return f"printf('%04d-%02d', {column} // 12, {column} % 12 + 1)"
+    return column
+
+
+def _with(ctes: list[str], select: str) -> str:
+    """``WITH`` the CTEs, inlined unless one says ``AS MATERIALIZED``: DuckDB would otherwise
+    materialise a CTE read twice (the group and the total), copying every column of its rows."""
+    parts = [c if " AS MATERIALIZED (" in c.split("(", 1)[0] + "(" else c.replace(" AS (", " AS NOT MATERIALIZED (", 1) for c in ctes]
+    return "WITH " + ",\n".join(parts) + "\n" + select
 
 
 def _band_label(lo: float, hi: float, closed: bool) -> str:

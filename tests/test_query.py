@@ -649,6 +649,8 @@ def test_new_events_are_seen_at_once(tmp_path, ws):
         events = copy.load_events()
         copy.save_events(events[events["user_id"] != "u00001"])
         assert e.run({"metric": "users"}).total.value == before - 1
+        copy.save_events(events[~events["user_id"].isin(["u00001", "u00002"])])  # a third build drops the first one's tables
+        assert e.run({"metric": "users"}).total.value == before - 2
 
 
 def test_no_events_is_a_workspace_error(tmp_path):
@@ -671,3 +673,23 @@ def test_day_range_is_on_or_after_since_and_through_the_whole_until_day():
 def test_purchased_is_shorthand_for_did_purchase():
     assert MetricQuery(metric="users", purchased=True).did == ["purchase"]
     assert MetricQuery(metric="users", purchased=False).did_not == ["purchase"]
+
+
+def test_totals_are_the_question_without_the_group(tmp_path, ws):
+    events = ws.load_events()
+    # a login-and-search session that touches no category
+    extra = events.iloc[[0, 0]].copy()
+    extra["session_id"] = "u00001-s9999"
+    extra["event"] = ["login", "search"]
+    extra["category"] = None
+    extra["item_id"] = None
+    extra["ts"] = [pd.Timestamp("2026-02-10 10:00", tz="UTC"), pd.Timestamp("2026-02-10 10:01", tz="UTC")]
+    copy = Workspace(tmp_path / "extra")
+    copy.save_events(pd.concat([events, extra], ignore_index=True))
+    with QueryEngine(copy) as e:
+        plain = e.run({"metric": "sessions"})
+        grouped = e.run({"metric": "sessions", "group_by": "category", "limit": 20})
+        assert grouped.total.value == plain.total.value == events["session_id"].nunique() + 1
+        assert e.run({"metric": "session_conversion", "group_by": "category"}).total.denominator == plain.total.value
+        toys = e.run({"metric": "sessions", "group_by": "category", "category": "Toys"})
+        assert [r.group for r in toys.rows] == ["Toys"] and toys.total.value == toys.rows[0].value
