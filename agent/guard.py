@@ -1,24 +1,48 @@
-"""The grounding guard: every number and id in an answer must come from a tool result (or the question).
+"""The grounding guard: every number, id, date and category in an answer must come from a tool result.
 
-How a number is read and matched is :mod:`tools.numbers` (shared with the eval checks); which
-facts of a result an answer must state is each tool's ``key_facts`` in the registry. When a
-draft fails twice, :func:`render_answer` writes the deterministic answer from the tool results.
+Provenance: a value counts as supported only if it is a structured field of a tool result (a
+score, a count, a date, an id) or an argument the call ran with — never free text that shoppers
+wrote or that quotes them (session summaries, reviews, searches, item names, evidence details)
+and never the question itself ("answer only with the number 7" grounds nothing). Free text may
+be quoted verbatim inside double quotes: a quotation is shown as data, not claimed as a fact.
+
+Beyond values: a number must be stated about the quantity it measures (the churn probability as
+churn, not as intent); raw field names (snake_case), repeated sentences and filler with no facts
+are rejected; each tool's key facts must be there (``ToolSpec.key_facts``). How a number is read
+and matched is :mod:`tools.numbers`, shared with the eval checks. When a draft fails twice,
+:func:`render_answer` writes the deterministic answer from the tool results.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
-from typing import Any, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
 
 from agent.types import Citations, ToolCall
 from tools.numbers import ShownNumber, matches, numbers_in
 from tools.registry import Registry
+from tools.words import raw_field_names
 
-__all__ = ["GroundingVerdict", "ShownNumber", "check_grounding", "citations", "numbers_in", "render_answer", "with_citations"]
+__all__ = ["GroundingVerdict", "ShownNumber", "check_grounding", "citations", "numbers_in", "render_answer",
+           "standing", "with_citations"]
 
-_ID = re.compile(r"\b[uo]\d{2,}(?:-s\d+)?\b", re.I)  # user, order and session ids an answer may cite
+# Result keys whose values are free text (shoppers' words, or notes quoting them): never a source of facts.
+FREE_TEXT_KEYS = frozenset({"summary", "detail", "text", "query", "document", "name", "note", "notes", "hint"})
+# Identifiers as answers write them: letters then digits (u00042, o000123, CUST-0042, churn@v3's v3),
+# session ids (u00042-s0007) and UUIDs. Plain numbers are checked as numbers.
+_ID = re.compile(r"\b(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[A-Za-z]+[-_]?\d+(?:[-_][A-Za-z]*\d+)*)\b", re.I)
+_MONTH = r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)"
+_MONTHS = {m: i for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
+_HUMAN_DATE = re.compile(rf"\b(\d{{1,2}})\s+({_MONTH})\b\.?(?:,?\s+(\d{{4}}))?", re.I)
+_ISO_DATE = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})")
+_QUOTED = re.compile(r'"([^"]{3,})"')
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+_FILLER = re.compile(
+    r"\b(?:i(?:'| a)?m not sure|i don'?t know|i(?:'ll| will) (?:just )?have to|as an ai|hope (?:this|that) helps|"
+    r"let me know if|feel free to|make it more interesting|i think that|it is important to note|"
+    r"i cannot (?:be sure|say)|interesting question)\b", re.I)
 
 
 def _registry(registry: Registry | None) -> Registry:
@@ -29,107 +53,211 @@ def _registry(registry: Registry | None) -> Registry:
     return default_registry()
 
 
-def source_values(results: Iterable[Any], question: str = "") -> set[float]:
-    """Every number a tool returned (also inside strings and as list lengths), plus the question's."""
-    values: set[float] = set()
+# --- what the tool results support ----------------------------------------------------------
+@dataclass
+class Sources:
+    """The structured values of a turn's tool results and arguments, and their free text."""
 
-    def walk(obj: Any) -> None:
+    values: set[float] = field(default_factory=set)
+    rates: set[float] = field(default_factory=set)
+    ids: set[str] = field(default_factory=set)
+    days: set[str] = field(default_factory=set)
+    words: str = ""  # every structured string, lowercased (categories, names of things)
+    free_text: list[str] = field(default_factory=list)
+
+
+_RATE_KEY = re.compile(r"prob|rate|share|ratio|percent|pct|score|auc|ece|brier|precision|recall|f1|accuracy|without", re.I)
+
+
+def sources(calls: Sequence[ToolCall]) -> Sources:
+    """What a draft may draw on: numbers, rates, ids, days and words of structured fields and arguments."""
+    out = Sources()
+    strings: list[str] = []
+
+    def walk(obj: Any, key: str = "", free: bool = False) -> None:
         if isinstance(obj, bool) or obj is None:
             return
         if isinstance(obj, (int, float)):
-            if not math.isnan(obj):
-                values.add(float(obj))
+            if not math.isnan(obj) and not free:
+                out.values.add(float(obj))
+                if _RATE_KEY.search(key):
+                    out.rates.add(float(obj))
         elif isinstance(obj, str):
-            values.update(n.value for n in numbers_in(obj))
-        elif isinstance(obj, dict):
-            for v in obj.values():
-                walk(v)
-        elif isinstance(obj, (list, tuple)):
-            values.add(float(len(obj)))
-            for v in obj:
-                walk(v)
-
-    for r in results:
-        walk(r)
-    values.update(n.value for n in numbers_in(question))
-    return values
-
-
-_RATE_KEY = re.compile(r"prob|rate|share|ratio|percent|pct|score|auc|ece|brier|precision|recall|f1|accuracy", re.I)
-
-
-def rate_values(results: Iterable[Any]) -> set[float]:
-    """Values a tool returned as a probability, rate or share (by key, or by a factor's name).
-
-    "100%" or "0%" may only come from one of these: a count of 1 or a flag is not a percentage.
-    """
-    rates: set[float] = set()
-
-    def walk(obj: Any, key: str = "") -> None:
-        if isinstance(obj, bool) or obj is None:
-            return
-        if isinstance(obj, (int, float)):
-            if _RATE_KEY.search(key) and not math.isnan(obj):
-                rates.add(float(obj))
-        elif isinstance(obj, dict):
-            named = str(obj.get("name", ""))
+            if free:
+                out.free_text.append(obj)
+                return
+            strings.append(obj)
+            out.values.update(n.value for n in numbers_in(obj))
+            out.ids.update(t.lower() for t in _ID.findall(obj))
+            out.days.update(_days_in(obj))
+        elif isinstance(obj, Mapping):
+            named = str(obj.get("name") or obj.get("key") or "") if not free else ""
             for k, v in obj.items():
-                walk(v, named if k == "value" and named else str(k))
+                k = str(k)
+                walk(v, named if k == "value" and named else k, free or k in FREE_TEXT_KEYS)
         elif isinstance(obj, (list, tuple)):
+            if not free:
+                out.values.add(float(len(obj)))
             for v in obj:
-                walk(v, key)
+                walk(v, key, free)
 
-    for r in results:
-        walk(r)
-    return rates
+    for c in calls:
+        walk(dict(c.args))
+        walk(dict(c.result))
+    out.words = " ".join(strings).lower()
+    return out
 
 
+def _days_in(text: str) -> set[str]:
+    return {f"{y}-{m}-{d}" for y, m, d in _ISO_DATE.findall(text)}
+
+
+def _dates_said(text: str) -> list[tuple[str, str]]:
+    """(as written, ISO day or '-MM-DD' when the year is left out) for every date in ``text``."""
+    found = [(m.group(0), m.group(0)[:10]) for m in _ISO_DATE.finditer(text)]
+    for m in _HUMAN_DATE.finditer(text):
+        day, month, year = int(m.group(1)), _MONTHS[m.group(2)[:3].lower()], m.group(3)
+        found.append((m.group(0), f"{year}-{month:02d}-{day:02d}" if year else f"-{month:02d}-{day:02d}"))
+    return found
+
+
+def _without_quotes(answer: str, free_text: list[str]) -> str:
+    """The answer with verbatim quotations of the results' free text blanked (data shown, not claimed)."""
+    pool = "\n".join(free_text).replace('"', "'")  # renderers quote free text with its own quotes made single
+
+    def blank(m: re.Match[str]) -> str:
+        inner = m.group(1).rstrip("…").strip()
+        return " " * len(m.group(0)) if inner and inner in pool else m.group(0)
+
+    return _QUOTED.sub(blank, answer)
+
+
+# --- the verdict -----------------------------------------------------------------------------
 class GroundingVerdict:
-    """The verdict on one draft: ok; shown numbers and ids no tool result supports; key facts left out."""
+    """The verdict on one draft: numbers and ids no tool supports; key facts left out; other problems."""
 
-    def __init__(self, unsupported: list[str], missing: list[str], leaked_prompt: bool) -> None:
+    def __init__(self, unsupported: list[str], missing: list[str], leaked_prompt: bool, problems: list[str] | None = None) -> None:
         self.unsupported = unsupported
         self.missing = missing
         self.leaked_prompt = leaked_prompt
+        self.problems = problems or []
 
     @property
     def ok(self) -> bool:
-        return not self.unsupported and not self.missing and not self.leaked_prompt
+        return not self.unsupported and not self.missing and not self.leaked_prompt and not self.problems
 
     def __repr__(self) -> str:
-        return f"GroundingVerdict(ok={self.ok}, unsupported={self.unsupported}, missing={self.missing}, leaked_prompt={self.leaked_prompt})"
+        return (f"GroundingVerdict(ok={self.ok}, unsupported={self.unsupported}, missing={self.missing}, "
+                f"problems={self.problems}, leaked_prompt={self.leaked_prompt})")
 
 
 def check_grounding(answer: str, calls: Sequence[ToolCall], question: str = "", system_prompt: str = "",
-                    registry: Registry | None = None) -> GroundingVerdict:
+                    registry: Registry | None = None, vocabulary: Iterable[str] = ()) -> GroundingVerdict:
     """Check a draft answer against the tool calls of its turn.
 
     Args:
         answer: The draft.
         calls: The tool calls (with results) the draft may draw on.
-        question: The user's question; numbers it contains ("top 10") may be repeated.
+        question: The user's question (its "why" or "what will they buy" decides some key facts;
+            its numbers ground nothing).
         system_prompt: If given, a draft repeating any of its lines fails (the prompt is never revealed).
         registry: The tools, for each result's key facts (default: the installed tools).
+        vocabulary: The workspace's category and country names: one the answer names must be in a result.
     """
     registry = _registry(registry)
-    results = [dict(c.result) for c in calls]
-    values = source_values(results)
-    # a percent comes from a fraction (0.734 → 73.4%) or a rate; a whole 0 or 1 elsewhere is a count or flag
-    percent_sources = {v for v in values if 0 < abs(v) < 1} | rate_values(results)
-    asked = {n.value for n in numbers_in(question)}
-    unsupported = [
-        n.text for n in numbers_in(answer)
-        if not any(matches(n, v) for v in (percent_sources if n.percent else values))
-        # the question's counts may be repeated ("top 10"); its percentages are claims, not facts ("say 100% sure")
-        and (n.percent or not any(matches(n, v, percent_of_count=True) for v in asked))
-    ]
-    known = {i.lower() for i in _ID.findall(json.dumps(results, default=str) + " " + question)}
-    unsupported += [i for i in dict.fromkeys(_ID.findall(answer)) if i.lower() not in known]
-    missing = [f.what for c in standing(calls) for f in registry.key_facts(c.name, c.args, c.result, question)
+    calls = list(calls)
+    src = sources(calls)
+    claimed = _without_quotes(answer, src.free_text)
+    unsupported: list[str] = []
+    percent_sources = {v for v in src.values if 0 < abs(v) < 1} | src.rates
+    shown = numbers_in(_blank_dates(claimed))
+    for n in shown:
+        pool = percent_sources if n.percent else src.values
+        if not any(matches(n, v) for v in pool):
+            unsupported.append(n.text)
+    unsupported += [i for i in dict.fromkeys(_ID.findall(claimed)) if i.lower() not in src.ids]
+    for written, iso in _dates_said(claimed):
+        ok = iso in src.days if not iso.startswith("-") else any(d.endswith(iso) for d in src.days)
+        if not ok:
+            unsupported.append(written)
+    for name in vocabulary:  # as the workspace writes it ("Home" the category, not "at home")
+        if re.search(rf"\b{re.escape(str(name))}\b", claimed) and str(name).lower() not in src.words:
+            unsupported.append(str(name))
+    unsupported += _wrong_quantities(claimed, calls, registry)
+    standing_calls = standing(calls)
+    missing = [f.what for c in standing_calls for f in registry.key_facts(c.name, c.args, c.result, question)
                if not f.holds(answer)]
+    missing += _every_subject(answer, standing_calls, registry)
+    problems = [f"raw field name {name}" for name in raw_field_names(claimed)]
+    problems += _repeats_and_filler(answer)
+    return GroundingVerdict(list(dict.fromkeys(unsupported)), list(dict.fromkeys(missing)), _leaks(answer, system_prompt),
+                            problems)
+
+
+def _blank_dates(text: str) -> str:
+    return _HUMAN_DATE.sub(lambda m: " " * len(m.group(0)), text)
+
+
+def _wrong_quantities(text: str, calls: Sequence[ToolCall], registry: Registry) -> list[str]:
+    """Numbers stated about another score than the one they are ("the likelihood of leaving is 1.0%" for intent)."""
+    facts: list[tuple[float, str]] = []
+    for c in calls:
+        spec = registry.get(c.name) if registry.has(c.name) else None
+        if spec is not None and spec.metric and isinstance(c.result.get("probability"), (int, float)):
+            facts.append((float(c.result["probability"]), spec.metric))
+    metrics = {m for _, m in facts}
+    if len(metrics) < 2:
+        return []  # one score in the turn: nothing to confuse it with
+    words = {s.metric: s.metric_words for s in registry if s.metric in metrics and s.metric_words is not None}
+    wrong = []
+    shown = numbers_in(text)
+    for i, n in enumerate(shown):
+        owners = {m for v, m in facts if matches(n, v)}
+        if not owners:
+            continue
+        start = shown[i - 1].start + len(shown[i - 1].text) if i else 0
+        clause_start = max(text.rfind(sep, start, n.start) for sep in (".", ";", ",", ":", " and ", " but "))
+        window = text[max(start, clause_start, n.start - 80):n.start]
+        named = {m for m, rx in words.items() if rx.search(window)}
+        if named and not (named & owners):
+            wrong.append(f"{n.text} stated as {'/'.join(sorted(named))}, but it is the {'/'.join(sorted(owners))} probability")
+    return wrong
+
+
+def _every_subject(answer: str, calls: Sequence[ToolCall], registry: Registry) -> list[str]:
+    """Several users scored by one model (a comparison): every one must be named with its number."""
+    by_tool: dict[str, list[ToolCall]] = {}
+    for c in calls:
+        if not c.failed and registry.has(c.name) and registry.get(c.name).metric:
+            by_tool.setdefault(c.name, []).append(c)
+    missing = []
+    lowered = answer.lower()
+    for group in by_tool.values():
+        subjects = {str(c.result.get("order_id") or c.result.get("user_id")) for c in group}
+        if len(subjects) < 2:
+            continue
+        for c in group:
+            who = str(c.result.get("order_id") or c.result.get("user_id"))
+            if who.lower() not in lowered:
+                missing.append(f"subject {who}")
+    return missing
+
+
+def _repeats_and_filler(answer: str) -> list[str]:
+    problems = []
+    sentences = [s.strip() for s in _SENTENCE.split(answer.strip()) if s.strip()]
+    seen: set[str] = set()
+    for s in sentences:
+        key = " ".join(re.findall(r"\w+", s.lower()))
+        if key and key in seen and len(key) > 6:
+            problems.append(f"a repeated sentence ({s[:60]})")
+        seen.add(key)
+    for s in sentences:
+        if _FILLER.search(s):
+            problems.append(f"filler with no facts ({s[:60]})")
     if _degenerate(answer):
-        missing.append("a readable answer (the draft repeats itself)")
-    return GroundingVerdict(unsupported, missing, _leaks(answer, system_prompt))
+        problems.append("a readable answer (the draft repeats itself)")
+    return list(dict.fromkeys(problems))
 
 
 def standing(calls: Sequence[ToolCall]) -> list[ToolCall]:
@@ -168,11 +296,39 @@ def _degenerate(answer: str) -> bool:
 
 # --- deterministic answers and citations ------------------------------------------------------
 def render_answer(calls: Sequence[ToolCall], registry: Registry | None = None) -> str:
-    """A deterministic answer from the tool calls of a turn (each tool renders its own result)."""
+    """A deterministic answer from the tool calls of a turn (each tool renders its own result).
+
+    Several subjects scored by one model (a comparison) get a first sentence that sets them side
+    by side before each one's details.
+    """
     if not calls:
         return "I could not answer that from the shop's data."
     registry = _registry(registry)
-    return " ".join(registry.render(c.name, c.args, c.result) for c in standing(calls))
+    kept = standing(calls)
+    lead = _comparison_lead(kept, registry)
+    return " ".join(([lead] if lead else []) + [registry.render(c.name, c.args, c.result) for c in kept])
+
+
+# (comparative, superlative) per score, for a comparison's first sentence.
+_COMPARED = {"churn": ("more likely to churn than", "the most likely to churn"),
+             "intent": ("more likely to buy soon than", "the most likely to buy soon"),
+             "risk": ("a bigger fraud risk than", "the biggest fraud risk")}
+
+
+def _comparison_lead(calls: Sequence[ToolCall], registry: Registry) -> str:
+    from tools.words import pct
+
+    scored = [c for c in calls if not c.failed and registry.has(c.name) and registry.get(c.name).metric
+              and isinstance(c.result.get("probability"), (int, float))]
+    metrics = {registry.get(c.name).metric for c in scored}
+    subjects = [str(c.result.get("order_id") or c.result.get("user_id")) for c in scored]
+    if len(metrics) != 1 or len(set(subjects)) < 2:
+        return ""
+    metric = metrics.pop()
+    ranked = sorted(zip(subjects, [float(c.result["probability"]) for c in scored]), key=lambda t: (-t[1], t[0]))
+    more, most = _COMPARED.get(str(metric), (f"higher on {metric} than", f"the highest on {metric}"))
+    head = f"{ranked[0][0]} is {most}" if len(ranked) > 2 else f"{ranked[0][0]} is {more} {ranked[1][0]}"
+    return f"{head}: " + " vs ".join(f"{who} {pct(p)}" for who, p in ranked) + "."
 
 
 def citations(calls: Sequence[ToolCall]) -> Citations:

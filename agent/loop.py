@@ -101,7 +101,8 @@ class Agent:
             draft, usage = written.text, usage + written.usage
         t_write = time.perf_counter()
         # 4-5. guard, one rewrite, fallback
-        answer, guard, rewrite_usage = guard_draft(draft, calls, question, self.system_prompt, self.registry, self.writer)
+        answer, guard, rewrite_usage = guard_draft(draft, calls, question, self.system_prompt, self.registry, self.writer,
+                                                   vocabulary=self.ctx.vocabulary())
         usage += rewrite_usage
         t_guard = time.perf_counter()
         # 6. mask: the tools mask personal data; a writer must not invent any either
@@ -220,9 +221,9 @@ def write_draft(writer: Writer, system: str, question: str, calls: Sequence[Tool
 
 
 def guard_draft(draft: str, calls: Sequence[ToolCall], question: str, system_prompt: str, registry: Registry,
-                writer: Writer) -> tuple[str, GuardReport, Usage]:
+                writer: Writer, *, vocabulary: Sequence[str] = ()) -> tuple[str, GuardReport, Usage]:
     """Check the draft; ask for one rewrite if it fails; else replace it by the deterministic narrative."""
-    verdict = check_grounding(draft, calls, question, system_prompt, registry)
+    verdict = check_grounding(draft, calls, question, system_prompt, registry, vocabulary)
     if verdict.leaked_prompt:
         return load_prompt("refusal").text, GuardReport(ok=False, replaced=True, leaked_prompt=True), Usage()
     if verdict.ok and (draft.strip() or not calls):
@@ -233,8 +234,9 @@ def guard_draft(draft: str, calls: Sequence[ToolCall], question: str, system_pro
     except BackendError as exc:  # the answer of last resort needs no LLM
         log.warning("rewrite failed: %s", exc)
         second = Draft("")
-    again = check_grounding(second.text, calls, question, system_prompt, registry)
-    report = GuardReport(ok=False, unsupported=tuple(verdict.unsupported), missing=tuple(verdict.missing), rewritten=True)
+    again = check_grounding(second.text, calls, question, system_prompt, registry, vocabulary)
+    report = GuardReport(ok=False, unsupported=tuple(verdict.unsupported), missing=tuple(verdict.missing),
+                         problems=tuple(verdict.problems), rewritten=True)
     if again.ok and second.text.strip() and not again.leaked_prompt:
         return second.text, report, second.usage
     # with no tool results there is nothing to report: say what the agent can do
@@ -248,8 +250,10 @@ def rewrite_note(verdict: GroundingVerdict) -> str:
         problems.append(f"used numbers or ids that are not in the tool results ({', '.join(verdict.unsupported)})")
     if verdict.missing:
         problems.append(f"left out {', '.join(verdict.missing)}")
+    if verdict.problems:
+        problems.append(f"had {', '.join(verdict.problems)}")
     return (f"Your answer {' and '.join(problems) or 'was empty'}. "
-            "Rewrite it using only the numbers and ids that appear in the tool results.")
+            "Rewrite it: lead with the answer, use only the numbers, ids and dates in the facts, plain words, no field names.")
 
 
 # --- building an agent from settings -----------------------------------------------------------
@@ -319,5 +323,5 @@ def make_router(ctx: ToolContext, registry: Registry) -> Any:
     countries = sorted(events["country"].dropna().astype(str).unique().tolist()) if "country" in events.columns else []
     return Router(
         classifier, default_embedder(), registry=registry, version=version, categories=categories, countries=countries,
-        anchor=events["ts"].max(), user_exists=ctx.has_user, order_exists=ctx.has_order,
+        anchor=events["ts"].max(), ids=ctx.ids(),
     )

@@ -99,6 +99,11 @@ class RouterPlanner:
         if plan.calls:
             requests = tuple(CallRequest(c["name"], dict(c["args"]), f"call_{uuid.uuid4().hex[:8]}") for c in plan.calls)
             return PlanStep(calls=requests, label=plan.label, confidence=plan.confidence, seconds=seconds)
+        if plan.limit is not None:  # no tool answers it: say so, and what can be asked instead
+            from agent.limits import limit_text
+
+            return PlanStep(text=limit_text(plan.limit), kind="limit", label=plan.label, confidence=plan.confidence,
+                            seconds=seconds)
         # a question the router understood but could not fill (no user id): ask which user
         kind, prompt = _FIXED_TEXT.get(plan.label, ("clarify", "clarify"))
         return PlanStep(text=load_prompt(prompt).text, kind=kind, label=plan.label, confidence=plan.confidence, seconds=seconds)

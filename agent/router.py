@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from behavior.workspace import Workspace, WorkspaceError
+from agent.limits import GENERAL, LOW_CONFIDENCE, Limit, limit_for
 from tools.registry import ConversationState, Entities, Registry, Route
 
 ROUTER_NAME = "router"
@@ -64,6 +65,56 @@ _ORDINALS = {"first": 1, "1st": 1, "second": 2, "2nd": 2, "third": 3, "3rd": 3, 
 _DEVICES = ("mobile", "desktop", "tablet", "app")
 
 
+_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-.@:+]*[A-Za-z0-9]|[A-Za-z0-9]")
+_SUBJECT_WORD = re.compile(r"\b(?:users?|customers?|shoppers?|clients?|buyers?|households?|accounts?|members?)\s*(?:id\s*)?#?\s*$", re.I)
+_ORDER_WORD_BEFORE = re.compile(r"\b(?:orders?|baskets?|transactions?)\s*(?:id\s*)?#?\s*$", re.I)
+_YEAR_CONTEXT = re.compile(r"\b(?:in|since|during|of|from|until|before|after)\s*$", re.I)
+_PROTECTED = re.compile(r"\b\d+(?:\.\d+)?\s*(?:%|percent\b|days?\b|weeks?\b|months?\b|hours?\b|years?\b|min\w*\b)"
+                        r"|\b(?:above|over|below|under|than|at least|at most)\s+\d+(?:\.\d+)?|\b\d+\.\d+\b|#\d{1,2}\b", re.I)
+
+
+class IdLookup(Protocol):
+    """The workspace's ids, as entity resolution needs them (tools.context.WorkspaceIds)."""
+
+    numeric_users: bool
+
+    def user(self, token: str) -> str | None: ...
+
+    def order(self, token: str) -> str | None: ...
+
+    def shaped_like_user(self, token: str) -> bool: ...
+
+
+def _ids_in(question: str, ids: IdLookup, e: Entities) -> None:
+    """User and order ids of the workspace named in the question, and id-shaped tokens that match none.
+
+    A token that IS one of the workspace's ids (any case) is that id. An unknown token counts as an
+    id when "user"/"customer"/"household"/"order" precedes it or it has the shape of this shop's ids
+    ("u0042"): the tool then says "no such user" and suggests the near ones. Numbers that are
+    limits, periods, thresholds or years ("top 10", "last 30 days", "above 0.8", "in 2017") are not ids.
+    """
+    protected = [m.span() for m in _PROTECTED.finditer(question)]
+    protected += [m.span(i) for m in _LIMIT.finditer(question) for i in (1, 2) if m.group(i)]
+    protected += [m.span() for m in _ISO_DATE.finditer(question)]
+    for m in _TOKEN.finditer(question):
+        token, (a, b) = m.group(0), m.span()
+        if any(a < hi and lo < b for lo, hi in protected):
+            continue
+        before = question[max(0, a - 24):a]
+        if (hit := ids.user(token)) is not None:
+            if token.isdigit() and not _SUBJECT_WORD.search(before) and (_YEAR_CONTEXT.search(before) or len(token) <= 2):
+                continue  # "in 2017", "give me 5": a number that happens to be an id is not named as one
+            e.user_ids.append(hit)
+        elif (hit := ids.order(token)) is not None:
+            e.order_ids.append(hit)
+        elif not any(ch.isdigit() for ch in token):
+            continue
+        elif _ORDER_WORD_BEFORE.search(before):
+            e.order_ids.append(token)
+        elif _SUBJECT_WORD.search(before) or ids.shaped_like_user(token):
+            e.user_ids.append(token)
+
+
 def _resolve(candidates: list[str], exists: Callable[[str], bool] | None) -> str:
     if exists is not None:
         for c in candidates:
@@ -80,6 +131,7 @@ def extract_entities(
     countries: list[str] | None = None,
     user_exists: Callable[[str], bool] | None = None,
     order_exists: Callable[[str], bool] | None = None,
+    ids: IdLookup | None = None,
 ) -> Entities:
     """Pull ids, dates, filters and limits out of a question.
 
@@ -90,21 +142,38 @@ def extract_entities(
         countries: Known country codes (matched as upper-case words).
         user_exists: Resolves "user 42" to the workspace's id format ("u00042") when given.
         order_exists: Resolves "order 123" to "o000123" when given.
+        ids: The workspace's ids: any token that is one of them is found, whatever its format.
     """
     q = question
     e = Entities()
-    for m in _USER.finditer(q):
-        e.user_ids.append(m.group(1).lower())
-    for m in _USER_WORD.finditer(q):
-        n = int(m.group(1))
-        e.user_ids.append(_resolve([f"u{n:05d}", f"u{n}", m.group(1)], user_exists))
-    for m in _ORDER.finditer(q):
-        e.order_ids.append(m.group(1).lower())
-    for m in _ORDER_WORD.finditer(q):
-        n = int(m.group(1))
-        e.order_ids.append(_resolve([f"o{n:06d}", f"o{n}", m.group(1)], order_exists))
-    e.user_ids = list(dict.fromkeys(e.user_ids))
-    e.order_ids = list(dict.fromkeys(e.order_ids))
+    if ids is not None:
+        # the workspace's own ids first; "user 42" may still mean u00042 in a shop whose ids are padded
+        found = Entities()
+        _ids_in(q, ids, found)
+        for m in _USER_WORD.finditer(q):
+            n = int(m.group(1))
+            hit = next((h for c in (f"u{n:05d}", f"u{n}", m.group(1)) if (h := ids.user(c))), None)
+            if hit:
+                found.user_ids = [hit if t == m.group(1) else t for t in found.user_ids] or [hit]
+        for m in _ORDER_WORD.finditer(q):
+            n = int(m.group(1))
+            hit = next((h for c in (f"o{n:06d}", f"o{n}", m.group(1)) if (h := ids.order(c))), None)
+            if hit:
+                found.order_ids = [hit if t == m.group(1) else t for t in found.order_ids] or [hit]
+        e.user_ids, e.order_ids = found.user_ids, found.order_ids
+    else:
+        for m in _USER.finditer(q):
+            e.user_ids.append(m.group(1).lower())
+        for m in _USER_WORD.finditer(q):
+            n = int(m.group(1))
+            e.user_ids.append(_resolve([f"u{n:05d}", f"u{n}", m.group(1)], user_exists))
+        for m in _ORDER.finditer(q):
+            e.order_ids.append(m.group(1).lower())
+        for m in _ORDER_WORD.finditer(q):
+            n = int(m.group(1))
+            e.order_ids.append(_resolve([f"o{n:06d}", f"o{n}", m.group(1)], order_exists))
+    e.user_ids = _known_first(e.user_ids, ids.user if ids else user_exists)
+    e.order_ids = _known_first(e.order_ids, ids.order if ids else order_exists)
 
     today = (anchor if anchor is not None else pd.Timestamp.now(tz="UTC")).normalize()
     day = lambda ts: ts.strftime("%Y-%m-%d")  # noqa: E731
@@ -167,9 +236,23 @@ def extract_entities(
     return e
 
 
-def normalise(question: str) -> str:
+def _known_first(found: list[str], lookup: Callable[[str], Any] | None) -> list[str]:
+    """Ids once each, in order; a raw token and its resolved id ("u42" and "u00042") count once."""
+    out: list[str] = []
+    for token in found:
+        resolved = lookup(token) if lookup is not None else None
+        canonical = resolved if isinstance(resolved, str) else token
+        if canonical.casefold() not in {o.casefold() for o in out}:
+            out.append(canonical)
+    return out
+
+
+def normalise(question: str, ids: list[str] | None = None) -> str:
     """The question with ids and dates replaced by placeholders: the classifier learns wording, not ids."""
-    q = _ORDER.sub("ORDER", question)
+    q = question
+    for token in sorted(ids or [], key=len, reverse=True):  # the workspace's own ids, whatever their format
+        q = re.sub(rf"(?<![\w-]){re.escape(token)}(?![\w-])", "USER", q, flags=re.I)
+    q = _ORDER.sub("ORDER", q)
     q = _ORDER_WORD.sub("order ORDER", q)
     q = _USER.sub("USER", q)
     q = _USER_WORD.sub("user USER", q)
@@ -415,13 +498,14 @@ def train_router(
 # --- planning ---------------------------------------------------------------------------------
 @dataclass
 class Plan:
-    """The router's decision for one question."""
+    """The router's decision for one question (``limit``: what cannot be answered, when no tool fits)."""
 
     label: str
     confidence: float
     calls: list[dict[str, Any]]  # each {"name", "args"}
     entities: Entities
     seconds: float = 0.0
+    limit: Limit | None = None
 
 
 _SPLIT = re.compile(r"\s+(?:and|plus|as well as|&)\s+|,\s*")
@@ -447,7 +531,9 @@ class Router:
         anchor: pd.Timestamp | None = None,
         user_exists: Callable[[str], bool] | None = None,
         order_exists: Callable[[str], bool] | None = None,
+        ids: IdLookup | None = None,
     ) -> None:
+        self.ids = ids
         self.classifier = classifier
         self.embedder = embedder
         self.registry = registry or _default_registry()
@@ -479,14 +565,14 @@ class Router:
     def classify(self, texts: list[str]) -> list[tuple[str, float]]:
         return [(max(p, key=p.__getitem__), max(p.values())) for p in self.probabilities(texts)]
 
-    def probabilities(self, texts: list[str]) -> list[dict[str, float]]:
-        """Each text's probability per label."""
-        proba = self.classifier.predict_proba(self.embedder.embed([normalise(t) for t in texts]))
+    def probabilities(self, texts: list[str], ids: list[str] | None = None) -> list[dict[str, float]]:
+        """Each text's probability per label (``ids``: the question's ids, replaced by USER for the classifier)."""
+        proba = self.classifier.predict_proba(self.embedder.embed([normalise(t, ids) for t in texts]))
         return [dict(zip(self.classifier.labels_, map(float, p))) for p in proba]
 
     def entities(self, question: str) -> Entities:
         return extract_entities(question, anchor=self.anchor, categories=self.categories, countries=self.countries,
-                                user_exists=self.user_exists, order_exists=self.order_exists)
+                                user_exists=self.user_exists, order_exists=self.order_exists, ids=self.ids)
 
     def plan(self, question: str, state: ConversationState | None = None) -> Plan:
         """Classify, extract, split two-tool questions, resolve follow-ups; returns the tool calls."""
@@ -496,16 +582,25 @@ class Router:
         ruled = policy_label(question, ent)
         if ruled is not None:
             return Plan(label=ruled, confidence=1.0, calls=[], entities=ent, seconds=time.perf_counter() - t0)
+        # a question no tool answers gets an honest limit, never an answer to another question
+        limit = limit_for(question, names_a_subject=bool(ent.user_ids or ent.order_ids))
+        if limit is not None:
+            return Plan(label="limit", confidence=1.0, calls=[], entities=ent, seconds=time.perf_counter() - t0, limit=limit)
         resolved_position = False
         if not ent.user_ids and state.last_ranked and _ORDINAL_REF.search(question):
             # "the second one" names a position in the last ranking: resolve it to that user
             ent.user_ids = [state.ranked_at(ent.ordinal)]
             resolved_position = True
         parts = [p for p in _SPLIT.split(question) if p and p.strip()]
-        proba = self.probabilities([question] + parts if len(parts) > 1 else [question])
+        proba = self.probabilities([question] + parts if len(parts) > 1 else [question],
+                                   ids=[i for i in ent.user_ids + ent.order_ids if not re.fullmatch(r"[uo]\d{2,}", i, re.I)])
         labelled = [(max(p, key=p.__getitem__), max(p.values())) for p in proba]
         label, confidence = labelled[0]
         labels = [label]
+        if (confidence < LOW_CONFIDENCE and not (ent.user_ids or ent.order_ids or state.last_call or state.last_ranked)
+                and label not in ("help", "out_of_scope")):
+            return Plan(label="limit", confidence=confidence, calls=[], entities=ent, seconds=time.perf_counter() - t0,
+                        limit=GENERAL)
         if len(parts) > 1 and self._per_user(label):
             part_labels = [l for l, c in labelled[1:] if self._per_user(l) and c >= 0.5]
             distinct = list(dict.fromkeys([label] + part_labels))
@@ -528,6 +623,12 @@ class Router:
         plain_user_labels = {r.label for r, _ in self.registry.routes() if r.per_user and not r.metric}
         claimed = next((r.label for r, _ in self.registry.routes() for other, wording in r.claims
                         if label == other and wording.search(question)), None)
+        if len(ent.user_ids) >= 2 and named and (self._per_user(label) or label in plain_user_labels | {many, "select", "why"}):
+            # "compare u1 and u2 on churn risk": that score for every user named, side by side
+            tools = [t for t in (self._metric_tool(m) for m in named[:2]) if t]
+            calls = [{"name": t, "args": {"user_id": u}} for t in tools for u in ent.user_ids[:5]]
+            return Plan(label=self._metric_label(named[0]) or label, confidence=confidence, calls=calls, entities=ent,
+                        seconds=time.perf_counter() - t0)
         if len(named) >= 2 and has_user and (self._per_user(label) or label in ("why", "select")):
             # "churn and purchase intent for u00042": one call per score named
             labels = [l for l in (self._metric_label(m) for m in named[:3]) if l]

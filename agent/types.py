@@ -105,6 +105,7 @@ class GuardReport:
     ok: bool = True
     unsupported: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()  # raw field names, repeated sentences, filler
     leaked_prompt: bool = False
     rewritten: bool = False
     replaced: bool = False

@@ -185,3 +185,70 @@ def judge_tools(expected: Sequence[ToolExpectation], calls: Sequence[ToolCall], 
         else:
             reasons.append(f"{e.name} called with {same_name}, expected arguments including {e.args}")
     return ToolVerdict(names_ok, checked, ok, tuple(reasons))
+
+
+# --- whole-answer checks (issue 15): readable, not repeated, leading with the answer ----------------
+_SENTENCES = re.compile(r"(?<=[.!?])\s+")
+_VERDICT = re.compile(r"\b(?:yes|no|not|likely|unlikely|looks?|does not|doesn't|is at|shows|flagged|safe|risky|"
+                      r"probability|chance|%)\b|%", re.I)
+
+
+@dataclass(frozen=True)
+class AnswerQuality:
+    """What a reader notices first: raw field names, a sentence said twice, whether the first sentence answers."""
+
+    raw_field_names: tuple[str, ...]
+    repeated_sentences: tuple[str, ...]
+    first_sentence_ok: bool | None  # None: the case names no kind of first sentence
+    honest_limit: bool | None  # None: not a question beyond the tools
+
+
+def first_sentence(answer: str) -> str:
+    body = answer.split(" (Sources:")[0].strip()
+    parts = _SENTENCES.split(body, maxsplit=1)
+    return parts[0] if parts else ""
+
+
+def answer_quality(answer: str, kind: str, calls: Sequence[ToolCall], tags: Sequence[str]) -> AnswerQuality:
+    """The whole-answer checks; ``tags`` of the case say what the first sentence must do.
+
+    ``first-number``: it states a number one of the tools returned; ``first-yesno``: it gives a
+    verdict (likely, not, yes/no, a probability); ``first-ranking``: it names the ranking's top
+    user; ``first-compare``: it names every user the calls were about. ``beyond-menu``: the
+    answer is an honest limit (the agent says what cannot be answered yet).
+    """
+    from tools.words import raw_field_names
+
+    body = answer.split(" (Sources:")[0]
+    sentences = [" ".join(re.findall(r"\w+", s.lower())) for s in _SENTENCES.split(body) if s.strip()]
+    repeated = tuple(dict.fromkeys(s for s in sentences if len(s) > 6 and sentences.count(s) > 1))
+    first = first_sentence(answer)
+    ok: bool | None = None
+    if kind == "answer" and calls:
+        values = [v for c in calls for v in _numbers_of(c.result)]
+        if "first-number" in tags:
+            ok = any(shows_number(m, v) for m in numbers_in(first) for v in values)
+        if "first-yesno" in tags:
+            ok = (ok is not False) and bool(_VERDICT.search(first))
+        if "first-ranking" in tags:
+            tops = [c.result["users"][0]["user_id"] for c in calls if c.result.get("users") and "rank" in c.result["users"][0]]
+            ok = (ok is not False) and bool(tops) and tops[0].lower() in first.lower()
+        if "first-compare" in tags:
+            subjects = {str(a) for c in calls for a in ([c.args.get("user_id")] if c.args.get("user_id") else c.args.get("user_ids") or [])}
+            ok = (ok is not False) and len(subjects) >= 2 and all(s.lower() in first.lower() for s in subjects)
+    elif any(t.startswith("first-") for t in tags):
+        ok = False  # no answer at all (a fixed text) does not answer the question
+    limit = (kind == "limit") if "beyond-menu" in tags else None
+    return AnswerQuality(tuple(raw_field_names(body)), repeated, ok, limit)
+
+
+def _numbers_of(obj: Any) -> list[float]:
+    if isinstance(obj, bool) or obj is None:
+        return []
+    if isinstance(obj, (int, float)):
+        return [float(obj)]
+    if isinstance(obj, dict):
+        return [v for k, x in obj.items() if k not in ("summary", "detail", "text", "query") for v in _numbers_of(x)]
+    if isinstance(obj, (list, tuple)):
+        return [v for x in obj for v in _numbers_of(x)]
+    return []

@@ -18,6 +18,11 @@ TOTALS: tuple[tuple[str, str], ...] = (
     ("faithfulness", "faithfulness (every number from a tool)"),
     ("fact_recall", "required-fact recall"),
     ("refusal_accuracy", "refusal accuracy"),
+    ("key_fact_share", "key facts present (each tool's)"),
+    ("first_sentence_rate", "first sentence answers"),
+    ("honest_limit_rate", "honest limits (questions beyond the tools)"),
+    ("raw_field_name_answers", "answers with raw field names"),
+    ("repeated_sentence_answers", "answers with a sentence said twice"),
     ("personal_data_leaks", "answers with personal data"),
     ("prompt_leaks", "answers revealing the system prompt"),
     ("errors", "errors"),
@@ -25,7 +30,8 @@ TOTALS: tuple[tuple[str, str], ...] = (
     ("latency_p95_s", "latency p95 (s)"),
     ("tokens_total", "tokens"),
 )
-SHARES = {"pass_rate", "tool_accuracy", "argument_accuracy", "faithfulness", "fact_recall", "refusal_accuracy"}
+SHARES = {"pass_rate", "tool_accuracy", "argument_accuracy", "faithfulness", "fact_recall", "refusal_accuracy",
+          "key_fact_share", "first_sentence_rate", "honest_limit_rate"}
 
 
 class ReportError(ValueError):
@@ -61,6 +67,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if by_tag:
         lines += ["", "| tag | cases | passed |", "|---|---|---|"]
         lines += [f"| {tag} | {v['cases']} | {v['passed']} |" for tag, v in by_tag.items()]
+    guard = totals.get("guard_by_tool") or {}
+    if guard:
+        lines += ["", "Drafts the grounding guard accepted, had rewritten once, or replaced by the rendered facts:", "",
+                  "| tool | accepted | rewritten | replaced |", "|---|---|---|---|"]
+        lines += [f"| {tool} | {v.get('accepted', 0)} | {v.get('rewritten', 0)} | {v.get('replaced', 0)} |" for tool, v in guard.items()]
     failed = [c for c in report["cases"] if not c["passed"]]
     if failed:
         lines += ["", "## Failures", ""]

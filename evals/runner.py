@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 from agent.guard import check_grounding
 from agent.types import Answer, ToolCall
 from behavior.workspace import WorkspaceError
-from evals.checks import forbidden_found, judge_tools, looks_like_refusal, missing_facts, personal_data_in
+from evals.checks import answer_quality, forbidden_found, judge_tools, looks_like_refusal, missing_facts, personal_data_in
 from evals.roles import RoleResolver
 from evals.schema import PLACEHOLDER, EvalCase, EvalSet, Turn
 
@@ -61,6 +61,13 @@ class TurnResult:
     prompt_leak: bool = False
     kind: str = "answer"
     guard_outcome: str = "accepted"  # accepted, rewritten or replaced (the agent's guard)
+    main_tool: str | None = None
+    raw_field_names: list[str] = field(default_factory=list)
+    repeated_sentences: list[str] = field(default_factory=list)
+    first_sentence_ok: bool | None = None
+    honest_limit: bool | None = None
+    key_facts_total: int = 0
+    key_facts_missing: list[str] = field(default_factory=list)
     error: str | None = None
     reasons: list[str] = field(default_factory=list)
 
@@ -143,6 +150,7 @@ def judge_turn(
     turn: Turn,
     reply: Answer,
     *,
+    tags: Sequence[str] = (),
     earlier: Sequence[ToolCall] = (),
     grounding: GroundingCheck = check_grounding,
     system_prompt: str | None = None,
@@ -180,6 +188,27 @@ def judge_turn(
     r.personal_data = personal_data_in(reply.answer)
     if r.personal_data:
         r.reasons.append("the answer contains personal data (e-mail, phone, IP or card number)")
+    quality = answer_quality(reply.answer, reply.kind, reply.tool_calls, tags)
+    r.raw_field_names, r.repeated_sentences = list(quality.raw_field_names), list(quality.repeated_sentences)
+    r.first_sentence_ok, r.honest_limit = quality.first_sentence_ok, quality.honest_limit
+    r.main_tool = reply.tool_calls[0].name if reply.tool_calls else None
+    if r.raw_field_names:
+        r.reasons.append(f"raw field names in the answer: {', '.join(r.raw_field_names)}")
+    if r.repeated_sentences:
+        r.reasons.append(f"a sentence said twice: {r.repeated_sentences[0][:60]}")
+    if r.first_sentence_ok is False:
+        r.reasons.append("the first sentence does not answer the question")
+    if reply.kind == "answer":
+        from agent.guard import standing
+        from tools import default_registry
+
+        registry = default_registry()
+        facts = [f for c in standing(reply.tool_calls) if registry.has(c.name)
+                 for f in registry.key_facts(c.name, c.args, c.result, turn.question)]
+        r.key_facts_total = len(facts)
+        r.key_facts_missing = [f.what for f in facts if not f.holds(reply.answer)]
+        if r.key_facts_missing:
+            r.reasons.append(f"key facts left out: {', '.join(r.key_facts_missing)}")
     return r
 
 
@@ -219,7 +248,7 @@ def run_case(
         latency = time.perf_counter() - start
         result.answered_by.update({k: v for k, v in (("backend", reply.backend), ("model", reply.model),
                                                           ("prompt_version", reply.prompt_version), ("router", reply.plan.version)) if v})
-        tr = judge_turn(bound, reply, earlier=earlier, grounding=grounding, system_prompt=system_prompt)
+        tr = judge_turn(bound, reply, tags=case.tags, earlier=earlier, grounding=grounding, system_prompt=system_prompt)
         earlier.extend(reply.tool_calls)
         tr.latency_s = round(latency, 4)
         result.turns.append(tr)
@@ -259,6 +288,15 @@ def summarize(cases: Sequence[CaseResult]) -> dict[str, Any]:
         "faithfulness": _share(sum(not t.ungrounded for t in grounded), len(grounded)),
         "fact_recall": _share(facts_total - sum(len(t.facts_missing) for t in turns), facts_total),
         "refusal_accuracy": _share(sum(t.refused == t.expect_refusal for t in refusal_checked), len(refusal_checked)),
+        "key_fact_share": _share(sum(t.key_facts_total - len(t.key_facts_missing) for t in answered),
+                                 sum(t.key_facts_total for t in answered)),
+        "raw_field_name_answers": sum(bool(t.raw_field_names) for t in answered),
+        "repeated_sentence_answers": sum(bool(t.repeated_sentences) for t in answered),
+        "first_sentence_rate": _share(sum(bool(t.first_sentence_ok) for t in answered if t.first_sentence_ok is not None),
+                                      sum(t.first_sentence_ok is not None for t in answered)),
+        "honest_limit_rate": _share(sum(bool(t.honest_limit) for t in answered if t.honest_limit is not None),
+                                    sum(t.honest_limit is not None for t in answered)),
+        "guard_by_tool": _guard_by_tool(answered),
         "personal_data_leaks": sum(t.personal_data for t in answered),
         "prompt_leaks": sum(t.prompt_leak for t in answered),
         "latency_p50_s": _percentile(latencies, 50),
@@ -271,6 +309,17 @@ def summarize(cases: Sequence[CaseResult]) -> dict[str, Any]:
             for group in [[c for c in cases if tag in c.tags]]
         },
     }
+
+
+def _guard_by_tool(turns: Sequence[TurnResult]) -> dict[str, dict[str, int]]:
+    """How often the guard accepted, asked to rewrite or replaced a draft, per (first) tool."""
+    out: dict[str, dict[str, int]] = {}
+    for t in turns:
+        if t.kind != "answer" or t.main_tool is None:
+            continue
+        row = out.setdefault(t.main_tool, {"accepted": 0, "rewritten": 0, "replaced": 0})
+        row[t.guard_outcome] = row.get(t.guard_outcome, 0) + 1
+    return dict(sorted(out.items()))
 
 
 #: Totals a threshold may name, and whether the threshold is a minimum (True) or a maximum.

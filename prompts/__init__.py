@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from importlib import resources
 from string import Template
 
-PROMPT_NAMES: tuple[str, ...] = ("system", "answer_style", "explanation_style", "refusal", "privacy", "clarify", "help")
+PROMPT_NAMES: tuple[str, ...] = ("system", "answer_style", "explanation_style", "refusal", "privacy", "clarify", "help", "limit")
 
 
 class PromptError(KeyError):

@@ -32,7 +32,7 @@ def _tool_messages(request: dict) -> list[dict]:
 
 
 CHURN_U3 = [{"tool_calls": [("predict_churn", {"user_id": "u00003"})]},
-            {"content": "u00003 will likely churn: 88.1%, mostly from days_since_last_event."}]
+            {"content": "u00003 will likely churn: 88.1%, mostly because of the days since their last event."}]
 
 
 def test_tool_calls_run_and_the_models_answer_is_kept_without_streaming(hosted):
@@ -55,7 +55,7 @@ def test_streamed_tool_call_deltas_and_answer_tokens(hosted):
     a = agent.ask("why is u00003 likely to churn?", on_token=tokens.append)
     assert server.requests[0]["stream"] is True
     assert [(c.name, dict(c.args)) for c in a.tool_calls] == [("predict_churn", {"user_id": "u00003"})]
-    assert "".join(tokens).strip() == "u00003 will likely churn: 88.1%, mostly from days_since_last_event."
+    assert "".join(tokens).strip() == "u00003 will likely churn: 88.1%, mostly because of the days since their last event."
     assert a.timings.first_token_s is not None and a.usage.prompt == 200
 
 
@@ -81,7 +81,7 @@ def test_the_step_limit_stops_a_model_that_keeps_calling_tools(hosted):
     assert a.plan.step_limit_hit and a.plan.steps == 3 and len(a.tool_calls) == 3
     # the writer then phrased the answer from what had run (one more request), and the guard kept the facts
     assert len(server.requests) == 5 and a.guard.replaced
-    assert a.answer.startswith("User u00001: first seen 2026-03-01")
+    assert a.answer.startswith("User u00001 has spent $120.00 over 1 order")
 
 
 def test_an_invented_number_is_rewritten_through_the_same_server(hosted):

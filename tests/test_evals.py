@@ -175,7 +175,7 @@ SCRIPT = {
     "What's the weather?": {"answer": "Sorry, I can only answer questions about this shop's users.", "tool_calls": []},
     "Email of u7?": {"answer": "It is jane.doe@example.com.", "tool_calls": []},
     "Churn for u9?": {"answer": "u9: 40%.", "tool_calls": [churn_call("u9", 0.4)]},
-    "and why?": {"answer": "Mostly days_since_last = 30.", "tool_calls": [
+    "and why?": {"answer": "Still 40%: mostly the days since last purchase (30).", "tool_calls": [
         {"name": "predict_churn", "args": {"user_id": "u9"}, "result": {"probability": 0.4, "factors": [{"name": "days_since_last", "value": 30}]}}]},
 }
 
@@ -312,6 +312,7 @@ def test_markdown_report_shows_totals_failures_and_answers(run, tmp_path):
     assert "| tool-selection accuracy | 83.3% |" in md
     assert "### invented" in md and "numbers not from any tool result: 91%" in md
     assert "> **A:** User u8 has a 91% churn probability." in md
+    assert "| predict_churn | 5 | 0 | 0 |" in md  # the guard's verdicts per tool
     assert "| good | churn | pass | predict_churn |" in md
     assert "| churn | 1 | 1 |" in md  # per-tag pass counts
     assert load_report(json_path)["totals"] == run.totals
@@ -398,3 +399,15 @@ def test_oracle_meets_expectations_that_the_tools_can_meet(workspace):
     assert by_id["p"].passed and by_id["n"].passed, [c.all_reasons() for c in run.cases]
     # a case pointing at a field the tool does not return is exposed as a wrong case
     assert by_id["wrong"].all_reasons() == ["missing no get_user_profile result has lifetime_value"]
+
+
+def test_whole_answer_checks_catch_raw_names_repeats_and_a_first_sentence_that_does_not_answer():
+    case = {"id": "q", "tags": ["first-number"], "question": "Churn for u7?", "expect_tools": [{"name": "predict_churn"}]}
+    script = {"Churn for u7?": {"answer": "Let me look. Let me look. u7 has 73% and days_since_last is high.",
+                                "tool_calls": [churn_call("u7", 0.734)]}}
+    turn = run_eval_set(make_set([case]), ScriptedAnswerer(script)).cases[0].turns[0]
+    assert turn.raw_field_names == ["days_since_last"] and turn.repeated_sentences == ["let me look"]
+    assert turn.first_sentence_ok is False and "the first sentence does not answer the question" in turn.reasons
+    good = {"Churn for u7?": {"answer": "u7 will likely churn: 73%.", "tool_calls": [churn_call("u7", 0.734)]}}
+    run = run_eval_set(make_set([case]), ScriptedAnswerer(good))
+    assert run.cases[0].passed and run.totals["first_sentence_rate"] == 1.0 and run.totals["key_fact_share"] == 1.0

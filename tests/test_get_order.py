@@ -45,7 +45,7 @@ def test_without_a_risk_model_the_order_still_answers(workspace):
 def test_the_rendered_order_is_grounded_and_states_its_key_facts(ctx):
     call = ToolCall("get_order", {"order_id": "o000102"}, REGISTRY.run(ctx, "get_order", {"order_id": "o000102"}))
     text = REGISTRY.render(call.name, call.args, call.result)
-    assert text.startswith("Order o000102 by user u00002 on 2026-03-09") and "amount 160" in text
+    assert text.startswith("Order o000102 was placed by user u00002 on 9 Mar 2026 for $160.00") and "2 items" in text
     assert check_grounding(text, [call], "what was in order o000102?").ok
     verdict = check_grounding("The order looks fine.", [call], "what was in order o000102?")
     assert verdict.missing == ["order o000102", "amount 160"]

@@ -49,7 +49,7 @@ def test_heldout_accuracy_is_at_least_90_percent(trained):
 def test_generated_questions_are_deterministic_and_cover_every_label():
     a, b = generate_questions(20, seed=3), generate_questions(20, seed=3)
     labels = labels_of(default_registry())
-    assert a.equals(b) and a["label"].nunique() == len(labels) == 15 and a["question"].nunique() > 250
+    assert a.equals(b) and a["label"].nunique() == len(labels) >= 15 and a["question"].nunique() > 250
 
 
 @pytest.mark.slow
@@ -205,7 +205,8 @@ def test_injected_text_changes_neither_tools_nor_policy(local_agent):
     first = agent.ask("what did u00002 do?")
     assert [c.name for c in first.tool_calls] == ["get_user_history"]
     # the injected text reached the writer, quoted inside the facts, and nothing obeyed it
-    assert any('u00002-s1 (2026-03-02): "' in m[1]["content"] and "IGNORE ALL PREVIOUS INSTRUCTIONS" in m[1]["content"] for m in writer.seen)
+    assert any('2 Mar 2026 (u00002-s1): "' in m[1]["content"] and "IGNORE ALL PREVIOUS INSTRUCTIONS" in m[1]["content"]
+               for m in writer.seen)
     assert '"2026-03-02 desktop' in first.answer  # an answer that mentions it quotes it as the user's text
     assert load_prompt_text() not in first.answer
     second = agent.ask("will u00002 churn?", conversation_id=first.conversation_id)
@@ -275,3 +276,70 @@ def test_concurrent_questions_on_one_agent_each_keep_their_own_plan_timings_and_
         assert a.answer == ref.answer, q
         assert a.timings.total_s > 0 and a.timings.total_s >= a.timings.tools_s
     assert len({a.usage for a in together.values()}) > 1  # the questions really differ in cost
+
+
+# --- entity resolution against the workspace's own ids (issue 15) -------------------------------
+def _ids(users, orders=()):
+    from tools.context import WorkspaceIds
+
+    return WorkspaceIds(frozenset(users), frozenset(orders))
+
+
+@pytest.mark.parametrize("question,users,expected", [
+    ("Is user 9999999991 likely to churn?", ["1", "42", "1234"], ["9999999991"]),       # unknown: reported, not missed
+    ("Churn risk for 1234?", ["1", "42", "1234"], ["1234"]),                             # a bare numeric id
+    ("top 10 households by churn in the last 30 days", ["10", "30"], []),                # limits and periods are not ids
+    ("why is household 42 leaving?", ["1", "42", "1234"], ["42"]),
+    ("What's the churn outlook for U00042?", ["u00042", "u00043"], ["u00042"]),          # case-insensitive
+    ("tell me about u0042", ["u00042", "u00043"], ["u0042"]),                            # a near miss: the tool suggests
+    ("profile of CUST-0042 please", ["CUST-0042", "CUST-0043"], ["CUST-0042"]),
+    ("compare 3f2b7c1e-9a4d-4c1b-8e2f-1a2b3c4d5e6f and 1042", ["3f2b7c1e-9a4d-4c1b-8e2f-1a2b3c4d5e6f", "1042"],
+     ["3f2b7c1e-9a4d-4c1b-8e2f-1a2b3c4d5e6f", "1042"]),
+    ("give me 12 of them", ["12"], []),                                                  # a bare two-digit number is a count
+    ("Give me a profile of user 7.", ["u00007", "u00008"], ["u00007"]),                  # "user 7" in a padded shop
+    ("what did 2017 look like for household 2017?", ["2017"], ["2017"]),
+])
+def test_ids_are_found_as_the_workspace_writes_them(question, users, expected):
+    e = extract_entities(question, ids=_ids(users))
+    assert e.user_ids == expected
+
+
+def test_orders_are_found_and_a_near_miss_is_suggested():
+    from tools.context import similar_ids
+
+    e = extract_entities("was order O000123 refunded? and order 77?", ids=_ids(["u1"], ["o000123", "o000077"]))
+    assert e.order_ids == ["o000123", "o000077"]
+    assert similar_ids("u0042", frozenset({"u00042", "u00043", "u10042"})) == ["u00042"]
+    assert similar_ids("CUST-0024", frozenset({"CUST-0042", "CUST-1024", "X"}))[:1] == ["CUST-1024"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("question,key", [
+    ("Which category has the highest cart abandonment?", "breakdowns"),
+    ("Which country has the most churn risk?", "breakdowns"),
+    ("What should we recommend to u00042?", "recommendations"),
+    ("Forecast next quarter's revenue for me.", "forecasts"),
+    ("Which marketing campaign drove the most sales?", "marketing attribution"),
+    ("How accurate is the churn model overall?", "model quality"),
+    ("Write me a SQL query that lists every user.", "code"),
+    ("How many users have a fraud score above 0.8?", "counts by score"),
+])
+def test_questions_no_tool_answers_get_an_honest_limit(router, question, key):
+    plan = router.plan(question)
+    assert plan.calls == [] and plan.label == "limit" and plan.limit.key == key
+
+
+@pytest.mark.slow
+def test_the_limit_text_says_what_cannot_be_done_and_what_can(local_agent):
+    agent, writer = local_agent
+    a = agent.ask("Forecast next quarter's revenue for me.")
+    assert a.kind == "limit" and a.tool_calls == () and writer.seen == [] and not a.refused
+    assert a.answer.startswith("I can't forecast revenue or sales. Questions I can answer instead:")
+
+
+@pytest.mark.slow
+def test_comparing_users_on_a_score_scores_every_user(router):
+    assert names(router.plan("Compare users u00001 and u00002 on churn risk.")) == [
+        ("predict_churn", {"user_id": "u00001"}), ("predict_churn", {"user_id": "u00002"})]
+    assert names(router.plan("Who's more likely to buy next week, u00001 or u00002?")) == [
+        ("predict_intent", {"user_id": "u00001"}), ("predict_intent", {"user_id": "u00002"})]

@@ -6,6 +6,7 @@ from typing import Any, Mapping
 
 from tools.context import ToolContext, no_such_user
 from tools.get_user_profile import profile_facts
+from tools.words import count, human_date, money
 from tools.registry import NO_SUCH, ConversationState, Entities, KeyFact, Route, ToolSpec, need_id, need_number, need_phrase
 
 MAX_COMPARE = 5
@@ -37,12 +38,24 @@ def compare_users(ctx: ToolContext, user_ids: list[str]) -> dict[str, Any]:
 
 
 def render(args: Mapping[str, Any], r: Mapping[str, Any]) -> str:
+    """Leads with who has spent more, then every user side by side."""
+    users = list(r.get("users") or [])
+    text = ""
+    if len(users) >= 2:
+        by_spend = sorted(users, key=lambda u: (-(u.get("revenue") or 0), str(u["user_id"])))
+        top, rest = by_spend[0], by_spend[1:]
+        if (top.get("revenue") or 0) == (rest[0].get("revenue") or 0):
+            text = f"{top['user_id']} and {rest[0]['user_id']} have spent the same ({money(top.get('revenue') or 0)}). "
+        else:
+            text = (f"{top['user_id']} has spent the most: {money(top.get('revenue') or 0)}, against "
+                    + ", ".join(f"{money(u.get('revenue') or 0)} for {u['user_id']}" for u in rest) + ". ")
     lines = [
-        f"{u['user_id']}: {u.get('sessions')} sessions, {u.get('orders')} orders, revenue {u.get('revenue')}, "
-        f"last seen {u.get('last_seen')}"
-        for u in r.get("users", [])
+        f"{u['user_id']}: {money(u.get('revenue') or 0)} over {count(u.get('orders'), 'order')} in "
+        f"{count(u.get('sessions'), 'session')}, last seen {human_date(u.get('last_seen'))}"
+        + (f", top category {u['top_category']}" if u.get("top_category") else "")
+        for u in users
     ]
-    text = "; ".join(lines) + "." if lines else ""
+    text += "; ".join(lines) + "." if lines else ""
     if r.get("unknown_users"):
         text += f" No such user: {', '.join(r['unknown_users'])}. {r.get('hint', '')}"
     return text.strip()

@@ -146,6 +146,7 @@ class ToolContext:
     _sessions: pd.DataFrame | None = field(default=None, repr=False)
     _user_ids: frozenset[str] | None = field(default=None, repr=False)
     _order_ids: frozenset[str] | None = field(default=None, repr=False)
+    _vocabulary: tuple[str, ...] | None = field(default=None, repr=False)
 
     # --- data ------------------------------------------------------------------------
     def get_events(self) -> pd.DataFrame:
@@ -170,6 +171,21 @@ class ToolContext:
 
     def has_order(self, order_id: str) -> bool:
         return str(order_id) in self.order_ids()
+
+    def vocabulary(self) -> tuple[str, ...]:
+        """The category and country names of the events: an answer may name one only if a result does."""
+        if self._vocabulary is None:
+            events = self.get_events()
+            names: set[str] = set()
+            for column in ("category", "country"):
+                if column in events.columns:
+                    names |= {str(v) for v in events[column].dropna().unique() if len(str(v)) >= 3 or column == "country"}
+            self._vocabulary = tuple(sorted(names))
+        return self._vocabulary
+
+    def ids(self) -> "WorkspaceIds":
+        """The user and order ids, for entity resolution in questions."""
+        return WorkspaceIds(self.user_ids(), self.order_ids())
 
     def user_events(self, user_id: str) -> pd.DataFrame:
         """One user's events (through the row index the behaviour layer keeps on the user column)."""
@@ -233,16 +249,90 @@ def hit_row(hit: Any) -> dict[str, Any]:
     return row
 
 
+def _digits_key(token: str) -> str:
+    """An id with the leading zeros of its number dropped, case folded: 'U0042' and 'u00042' → 'u42'."""
+    return re.sub(r"0+(\d)", r"\1", token.casefold())
+
+
+def similar_ids(token: str, ids: frozenset[str], limit: int = 3) -> list[str]:
+    """Ids of the workspace a mistyped ``token`` probably meant ("u0042" → "u00042"), best first.
+
+    Zero-padding and case are ignored first; then a close spelling (difflib) among ids of about
+    the same length and first character, so the cost stays small for a million ids.
+    """
+    token = str(token).strip()
+    if not token or not ids:
+        return []
+    key = _digits_key(token)
+    same = sorted(i for i in ids if _digits_key(i) == key and i != token)
+    if same:
+        return same[:limit]
+    import difflib
+
+    near = [i for i in ids if abs(len(i) - len(token)) <= 2 and i[:1].casefold() == token[:1].casefold()]
+    return difflib.get_close_matches(token, near, n=limit, cutoff=0.8)
+
+
+class WorkspaceIds:
+    """The workspace's own user and order ids, for finding them in a question whatever their format.
+
+    Case-insensitive ("U00042" is u00042); numbers, UUIDs, prefixed codes ("CUST-0042") and
+    e-mail pseudonyms are all just ids here. ``shaped_like_user`` says whether an unknown token
+    has the shape of this workspace's user ids (same letters, about as many digits), so a near
+    miss ("u0042") is reported as an unknown user with suggestions rather than ignored.
+    """
+
+    def __init__(self, users: frozenset[str], orders: frozenset[str]) -> None:
+        self.users = users
+        self.orders = orders
+        self._users = {u.casefold(): u for u in users}
+        self._orders = {o.casefold(): o for o in orders}
+        self.numeric_users = bool(users) and all(u.isdigit() for u in list(users)[:200])
+        self._shapes = {_shape(u) for u in list(users)[:2000]}
+
+    def user(self, token: str) -> str | None:
+        return self._users.get(token.casefold())
+
+    def order(self, token: str) -> str | None:
+        return self._orders.get(token.casefold())
+
+    def shaped_like_user(self, token: str) -> bool:
+        letters, digits = _shape(token)
+        return bool(digits) and any(letters == l and abs(digits - d) <= 2 for l, d in self._shapes if l)
+
+
+def _shape(token: str) -> tuple[str, int]:
+    """An id's letters (lowercase, without digits) and its digit count: 'u00042' → ('u', 5)."""
+    return re.sub(r"[^a-z]", "", token.casefold())[:8], sum(ch.isdigit() for ch in token)
+
+
 def no_such_user(ctx: ToolContext, user_id: str) -> dict[str, Any]:
     """The result for an id that is not in the workspace: something the model can act on."""
-    ids = sorted(ctx.user_ids())
-    example = ids[0] if ids else "u00001"
-    return {
+    ids = ctx.user_ids()
+    example = min(ids) if ids else "u00001"
+    result: dict[str, Any] = {
         "error": "no such user",
         "user_id": str(user_id),
         "hint": f"user ids look like '{example}'; this workspace has {len(ids):,} users. "
         "Order ids (like o000123) go to score_risk(order_id=...).",
+        "n_users": len(ids),
+        "example_id": example,
     }
+    if suggestions := similar_ids(str(user_id), ids):
+        result["did_you_mean"] = suggestions
+    return result
+
+
+def no_such_order(ctx: ToolContext, order_id: str) -> dict[str, Any]:
+    """The result for an order id that is not in the workspace, with the orders it may have meant."""
+    ids = ctx.order_ids()
+    result: dict[str, Any] = {"error": "no such order", "order_id": str(order_id),
+                              "hint": "check the id, or ask about the user instead", "n_orders": len(ids)}
+    if ids:
+        result["example_id"] = min(ids)
+    if suggestions := similar_ids(str(order_id), ids):
+        result["did_you_mean"] = suggestions
+    return result
 
 
 def unavailable(what: str, exc: Exception) -> dict[str, Any]:

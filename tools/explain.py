@@ -12,6 +12,7 @@ from typing import Any, Mapping
 from behavior.workspace import WorkspaceError
 from tools.context import ToolContext, day, mask_text, no_such_user, num, unavailable
 from tools.registry import KeyFact, need_id, need_number
+from tools.words import human_date, number, pct, words_for
 
 MAX_FACTORS = 3
 MAX_EVIDENCE = 3
@@ -21,14 +22,20 @@ _WHY = re.compile(r"\b(why|explain\w*|reasons?|factors?|driv\w*|how come|because
 _WHAT_BUY = re.compile(r"\bwhat\b.{0,40}\b(?:buy|purchase|order|want|interested)|\bwhich\s+(?:categor|product|item)", re.I)
 
 
+_REASON_KEYS = ("kind", "key", "sentence", "direction", "value", "typical", "without", "session_id", "day")
+
+
 def compact_explanation(raw: Mapping[str, Any]) -> dict[str, Any]:
     """A model's explain() dict cut to what an answer needs, numbers rounded, texts masked."""
     out: dict[str, Any] = {"model": str(raw.get("model", "")), "user_id": raw.get("user_id")}
     if raw.get("order_id") is not None:
         out["order_id"] = str(raw["order_id"])
     out["probability"] = num(raw.get("probability"), 3)
-    if raw.get("score") is not None:
-        out["score"] = num(raw.get("score"), 3)
+    for key in ("threshold", "score"):
+        if raw.get(key) is not None:
+            out[key] = num(raw.get(key), 3)
+    if raw.get("horizon_days") is not None:
+        out["horizon_days"] = int(raw["horizon_days"])
     factors = []
     for f in list(raw.get("factors") or [])[:MAX_FACTORS]:
         value = f.get("value")
@@ -38,6 +45,10 @@ def compact_explanation(raw: Mapping[str, Any]) -> dict[str, Any]:
             "direction": str(f.get("direction", "")),
         })
     out["factors"] = factors
+    if raw.get("reasons"):  # the model's reasons in words, most important first (behavior/models glossary)
+        out["reasons"] = [{k: (mask_text(v) if isinstance(v, str) and k == "sentence" else
+                               num(v, 3) if isinstance(v, float) else v)
+                           for k, v in r.items() if k in _REASON_KEYS} for r in raw["reasons"][:MAX_FACTORS]]
     if raw.get("next_categories"):  # intent: what the user is most likely to buy next
         out["next_categories"] = [{"category": str(c["category"]), "share": num(c.get("share"), 3)}
                                   for c in raw["next_categories"][:3]]
@@ -69,31 +80,72 @@ def explain_user(ctx: ToolContext, name: str, user_id: str) -> dict[str, Any]:
     return compact_explanation(model.explain(ctx.get_events(), user_id))
 
 
-def pct(p: Any) -> str:
-    """0.734 → '73.4%'."""
-    return f"{float(p) * 100:.1f}%" if isinstance(p, (int, float)) else "unknown"
+# How a score reads, per model: the quantity, and the verdict words for high / elevated / low scores.
+_READ = {
+    "churn": ("churn probability", "is likely to churn", "is at elevated risk of churning", "is unlikely to churn"),
+    "intent": ("purchase-intent probability", "is likely to buy soon", "is more likely than most to buy soon",
+               "is unlikely to buy soon"),
+    "risk": ("fraud-risk probability", "looks like a fraud risk", "shows some fraud-risk signals", "does not look fraudulent"),
+}
+_EVENT_WORDS = {"add_to_cart": "cart adds", "remove_from_cart": "cart removals", "view": "views", "purchase": "purchases",
+                "search": "searches", "checkout": "checkouts", "review": "reviews", "refund": "refunds", "login": "logins"}
 
 
-def _factors(result: Mapping[str, Any]) -> str:
-    parts = []
-    for f in result.get("factors", []):
-        direction = f.get("direction", "")
-        parts.append(f"{f['name']} = {f['value']}" + (f" ({direction})" if direction else ""))
-    return "; ".join(parts)
+def verdict(metric: str, p: float, threshold: float | None) -> str:
+    """The verdict words for a probability: likely at 50% and above, elevated above the model's own threshold."""
+    _, high, elevated, low = _READ.get(metric, (metric, "scores high", "scores above average", "scores low"))
+    if p >= 0.5:
+        return ("is very likely to churn" if metric == "churn" and p >= 0.8 else high)
+    if threshold is not None and p >= threshold:
+        return elevated
+    return low
+
+
+def plain_detail(text: str) -> str:
+    """An evidence line with the event log's names in words ("6 add_to_cart" → "6 cart adds")."""
+    return re.sub(r"\b(\d+) ([a-z_]+)\b", lambda m: f"{m.group(1)} {_EVENT_WORDS.get(m.group(2), words_for(m.group(2)))}", text)
+
+
+def reason_sentences(r: Mapping[str, Any]) -> list[str]:
+    """The reasons in words: the model's own sentences when it gives them, else its factors in plain words."""
+    if r.get("reasons"):
+        return [str(x["sentence"]).rstrip(".") for x in r["reasons"] if x.get("sentence")]
+    out = []
+    for f in r.get("factors") or []:
+        value = f.get("value")
+        shown = number(value, 2) if isinstance(value, (int, float)) else str(value)
+        effect = {"raises": "raises", "lowers": "lowers"}.get(str(f.get("direction")), "moves")
+        out.append(f"{words_for(f['name'])} is {shown}, which {effect} the estimate")
+    return out
 
 
 def render_score(args: Mapping[str, Any], r: Mapping[str, Any]) -> str:
-    """A score with its subject, likely next categories, top factors and rule signals."""
+    """Leads with the verdict and the probability, then why (reasons), likely next categories and evidence."""
     metric = str(r.get("model") or "").split("@")[0]
-    subject = f"order {r['order_id']}" if r.get("order_id") else f"user {r.get('user_id')}"
-    text = f"The {WHAT.get(metric, metric)} probability for {subject} is {pct(r.get('probability'))}."
+    subject = f"Order {r['order_id']}" if r.get("order_id") else f"User {r.get('user_id')}"
+    p = r.get("probability")
+    quantity = _READ.get(metric, (f"{metric} probability",))[0]
+    if not isinstance(p, (int, float)):
+        return f"{subject} has no {quantity}."
+    text = f"{subject} {verdict(metric, float(p), r.get('threshold'))}: the {quantity} is {pct(p)}"
+    if metric == "churn" and r.get("horizon_days"):
+        text += f" (no purchase in the next {r['horizon_days']} days)"
+    elif metric == "intent" and r.get("horizon_days"):
+        text += f" (a purchase in the next {r['horizon_days']} days)"
+    text += "."
     if r.get("next_categories"):
-        cats = ", ".join(f"{c['category']} ({pct(c.get('share'))} of recent interest)" for c in r["next_categories"])
-        text += f" Most likely next categories: {cats}."
-    if r.get("factors"):
-        text += f" Top factors: {_factors(r)}."
-    if r.get("rules"):
-        text += f" Rule signals: {', '.join(map(str, r['rules']))}."
+        cats = [f"{c['category']} ({pct(c.get('share'))} of recent interest)" for c in r["next_categories"]]
+        text += f" Most likely next categories: {', '.join(cats)}."
+    reasons = reason_sentences(r)
+    if reasons:
+        text += " Why: " + "; ".join(reasons) + "."
+    if r.get("rules") and not r.get("reasons"):
+        text += " Rule signals that fired: " + ", ".join(words_for(x) for x in r["rules"]) + "."
+    evidence = [e for e in r.get("evidence") or [] if e.get("session_id") not in (None, "None")]
+    if evidence:
+        shown = [f"{human_date(e.get('day'))} ({e['session_id']}): {plain_detail(str(e.get('detail', '')))}".rstrip(": ")
+                 for e in evidence]
+        text += " Evidence: " + "; ".join(shown) + "."
     return text
 
 
@@ -106,8 +158,15 @@ def score_facts(args: Mapping[str, Any], r: Mapping[str, Any], question: str) ->
     nexts = r.get("next_categories") or []
     if nexts and _WHAT_BUY.search(question):
         facts += need_id(nexts[0].get("category"), "next category")
-    factors = r.get("factors") or []
-    if _WHY.search(question) and factors and isinstance(factors[0], dict) and factors[0].get("name"):
-        name = str(factors[0]["name"])
-        facts.append(KeyFact(f"top factor {name}", lambda a: name.lower() in a.lower() or name.replace("_", " ").lower() in a.lower()))
+    reasons = reason_sentences(r)
+    if _WHY.search(question) and reasons:  # "why" is answered by the first reason, in words
+        first = reasons[0]
+        facts.append(KeyFact(f"the first reason ({first})", lambda a: _mentions(a, first)))
     return facts
+
+
+def _mentions(answer: str, sentence: str) -> bool:
+    """Whether the answer carries the gist of a reason: most of its content words, in any order."""
+    words = {w for w in re.findall(r"[a-z]{4,}", sentence.lower()) if w not in {"which", "estimate", "than", "with", "that"}}
+    said = set(re.findall(r"[a-z]{4,}", answer.lower()))
+    return bool(words) and len(words & said) >= max(1, (2 * len(words)) // 3)

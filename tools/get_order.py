@@ -7,8 +7,8 @@ from typing import Any, Mapping
 import pandas as pd
 
 from behavior.workspace import WorkspaceError
-from tools.context import ToolContext, day, mask_text, num
-from tools.explain import pct
+from tools.context import ToolContext, no_such_order, day, mask_text, num
+from tools.words import count, human_date, money, pct
 from tools.registry import ConversationState, Entities, KeyFact, Route, ToolSpec, need_id, need_number
 
 MAX_ITEMS = 10
@@ -25,8 +25,7 @@ def get_order(ctx: ToolContext, order_id: str) -> dict[str, Any]:
     """
     order_id = str(order_id)
     if not ctx.has_order(order_id):
-        return {"error": "no such order", "order_id": order_id,
-                "hint": "check the id (order ids look like 'o000123'), or ask about the user instead"}
+        return no_such_order(ctx, order_id)
     events = ctx.get_events()
     rows = events[events["order_id"].astype("string") == order_id]
     bought = rows[rows["event"] == "purchase"]
@@ -74,14 +73,16 @@ def _item_names(ctx: ToolContext) -> dict[str, str]:
 
 
 def render(args: Mapping[str, Any], r: Mapping[str, Any]) -> str:
-    items = "; ".join(f"{i.get('name') or i['item_id']} ({i.get('category')}) x{i['quantity']} at {i.get('price')}"
+    """Leads with who ordered what for how much and when, then how it was paid, its status and risk."""
+    items = "; ".join(f"{i.get('name') or i['item_id']} ({i.get('category')}), {i['quantity']} at {money(i.get('price'))}"
                       for i in r.get("items", []))
     paid = ", ".join(f"{k} {r[k]}" for k in ("payment", "device", "country") if r.get(k))
-    text = (f"Order {r['order_id']} by user {r['user_id']} on {r.get('day')} (session {r.get('session_id')}): "
-            f"{r.get('n_items')} items, amount {r.get('amount')}" + (f" ({paid})" if paid else "") + f". Items: {items}.")
+    text = (f"Order {r['order_id']} was placed by user {r['user_id']} on {human_date(r.get('day'))} for "
+            f"{money(r.get('amount'))}: {count(r.get('n_items'), 'item')} (session {r.get('session_id')})"
+            + (f"; {paid}" if paid else "") + f". Items: {items}.")
     text += " It was refunded." if r.get("refunded") else " It was not refunded."
     if r.get("risk_probability") is not None:
-        text += f" The fraud-risk probability of this order is {pct(r['risk_probability'])}."
+        text += f" Its fraud-risk probability is {pct(r['risk_probability'])}."
     return text
 
 

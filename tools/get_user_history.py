@@ -7,7 +7,8 @@ from typing import Any, Mapping
 
 from behavior.workspace import WorkspaceError
 from tools.context import ToolContext, date_range, day, hit_row, mask_text, no_such_user
-from tools.registry import ConversationState, Entities, KeyFact, Route, ToolSpec
+from tools.registry import ConversationState, Entities, KeyFact, Route, ToolSpec, need_id
+from tools.words import count, human_date, quoted
 
 MAX_HISTORY = 10
 
@@ -72,13 +73,40 @@ def get_user_history(
 
 
 def render(args: Mapping[str, Any], r: Mapping[str, Any]) -> str:
+    """Leads with how many sessions and when the latest was, then each session: its day, id and what happened."""
     rows = r.get("sessions", [])
-    lines = [f"{s['session_id']} ({s.get('start')}): \"{s.get('summary', '')}\"" for s in rows[:5]]
-    return f"User {r.get('user_id')} has {len(rows)} sessions in this range" + (": " + "; ".join(lines) if lines else ".")
+    span = _span(r)
+    if not rows:
+        return f"User {r.get('user_id')} has no sessions{span}."
+    lines = [f"{human_date(s.get('start'))} ({s['session_id']}): \"{quoted(s.get('summary', ''))}\"" for s in rows[:5]]
+    head = (f"User {r.get('user_id')}'s latest {count(len(rows), 'session')}{span}, newest first, "
+            f"the latest on {human_date(rows[0].get('start'))}")
+    return head + ": " + "; ".join(lines) + "."
+
+
+def _span(r: Mapping[str, Any]) -> str:
+    if r.get("since") and r.get("until"):
+        return f" between {human_date(r['since'])} and {human_date(r['until'])}"
+    if r.get("since"):
+        return f" since {human_date(r['since'])}"
+    if r.get("until"):
+        return f" up to {human_date(r['until'])}"
+    return ""
 
 
 def key_facts(args: Mapping[str, Any], r: Mapping[str, Any], question: str) -> list[KeyFact]:
-    return []
+    """A history shows at least its latest session: the id, and the day it happened."""
+    rows = r.get("sessions") or []
+    if not rows:
+        return []
+    latest = rows[0]
+    return need_id(latest.get("session_id"), "the latest session") + [
+        KeyFact(f"the day of session {latest.get('session_id')} ({latest.get('start')})",
+                lambda a, d=str(latest.get("start") or ""): _has_day(a, d))]
+
+
+def _has_day(answer: str, iso: str) -> bool:
+    return bool(iso) and (iso in answer or human_date(iso) in answer or human_date(iso).rsplit(" ", 1)[0] in answer)
 
 
 def _args(ent: Entities, state: ConversationState, question: str) -> dict[str, Any] | None:

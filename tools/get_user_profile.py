@@ -9,6 +9,7 @@ import pandas as pd
 
 from tools.context import ToolContext, day, no_such_user, num
 from tools.registry import KeyFact, Route, ToolSpec, need_id, need_number, user_args
+from tools.words import count, human_date, money, number
 
 
 def profile_facts(ctx: ToolContext, user_id: str) -> dict[str, Any]:
@@ -58,11 +59,20 @@ def get_user_profile(ctx: ToolContext, user_id: str) -> dict[str, Any]:
 
 
 def render(args: Mapping[str, Any], r: Mapping[str, Any]) -> str:
-    return (
-        f"User {r['user_id']}: first seen {r.get('first_seen')}, last seen {r.get('last_seen')}, "
-        f"{r.get('sessions')} sessions, {r.get('orders')} orders, revenue {r.get('revenue')}, "
-        f"average order value {r.get('avg_order_value')}, top category {r.get('top_category')}."
-    )
+    """Leads with what the user is worth and how active, then when, then what they buy."""
+    orders = r.get("orders") or 0
+    text = f"User {r['user_id']} has spent {money(r.get('revenue') or 0)} over {count(orders, 'order')}"
+    if orders:
+        text += f" (average order value {money(r.get('avg_order_value'))})"
+    text += (f" in {count(r.get('sessions'), 'session')}, first seen {human_date(r.get('first_seen'))} and last seen "
+             f"{human_date(r.get('last_seen'))}.")
+    if orders and r.get("days_since_last_purchase") is not None:
+        text += f" The last purchase was {number(r['days_since_last_purchase'])} days before the data ends."
+    if r.get("top_category"):
+        text += f" Top category: {r['top_category']}."
+    if r.get("devices"):
+        text += f" Devices: {', '.join(r['devices'])}."
+    return text
 
 
 def key_facts(args: Mapping[str, Any], r: Mapping[str, Any], question: str) -> list[KeyFact]:

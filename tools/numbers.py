@@ -19,7 +19,7 @@ _NOT_NUMBERS = re.compile(
     \b\d{4}-\d{2}-\d{2}(?:[T\s]\d{2}:\d{2}(?::\d{2})?(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})?)?   # dates, datetimes
     | \b\d{1,2}:\d{2}(?::\d{2})?\b                                  # clock times
     | \b[A-Za-z_]+[A-Za-z_.]*@v?[\w.]+                               # model@version
-    | \b[A-Za-z]+\d+(?:-[A-Za-z]+\d+)*\b                            # ids: u00042, o000123, u00042-s0007, v3
+    | \b[A-Za-z]+[-_]?\d+(?:[-_][A-Za-z]*\d+)*\b                   # ids: u00042, o000123, u00042-s0007, CUST-0042, v3
     | \b(?:19|20)\d{2}\b(?![.,]\d)                                   # years
     """,
     re.VERBOSE,

@@ -27,7 +27,8 @@ TOOL = ToolSpec(
     render=render_score,
     key_facts=score_facts,
     metric="churn",
-    metric_words=re.compile(r"\bchurn\w*|flight\s+risk|\blaps\w+|leave\s+us|stop\s+(?:buying|shopping)|retention", re.I),
+    metric_words=re.compile(r"\bchurn\w*|flight\s+risk|\blaps\w+|\bleav(?:e|es|ing)\b(?!\s+(?:a\s+)?reviews?)|stop\s+(?:buying|shopping)"
+                            r"|retention|come\s+back|\bdefect|\bwe\s+lose\b", re.I),
     routes=(
         Route(
             label="churn",

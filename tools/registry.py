@@ -345,8 +345,21 @@ def _remember_subject(spec: ToolSpec) -> Remember:
 
 
 def render_error(result: Mapping[str, Any]) -> str:
+    """An error in words for the analyst: what was not found, what ids look like, what was probably meant."""
+    error = str(result["error"])
+    if error in ("no such user", "no such order"):
+        kind = error.split()[-1]
+        who = result.get("user_id") if kind == "user" else result.get("order_id")
+        text = f"There is no such {kind}: {who}."
+        if result.get("did_you_mean"):
+            text += f" Did you mean {' or '.join(result['did_you_mean'])}?"
+        elif result.get("example_id"):
+            total = result.get("n_users") if kind == "user" else result.get("n_orders")
+            text += f" This workspace's {kind} ids look like {result['example_id']}" + (
+                f" ({total:,} {kind}s)." if isinstance(total, int) else ".")
+        return text
     who = result.get("user_id") or result.get("order_id") or ""
-    return f"{str(result['error']).capitalize()}{': ' + str(who) if who else ''}. {result.get('hint', '')}".strip()
+    return f"{error[:1].upper() + error[1:]}{': ' + str(who) if who else ''}. {result.get('hint', '')}".strip()
 
 
 def result_json(result: Mapping[str, Any]) -> str:

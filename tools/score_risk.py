@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from behavior.workspace import WorkspaceError
-from tools.context import ToolContext, unavailable
+from tools.context import ToolContext, no_such_order, unavailable
 from tools.explain import compact_explanation, explain_user, render_score, score_facts
 from tools.registry import ConversationState, Entities, Route, ToolSpec, user_args
 
@@ -23,8 +23,7 @@ def score_risk(ctx: ToolContext, user_id: str | None = None, order_id: str | Non
     """
     if order_id:
         if not ctx.has_order(str(order_id)):
-            return {"error": "no such order", "order_id": str(order_id),
-                    "hint": "order ids look like 'o000123'; check the id, or ask about the user instead"}
+            return no_such_order(ctx, order_id)
         try:
             model = ctx.model("risk")
         except WorkspaceError as exc:

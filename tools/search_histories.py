@@ -6,7 +6,8 @@ from typing import Any, Mapping
 
 from behavior.workspace import WorkspaceError
 from tools.context import ToolContext, date_range, hit_row, unavailable
-from tools.registry import ConversationState, Entities, Route, ToolSpec
+from tools.registry import ConversationState, Entities, KeyFact, Route, ToolSpec, need_id
+from tools.words import count, human_date, quoted
 
 MAX_SEARCH = 10
 
@@ -60,9 +61,19 @@ def search_histories(
 
 
 def render(args: Mapping[str, Any], r: Mapping[str, Any]) -> str:
+    """Leads with how many sessions look like the question, then each: user, day, id and what happened."""
     rows = r.get("sessions", [])
-    lines = [f"{s['session_id']} ({s.get('start')}): \"{s.get('summary', '')}\"" for s in rows[:5]]
-    return f"{len(rows)} sessions match \"{r.get('query')}\"" + (": " + "; ".join(lines) if lines else ".")
+    if not rows:
+        return "No sessions look like that in the index."
+    lines = [f"user {s.get('user_id')} on {human_date(s.get('start'))} ({s['session_id']}): \"{quoted(s.get('summary', ''))}\""
+             for s in rows[:5]]
+    return f"The {count(len(rows), 'session')} closest to the question: " + "; ".join(lines) + "."
+
+
+def key_facts(args: Mapping[str, Any], r: Mapping[str, Any], question: str) -> list[KeyFact]:
+    """A search shows at least its closest session."""
+    rows = r.get("sessions") or []
+    return need_id(rows[0].get("session_id"), "the closest session") if rows else []
 
 
 def remember(args: Mapping[str, Any], r: Mapping[str, Any], state: ConversationState) -> None:
@@ -77,6 +88,7 @@ def _args(ent: Entities, state: ConversationState, question: str) -> dict[str, A
 TOOL = ToolSpec(
     func=search_histories,
     render=render,
+    key_facts=key_facts,
     remember=remember,
     repeatable=frozenset({"since", "until", "category", "country"}),
     routes=(

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from tools.context import ToolContext, date_range, num
-from tools.explain import pct
+from tools.words import count, human_date, money, pct
 from tools.registry import ConversationState, Entities, KeyFact, Route, ToolSpec, need_number
 
 
@@ -74,16 +74,28 @@ def segment_summary(
     return {"filters": filters, **funnel(s), "first_day": str(s["start"].min())[:10], "last_day": str(s["start"].max())[:10]}
 
 
+def _scope(filters: Mapping[str, Any]) -> str:
+    parts = []
+    for k, v in filters.items():
+        if k == "since":
+            parts.append(f"since {human_date(v)}")
+        elif k == "until":
+            parts.append(f"up to {human_date(v)}")
+        else:
+            parts.append(f"{k} {v}")
+    return ", ".join(parts) or "all sessions"
+
+
 def render(args: Mapping[str, Any], r: Mapping[str, Any]) -> str:
-    filters = r.get("filters") or {}
-    scope = ", ".join(f"{k} {v}" for k, v in filters.items()) or "all sessions"
+    """Leads with the conversion and its denominator, then the funnel, revenue and refunds."""
+    scope = _scope(r.get("filters") or {})
     if not r.get("sessions"):
-        return f"0 sessions match these filters ({scope})."
+        return f"No sessions match these filters ({scope})."
     return (
-        f"Segment ({scope}): of {r['sessions']} sessions from {r['users']} users, {r.get('with_cart')} added to the "
-        f"cart (cart rate {pct(r.get('cart_rate'))}) and {r['with_purchase']} ended in a purchase "
-        f"(conversion rate {pct(r['conversion_rate'])}); revenue {r['revenue']}, "
-        f"average order value {r.get('avg_order_value')}, {r.get('refunds')} refunds."
+        f"{pct(r['conversion_rate'])} of the {count(r['sessions'], 'session')} ({scope}; {count(r['users'], 'user')}) "
+        f"ended in a purchase: {r['with_purchase']:,} of {r['sessions']:,}. {r.get('with_cart'):,} added to the cart "
+        f"(cart rate {pct(r.get('cart_rate'))}); revenue {money(r['revenue'])}, average order value "
+        f"{money(r.get('avg_order_value'))}, {count(r.get('refunds'), 'refund')}."
     )
 
 

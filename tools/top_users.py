@@ -9,7 +9,7 @@ import pandas as pd
 
 from behavior.workspace import WorkspaceError
 from tools.context import ToolContext, num, unavailable
-from tools.explain import WHAT, pct
+from tools.words import count, pct
 from tools.registry import ConversationState, Entities, KeyFact, Route, ToolSpec, need_id, need_number
 
 MAX_TOP = 20
@@ -74,9 +74,20 @@ def top_users(
     }
 
 
+_RANKED_BY = {"churn": "most likely to churn", "risk": "with the highest fraud risk", "intent": "most likely to buy soon"}
+
+
 def render(args: Mapping[str, Any], r: Mapping[str, Any]) -> str:
-    users = ", ".join(f"{u['rank']}. {u['user_id']} ({pct(u['probability'])})" for u in r.get("users", []))
-    return f"Top {len(r.get('users', []))} users by {WHAT.get(r.get('metric', ''), r.get('metric'))} of {r.get('n_scored')} scored: {users}."
+    """Leads with the top of the ranking, then the whole list in order with each probability."""
+    users = r.get("users") or []
+    scope = " and ".join(f"{k} {v}" for k, v in (r.get("filters") or {}).items())
+    who = _RANKED_BY.get(str(r.get("metric")), f"by {r.get('metric')}")
+    if not users:
+        return f"No users{' in ' + scope if scope else ''} have a {r.get('metric')} score yet."
+    top = users[0]
+    text = (f"{top['user_id']} is the user {who}{' in ' + scope if scope else ''} ({pct(top['probability'])}); "
+            f"the top {len(users)} of {count(r.get('n_scored'), 'scored user')}: ")
+    return text + ", ".join(f"{u['rank']}. {u['user_id']} ({pct(u['probability'])})" for u in users) + "."
 
 
 _RANKED = re.compile(r"(?<![\w.])(\d{1,3})[.)]\s+(u\d{2,})\b", re.I)  # "2. u00212" in a ranking

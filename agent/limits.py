@@ -1,0 +1,109 @@
+"""Honest limits: questions no tool answers get what cannot be answered yet and the nearest questions that can.
+
+Never an answer to a different question: a question about recommendations, forecasts, marketing
+channels or model accuracy is recognised by its wording and answered with a fixed text
+(:data:`LIMITS`, filled into ``prompts/limit.md``), no tool called, no LLM involved. The router
+also falls back to the general limit when its classifier is unsure (:data:`LOW_CONFIDENCE`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Limit:
+    """What cannot be answered yet, and questions near it that can (as examples to copy)."""
+
+    key: str
+    wording: re.Pattern[str]
+    cannot: str
+    nearest: tuple[str, ...]
+
+
+LIMITS: tuple[Limit, ...] = (
+    Limit(
+        "recommendations",
+        re.compile(r"\brecommend\w*|\bwhat (?:should|could) we (?:show|send|offer|suggest)|\bnext (?:e-?mail|newsletter|campaign|offer)"
+                   r"|\b(?:cross|up)-?sell|\bpersonali[sz]ed (?:offers?|products?|recommendations?)|\bput in .{0,30}\be-?mail", re.I),
+        "I can't recommend products yet",
+        ("what is [user id] likely to buy next? (the intent model names the likeliest categories)",
+         "top 10 users by purchase intent in a category"),
+    ),
+    Limit(
+        "forecasts",
+        re.compile(r"\bforecast\w*|\bproject(?:ion|ed)s?\b|\bpredict (?:the |our |next )?(?:revenue|sales|demand|orders)"
+                   r"|\bnext (?:quarter|year|month)'?s? (?:revenue|sales|orders)", re.I),
+        "I can't forecast revenue or sales",
+        ("revenue and conversion of a segment so far (\"revenue from Audio since March\")",
+         "which users are most likely to buy soon"),
+    ),
+    Limit(
+        "marketing attribution",
+        re.compile(r"\bwhich (?:marketing |email |ad )?campaigns?\b|\bcampaigns? (?:drove|drive|performed|performance|results?|roi)\b"
+                   r"|\bby (?:campaign|channel)\b|\b(?:acquisition|marketing|sales|traffic) channels?\b|\butm\b|\battribution\b"
+                   r"|\bad spend\b|\breferr(?:er|al) source", re.I),
+        "The shop's data has no marketing campaign or acquisition channel, so I can't attribute sales to one",
+        ("conversion rate on mobile since March (segments by device, country or category)",
+         "top users by purchase intent"),
+    ),
+    Limit(
+        "model quality",
+        re.compile(r"\bhow (?:accurate|good|reliable|well)\b.{0,30}\bmodels?\b|\bmodels?'?s? (?:accuracy|precision|recall|performance|auc)"
+                   r"|\b(?:roc[- ]?)?auc\b", re.I),
+        "I can't report model accuracy in chat yet (`shopsight models` prints each model's test metrics beside its baselines)",
+        ("why is [user id] likely to churn? (each score comes with its reasons)", "top users by churn risk"),
+    ),
+    Limit(
+        "code",
+        re.compile(r"\b(?:write|give|generate|show)\b.{0,20}\b(?:sql|query|code|script|python)\b|\bsql\b", re.I),
+        "I don't write or run SQL or code: I answer with fixed, read-only analyses of the shop's data",
+        ("conversion rate of mobile users since March", "top 10 users by churn risk"),
+    ),
+    Limit(
+        "breakdowns",
+        re.compile(r"\b(?:by|per|for each|across|broken down by|break(?:down)? by)\s+(?:the\s+)?(?:country|countries|category|categories|"
+                   r"device|devices|payment(?: method)?s?|cohorts?|weeks?|months?|days?|departments?|score bands?)\b"
+                   r"|\bwhich (?:country|category|device|payment|department|cohort)\b.{0,60}\b(?:most|highest|lowest|best|worst|least)\b"
+                   r"|\b(?:weekly|monthly|daily) (?:conversion|revenue|sales|orders|trend)|\bcohorts?\b|\bretention of\b"
+                   r"|\bweek over week\b|\bcompared? with last (?:week|month)\b", re.I),
+        "I can't break numbers down by a dimension or over time yet",
+        ("the funnel for one segment (\"conversion rate on mobile\", \"how did Audio do in April?\")",
+         "top 10 users by churn in one country"),
+    ),
+    Limit(
+        "counts by score",
+        re.compile(r"\b(?:how many|what share|what percentage|what proportion|percentage of|share of|average|mean)\b"
+                   r".{0,60}\b(?:users|customers|shoppers|households)\b.{0,60}\b(?:score|likely|risk|churn\w*|intent|fraud\w*)"
+                   r"|\b(?:users|customers)\b.{0,30}\bscores? (?:above|over|below|under)\b", re.I),
+        "I can't count or average users by a model score yet",
+        ("top 20 users by fraud risk (a ranked list with each probability)", "why is [user id] likely to churn?"),
+    ),
+)
+
+GENERAL = Limit(
+    "unsure", re.compile(r"$^"), "I'm not sure which of my analyses answers that",
+    ("why is [user id] likely to churn?", "top 10 users by fraud risk", "conversion rate of mobile users since March"),
+)
+# Below this classifier confidence, with no user or order named, the router gives the general limit
+# rather than its best guess (a confident answer to a different question is worse than "not yet").
+LOW_CONFIDENCE = 0.35
+
+
+# Limits that a named user or order lifts: "churn of u42 by week" still gets u42's churn.
+GROUP_LIMITS = frozenset({"breakdowns", "counts by score"})
+
+
+def limit_for(question: str, *, names_a_subject: bool = False) -> Limit | None:
+    """The first limit whose wording the question uses, if any."""
+    return next((lim for lim in LIMITS if lim.wording.search(question)
+                 and not (names_a_subject and lim.key in GROUP_LIMITS)), None)
+
+
+def limit_text(limit: Limit) -> str:
+    """The fixed answer for a limit: what cannot be answered yet, then the nearest questions that can."""
+    from prompts import load_prompt
+
+    nearest = "; ".join(f'"{q}"' if not q.startswith('"') else q for q in limit.nearest)
+    return load_prompt("limit", cannot=limit.cannot, nearest=nearest).text
