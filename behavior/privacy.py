@@ -82,6 +82,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Literal, NamedTuple
 
+import pandas as pd
 import phonenumbers
 from stdnum import luhn, numdb
 from stdnum import iban as stdnum_iban
@@ -712,3 +713,123 @@ def mask_ip(ip: str) -> str:
         return ".".join(str(addr).split(".")[:3]) + ".x"
     groups = addr.exploded.split(":")[:3]
     return ":".join(g.lstrip("0") or "0" for g in groups) + ":x"
+
+
+# --- at ingest: free text masked and bounded, identifiers pseudonymized -----------------------------
+
+# Canonical columns that hold free text a person typed or a device reported ("Alice's
+# iPhone +1 415 555 0134"): masked at ingest, so the workspace never stores the raw value.
+FREE_TEXT_COLUMNS: tuple[str, ...] = ("text", "device", "payment", "country", "category")
+# Identifier columns: an e-mail or phone inside one is replaced by its pseudonym, the same
+# in every column, so the ids still join.
+ID_COLUMNS: tuple[str, ...] = ("user_id", "session_id", "order_id", "item_id")
+# Every kind of PII holds an '@', a ':' or at least four digits; values without any are
+# never handed to the finder (most ids and most texts).
+_MAY_HOLD_PII = re.compile(r"[@:]|\d\D*\d\D*\d\D*\d")
+_PLAIN_NUMBER_ID = re.compile(r"\d{1,12}")
+# How far past the cut a long value is masked, so personal data across the cut is masked
+# whole before the value is cut (the longest e-mail address is 254 characters).
+_CUT_MARGIN = 256
+ELLIPSIS = "…"
+
+
+def cut_text(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, ending in "…"; never inside a mask token."""
+    if len(text) <= limit:
+        return text
+    cut = text[: max(limit - 1, 0)]
+    bracket = cut.rfind("[")
+    if bracket != -1 and "]" not in cut[bracket:] and len(cut) - bracket <= 8:
+        cut = cut[:bracket]  # "[pho…" would read as garbage
+    return cut + ELLIPSIS
+
+
+def mask_text_bounded(text: str, limit: int) -> str:
+    """Mask ``text`` and cut it to ``limit`` characters, masking only what can be kept.
+
+    A 30 MB review costs what its first ``limit`` characters (and a margin) cost.
+    """
+    if len(text) <= limit:
+        return mask_pii(text)
+    return cut_text(mask_pii(text[: limit + _CUT_MARGIN]), limit)
+
+
+def _replace_values(column: pd.Series, change: Callable[[str], str], *, ids: bool) -> tuple[pd.Series, int]:
+    """Apply ``change`` to each distinct value that may hold PII; the column and rows changed."""
+    present = column.dropna()
+    if present.empty:
+        return column, 0
+    mapping: dict[str, str] = {}
+    for value in pd.unique(present.astype(str)):
+        if ids and _PLAIN_NUMBER_ID.fullmatch(value):
+            continue  # a plain numeric id of up to 12 digits is never personal data (module docstring)
+        if _MAY_HOLD_PII.search(value) is None:
+            continue
+        new = change(value)
+        if new != value:
+            mapping[value] = new
+    if not mapping:
+        return column, 0
+    hit = column.isin(list(mapping))
+    out = column.copy()
+    out[hit] = column[hit].map(mapping)
+    return out.astype(column.dtype), int(hit.sum())
+
+
+def protect_events(events: pd.DataFrame, *, key: bytes, max_text_chars: int) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Mask and bound the free-text columns and pseudonymize identifiers, before anything is stored.
+
+    Free text (``FREE_TEXT_COLUMNS``): personal data is replaced by mask tokens and values
+    longer than ``max_text_chars`` are cut (ending in "…"). Identifiers (``ID_COLUMNS``):
+    an e-mail address, phone number or other personal datum inside one is replaced by its
+    :func:`pseudonym` under ``key``, so "alice@x.com" becomes "user-3f2a…" in user_id and
+    "alice@x.com-s1" becomes "user-3f2a…-s1" in session_id, and the same input gets the
+    same pseudonym in every later ingest with the same key. Plain numeric ids of up to 12
+    digits are never changed.
+
+    Args:
+        events: Canonical events (``behavior.events``); not modified.
+        key: The workspace's secret pseudonym key.
+        max_text_chars: The most characters a free-text value keeps.
+
+    Returns:
+        The protected events and, for the ingest report's notes, how many rows each step
+        changed, e.g. ``{"device: personal data masked": 3}``; steps that changed nothing
+        are left out.
+    """
+    out = events.copy()
+    notes: dict[str, int] = {}
+    for col in FREE_TEXT_COLUMNS:
+        if col not in out.columns:
+            continue
+        column = out[col]
+        lengths = column.str.len()
+        long = (lengths > max_text_chars).fillna(False).to_numpy(dtype=bool)
+        if long.any():
+            column = column.copy()
+            column[long] = [mask_text_bounded(str(v), max_text_chars) for v in column[long]]
+            notes[f"{col}: cut to {max_text_chars:,} characters (masked first)"] = int(long.sum())
+        masked, changed = _replace_values(column, mask_pii, ids=False)
+        if changed:
+            notes[f"{col}: personal data masked"] = changed
+        out[col] = masked
+    for col in ID_COLUMNS:
+        if col not in out.columns:
+            continue
+        pseudonymized, changed = _replace_values(out[col], lambda v: pseudonymize_text(v, key), ids=True)
+        if changed:
+            notes[f"{col}: e-mail/phone replaced by a pseudonym"] = changed
+        out[col] = pseudonymized
+    return out, notes
+
+
+def mask_table(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Every text cell of ``table`` masked (rejected rows, kept for a person to read): the table
+    and the number of cells changed."""
+    out = table.copy()
+    changed = 0
+    for col in out.columns:
+        if out[col].dtype == object or isinstance(out[col].dtype, pd.StringDtype):
+            out[col], n = _replace_values(out[col], mask_pii, ids=False)
+            changed += n
+    return out, changed
