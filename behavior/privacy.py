@@ -84,7 +84,7 @@ from typing import Callable, Literal, NamedTuple
 
 import pandas as pd
 import phonenumbers
-from stdnum import luhn, numdb
+from stdnum import numdb
 from stdnum import iban as stdnum_iban
 
 PiiKind = Literal["email", "iban", "ip", "card", "ssn", "phone"]
@@ -150,6 +150,7 @@ _SEP = r"(?:[.\-/]|[ \u00a0\t]{1,2}|\)[ \u00a0]?-?|[ \u00a0]?-?\(|[ \u00a0]-[ \u
 _RUN = re.compile(rf"(?<![\w+])(?:\([ \u00a0]?\+|\+|\()?\d+(?:{_SEP}\d+)*")
 _DIGIT_SPLIT = re.compile(r"(\d+)")
 _DATE_SEPARATORS = frozenset("-/.")
+_DROP_DIGITS = str.maketrans("", "", "0123456789")
 _CUE_WINDOW = 48
 _PHONE_CUE = re.compile(
     r"(?i)(?:\b(?:phone|phones|tel|tél|telephone|téléphone|telefon|telefono|teléfono|mobile|mobil|handy|"
@@ -159,6 +160,12 @@ _PHONE_CUE = re.compile(
 _SSN_CUE = re.compile(
     r"(?i)\b(?:ssn|social\s+security(?:\s+(?:number|no))?)\b[\s.:#=\-]*(?:(?:is|was|number|no)\b[\s.:#=\-]*){0,2}$"
 )
+_CUE_PUNCTUATION = " \t\n.:#=()+-–"
+_PHONE_CUE_ENDINGS = frozenset(
+    "phone phones tel tél telephone téléphone telefon telefono teléfono mobile mobil handy móvil cell cellphone "
+    "whatsapp sms call ring text fax contact number no me us at on is was nr num".split()
+)
+_SSN_CUE_ENDINGS = frozenset("ssn security number no is was".split())
 _MONEY_BEFORE = re.compile(r"[$€£¥₹₽₩][ \u00a0]?$")
 _MONEY_AFTER = re.compile(
     r"^[ \u00a0]?(?:[$€£¥₹₽₩%]|(?:eur|usd|gbp|chf|pln|sek|nok|dkk|jpy|cny|inr|rub|zł|kr|euros?|dollars?)\b)",
@@ -225,15 +232,31 @@ def find_pii(text: str) -> list[PiiSpan]:
         add([
             PiiSpan(m.start(), m.end(), "ip")
             for m in _IPV6.finditer(text)
-            if m.group(0).count(":") >= 2 and free(m.start(), m.end()) and _is_ipv6(m.group(0))
+            if _may_be_ipv6(m.group(0)) and free(m.start(), m.end()) and _is_ipv6(m.group(0))
         ])
     if "." in text:
         add([PiiSpan(m.start(), m.end(), "ip") for m in _IPV4.finditer(text) if free(m.start(), m.end())])
+    n_text = len(text)
     for m in _RUN.finditer(text):
-        if m.end() - m.start() < 6:  # fewer than 6 characters hold fewer than 6 digits: never PII
+        run = m.group(0)
+        if len(run) < 6:
             continue
-        for start, end, kind in _number_spans(text, m.start(), m.end(), taken):
-            spans.append(PiiSpan(start, end, kind))
+        n_digits = len(run) - len(run.translate(_DROP_DIGITS))
+        if n_digits < 6:
+            continue  # fewer than 6 digits: never PII
+        start, end = m.span()
+        plus = run[0] == "+"
+        if n_digits == len(run) - plus:  # one group of digits (after a "+"): most runs
+            if end < n_text and (text[end].isalnum() or text[end] == "_"):
+                continue  # glued to a word: part of a token
+            if taken and _overlaps(taken, start, end):
+                continue
+            kind = _bare_kind(run[1:] if plus else run, plus, _RunContext(text, start, end))
+            if kind is not None:
+                spans.append(PiiSpan(start, end, kind))
+            continue
+        for a, b, kind in _number_spans(text, start, end, taken):
+            spans.append(PiiSpan(a, b, kind))
     spans.sort(key=lambda s: s.start)
     return spans
 
@@ -331,6 +354,15 @@ def _iban_length(country: str) -> int | None:
     return 4 + sum(int(n) for n in _BBAN_PART.findall(bban))
 
 
+@functools.cache
+def _bban_pattern(country: str) -> re.Pattern[str]:
+    """The country's BBAN structure ("8!n10!n") as a regex: a cheap first check of a candidate."""
+    info = _IBAN_DB.info(country)
+    bban = info[0][1].get("bban", "") if info and isinstance(info[0][1], dict) else ""
+    classes = {"n": "[0-9]", "a": "[A-Z]", "c": "[A-Z0-9]"}
+    return re.compile("".join(f"{classes[kind]}{{{count}}}" for count, kind in re.findall(r"(\d+)!([nac])", bban)))
+
+
 _IBAN_LETTERS = {ord(c): str(ord(c) - 55) for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"}
 
 
@@ -351,19 +383,27 @@ def _find_ibans(text: str) -> list[tuple[int, int]]:
     pos = 0
     while (m := _IBAN_CANDIDATE.search(text, pos)) is not None:
         pos = m.start() + 1
-        length = _iban_length(m.group(0)[:2].upper())
+        candidate = m.group(0)
+        length = _iban_length(candidate[:2].upper())
         if length is None:
             continue
-        prefix = _iban_prefix(length).match(text, m.start(), m.end())
-        if prefix is None:
+        compact = _IBAN_SEPARATORS.sub("", candidate)[:length].upper()
+        if len(compact) < length or not _bban_pattern(compact[:2]).fullmatch(compact, 4):
             continue
-        end = prefix.end()
-        compact = _IBAN_SEPARATORS.sub("", prefix.group(0)).upper()
-        if text[end : end + 1].isalnum() or not _mod97_ok(compact) or not stdnum_iban.is_valid(compact, check_country=False):
+        if not _mod97_ok(compact) or not stdnum_iban.is_valid(compact, check_country=False):
+            continue
+        end = _iban_prefix(length).match(text, m.start()).end()  # type: ignore[union-attr]
+        if text[end : end + 1].isalnum():
             continue
         found.append((m.start(), end))
         pos = end
     return found
+
+
+def _may_be_ipv6(candidate: str) -> bool:
+    # Eight groups need seven colons (six with an IPv4 tail), fewer need "::": "09:12:30"
+    # is turned away without the cost of ipaddress raising.
+    return "::" in candidate or candidate.count(":") >= 6
 
 
 def _is_ipv6(candidate: str) -> bool:
@@ -419,8 +459,17 @@ def _card_ok(digits: str) -> bool:
     p4 = int(digits[:4])
     for low, high, width, lengths in _CARD_BRANDS:
         if low <= p4 // _POW10[4 - width] <= high and len(digits) in lengths:
-            return luhn.is_valid(digits)
+            return _luhn_ok(digits)
     return False
+
+
+# The Luhn check, as python-stdnum's luhn.is_valid computes it (the tests check they agree),
+# without its per-digit generators: it runs for every card-shaped window of a text.
+_LUHN_DOUBLED = {str(d): (2 * d) % 10 + (2 * d) // 10 for d in range(10)}
+
+
+def _luhn_ok(digits: str) -> bool:
+    return (sum(map(int, digits[-1::-2])) + sum(map(_LUHN_DOUBLED.__getitem__, digits[-2::-2]))) % 10 == 0
 
 
 _POW10 = (1, 10, 100, 1000)
@@ -462,6 +511,9 @@ class _Run:
     cum: tuple[int, ...]  # cum[t]: digits in groups[:t], so a window i..j-1 holds cum[j] - cum[i]
     longest: int  # digits in the longest group
     isbn: bool
+    plus: bool  # written with a leading "+"
+    slash: bool  # some separator holds a "/"
+    singles: tuple[int, ...]  # indices of the one-digit groups
 
 
 def _split_run(run: str) -> _Run:
@@ -475,7 +527,11 @@ def _split_any_run(run: str) -> _Run:
     lens = tuple(map(len, groups))
     cum = (0, *itertools.accumulate(lens))
     isbn = len(groups) >= 3 and cum[-1] in (10, 13) and groups[0] in ("978", "979") and "-" in seps
-    return _Run(parts[0], groups, lens, seps, tuple(itertools.accumulate(map(len, parts))), cum, max(lens), isbn)
+    singles = tuple(t for t, n in enumerate(lens) if n == 1)
+    return _Run(
+        parts[0], groups, lens, seps, tuple(itertools.accumulate(map(len, parts))), cum, max(lens), isbn,
+        "+" in parts[0], "/" in run, singles,
+    )
 
 
 _split_short_run = functools.lru_cache(maxsize=8192)(_split_any_run)
@@ -484,10 +540,11 @@ _split_short_run = functools.lru_cache(maxsize=8192)(_split_any_run)
 class _RunContext:
     """What the text around one run says; each fact looked up at most once, only if needed."""
 
-    __slots__ = ("text", "start", "end", "_phone", "_ssn", "_money")
+    __slots__ = ("text", "start", "end", "_phone", "_ssn", "_money", "consulted")
 
     def __init__(self, text: str, start: int, end: int) -> None:
         self.text, self.start, self.end = text, start, end
+        self.consulted = False  # whether the result depended on the text around the run
         self._phone: bool | None = None
         self._ssn: bool | None = None
         self._money: bool | None = None
@@ -495,18 +552,28 @@ class _RunContext:
     def _before(self) -> str:
         return self.text[max(0, self.start - _CUE_WINDOW) : self.start]
 
+    def _last_word(self) -> str:
+        before = self.text[max(0, self.start - 24) : self.start].rstrip(_CUE_PUNCTUATION)
+        if not before or not before[-1].isalpha():
+            return ""  # after a number or a symbol: no cue word
+        return before.rsplit(None, 1)[-1].strip(_CUE_PUNCTUATION).lower()
+
     def phone_cue(self) -> bool:
         if self._phone is None:
-            self._phone = _PHONE_CUE.search(self._before()) is not None
+            self.consulted = True
+            # The regex only when the word just before could end a cue: most numbers have none.
+            self._phone = self._last_word() in _PHONE_CUE_ENDINGS and _PHONE_CUE.search(self._before()) is not None
         return self._phone
 
     def ssn_cue(self) -> bool:
         if self._ssn is None:
-            self._ssn = _SSN_CUE.search(self._before()) is not None
+            self.consulted = True
+            self._ssn = self._last_word() in _SSN_CUE_ENDINGS and _SSN_CUE.search(self._before()) is not None
         return self._ssn
 
     def money(self) -> bool:
         if self._money is None:
+            self.consulted = True
             before = self.text[max(0, self.start - 2) : self.start]
             after = self.text[self.end : self.end + 10]
             self._money = bool(_MONEY_BEFORE.search(before) or _MONEY_AFTER.search(after))
@@ -534,7 +601,7 @@ def _window_kind(r: _Run, i: int, j: int, ctx: _RunContext) -> PiiKind | None:
     groups, lens = r.groups, r.lens
     n_digits = r.cum[j] - r.cum[i]
     first = groups[i]
-    if i == 0 and "+" in r.lead:
+    if i == 0 and r.plus:
         if 6 <= n_digits <= 18 and _international_ok("".join(groups[i:j])):
             return "phone"
         return "phone" if 7 <= n_digits <= 15 and ctx.phone_cue() else None
@@ -545,10 +612,11 @@ def _window_kind(r: _Run, i: int, j: int, ctx: _RunContext) -> PiiKind | None:
         elif first.startswith("011") and _international_ok("".join(groups[i:j])[3:]):
             return "phone"
     inner = r.seps[i : j - 1]
+    window_lens = lens[i:j]
     if n_digits >= 13:
         if (
             first[0] in "23456"
-            and min(lens[i:j]) >= 3
+            and min(window_lens) >= 3
             and _one_kind_of_separator(inner)
             and not (i > 0 and r.seps[i - 1].endswith("("))
             and _card_ok("".join(groups[i:j]))
@@ -559,7 +627,7 @@ def _window_kind(r: _Run, i: int, j: int, ctx: _RunContext) -> PiiKind | None:
     elif n_digits < 7:
         return None
     n = j - i
-    if n == 3 and n_digits == 9 and lens[i] == 3 and lens[i + 1] == 2 and inner[0] == inner[1] and inner[0] in ("-", " "):
+    if n == 3 and n_digits == 9 and window_lens == (3, 2, 4) and inner[0] == inner[1] and inner[0] in ("-", " "):
         if _ssn_ok(first, groups[i + 1], groups[i + 2]):
             return "ssn"
     if ctx.money():
@@ -567,18 +635,26 @@ def _window_kind(r: _Run, i: int, j: int, ctx: _RunContext) -> PiiKind | None:
     if i == 0 and ctx.phone_cue():
         return "phone"
     if n == 2:
-        if lens[i] >= 6 and lens[i + 1] >= 6:
+        if window_lens[0] >= 6 and window_lens[1] >= 6:
             return None  # two ids side by side: no phone format has two groups this long
-        if inner[0] == "." and lens[i + 1] <= 2:
+        if inner[0] == "." and window_lens[1] <= 2:
             return None  # a decimal
-        if inner[0] == "-" and lens[i] == 5 and lens[i + 1] == 4:
+        if inner[0] == "-" and window_lens == (5, 4):
             return None  # a US ZIP+4 code
-    slashes = sum("/" in s for s in inner)
-    if slashes and not (slashes == 1 and inner[0] == "/" and first[0] == "0"):
-        return None  # a ratio, a date or a fraction; only "030/1234567" is a phone
-    if all(len(g) == 4 and "1900" <= g <= "2099" for g in groups[i:j]):
+    if r.slash:
+        slashes = sum("/" in s for s in inner)
+        if slashes and not (slashes == 1 and inner[0] == "/" and first[0] == "0"):
+            return None  # a ratio, a date or a fraction; only "030/1234567" is a phone
+    if window_lens.count(4) == n and all("1900" <= g <= "2099" for g in groups[i:j]):
         return None  # years
-    if len(first) == 1 and first != "0" and n >= 3 and all(x == 3 for x in lens[i + 1 : j]) and len(set(inner)) == 1 and inner[0] in (" ", ".", "\u00a0"):
+    if (
+        window_lens[0] == 1
+        and first != "0"
+        and n >= 3
+        and window_lens.count(3) == n - 1
+        and inner.count(inner[0]) == n - 1
+        and inner[0] in (" ", ".", "\u00a0")
+    ):
         return None  # a count with thousands separators: "1 299 000"
     return "phone"
 
@@ -612,10 +688,41 @@ def _number_spans(text: str, run_start: int, run_end: int, taken: list[tuple[int
     number of windows and a run costs time linear in its length.
     """
     run = text[run_start:run_end]
-    ctx = _RunContext(text, run_start, run_end)
     glued = run_end < len(text) and (text[run_end].isalnum() or text[run_end] == "_")
+    overlaps = bool(taken) and _overlaps(taken, run_start, run_end)
+    # The same dates, prices and ids recur throughout a text: a run whose reading did not
+    # depend on the text around it is read once.
+    # The key holds what the reading looks at beyond the run: a letter glued to its end, and
+    # a closing parenthesis after it.
+    key = (run, glued, text[run_end : run_end + 1] == ")")
+    cached = None if overlaps else _RUN_CACHE.get(key)
+    if cached is not None:
+        return [(run_start + a, run_start + b, kind) for a, b, kind in cached]
+    ctx = _RunContext(text, run_start, run_end)
+    found = _read_run(text, run, run_start, run_end, glued, taken if overlaps else [], ctx)
+    if not overlaps and not ctx.consulted and len(run) <= 64:
+        if len(_RUN_CACHE) >= _RUN_CACHE_SIZE:
+            _RUN_CACHE.clear()
+        _RUN_CACHE[key] = tuple((a - run_start, b - run_start, kind) for a, b, kind in found)
+    return found
+
+
+_RUN_CACHE: dict[tuple[str, bool, bool], tuple[tuple[int, int, PiiKind], ...]] = {}
+_RUN_CACHE_SIZE = 8192
+
+
+def _overlaps(taken: list[tuple[int, int]], start: int, end: int) -> bool:
+    i = bisect.bisect_left(taken, (start, -1))
+    if i < len(taken) and taken[i][0] < end:
+        return True
+    return i > 0 and taken[i - 1][1] > start
+
+
+def _read_run(
+    text: str, run: str, run_start: int, run_end: int, glued: bool, taken: list[tuple[int, int]], ctx: _RunContext
+) -> list[tuple[int, int, PiiKind]]:
     if run.isdigit() or (run[0] == "+" and run[1:].isdigit()):  # the common case: one group
-        if glued or (taken and _blocked_groups(_split_run(run), run_start, run_end, taken)):
+        if glued or taken:
             return []
         kind = _bare_kind(run.lstrip("+"), run[0] == "+", ctx)
         return [(run_start, run_end, kind)] if kind else []
@@ -634,38 +741,53 @@ def _number_spans(text: str, run_start: int, run_end: int, taken: list[tuple[int
     if glued:  # digits glued to a letter ("12345678abc", "2kg") belong to a word
         blocked.add(k - 1)
     dates: dict[int, bool] = {}
+    # Dates are written with "-", "/" or ".": a run with none of them holds no date.
+    may_hold_dates = "-" in run or "/" in run or "." in run
 
     def date_at(t: int) -> bool:
+        if not may_hold_dates:
+            return False
         if t not in dates:
             dates[t] = t + 2 < k and _is_date(groups[t], groups[t + 1], groups[t + 2], seps[t], seps[t + 1])
         return dates[t]
 
     found: list[tuple[int, int, PiiKind]] = []
     i = 0
+    singles = r.singles
     while i < k:
-        if i in blocked:
+        if blocked and i in blocked:
             i += 1
             continue
-        if i + 2 < k and seps[i] in _DATE_SEPARATORS and date_at(i):
+        if may_hold_dates and i + 2 < k and seps[i] in _DATE_SEPARATORS and date_at(i):
             i += 3
             continue
-        loose = (i == 0 and "+" in r.lead) or groups[i].startswith("00") or groups[i].startswith("011")
-        jmax = i + 1
-        while jmax < k and (loose or lens[jmax] > 1) and cum[jmax + 1] - cum[i] <= _MAX_WINDOW_DIGITS and jmax not in blocked:
-            jmax += 1
+        g0 = groups[i]
+        loose = (i == 0 and r.plus) or (g0[0] == "0" and (g0[:2] == "00" or g0[:3] == "011"))
+        # The furthest end: at most 19 digits, and no one-digit group after the first.
+        jmax = min(bisect.bisect_right(cum, cum[i] + _MAX_WINDOW_DIGITS, i + 1) - 1, k)
+        if not loose and singles:
+            s_at = bisect.bisect_right(singles, i)
+            if s_at < len(singles) and singles[s_at] < jmax:
+                jmax = singles[s_at]
+        jmax = max(jmax, i + 1)
+        if blocked:
+            jmax = next((t for t in range(i + 1, jmax) if t in blocked), jmax)
         if cum[jmax] - cum[i] < 6:  # no window from here holds enough digits to be anything
             i += 1
             continue
         hit: tuple[int, PiiKind] | None = None
+        base = cum[i]
+        card_first = g0[0] in "23456" and not (i == 0 and r.plus)
         for j in range(jmax, i, -1):
-            if cum[j] - cum[i] < 6:
+            d = cum[j] - base
+            if d < 6:
                 break
-            if cum[j] - cum[i] > 15 and (groups[i][0] not in "23456" or (i == 0 and "+" in r.lead)):
+            if d > 15 and (not card_first or min(lens[i:j]) < 3):
                 continue  # more than 15 digits can only be a card
-            if j - i >= 2 and any(seps[t - 1] in _DATE_SEPARATORS and date_at(t) for t in range(i + 1, j)):
+            if may_hold_dates and j - i >= 2 and any(seps[t - 1] in _DATE_SEPARATORS and date_at(t) for t in range(i + 1, j)):
                 continue  # a window never takes in the start of a date
             if j == i + 1:
-                kind = _bare_kind(groups[i], i == 0 and "+" in r.lead, ctx) if (i == 0 or not seps[i - 1].endswith("(")) else None
+                kind = _bare_kind(groups[i], i == 0 and r.plus, ctx) if (i == 0 or not seps[i - 1].endswith("(")) else None
             else:
                 kind = _window_kind(r, i, j, ctx)
             if kind is not None:

@@ -257,3 +257,16 @@ def test_masking_time_grows_linearly_with_the_text(name: str) -> None:
     t_small, t_large = _cpu_seconds(small), _cpu_seconds(large)
     # 8x the text: linear costs ~8x, the old quadratic masker ~64x. 20x leaves room for noise.
     assert t_large <= 20 * max(t_small, 1e-3), (t_small, t_large)
+
+
+def test_the_fast_luhn_check_agrees_with_python_stdnum() -> None:
+    import random
+
+    from stdnum import luhn
+
+    from behavior.privacy import _luhn_ok
+
+    rng = random.Random(0)
+    numbers = ["".join(rng.choice("0123456789") for _ in range(rng.randint(13, 19))) for _ in range(2000)]
+    assert [_luhn_ok(n) for n in numbers] == [luhn.is_valid(n) for n in numbers]
+    assert any(_luhn_ok(n) for n in numbers) and not all(_luhn_ok(n) for n in numbers)
