@@ -14,7 +14,7 @@ import lzma
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, ClassVar, Iterable, Mapping
+from typing import IO, ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -224,15 +224,20 @@ def estimate_ingest(path: str | Path, limits: IngestLimits | None = None) -> Ing
     return _estimate_csv(path, budget)
 
 
-def check_ingest_limits(path: str | Path, limits: IngestLimits) -> IngestEstimate:
-    """Refuse ``path`` before it is read if it is over ``limits``' rows or memory budget.
+def check_ingest_limits(path: str | Path | Sequence[str | Path], limits: IngestLimits) -> IngestEstimate:
+    """Refuse ``path`` (one file or folder, or the files a format reads together) before it
+    is read if it is over ``limits``' rows or memory budget.
 
     Raises:
         IngestLimitError: naming the file, what it would take, the limit, and the
             environment variable that raises it.
     """
-    estimate = estimate_ingest(path, limits)
-    source = str(path)
+    paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
+    estimate = IngestEstimate(0, 0, 0)
+    for one in paths:
+        part = estimate_ingest(one, limits)
+        estimate = IngestEstimate(estimate.rows + part.rows, max(estimate.columns, part.columns), estimate.text_bytes + part.text_bytes)
+    source = ", ".join(map(str, paths))
     if estimate.rows > limits.max_rows:
         raise IngestLimitError(
             f"{estimate.rows:,} rows, over the ingest row limit of {limits.max_rows:,}",

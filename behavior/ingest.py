@@ -101,7 +101,7 @@ def ingest_file(
             raise ValueError(f"format '{fmt}' has no packaged data set; give the FILE to ingest")
         path = adapter.packaged_path()
     limits = limits or IngestLimits.from_env()
-    check_ingest_limits(path, limits)
+    check_ingest_limits(adapter.input_files(Path(path)) if adapter.input_files else path, limits)
     # tz None: the format's own default (Online Retail is UK time, most others UTC).
     options: dict = {"strict": strict, "encoding": encoding}
     if tz is not None:

@@ -182,3 +182,26 @@ def test_limits_come_from_the_environment_and_flags_win() -> None:
     assert IngestLimits.from_env({}) == IngestLimits()
     with pytest.raises(ValueError, match="SHOPSIGHT_INGEST_MAX_TEXT_CHARS='lots'"):
         IngestLimits.from_env({"SHOPSIGHT_INGEST_MAX_TEXT_CHARS": "lots"})
+
+
+def test_a_format_is_checked_on_the_files_it_reads_not_its_whole_folder(tmp_path: Path) -> None:
+    from behavior.adapters import get_adapter
+    from behavior.events import check_ingest_limits
+
+    adapter = get_adapter("completejourney")
+    folder = tmp_path / "cj"
+    folder.mkdir()
+    (folder / "transactions.csv").write_text("household_id,basket_id\n1,2\n")
+    (folder / "products.csv").write_text("product_id,product_category\n1,FRUIT\n")
+    _bomb_parquet(folder / "promotions.parquet", 200_000)  # a table ingest never reads
+    limits = IngestLimits(max_memory_mb=50)
+    assert [p.name for p in adapter.input_files(folder)] == ["transactions.csv", "products.csv"]
+    check_ingest_limits(adapter.input_files(folder), limits)
+    with pytest.raises(IngestLimitError):
+        check_ingest_limits(folder, limits)
+    # The copy the package ships (1.47M transactions; its promotions table has 20M rows)
+    # fits the default limits.
+    packaged = adapter.packaged_path()
+    if packaged is not None:
+        estimate = check_ingest_limits(adapter.input_files(packaged), IngestLimits())
+        assert 1_400_000 < estimate.rows < 2_000_000
