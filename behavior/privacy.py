@@ -54,6 +54,11 @@ What counts as what — the rules, in the order they are applied (an earlier kin
   than a phone, and answers must be able to cite it; "call me 4155550132" is a phone. A
   bare 13-19 digit run with a card's issuer prefix, length and Luhn digit is still a card
   (a 10% chance for a random id of that shape: privacy wins there).
+- A run is read from the left, the longest window first, except that in runs of up to 32
+  groups (any sentence) cards are taken first, so "qty 2 4111 1111 1111 1111" is "qty 2
+  [card]". In a longer run (a pasted table of numbers) a card right after another number
+  can be read partly as a phone: all of it is masked except, at worst, the card's last
+  group (its last four digits, which receipts print anyway).
 - Digits glued to letters (``o000123``, ``u00042-s0007``, ``i12345``, ``2kg``) are part
   of a token, never personal data; prices (``$1,299.00``), times (``09:12``), versions
   (``1.2.3``) and counts are too short or too differently shaped to be a phone.
@@ -190,6 +195,7 @@ _CARD_BRANDS: tuple[tuple[int, int, int, frozenset[int]], ...] = (
     (56, 69, 2, frozenset(range(13, 20))),
 )
 _MAX_WINDOW_DIGITS = 19  # the longest card; phones have at most 15 (+ a 3-digit call prefix)
+_CARDS_FIRST_MAX_GROUPS = 32
 
 
 # --- the finder ------------------------------------------------------------------------------
@@ -514,6 +520,7 @@ class _Run:
     plus: bool  # written with a leading "+"
     slash: bool  # some separator holds a "/"
     singles: tuple[int, ...]  # indices of the one-digit groups
+    digits: str  # all the digits of the run, so a window's are digits[cum[i]:cum[j]]
 
 
 def _split_run(run: str) -> _Run:
@@ -530,7 +537,7 @@ def _split_any_run(run: str) -> _Run:
     singles = tuple(t for t, n in enumerate(lens) if n == 1)
     return _Run(
         parts[0], groups, lens, seps, tuple(itertools.accumulate(map(len, parts))), cum, max(lens), isbn,
-        "+" in parts[0], "/" in run, singles,
+        "+" in parts[0], "/" in run, singles, "".join(groups),
     )
 
 
@@ -614,13 +621,7 @@ def _window_kind(r: _Run, i: int, j: int, ctx: _RunContext) -> PiiKind | None:
     inner = r.seps[i : j - 1]
     window_lens = lens[i:j]
     if n_digits >= 13:
-        if (
-            first[0] in "23456"
-            and min(window_lens) >= 3
-            and _one_kind_of_separator(inner)
-            and not (i > 0 and r.seps[i - 1].endswith("("))
-            and _card_ok("".join(groups[i:j]))
-        ):
+        if _card_window(r, i, j):
             return "card"
         if n_digits > 15:
             return None
@@ -645,7 +646,7 @@ def _window_kind(r: _Run, i: int, j: int, ctx: _RunContext) -> PiiKind | None:
         slashes = sum("/" in s for s in inner)
         if slashes and not (slashes == 1 and inner[0] == "/" and first[0] == "0"):
             return None  # a ratio, a date or a fraction; only "030/1234567" is a phone
-    if window_lens.count(4) == n and all("1900" <= g <= "2099" for g in groups[i:j]):
+    if window_lens.count(4) == n and first[:2] in ("19", "20") and all("1900" <= g <= "2099" for g in groups[i:j]):
         return None  # years
     if (
         window_lens[0] == 1
@@ -657,6 +658,17 @@ def _window_kind(r: _Run, i: int, j: int, ctx: _RunContext) -> PiiKind | None:
     ):
         return None  # a count with thousands separators: "1 299 000"
     return "phone"
+
+
+def _card_window(r: _Run, i: int, j: int) -> bool:
+    """Whether groups ``i..j-1`` are a card: issuer digit, groups of 3+ digits joined by one kind
+    of separator (or none), no parenthesis before, and ``_card_ok``."""
+    return (
+        r.groups[i][0] in "23456"
+        and (j - i == 1 or (min(r.lens[i:j]) >= 3 and _one_kind_of_separator(r.seps[i : j - 1])))
+        and not (i > 0 and r.seps[i - 1].endswith("("))
+        and _card_ok(r.digits[r.cum[i] : r.cum[j]])
+    )
 
 
 def _blocked_groups(r: _Run, run_start: int, run_end: int, taken: list[tuple[int, int]]) -> set[int]:
@@ -752,6 +764,14 @@ def _read_run(
         return dates[t]
 
     found: list[tuple[int, int, PiiKind]] = []
+    if cum[k] >= 13 and k <= _CARDS_FIRST_MAX_GROUPS:
+        # Cards first: a Luhn-checked card is the surest reading, and a phone window taken
+        # first could end inside one ("qty 2 4111 1111 1111 1111" would keep "1111"). In a
+        # longer run (a pasted table of numbers) that would cost a Luhn check at every
+        # group; there cards are found by the greedy scan below like everything else.
+        for a, b in _card_windows(r, k, blocked):
+            found.append((run_start + r.offsets[2 * a], run_start + r.offsets[2 * b - 1], "card"))
+            blocked.update(range(a, b))
     i = 0
     singles = r.singles
     while i < k:
@@ -782,8 +802,11 @@ def _read_run(
             d = cum[j] - base
             if d < 6:
                 break
-            if d > 15 and (not card_first or min(lens[i:j]) < 3):
-                continue  # more than 15 digits can only be a card
+            if d > 15:  # more than 15 digits can only be a card
+                if card_first and _card_window(r, i, j):
+                    hit = (j, "card")
+                    break
+                continue
             if may_hold_dates and j - i >= 2 and any(seps[t - 1] in _DATE_SEPARATORS and date_at(t) for t in range(i + 1, j)):
                 continue  # a window never takes in the start of a date
             if j == i + 1:
@@ -805,7 +828,42 @@ def _read_run(
             end += 1
         found.append((start, end, kind))
         i = j
+    found.sort()
     return found
+
+
+def _card_windows(r: _Run, k: int, blocked: set[int]) -> list[tuple[int, int]]:
+    """Greedy from the left, the longest card windows (13-19 digits) of a run, as (i, j)."""
+    cum, digits, groups, lens = r.cum, r.digits, r.groups, r.lens
+    total = cum[k]
+    out: list[tuple[int, int]] = []
+    after = 0  # windows may start only after the last card found
+    # A card starts with a group of 3+ digits (or is one long group) led by 2-6.
+    for i in [t for t in range(k) if lens[t] >= 3 and groups[t][0] in "23456"]:
+        if i < after or total - cum[i] < 13 or i in blocked:
+            continue
+        lengths = _card_lengths(digits[cum[i] : cum[i] + 4])
+        for length in sorted(lengths, reverse=True):
+            j = bisect.bisect_left(cum, cum[i] + length, i + 1)
+            if j > k or cum[j] != cum[i] + length:
+                continue  # no window from i holds exactly this many digits
+            if (not blocked or not any(t in blocked for t in range(i, j))) and _card_window(r, i, j):
+                out.append((i, j))
+                after = j
+                break
+    return out
+
+
+@functools.lru_cache(maxsize=10_000)
+def _card_lengths(prefix: str) -> frozenset[int]:
+    """The card lengths the issuer ranges allow for a 4-digit prefix (empty: no card network)."""
+    p4 = int(prefix)
+    lengths: set[int] = set()
+    for low, high, width, allowed in _CARD_BRANDS:
+        if low <= p4 // _POW10[4 - width] <= high:
+            lengths.update(allowed)
+            break  # _card_ok takes the first matching network too
+    return frozenset(lengths)
 
 
 # --- IP addresses as values ---------------------------------------------------------------------

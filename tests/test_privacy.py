@@ -270,3 +270,8 @@ def test_the_fast_luhn_check_agrees_with_python_stdnum() -> None:
     numbers = ["".join(rng.choice("0123456789") for _ in range(rng.randint(13, 19))) for _ in range(2000)]
     assert [_luhn_ok(n) for n in numbers] == [luhn.is_valid(n) for n in numbers]
     assert any(_luhn_ok(n) for n in numbers) and not all(_luhn_ok(n) for n in numbers)
+
+
+def test_a_card_after_another_number_in_the_same_run_is_still_a_card() -> None:
+    assert mask_pii("ref 12 4111111111111111 ok") == "ref 12 [card] ok"
+    assert mask_pii("qty 2 4111 1111 1111 1111") == "qty 2 [card]"
