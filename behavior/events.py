@@ -7,14 +7,20 @@ reason and location and kept in ``report.rejected`` so the caller can store it.
 
 from __future__ import annotations
 
+import bz2
 import codecs
+import gzip
+import lzma
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import IO, ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "user_id",
@@ -116,6 +122,218 @@ class IngestReport:
             "naive_timestamps_as": self.naive_timestamps_as,
             "notes": dict(self.notes),
         }
+
+
+# --- bounds on what one ingest may take ---------------------------------------------------
+
+# Measured: validating and sessionizing costs about 100 bytes of memory per cell and about 4
+# bytes per byte of text (a 200k-row Parquet file with 1 KB of text per row peaked at 1.0 GB,
+# the same rows without the text at 0.25 GB). The estimate errs on the high side.
+BYTES_PER_CELL = 100
+BYTES_PER_TEXT_BYTE = 4
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    """How much one ingest may take: rows, memory, and characters per free-text field.
+
+    The defaults fit the public data sets the adapters read on a laptop (Complete Journey,
+    1.47M rows, is estimated at about 1.7 GB) and refuse a file that would exhaust memory
+    (a 6 MB Parquet file expanding to 2M rows of 1 KB each needed 6.3 GB) before reading
+    it. Each limit can be raised with the environment variable named in the error.
+
+    Args:
+        max_rows: Rows one file (or folder) may hold.
+        max_memory_mb: Estimated peak memory of the ingest, in MB (see ``estimate_ingest``).
+        max_text_chars: Characters kept per free-text field (text, device, ...); longer
+            values are cut, ending in "…", and counted in the report.
+    """
+
+    max_rows: int = 20_000_000
+    max_memory_mb: int = 4096
+    max_text_chars: int = 2000
+
+    ENV: ClassVar[dict[str, str]] = {
+        "max_rows": "SHOPSIGHT_INGEST_MAX_ROWS",
+        "max_memory_mb": "SHOPSIGHT_INGEST_MAX_MEMORY_MB",
+        "max_text_chars": "SHOPSIGHT_INGEST_MAX_TEXT_CHARS",
+    }
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: int) -> "IngestLimits":
+        """The limits from ``SHOPSIGHT_INGEST_*`` variables; keyword overrides (CLI flags) win.
+
+        Raises:
+            ValueError: naming the variable whose value is not a positive whole number.
+        """
+        environ = os.environ if environ is None else environ
+        values: dict[str, int] = {}
+        for name, var in cls.ENV.items():
+            raw = environ.get(var)
+            if raw is None or raw.strip() == "":
+                continue
+            try:
+                value = int(raw.replace("_", "").replace(",", ""))
+            except ValueError:
+                value = 0
+            if value <= 0:
+                raise ValueError(f"{var}={raw!r} is not a positive whole number")
+            values[name] = value
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class IngestEstimate:
+    """What a file will cost to ingest, measured without loading it."""
+
+    rows: int
+    columns: int
+    text_bytes: int  # bytes of all string cells once decoded (for CSV: the decompressed file)
+
+    @property
+    def memory_mb(self) -> float:
+        return (self.rows * self.columns * BYTES_PER_CELL + self.text_bytes * BYTES_PER_TEXT_BYTE) / 1e6
+
+
+class IngestLimitError(EventDataError):
+    """A file over an ingest limit; the message names the limit and how to raise it."""
+
+
+def estimate_ingest(path: str | Path, limits: IngestLimits | None = None) -> IngestEstimate:
+    """Rows, columns and decoded text bytes of a CSV/TSV/Parquet file, or of every such file
+    in a folder, read in bounded memory (Parquet's dictionary pages are not expanded, CSV is
+    streamed, compressed CSV is decompressed as a stream).
+
+    With ``limits``, it stops reading as soon as the estimate is over the memory budget, so
+    a decompression bomb is never read to its end.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and _table_suffix(p))
+        total = IngestEstimate(0, 0, 0)
+        for file in files:
+            one = estimate_ingest(file, limits)
+            total = IngestEstimate(total.rows + one.rows, max(total.columns, one.columns), total.text_bytes + one.text_bytes)
+        return total
+    if not path.exists():
+        raise EventDataError("file not found", source=str(path))
+    budget = None if limits is None else limits.max_memory_mb * 1e6
+    if path.suffix.lower() in (".parquet", ".pq"):
+        return _estimate_parquet(path, budget)
+    return _estimate_csv(path, budget)
+
+
+def check_ingest_limits(path: str | Path | Sequence[str | Path], limits: IngestLimits) -> IngestEstimate:
+    """Refuse ``path`` (one file or folder, or the files a format reads together) before it
+    is read if it is over ``limits``' rows or memory budget.
+
+    Raises:
+        IngestLimitError: naming the file, what it would take, the limit, and the
+            environment variable that raises it.
+    """
+    paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
+    estimate = IngestEstimate(0, 0, 0)
+    for one in paths:
+        part = estimate_ingest(one, limits)
+        estimate = IngestEstimate(estimate.rows + part.rows, max(estimate.columns, part.columns), estimate.text_bytes + part.text_bytes)
+    source = ", ".join(map(str, paths))
+    if estimate.rows > limits.max_rows:
+        raise IngestLimitError(
+            f"{estimate.rows:,} rows, over the ingest row limit of {limits.max_rows:,}",
+            source=source,
+            hint=f"raise it with {IngestLimits.ENV['max_rows']}={_round_up(estimate.rows)}, or split the file",
+        )
+    if estimate.memory_mb > limits.max_memory_mb:
+        raise IngestLimitError(
+            f"{estimate.rows:,} rows x {estimate.columns} columns with {estimate.text_bytes / 1e6:,.0f} MB of text "
+            f"would take about {estimate.memory_mb:,.0f} MB of memory to ingest, over the ingest memory budget "
+            f"of {limits.max_memory_mb:,} MB",
+            source=source,
+            hint=(
+                f"raise it with {IngestLimits.ENV['max_memory_mb']}={_round_up(int(estimate.memory_mb) + 1)} "
+                "if this machine has the memory, or split the file"
+            ),
+        )
+    return estimate
+
+
+def _round_up(n: int) -> int:
+    """A round number at or above ``n``, for a limit a person would type."""
+    step = 10 ** max(len(str(n)) - 2, 0)
+    return -(-n // step) * step
+
+
+def _table_suffix(path: Path) -> bool:
+    name = path.name.lower()
+    return name.endswith((".csv", ".tsv", ".txt", ".parquet", ".pq", ".csv.gz", ".tsv.gz", ".csv.bz2", ".csv.xz"))
+
+
+def _estimate_parquet(path: Path, budget: float | None) -> IngestEstimate:
+    try:
+        pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise EventDataError(f"not a readable Parquet file: {exc}", source=str(path)) from exc
+    rows, columns = pf.metadata.num_rows, len(schema.names)
+    text_cols = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or pa.types.is_binary(f.type) or pa.types.is_dictionary(f.type)]
+    if not text_cols:
+        return IngestEstimate(rows, columns, 0)
+    # Dictionary-encoded text (pyarrow's default) is kept as a dictionary: a batch costs its
+    # indices, however long the repeated strings are.
+    reader = pq.ParquetFile(path, read_dictionary=text_cols)
+    text_bytes = 0
+    cells = rows * columns * BYTES_PER_CELL
+    for batch in reader.iter_batches(batch_size=65_536, columns=text_cols):
+        for column in batch.columns:
+            if pa.types.is_dictionary(column.type):
+                lengths = pc.binary_length(column.dictionary)
+                used = pc.take(lengths, column.indices)
+                text_bytes += int(pc.sum(used).as_py() or 0)
+            else:
+                text_bytes += int(pc.sum(pc.binary_length(column)).as_py() or 0)
+        if budget is not None and cells + text_bytes * BYTES_PER_TEXT_BYTE > budget:
+            break  # over the budget already: the rest would only make it larger
+    return IngestEstimate(rows, columns, text_bytes)
+
+
+def _open_decompressed(path: Path) -> IO[bytes]:
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if name.endswith(".bz2"):
+        return bz2.open(path, "rb")
+    if name.endswith(".xz"):
+        return lzma.open(path, "rb")
+    return open(path, "rb")
+
+
+def _estimate_csv(path: Path, budget: float | None) -> IngestEstimate:
+    """Lines (less the header), columns of the first line, and bytes: streamed, 4 MB at a time."""
+    lines = text_bytes = 0
+    head = last = b""
+    columns = 0
+    try:
+        with _open_decompressed(path) as fh:
+            while chunk := fh.read(1 << 22):
+                if len(head) < 1 << 16:
+                    head += chunk[: 1 << 16]
+                lines += chunk.count(b"\n")
+                text_bytes += len(chunk)
+                last = chunk[-1:]
+                if not columns and b"\n" in head:
+                    first = head.split(b"\n", 1)[0]
+                    columns = first.count(b"\t" if b"\t" in first else b",") + 1
+                if budget is not None and max(lines - 1, 0) * max(columns, 1) * BYTES_PER_CELL + text_bytes * BYTES_PER_TEXT_BYTE > budget:
+                    break  # over the budget already: never read a decompression bomb to its end
+    except (OSError, EOFError, lzma.LZMAError) as exc:
+        raise EventDataError(f"cannot read the file: {exc}", source=str(path)) from exc
+    if not columns:
+        first = head.split(b"\n", 1)[0]
+        columns = first.count(b"\t" if b"\t" in first else b",") + 1 if first else 1
+    if last and last != b"\n":
+        lines += 1  # a last line without a newline
+    return IngestEstimate(max(lines - 1, 0), columns, text_bytes)
 
 
 def parse_mapping(pairs: Iterable[str]) -> dict[str, str]:

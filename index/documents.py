@@ -3,7 +3,8 @@
 A document reads like an analyst's note: "2026-03-04 09:12, mobile, 14 min, US: searched
 "wireless earbuds"; viewed 5 items in Audio (avg $118); added 'Sony WF-1000XM5' to cart;
 no purchase." Free text from the events (searches, reviews) is masked for personal data,
-shortened and quoted so it reads as data, never as an instruction.
+shortened and quoted so it reads as data, never as an instruction; device and country,
+shown in the note and stored as metadata, are masked too.
 
 What gets embedded is the same note without its date and time and without order ids
 (``embed_text``): those are metadata the index filters and cites exactly, they carry no
@@ -23,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from behavior.features import session_table
-from behavior.privacy import mask_pii
+from behavior.privacy import mask_pii, mask_text_bounded
 
 # Bump when the wording (or what is embedded) changes: every hash changes and the index re-embeds all.
 DOC_VERSION = "2"
@@ -31,6 +32,11 @@ DOC_COLUMNS = ["id", "document", "embed_text", "metadata", "content_hash"]
 CATEGORY_SEP = "|"
 MAX_QUOTE = 80
 MAX_ITEMS = 3
+MAX_FIELD = 80  # device and country as shown in a note and stored as metadata
+# How much of a free text is read for a quote of `limit` characters: enough that flattening
+# runs of whitespace still fills the quote, plus a margin for personal data across the cut.
+QUOTE_SOURCE_FACTOR = 4
+QUOTE_SOURCE_MARGIN = 256
 
 
 def categories_key(categories: list[str]) -> str:
@@ -40,11 +46,29 @@ def categories_key(categories: list[str]) -> str:
 
 
 def quote(text: str, limit: int = MAX_QUOTE) -> str:
-    """Mask, flatten and shorten free text, and wrap it in double quotes so it reads as data."""
-    flat = " ".join(mask_pii(str(text)).split()).replace('"', "'")
-    if len(flat) > limit:
+    """Mask, flatten and shorten free text, and wrap it in double quotes so it reads as data.
+
+    Only the start of the text that can end up in the quote is masked (a margin covers
+    whitespace that flattening removes and personal data across the cut), so a 30 MB
+    review costs what its first few hundred characters cost.
+    """
+    text = str(text)
+    source = text[: limit * QUOTE_SOURCE_FACTOR + QUOTE_SOURCE_MARGIN]
+    flat = " ".join(mask_pii(source).split()).replace('"', "'")
+    if len(flat) > limit or len(source) < len(text):
         flat = flat[: limit - 1].rstrip() + "…"
     return f'"{flat}"'
+
+
+def mask_field(value: Any) -> str:
+    """A free-text metadata field (device, country) masked and bounded; "" for a missing value.
+
+    Ingest masks these already; a workspace written before it did, or by other code, still
+    never sends a raw value to the store.
+    """
+    if not isinstance(value, str) or not value:
+        return ""
+    return mask_text_bounded(value, MAX_FIELD)
 
 
 def _money(x: float) -> str:
@@ -162,8 +186,8 @@ def session_documents(events: pd.DataFrame, catalogue: pd.DataFrame | None = Non
     for row in sessions.itertuples(index=False):
         a, b = spans[row.session_id]
         rows = {c: data[c][a:b] for c in cols[1:]}
-        device = row.device if has_device and isinstance(row.device, str) else ""
-        country = row.country if has_country and isinstance(row.country, str) else ""
+        device = mask_field(row.device) if has_device else ""
+        country = mask_field(row.country) if has_country else ""
         start = pd.Timestamp(row.start).tz_convert("UTC") if pd.Timestamp(row.start).tzinfo else pd.Timestamp(row.start)
         shape = ", ".join(p for p in (device, f"{max(1, round(row.minutes))} min", country) if p)
         cited, body = _describe(rows, names, bool(row.purchased))

@@ -7,6 +7,7 @@ and built here so the file does not depend on the synthetic shop generator.
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +227,30 @@ def test_content_hash_changes_only_when_the_session_changes() -> None:
     after = session_documents(pd.concat([events, extra]), None).set_index("id")["content_hash"]
     changed = before.index[before != after.reindex(before.index)]
     assert list(changed) == [sid]
+
+
+def test_a_phone_in_the_device_name_is_masked_in_document_and_metadata() -> None:
+    events = make_events(users=3)
+    sid = events["session_id"].iloc[0]
+    events["device"] = events["device"].astype(object)
+    events.loc[events["session_id"] == sid, "device"] = "Alice's iPhone +1 415 555 0134"
+    docs = session_documents(events, None).set_index("id")
+    assert docs.loc[sid, "metadata"]["device"] == "Alice's iPhone [phone]"
+    for column in ("document", "embed_text"):
+        assert "Alice's iPhone [phone]" in docs.loc[sid, column]
+        assert "0134" not in docs.loc[sid, column]
+
+
+def test_a_huge_review_is_quoted_from_its_start_only() -> None:
+    from index.documents import MAX_QUOTE, quote
+
+    # A 30 MB review stalled `index build`: only what can be quoted is masked now.
+    review = "call me 4155550132 " + "very good headphones " * 1_500_000
+    start = time.process_time()
+    quoted = quote(review)
+    assert time.process_time() - start < 1.0
+    assert quoted.startswith('"call me [phone] very good') and quoted.endswith('…"')
+    assert len(quoted) <= MAX_QUOTE + 2
 
 
 # --- a built index shared by the read-only tests --------------------------------------------

@@ -14,7 +14,12 @@ import pandas as pd
 
 from behavior.adapters.cdnow import cdnow_path, read_cdnow
 from behavior.adapters.clickstream import read_clickstream
-from behavior.adapters.completejourney import completejourney_catalogue, completejourney_path, read_completejourney
+from behavior.adapters.completejourney import (
+    completejourney_catalogue,
+    completejourney_input_files,
+    completejourney_path,
+    read_completejourney,
+)
 from behavior.adapters.online_retail import online_retail_catalogue, read_online_retail
 from behavior.adapters.rees46 import read_rees46
 from behavior.adapters.retailrocket import read_retailrocket
@@ -37,6 +42,9 @@ class Adapter:
     # The item table the data set has (item_id, name, category, price), read from the same
     # path, so session documents can name items; None when it has no item names.
     catalogue: Callable[..., pd.DataFrame] | None = None
+    # The files ``read`` opens for a path, which ingest checks against its row and memory
+    # budget before reading; None: the path itself.
+    input_files: Callable[[Path], list[Path]] | None = None
 
 
 def canonical_reader(path: str | Path, **options) -> tuple[pd.DataFrame, IngestReport]:
@@ -103,6 +111,7 @@ ADAPTERS: dict[str, Adapter] = {
         read=read_completejourney,
         packaged_path=completejourney_path,
         catalogue=completejourney_catalogue,
+        input_files=completejourney_input_files,
     ),
 }
 

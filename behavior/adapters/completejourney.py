@@ -50,6 +50,19 @@ def _load_tables(path: str | Path | None, encoding: str = "utf-8") -> tuple[pd.D
     return transactions, products, str(path)
 
 
+def completejourney_input_files(path: Path) -> list[Path]:
+    """The files :func:`read_completejourney` reads for ``path``: transactions and, if there, products.
+
+    The package's folder also holds promotions (20M rows) and other tables ingest never
+    reads; the size check must not count them.
+    """
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    transactions = (_table_file(folder, "transactions") or folder / "transactions.parquet") if path.is_dir() else path
+    products = _table_file(folder, "products")
+    return [transactions] + ([products] if products is not None else [])
+
+
 def _table_file(folder: Path, stem: str) -> Path | None:
     """``<stem>.parquet`` or ``<stem>.csv`` in ``folder``, whichever exists first."""
     return next((folder / f"{stem}{ext}" for ext in (".parquet", ".csv") if (folder / f"{stem}{ext}").exists()), None)
