@@ -53,7 +53,12 @@ def _settings(**overrides: Any):
     """The one Settings object: CLI flags (given here) beat environment variables beat defaults."""
     from agent.settings import Settings
 
-    return Settings.from_env(**overrides)
+    settings = Settings.from_env(**overrides)
+    if settings.embed_precision != "auto":  # the embedder is process-wide: tell it once, before it loads
+        from index.embedder import set_default_precision
+
+        set_default_precision(settings.embed_precision)
+    return settings
 
 
 def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -170,6 +175,9 @@ def ingest(
     strict: bool = typer.Option(False, "--strict", help="Refuse the file on the first unusable or duplicate row."),
     tz: Optional[str] = typer.Option(None, "--tz", help="Time zone of timestamps that carry none (default: the format's own; UTC for most, Europe/London for online_retail).", show_default=False),
     encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of CSV input."),
+    max_rows: Optional[int] = typer.Option(None, "--max-rows", min=1, help="Refuse a file with more rows (default 20,000,000; $SHOPSIGHT_INGEST_MAX_ROWS).", show_default=False),
+    max_memory_mb: Optional[int] = typer.Option(None, "--max-memory-mb", min=1, help="Refuse a file estimated to need more memory (default 4096; $SHOPSIGHT_INGEST_MAX_MEMORY_MB).", show_default=False),
+    max_text_chars: Optional[int] = typer.Option(None, "--max-text-chars", min=1, help="Cut longer free-text fields, counted in the report (default 2000; $SHOPSIGHT_INGEST_MAX_TEXT_CHARS).", show_default=False),
     workspace: Optional[Path] = WorkspaceOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the ingest report as JSON."),
 ) -> None:
@@ -187,8 +195,10 @@ def ingest(
     from behavior.ingest import ingest_file
 
     ws = _workspace(workspace)
+    limits = _settings(ingest_max_rows=max_rows, ingest_max_memory_mb=max_memory_mb,
+                       ingest_max_text_chars=max_text_chars).ingest_limits()
     events, report = ingest_file(
-        ws, file, fmt=fmt, mapping=parse_mapping(map_), strict=strict, tz=tz, encoding=encoding
+        ws, file, fmt=fmt, mapping=parse_mapping(map_), strict=strict, tz=tz, encoding=encoding, limits=limits
     )
     if as_json:
         print(json.dumps({"report": report.to_dict(), "summary": ws.read_manifest().get("summary")}, indent=2))
@@ -682,13 +692,21 @@ def train(
     names = train_targets(target)
     ws = _workspace(workspace)
     settings = TrainSettings(seed=seed, threads=threads, **({"epochs": epochs} if epochs else {}))
-    results = _train_with_progress(ws, names, settings=settings, show=not as_json, horizon=horizon)
+    # "all" trains every model the data allows: one that cannot be trained (Complete Journey has no
+    # sessions without a purchase for session intent) is reported, and the others are still trained
+    results = _train_with_progress(ws, names, settings=settings, show=not as_json, horizon=horizon, keep_going=target == "all")
+    failed = [r for r in results if r.get("error")]
     if as_json:
         print(json.dumps(results, indent=2, default=str))
-        return
-    for r in results:
-        card = {**r["card"], "name": r["name"], "version": r["version"]}
-        _print_metric_rows(f"{r['name']} {r['version']}: model vs baselines on the test cutoff (trained in {_fmt(r['train_seconds'], 1)} s)", metric_rows(card))
+    else:
+        for r in results:
+            if r.get("error"):
+                err_console.print(f"[bold red]{r['name']} not trained:[/] {escape(r['error'])}", highlight=False)
+                continue
+            card = {**r["card"], "name": r["name"], "version": r["version"]}
+            _print_metric_rows(f"{r['name']} {r['version']}: model vs baselines on the test cutoff (trained in {_fmt(r['train_seconds'], 1)} s)", metric_rows(card))
+    if failed:
+        raise typer.Exit(code=1)
 
 
 @app.command()

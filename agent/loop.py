@@ -76,6 +76,9 @@ class Agent:
         question = question.strip()
         if not question:
             raise ValueError("the question is empty: ask something, e.g. \"top 10 users by churn\"")
+        # personal data the analyst typed never reaches a planner, an LLM or the store: an e-mail that is
+        # a user's id becomes that user's pseudonym (as ingest stored it), anything else is masked
+        question = protect_question(question, self.ctx)
         cid = self.store.new_conversation(self.backend, self.model, conversation_id)
         history = self.store.answers(cid) if conversation_id else []
         first_token: list[float] = []
@@ -139,6 +142,24 @@ class Agent:
 
 
 # --- the steps ----------------------------------------------------------------------------------
+def protect_question(question: str, ctx: ToolContext) -> str:
+    """The question with personal data replaced: by the user's pseudonym when it is one, else by a mask."""
+    from behavior.privacy import find_pii, pseudonym
+
+    spans = find_pii(question)
+    if not spans:
+        return question
+    key = ctx.privacy_key()
+    out, last = [], 0
+    for span in spans:
+        raw = question[span.start:span.end]
+        alias = pseudonym(raw, key) if key is not None else None
+        out += [question[last:span.start], alias if alias and ctx.has_user(alias) else mask_pii(raw)]
+        last = span.end
+    return "".join(out) + question[last:]
+
+
+
 @dataclass(frozen=True)
 class Planned:
     """What planning and running the tools produced for one question."""

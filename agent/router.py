@@ -401,6 +401,7 @@ class RouterClassifier:
     seed: int = 0
     labels_: tuple[str, ...] = ()
     net_: Any = None
+    weights_: dict[str, np.ndarray] | None = None  # a loaded head's weights, for numpy inference
 
     def fit(self, X: np.ndarray, y: list[str]) -> "RouterClassifier":
         import torch
@@ -424,12 +425,21 @@ class RouterClassifier:
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        import torch
-
+        """Label probabilities; a loaded router runs its head in numpy (no torch import on a one-shot question)."""
+        X = np.asarray(X, dtype="float32")
+        if self.weights_ is not None:  # Linear → ReLU → (dropout: off at inference) → Linear → softmax
+            w = self.weights_
+            hidden = np.maximum(X @ w["0.weight"].T + w["0.bias"], 0.0)
+            logits = hidden @ w["3.weight"].T + w["3.bias"]
+            logits -= logits.max(axis=1, keepdims=True)
+            e = np.exp(logits)
+            return e / e.sum(axis=1, keepdims=True)
         if self.net_ is None:
             raise WorkspaceError("the router is not trained: run `shopsight train router`")
+        import torch
+
         with torch.no_grad():
-            return torch.softmax(self.net_(torch.from_numpy(np.asarray(X, dtype="float32"))), dim=1).numpy()
+            return torch.softmax(self.net_(torch.from_numpy(X)), dim=1).numpy()
 
     def predict(self, X: np.ndarray) -> list[str]:
         return [self.labels_[i] for i in self.predict_proba(X).argmax(axis=1)]
@@ -450,11 +460,9 @@ def load_router(ws: Workspace) -> tuple[RouterClassifier, str]:
 
     if registry.latest_version(ws, ROUTER_NAME) is None:
         raise WorkspaceError(f"no trained router in workspace '{ws.root}': run `shopsight train router --workspace {ws.root}` first")
-    state_dict, spec, card = registry.load(ws, ROUTER_NAME)
+    state_dict, spec, card = registry.load(ws, ROUTER_NAME, arrays="numpy")
     clf = RouterClassifier(hidden=int(spec["hidden"]), labels_=tuple(spec["labels"]))
-    clf.net_ = _head(int(spec["dim"]), len(clf.labels_), clf.hidden)
-    clf.net_.load_state_dict(state_dict)
-    clf.net_.eval()
+    clf.weights_ = {k: np.asarray(v, dtype="float32") for k, v in state_dict.items()}
     return clf, f"{ROUTER_NAME}@{card['version']}"
 
 

@@ -17,7 +17,8 @@ class Settings(BaseSettings):
     SHOPSIGHT_RAISE_ERRORS, SHOPSIGHT_TIMEOUT_S, SHOPSIGHT_RETRIES, SHOPSIGHT_MAX_TOKENS, SHOPSIGHT_N_CTX,
     SHOPSIGHT_PLANNER (auto|router|native: who chooses tools; auto = router on local, native on openai),
     SHOPSIGHT_WRITER (auto|local|openai|none: who phrases answers; auto = the backend; none = the
-    deterministic narrative only), SHOPSIGHT_EMBED_PRECISION (auto|bf16|fp32).
+    deterministic narrative only), SHOPSIGHT_EMBED_PRECISION (auto|bf16|fp32),
+    SHOPSIGHT_INGEST_MAX_ROWS, SHOPSIGHT_INGEST_MAX_MEMORY_MB, SHOPSIGHT_INGEST_MAX_TEXT_CHARS (ingest bounds).
     """
 
     model_config = SettingsConfigDict(extra="ignore", env_ignore_empty=True)
@@ -39,6 +40,17 @@ class Settings(BaseSettings):
     writer: Literal["auto", "local", "openai", "none"] = Field(default="auto", alias="SHOPSIGHT_WRITER")
     embed_precision: Literal["auto", "bf16", "fp32"] = Field(default="auto", alias="SHOPSIGHT_EMBED_PRECISION")
     max_steps: int = Field(default=6, ge=2, description="Model turns allowed per question before the loop stops.")
+    ingest_max_rows: int | None = Field(default=None, gt=0, alias="SHOPSIGHT_INGEST_MAX_ROWS")
+    ingest_max_memory_mb: int | None = Field(default=None, gt=0, alias="SHOPSIGHT_INGEST_MAX_MEMORY_MB")
+    ingest_max_text_chars: int | None = Field(default=None, gt=0, alias="SHOPSIGHT_INGEST_MAX_TEXT_CHARS")
+
+    def ingest_limits(self) -> Any:
+        """The ingest bounds: the settings where given, else behavior.events.IngestLimits' defaults."""
+        from behavior.events import IngestLimits
+
+        given = {"max_rows": self.ingest_max_rows, "max_memory_mb": self.ingest_max_memory_mb,
+                 "max_text_chars": self.ingest_max_text_chars}
+        return IngestLimits(**{k: v for k, v in given.items() if v is not None})
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "Settings":

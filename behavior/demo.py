@@ -29,6 +29,15 @@ def build_demo_workspace(
     Returns:
         ``{"summary": summarize_events(events), "label_rates": {"dropout", "fraud_users", "purchase_sessions"}}``.
     """
+    from behavior.ingest import workspace_key
+    from behavior.privacy import protect_events
+
+    ws.root.mkdir(parents=True, exist_ok=True)
+    key = workspace_key(ws)
+
+    def protect(events: pd.DataFrame) -> pd.DataFrame:  # the shop's planted e-mails and phones are masked before storage
+        return protect_events(events, key=key, max_text_chars=2000)[0]
+
     tally = _Tally()
     if progress:
         from rich.console import Console
@@ -39,10 +48,10 @@ def build_demo_workspace(
             TimeElapsedColumn(), console=Console(stderr=True), transient=True,
         ) as bar:
             task = bar.add_task("users", total=users)
-            write_shop(ws.root, users=users, days=days, seed=seed, on_shop=tally.add,
+            write_shop(ws.root, users=users, days=days, seed=seed, on_shop=tally.add, protect=protect,
                        on_block=lambda done, total: bar.update(task, completed=done))
     else:
-        write_shop(ws.root, users=users, days=days, seed=seed, on_shop=tally.add)
+        write_shop(ws.root, users=users, days=days, seed=seed, on_shop=tally.add, protect=protect)
     result = {"summary": tally.summary(), "label_rates": tally.label_rates()}
     ws.write_manifest(
         {

@@ -11,7 +11,6 @@ import bz2
 import codecs
 import gzip
 import lzma
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, ClassVar, Iterable, Mapping, Sequence
@@ -160,13 +159,15 @@ class IngestLimits:
     }
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: int) -> "IngestLimits":
-        """The limits from ``SHOPSIGHT_INGEST_*`` variables; keyword overrides (CLI flags) win.
+    def from_env(cls, environ: Mapping[str, str], **overrides: int) -> "IngestLimits":
+        """The limits from ``SHOPSIGHT_INGEST_*`` entries of ``environ``; keyword overrides (CLI flags) win.
+
+        The caller passes the mapping (agent/settings.py is the one place that reads the process
+        environment); this only parses and validates it.
 
         Raises:
             ValueError: naming the variable whose value is not a positive whole number.
         """
-        environ = os.environ if environ is None else environ
         values: dict[str, int] = {}
         for name, var in cls.ENV.items():
             raw = environ.get(var)

@@ -90,7 +90,7 @@ def ingest_file(
     ``report.notes``.
 
     Args:
-        limits: Row, memory and text-length bounds; default ``IngestLimits.from_env()``.
+        limits: Row, memory and text-length bounds; default ``IngestLimits()`` (the CLI passes the settings').
 
     Raises:
         IngestLimitError: before reading, when the file is over a row or memory limit.
@@ -100,7 +100,7 @@ def ingest_file(
         if adapter.packaged_path is None or adapter.packaged_path() is None:
             raise ValueError(f"format '{fmt}' has no packaged data set; give the FILE to ingest")
         path = adapter.packaged_path()
-    limits = limits or IngestLimits.from_env()
+    limits = limits or IngestLimits()
     check_ingest_limits(adapter.input_files(Path(path)) if adapter.input_files else path, limits)
     # tz None: the format's own default (Online Retail is UK time, most others UTC).
     options: dict = {"strict": strict, "encoding": encoding}

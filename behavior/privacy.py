@@ -741,7 +741,7 @@ def _read_run(
     r = _split_run(run)
     if r.isbn:
         return []
-    groups, lens, seps, cum = r.groups, r.lens, r.seps, r.cum
+    groups, seps, cum = r.groups, r.seps, r.cum
     k = len(groups)
     if r.longest == 1:
         # One-digit groups only ("1 2 3 4 …"): no national format, card or SSN looks like
@@ -1000,7 +1000,25 @@ def protect_events(events: pd.DataFrame, *, key: bytes, max_text_chars: int) -> 
         if changed:
             notes[f"{col}: e-mail/phone replaced by a pseudonym"] = changed
         out[col] = pseudonymized
+    if "ip" in out.columns:
+        # The risk rules only compare addresses (several accounts on one IP): a keyed pseudonym per
+        # address keeps every comparison and stores no address at all.
+        present = out["ip"].notna() & ~out["ip"].astype("string").str.startswith(IP_PSEUDONYM_PREFIX).fillna(True)
+        if present.any():
+            values = out.loc[present, "ip"].astype(str)
+            mapping = {v: ip_pseudonym(v, key) for v in pd.unique(values)}
+            out.loc[present, "ip"] = values.map(mapping)
+            notes["ip: address replaced by a pseudonym"] = int(present.sum())
     return out, notes
+
+
+IP_PSEUDONYM_PREFIX = "ip-"
+
+
+def ip_pseudonym(address: str, key: bytes) -> str:
+    """The stable pseudonym of one IP address under the workspace key: ``ip-`` and 10 hex digits."""
+    digest = hmac.new(key, b"ip:" + address.strip().lower().encode("utf-8"), hashlib.sha256).hexdigest()
+    return IP_PSEUDONYM_PREFIX + digest[:PSEUDONYM_HEX]
 
 
 def mask_table(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:

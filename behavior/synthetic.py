@@ -270,6 +270,7 @@ def write_shop(
     start: str = "2026-01-05",
     on_block: Callable[[int, int], None] | None = None,
     on_shop: Callable[[SyntheticShop], None] | None = None,
+    protect: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
 ) -> dict[str, Path]:
     """Stream a shop of any size to Parquet files in ``directory`` without holding it in memory.
 
@@ -284,6 +285,8 @@ def write_shop(
         start: first day of the window (UTC).
         on_block: called as ``on_block(users_done, users_total)`` after each block (progress).
         on_shop: called with each block before it is written (e.g. to accumulate a summary).
+        protect: applied to each block's events before they are written (the workspace masks
+            personal data in free text before anything is stored, as an ingest does).
 
     Returns:
         The path of each file written, keyed ``events``, ``catalogue``, ``users``, ``sessions``, ``orders``.
@@ -304,7 +307,7 @@ def write_shop(
                 catalogue = shop.catalogue
                 if on_shop is not None:
                     on_shop(shop)
-                tables = {"events": shop.events, **shop.labels}
+                tables = {"events": protect(shop.events) if protect else shop.events, **shop.labels}
                 for name, df in tables.items():
                     table = pa.Table.from_pandas(df, preserve_index=False)
                     if name not in writers:

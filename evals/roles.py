@@ -28,6 +28,7 @@ from behavior.privacy import mask_pii
 from behavior.workspace import Workspace, WorkspaceError
 from evals.schema import EvalCase, RoleSpec
 
+MASK_TOKEN = re.compile(r"\[(?:email|phone|ip|card|iban|ssn)\]")
 INJECTION = re.compile(r"ignore (?:all )?previous instructions|system prompt|admin mode", re.IGNORECASE)
 ACTIVE_DAYS = 14
 
@@ -105,7 +106,8 @@ class RoleResolver:
             most_sessions=self._most_sessions,
             fraud_user=self._fraud_user,
             churned_user=self._churned_user,
-            pii_user=lambda s: self._text_user(s, lambda t: t.map(mask_pii) != t),
+            # texts that carried personal data: masked at ingest ("[email]"), or raw in an older workspace
+            pii_user=lambda s: self._text_user(s, lambda t: t.str.contains(MASK_TOKEN) | (t.map(mask_pii) != t)),
             injection_user=lambda s: self._text_user(s, lambda t: t.str.contains(INJECTION)),
             unknown=lambda s: self._absent_id(self.user_ids, "u"),
         )

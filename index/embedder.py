@@ -63,9 +63,20 @@ def native_bf16() -> bool:
     return any(bool(getattr(torch.cpu, p, lambda: False)()) for p in probes)
 
 
+# The process's precision when none is passed: set once by the entry point from its settings
+# (SHOPSIGHT_EMBED_PRECISION is read in agent/settings.py, the one place the environment is read).
+_DEFAULT_PRECISION = "auto"
+
+
+def set_default_precision(precision: str) -> None:
+    """Set the precision embedders use when none is passed (the CLI calls this from its settings)."""
+    global _DEFAULT_PRECISION
+    _DEFAULT_PRECISION = resolve_precision(precision) if precision != "auto" else "auto"
+
+
 def resolve_precision(precision: str | None = None) -> str:
-    """"fp32" or "bf16" for ``precision`` (default: $SHOPSIGHT_EMBED_PRECISION, else "auto")."""
-    chosen = (precision or os.environ.get("SHOPSIGHT_EMBED_PRECISION") or "auto").lower()
+    """"fp32" or "bf16" for ``precision`` (default: the process's, from SHOPSIGHT_EMBED_PRECISION, else "auto")."""
+    chosen = (precision or _DEFAULT_PRECISION or "auto").lower()
     if chosen not in PRECISIONS:
         raise EmbedderError(f"SHOPSIGHT_EMBED_PRECISION={chosen!r} is not one of {', '.join(PRECISIONS)}")
     if chosen == "auto":

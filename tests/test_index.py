@@ -147,9 +147,8 @@ def test_bfloat16_vectors_match_float32_ones(monkeypatch: pytest.MonkeyPatch) ->
     assert (full * half).sum(axis=1).min() > 0.999
     np.testing.assert_allclose(np.linalg.norm(half, axis=1), 1.0, atol=1e-5)
     assert resolve_precision("fp32") == "fp32" and resolve_precision("auto") in ("fp32", "bf16")
-    monkeypatch.setenv("SHOPSIGHT_EMBED_PRECISION", "fp8")
     with pytest.raises(EmbedderError, match="SHOPSIGHT_EMBED_PRECISION='fp8'"):
-        resolve_precision()
+        resolve_precision("fp8")
 
 
 def test_parallel_embedding_gives_the_sequential_vectors_in_input_order() -> None:

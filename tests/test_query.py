@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -343,3 +343,29 @@ def test_comparing_users_on_a_score_scores_every_user(router):
         ("predict_churn", {"user_id": "u00001"}), ("predict_churn", {"user_id": "u00002"})]
     assert names(router.plan("Who's more likely to buy next week, u00001 or u00002?")) == [
         ("predict_intent", {"user_id": "u00001"}), ("predict_intent", {"user_id": "u00002"})]
+
+
+@pytest.mark.slow
+def test_the_loaded_router_head_runs_in_numpy_with_the_torch_heads_numbers(trained, tmp_path):
+    import numpy as np
+    import torch
+
+    from agent.router import _head
+    from behavior.models import registry
+
+    _, clf, _ = trained
+    assert clf.weights_ is not None and clf.net_ is None  # loaded for inference without torch
+    state, spec, _ = registry.load(Workspace(next(_router_roots())), "router")
+    net = _head(int(spec["dim"]), len(clf.labels_), clf.hidden)
+    net.load_state_dict(state)
+    net.eval()
+    X = np.random.default_rng(0).normal(size=(16, int(spec["dim"]))).astype("float32")
+    with torch.no_grad():
+        expected = torch.softmax(net(torch.from_numpy(X)), dim=1).numpy()
+    np.testing.assert_allclose(clf.predict_proba(X), expected, atol=1e-6)
+
+
+def _router_roots():
+    from test_agent_support import _ROUTER_CACHE
+
+    yield _ROUTER_CACHE["root"].parent.parent

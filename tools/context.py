@@ -13,7 +13,6 @@ from typing import Any, Callable, Protocol
 
 import pandas as pd
 
-from behavior.privacy import mask_pii
 from behavior.workspace import Workspace, WorkspaceError
 
 log = logging.getLogger(__name__)
@@ -118,8 +117,9 @@ def mask_text(text: str | None) -> str:
     """Mask emails, phones, IPs and cards, and bound the length: what any tool returns as free text."""
     if text is None or (isinstance(text, float) and pd.isna(text)) or text is pd.NA:
         return ""
-    masked = mask_pii(str(text))
-    return masked if len(masked) <= MAX_TEXT_CHARS else masked[: MAX_TEXT_CHARS - 1] + "…"
+    from behavior.privacy import mask_text_bounded
+
+    return mask_text_bounded(str(text), MAX_TEXT_CHARS)
 
 
 @dataclass
@@ -182,6 +182,12 @@ class ToolContext:
                     names |= {str(v) for v in events[column].dropna().unique() if len(str(v)) >= 3 or column == "country"}
             self._vocabulary = tuple(sorted(names))
         return self._vocabulary
+
+    def privacy_key(self) -> bytes | None:
+        """The workspace's pseudonym key, if it has one (ids that were e-mails are keyed with it)."""
+        from behavior.ingest import KEY_FILE, workspace_key
+
+        return workspace_key(self.workspace) if (self.workspace.root / KEY_FILE).exists() else None
 
     def ids(self) -> "WorkspaceIds":
         """The user and order ids, for entity resolution in questions."""

@@ -109,7 +109,16 @@ def plain_detail(text: str) -> str:
 def reason_sentences(r: Mapping[str, Any]) -> list[str]:
     """The reasons in words: the model's own sentences when it gives them, else its factors in plain words."""
     if r.get("reasons"):
-        return [str(x["sentence"]).rstrip(".") for x in r["reasons"] if x.get("sentence")]
+        out = []
+        for i, x in enumerate(r["reasons"]):
+            if not x.get("sentence"):
+                continue
+            sentence = str(x["sentence"]).rstrip(".")
+            without, p = x.get("without"), r.get("probability")
+            if i == 0 and isinstance(without, (int, float)) and isinstance(p, (int, float)) and abs(without - p) >= 0.05:
+                sentence += f" (without this, the estimate would be about {pct(without, 0)})"
+            out.append(sentence)
+        return out
     out = []
     for f in r.get("factors") or []:
         value = f.get("value")

@@ -22,10 +22,13 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:  # torch is imported when weights are saved or loaded as tensors, not with this module
+    import torch
 
 from behavior.workspace import Workspace, WorkspaceError
 
@@ -108,6 +111,8 @@ def save_model(
     tmp = Path(tempfile.mkdtemp(prefix=".saving-", dir=parent))
     try:
         tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+        from safetensors.torch import save_file
+
         save_file(tensors, str(tmp / WEIGHTS))
         spec = {**spec, "schema_version": SPEC_SCHEMA_VERSION, "name": name}
         (tmp / SPEC).write_text(json.dumps(spec, indent=2, sort_keys=True, default=str) + "\n")
@@ -145,8 +150,11 @@ def _read_json(path: Path, what: str, name: str) -> dict[str, Any]:
         raise ModelError(f"{path} is corrupted ({exc}); retrain with `shopsight train {name}`") from exc
 
 
-def load(ws: Workspace, name: str, version: str | None = None) -> SavedModel:
+def load(ws: Workspace, name: str, version: str | None = None, *, arrays: str = "torch") -> SavedModel:
     """Load a saved version (default: latest), checking integrity and compatibility.
+
+    ``arrays="numpy"`` reads the weights as numpy arrays, without importing torch (the router's
+    small head runs in numpy, so a one-shot question need not pay torch's import).
 
     Raises:
         ModelError: no such model or version; a file missing or corrupted (weights checksum,
@@ -168,6 +176,10 @@ def load(ws: Workspace, name: str, version: str | None = None) -> SavedModel:
     if expected and _sha256(weights) != expected:
         raise ModelError(f"{weights} is corrupted (checksum mismatch); retrain with `shopsight train {name}`")
     try:
+        if arrays == "numpy":
+            from safetensors.numpy import load_file
+        else:
+            from safetensors.torch import load_file
         state_dict = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelError(f"{weights} is corrupted ({exc}); retrain with `shopsight train {name}`") from exc
