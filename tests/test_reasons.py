@@ -91,6 +91,15 @@ def _numbers(obj: Any) -> list[float]:
     return found
 
 
+def test_every_feature_of_the_saved_specs_has_a_glossary_entry(ws, models):
+    """What a trained model can name as a factor is its spec's scaler columns and the behaviour sentence."""
+    for name, model in models.items():
+        spec = json.loads((ws.models_dir / name / "v1" / "spec.json").read_text())
+        scalers = {"user_scaler": model.glossary(), "session_scaler": model.session_glossary()} if name == "intent" else {"scaler": model.glossary()}
+        for key, glossary in scalers.items():
+            assert glossary.missing([*spec[key]["columns"], SEQUENCE_FACTOR]) == [], (name, key)
+
+
 def test_every_explanation_keeps_its_keys_and_adds_reasons_in_the_contract(explained, models):
     for name, explanations in explained.items():
         for e in explanations:
@@ -213,7 +222,7 @@ def test_typical_values_are_saved_in_the_card_and_read_back(ws, models):
     for name, model in models.items():
         card = json.loads((ws.models_dir / name / "v1" / "card.json").read_text())
         rec = card["typical_values"]
-        assert rec["population"] == model.typical_population and "median" in rec["statistic"]
+        assert rec["population"] == model.typical_population and "median" in rec["statistic"] and rec["definition"]
         assert rec["values"] and model.typical_ == rec["values"]
         names = model.scaler_.columns if name != "intent" else model.user_scaler_.columns
         assert set(rec["values"]) <= set(names)

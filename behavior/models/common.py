@@ -703,7 +703,13 @@ class BehaviorModel:
 
     def typical_card(self) -> dict[str, Any]:
         """The card entries recording the typical values (``evaluate`` and ``save`` put them in the card)."""
-        return {"typical_values": typical_record(self.typical_, self.typical_population)}
+        return {"typical_values": typical_record(self.typical_, self.typical_population, self.typical_definition())}
+
+    def typical_definition(self) -> str:
+        """Who ``typical_population`` is, exactly (the card says it beside the values)."""
+        active = getattr(self, "active_days", None)
+        return (f"users with an event in the {active} days before a training snapshot" if active
+                else "every user seen before a training snapshot")
 
     def _read_card(self, card: dict[str, Any]) -> None:
         """Take what inference needs from a saved card: the typical values."""

@@ -348,9 +348,10 @@ def typical_values(X: pd.DataFrame, glossary: Glossary) -> dict[str, float]:
     return out
 
 
-def typical_record(values: Mapping[str, float], population: str) -> dict[str, Any]:
-    """The model card's entry for typical values: who they describe, which statistic, the values."""
-    return {"population": population, "statistic": MEDIAN_NOTE, "values": dict(values)}
+def typical_record(values: Mapping[str, float], population: str, definition: str = "") -> dict[str, Any]:
+    """The model card's entry for typical values: who they describe (the word sentences use, and
+    its definition), which statistic, the values."""
+    return {"population": population, "definition": definition, "statistic": MEDIAN_NOTE, "values": dict(values)}
 
 
 def typical_from_card(card: Mapping[str, Any], key: str = "typical_values") -> dict[str, float]:

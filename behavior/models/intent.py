@@ -424,7 +424,7 @@ def session_glossary(devices: tuple[str, ...]) -> Glossary:
         on = next((d for d in devices if value(row, f"device_{d}") >= 0.5), None)
         return Said(f"on a {on}" if on else "on another device", None, None)
 
-    return Glossary(terms=SESSION_TERMS, patterns=(("device_", _device_term),), groups=(
+    session = Glossary(terms=SESSION_TERMS, patterns=(("device_", _device_term),), groups=(
         Group("session_browsing", ("n_view", "n_events", "n_items", "n_categories", "n_search", "minutes", "events_per_minute"),
               "how much of the shop the session has looked at"),
         Group("session_cart", ("n_add_to_cart", "n_remove_from_cart", "cart_value"), "what the session put in the cart"),
@@ -432,7 +432,8 @@ def session_glossary(devices: tuple[str, ...]) -> Glossary:
         Group("buying_history", ("prior_sessions", "prior_purchases", "prior_purchase_rate", "days_since_prev_session", "days_since_prev_purchase"),
               "the user's earlier sessions and purchases"),
         Group("device", tuple(f"device_{d}" for d in devices), "which device the session is on", device_said),
-    ), population="sessions")
+    ))
+    return Glossary.merge(session, SEQUENCE_GLOSSARY, population="sessions")  # the session's own sequence, too
 
 
 # --- the model ----------------------------------------------------------------------------
@@ -778,8 +779,9 @@ class IntentModel(BehaviorModel):
 
     def typical_card(self) -> dict[str, Any]:
         """Both populations' typical values: the users' (active customers) and the sessions'."""
-        return {"typical_values": typical_record(self.typical_, self.typical_population),
-                "session_typical_values": typical_record(self.session_typical_, "sessions (before checkout)")}
+        return {"typical_values": typical_record(self.typical_, self.typical_population, self.typical_definition()),
+                "session_typical_values": typical_record(self.session_typical_, "sessions",
+                                                         "training sessions (ended before the cutoff), their events before checkout")}
 
     def _read_card(self, card: dict[str, Any]) -> None:
         self.typical_ = typical_from_card(card)

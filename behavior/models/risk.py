@@ -637,6 +637,9 @@ class RiskModel(BehaviorModel):
         """The words for every feature and rule of this model, at its rule thresholds."""
         return risk_glossary(self.thresholds)
 
+    def typical_definition(self) -> str:
+        return "training accounts (first seen before the cutoff), their features as of the cutoff"
+
     def _anomaly_reasons(self, X: pd.DataFrame, rule_list: list[dict[str, Any]], context: RuleContext) -> list[dict[str, Any]]:
         """Without labels: reasons measured on the anomaly percentile (a unit set to typical, the percentile recomputed)."""
         base = TabularScaler.from_dict(self.ae_scaler_)
