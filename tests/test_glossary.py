@@ -11,7 +11,7 @@ import pytest
 from behavior.features import rfm_features, top_categories
 from behavior.models.churn import ChurnModel, churn_rules, end_of_events
 from behavior.models.common import SEQUENCE_FACTOR
-from behavior.models.glossary import Glossary, day_of, show_days, typical_values
+from behavior.models.glossary import Glossary, day_of, glossary_table, show_days, typical_values
 from behavior.models.intent import (
     IntentModel,
     session_examples,
@@ -119,3 +119,11 @@ def test_dates_and_days_read_as_people_write_them():
     assert day_of(pd.Timestamp("2026-04-02T10:03:00Z")) == ("2 Apr", "2026-04-02")
     assert day_of(None) is None
     assert (show_days(119.157), show_days(2.34), show_days(1.0), show_days(0.04)) == ("119 days", "2.3 days", "1 day", "0 days")
+
+
+def test_the_glossary_lists_a_models_features_with_phrase_and_reading():
+    rows = glossary_table(ChurnModel().glossary(), ["views_30d", "share_Books"])
+    assert rows == [
+        {"name": "views_30d", "phrase": "product views in the past month", "reading": "product page views in the 30 days before the as-of time"},
+        {"name": "share_Books", "phrase": "share of purchase spend on Books", "reading": "spend on Books / all purchase spend (0 when nothing was bought)"},
+    ]

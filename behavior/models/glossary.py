@@ -29,7 +29,7 @@ Row = Mapping[str, Any]
 # The windows of ``rfm_features`` (and intent's 7-day extras) in words.
 WINDOW_WORDS: dict[int, str] = {7: "the past week", 14: "the past two weeks", 30: "the past month", 60: "the past two months", 90: "the past three months"}
 
-MEDIAN_NOTE = "median over the training population; the mean for shares, rates and yes/no flags (read as the share of the population)"
+MEDIAN_NOTE = "median over the training population; the mean for shares and yes/no flags (a flag's mean is the share of the population)"
 
 
 # --- numbers in words ---------------------------------------------------------------------
