@@ -252,3 +252,15 @@ def test_session_and_unsupervised_explanations_have_reasons_too(ws, models, even
     e = unsupervised.explain(events, fraud)
     assert e["reasons"] and all(0.0 <= r["without"] <= 1.0 for r in e["reasons"] if r["without"] is not None)
     assert any(r["key"] == "card_testing_burst" for r in e["reasons"])
+
+
+def test_a_new_device_named_in_a_reason_is_masked(models, events, labels):
+    victims = [(u, r) for u in labels.index[labels["fraud_type"] == "account_takeover"]
+               for r in models["risk"].explain(events, u)["rules"] if r["name"] == "new_device_high_value" and r["fired"]]
+    assert victims, "a takeover in this shop fires the new-device rule"
+    u, rule = victims[0]
+    tampered = events.copy()
+    tampered["device"] = tampered["device"].astype(object)
+    tampered.loc[tampered["order_id"] == rule["evidence"][0], "device"] = "Alice's phone +1 415 555 0134"  # free text with a phone
+    reason = next(r for r in models["risk"].explain(tampered, u)["reasons"] if r["key"] == "new_device_high_value")
+    assert "555 0134" not in reason["sentence"] and "Alice's phone" in reason["sentence"], reason["sentence"]

@@ -827,6 +827,8 @@ def rule_glossary(thresholds: RuleThresholds = RuleThresholds()) -> Any:
         worded,
     )
 
+    from behavior.privacy import mask_pii
+
     t = thresholds
     burst_w, velo_w = _window_words(t.card_testing_window), _window_words(t.velocity_window)
 
@@ -857,7 +859,8 @@ def rule_glossary(thresholds: RuleThresholds = RuleThresholds()) -> Any:
             return RuleSaid(f"a high-value order from a device and country they had never used, {show_ratio(rule['value'])} times their earlier average order")
         o = sel.loc[sel["amount"].idxmax()] if len(sel) > 1 else sel.iloc[0]
         lead = f"{len(sel)} high-value orders from devices and countries they had never used, the largest" if len(sel) > 1 else "an order"
-        ident = ", ".join(str(v) for v in (o.get("device"), o.get("country")) if v is not None and not pd.isna(v))
+        # device and country are free text in some sources ("Alice's iPhone +1 415 …"): masked and bounded
+        ident = ", ".join(mask_pii(str(v))[:40] for v in (o.get("device"), o.get("country")) if v is not None and not pd.isna(v))
         text = f"{lead} of {show_money(o['amount'])} from a new device and country" + (f" ({ident})" if ident else "")
         earlier = ctx.orders[(ctx.orders["ts"] < o["ts"])]["amount"] if ctx.orders is not None else pd.Series(dtype="float64")
         if len(earlier):
