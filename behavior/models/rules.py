@@ -826,7 +826,6 @@ def rule_glossary(thresholds: RuleThresholds = RuleThresholds()) -> Any:
         where,
         worded,
     )
-
     from behavior.privacy import mask_pii
 
     t = thresholds
