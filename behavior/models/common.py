@@ -15,7 +15,10 @@ STATUS: ready — the API below is stable (additive changes only).
   can only keep what the sequence and interactions add on validation. Validate on users held
   out of training: stacked snapshots a week apart are near-copies of each other (see
   ``churn.split_snapshots``).
-- ``ablation_factors``: the top factors of one prediction (feature ablation), for ``explain``.
+- ``ablation_factors``: the top factors of one prediction (feature ablation), for ``explain``;
+  ``ablation_batch`` / ``ablation_factors_from`` split it so its rows share a pass with the reasons'.
+- ``BehaviorModel.glossary`` / ``typical_``: the words for every feature and rule (``glossary.py``) and
+  the population's typical values (saved in the card) that ``reasons.py`` turns into sentences.
 - ``BehaviorModel``: the interface every model shares (sklearn style). ``fit`` only learns;
   ``evaluation.evaluate`` writes the model card and ``evaluation.score_users`` the score table.
 """
@@ -33,6 +36,13 @@ import torch
 from torch import nn
 
 from behavior.models import registry
+from behavior.models.glossary import (
+    Glossary,
+    Term,
+    show_count,
+    typical_from_card,
+    typical_record,
+)
 from behavior.models.registry import SPEC_SCHEMA_VERSION, ModelError  # noqa: F401  (re-exported: the stable API)
 
 PAD = 0
@@ -573,6 +583,22 @@ def fit_binary(
 
 # --- explanations -------------------------------------------------------------------------
 
+SEQUENCE_FACTOR = "recent_event_sequence"
+
+
+def _sequence_say(v: float | None, row: Any) -> str:
+    if v is None:
+        return "the pattern of their recent sessions (the order, timing, categories and prices of their latest events)"
+    return f"the pattern of their recent sessions (the order, timing, categories and prices of their last {show_count(v)} events)"
+
+
+# The behaviour sentence's glossary entry: the factor every sequence model names beside its tabular ones.
+SEQUENCE_GLOSSARY = Glossary(terms={SEQUENCE_FACTOR: Term(
+    "the pattern of their recent sessions (order, timing, categories and prices of their latest events)",
+    "value = events read (at most the model's max_len); its effect is the change when the model reads no events at all",
+    "sequence", _sequence_say,
+)})
+
 
 def ablation_factors(
     score: Callable[[np.ndarray], np.ndarray],
@@ -595,11 +621,23 @@ def ablation_factors(
         names: feature names, aligned with ``x_scaled``.
         top_k: how many factors to return (largest absolute contribution first).
     """
+    return ablation_factors_from(score(ablation_batch(x_scaled)), raw_values, names, top_k=top_k)
+
+
+def ablation_batch(x_scaled: np.ndarray) -> np.ndarray:
+    """The rows ``ablation_factors`` scores: the row itself, then each feature in turn at 0 (the training mean).
+
+    Kept apart from the scoring so that a caller can score these rows in the same pass as
+    others (the reasons' rows): each pass reads the user's sequence through the GRU again.
+    """
     x_scaled = np.asarray(x_scaled, dtype="float32")
-    batch = np.repeat(x_scaled[None, :], len(names) + 1, axis=0)
-    for j in range(len(names)):
-        batch[j + 1, j] = 0.0
-    p = score(batch)
+    batch = np.repeat(x_scaled[None, :], len(x_scaled) + 1, axis=0)
+    batch[np.arange(1, len(x_scaled) + 1), np.arange(len(x_scaled))] = 0.0
+    return batch
+
+
+def ablation_factors_from(p: np.ndarray, raw_values: dict[str, Any], names: Sequence[str], *, top_k: int = 5) -> list[dict[str, Any]]:
+    """``ablation_factors`` from the probabilities of ``ablation_batch``'s rows (the row first)."""
     base = float(p[0])
     factors = []
     for j, name in enumerate(names):
@@ -629,6 +667,12 @@ class BehaviorModel:
 
     name: ClassVar[str] = "model"
     version_: str | None = None
+    # The population's typical value per feature (``glossary.typical_values`` at fit time), saved
+    # in the card as ``typical_values``; empty for a model saved before they existed.
+    typical_: dict[str, float] = {}
+    typical_population: ClassVar[str] = "active customers"
+    # Which reasons ``explain`` puts first (``reasons.order_reasons``), chosen per model by evals/mechanisms.py.
+    reason_ordering: ClassVar[str] = "logit"
 
     def _check_fitted(self) -> None:
         if getattr(self, "net_", None) is None:
@@ -653,6 +697,38 @@ class BehaviorModel:
     def _from_saved(cls, state_dict: dict[str, torch.Tensor], spec: dict[str, Any]) -> "BehaviorModel":  # pragma: no cover - interface
         raise NotImplementedError
 
+    def glossary(self) -> Glossary:  # pragma: no cover - interface
+        """The words for every feature and rule this model can name (``glossary.Glossary``)."""
+        raise NotImplementedError
+
+    def typical_card(self) -> dict[str, Any]:
+        """The card entries recording the typical values (``evaluate`` and ``save`` put them in the card)."""
+        return {"typical_values": typical_record(self.typical_, self.typical_population, self.typical_definition())}
+
+    def typical_definition(self) -> str:
+        """Who ``typical_population`` is, exactly (the card says it beside the values)."""
+        active = getattr(self, "active_days", None)
+        return (f"users with an event in the {active} days before a training snapshot" if active
+                else "every user seen before a training snapshot")
+
+    def _read_card(self, card: dict[str, Any]) -> None:
+        """Take what inference needs from a saved card: the typical values."""
+        self.typical_ = typical_from_card(card)
+
+    def baseline_row(self, scaler: "TabularScaler", typical: dict[str, float]) -> np.ndarray:
+        """The scaled row of typical values: what a reason's features are set to for its ``without``.
+
+        Features without a typical value get 0, the training mean of the scaled feature, which
+        is what ``ablation_factors`` uses for every feature. Remembered per (scaler, typical)
+        object pair: building it costs more than the rest of the reasons (a one-row frame).
+        """
+        memo = self.__dict__.setdefault("_baselines", {})
+        hit = memo.get((id(scaler), id(typical)))
+        if hit is None or hit[0] is not scaler or hit[1] is not typical:  # ids of replaced objects may be reused
+            row = pd.DataFrame([[typical.get(c, np.nan) for c in scaler.columns]], columns=scaler.columns, dtype="float64")
+            hit = memo[(id(scaler), id(typical))] = (scaler, typical, scaler.transform(row)[0])
+        return hit[2]
+
     @property
     def label(self) -> str:
         """``"<name>@<version>"`` for citing in answers (``"<name>@unsaved"`` before ``save``)."""
@@ -669,7 +745,8 @@ class BehaviorModel:
         """
         self._check_fitted()
         state_dict, spec = self._state()
-        self.version_ = registry.save_model(ws, self.name, state_dict=state_dict, spec=spec, card=card or {}, scores=scores)
+        card = {**self.typical_card(), **(card or {})}  # a card from ``evaluate`` has them already
+        self.version_ = registry.save_model(ws, self.name, state_dict=state_dict, spec=spec, card=card, scores=scores)
         return self.version_
 
     @classmethod
@@ -684,6 +761,7 @@ class BehaviorModel:
                 f"retrain it with `shopsight train {cls.name}`"
             ) from exc
         model.version_ = saved.card.get("version")
+        model._read_card(saved.card)
         return model
 
 

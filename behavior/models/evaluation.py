@@ -147,6 +147,7 @@ def _evaluate_churn(model: ChurnModel, events: pd.DataFrame, labels: pd.DataFram
                      "note": "best_epoch 0 = the logistic warm start was not improved on validation"},
         "settings": s.to_dict(),
         "features": list(model.scaler_.columns),
+        **model.typical_card(),
     }
     return Evaluation(card=card, test_scores=test_scores)
 
@@ -244,6 +245,7 @@ def _evaluate_intent(model: IntentModel, events: pd.DataFrame, labels: pd.DataFr
                      "session": {"best_epoch": rs.best_epoch, "epochs_run": rs.epochs_run, "seconds": round(rs.seconds, 1)}},
         "settings": s.to_dict(),
         "features": {"user": list(model.user_scaler_.columns), "session": names},
+        **model.typical_card(),
     }
     return Evaluation(card=card)
 
@@ -366,6 +368,7 @@ def _evaluate_risk(model: RiskModel, events: pd.DataFrame, labels: pd.DataFrame 
         "settings": s.to_dict(),
         "features": list(model.scaler_.columns),
         "rules": {k: str(v) for k, v in model.thresholds.__dict__.items()},
+        **model.typical_card(),
     }
     return Evaluation(card=card)
 

@@ -9,9 +9,10 @@ purchase, so the label can never leak into the input.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ import torch
 from behavior.features import rfm_features, top_categories
 from behavior.models.churn import end_of_events, population
 from behavior.models.common import (
+    SEQUENCE_GLOSSARY,
     BehaviorModel,
     Calibration,
     FitResult,
@@ -28,7 +30,9 @@ from behavior.models.common import (
     Sequences,
     TabularScaler,
     TrainSettings,
+    ablation_batch,
     ablation_factors,
+    ablation_factors_from,
     build_net,
     distinct_per_group,
     fit_binary,
@@ -39,7 +43,25 @@ from behavior.models.common import (
     tokenize_events,
     user_evidence,
 )
+from behavior.models.glossary import (
+    RFM_GLOSSARY,
+    Glossary,
+    Group,
+    Row,
+    Said,
+    Term,
+    counted,
+    flag,
+    is_number,
+    show_days,
+    typical_from_card,
+    typical_record,
+    typical_values,
+    value,
+    worded,
+)
 from behavior.models.metrics import best_f1_threshold
+from behavior.models.reasons import build_reasons, plan_reasons
 from behavior.models.rules import rows_of_users
 
 # Events at or after which a session's outcome is (nearly) known: never shown to the session model.
@@ -328,6 +350,92 @@ def next_categories(events: pd.DataFrame, user_id: str, *, k: int = 3, asof: pd.
     return [{"category": c, "share": round(float(v), 4)} for c, v in zip(mix["category"].head(k), mix["share"].head(k))]
 
 
+# --- the glossary of the features defined here -----------------------------------------------
+
+
+def _days_since_last_cart(v: float | None, row: Row) -> str:
+    if not is_number(v) or ("tenure_days" in row and float(v) > value(row, "tenure_days")):
+        return "never added anything to the cart"  # the feature is tenure + 1 for those who never did
+    return f"last added something to the cart {show_days(v)} ago"
+
+
+INTENT_TERMS: dict[str, Term] = {
+    "views_7d": counted("product view", "product views", "in the past week", reading="product page views in the 7 days before the as-of time"),
+    "searches_7d": counted("search", "searches", "in the past week", reading="searches in the past 7 days"),
+    "carts_7d": counted("cart add", "cart adds", "in the past week", reading="items added to the cart in the past 7 days"),
+    "sessions_7d": counted("session", "sessions", "in the past week", none="no visit in the past week", reading="visits in the past 7 days"),
+    "open_cart_7d": counted("item left in the cart", "items left in the cart", "from the past week", none="nothing left in the cart from the past week",
+                            reading="cart adds in the past 7 days minus purchases and removals (never below 0)"),
+    "days_since_last_cart": Term("days since they last added something to the cart",
+                                 "a customer who never added anything has their tenure + 1 day here", "days", _days_since_last_cart),
+}
+
+
+INTENT_GLOSSARY = Glossary(terms=INTENT_TERMS, groups=(
+    Group("this_week", ("open_cart_7d", "carts_7d", "views_7d", "searches_7d", "sessions_7d", "days_since_last_cart"),
+          "how much they shopped in the past week (visits, views, searches, cart adds, an open cart)"),
+))
+
+
+# The user model's words: the past week's activity, RFM, the behaviour sentence.
+USER_GLOSSARY = Glossary.merge(INTENT_GLOSSARY, RFM_GLOSSARY, SEQUENCE_GLOSSARY, population="active customers")
+
+
+def _prior_days(what: str) -> Callable[[float | None, Row], str]:
+    def say(v: float | None, row: Row) -> str:
+        if not is_number(v) or float(v) < 0:  # -1: none before this session
+            return f"no earlier {what}"
+        return f"{show_days(v)} since their previous {what}"
+    return say
+
+
+def _device_term(label: str) -> Term:
+    return flag(f"whether the session is on a {label}", f"on a {label}", f"not on a {label}", reading=f"1 = the session's first known device is '{label}'")
+
+
+SESSION_TERMS: dict[str, Term] = {
+    "n_events": counted("event", "events", "before checkout", reading="events of the session before its first checkout or purchase"),
+    "n_items": counted("product", "different products", "looked at", reading="distinct items in the session so far"),
+    "n_categories": counted("category", "categories", "browsed", reading="distinct categories in the session so far"),
+    "mean_price": worded("average price of the items looked at", "money", "items at {v} on average", reading="mean price over the session's priced events"),
+    "max_price": worded("dearest item looked at", "money", "the dearest item at {v}", reading="highest price seen in the session"),
+    **{f"n_{e}": counted(one, many, "in the session", reading=f"'{e}' events before checkout")
+       for e, (one, many) in {"view": ("product view", "product views"), "search": ("search", "searches"), "add_to_cart": ("cart add", "cart adds"),
+                              "remove_from_cart": ("cart removal", "cart removals"), "login": ("login", "logins"), "review": ("review", "reviews")}.items()},
+    "cart_value": worded("value of the cart", "money", "{v} in the cart", reading="price x quantity of the session's cart adds"),
+    "minutes": worded("minutes of the session so far", "number", "{v} minutes into the session", reading="from the first event to the last before checkout"),
+    "events_per_minute": worded("events per minute", "rate", "{v} events a minute", reading="a person browses at a few a minute"),
+    "hour": Term("hour the session started (UTC)", "0-23", "clock", lambda v, row: f"started at {int(v) % 24:02d}:00 UTC" if is_number(v) else "start time unknown"),
+    "weekend": flag("whether the session is at the weekend", "at the weekend", "on a weekday", reading="1 = Saturday or Sunday (UTC)"),
+    "prior_sessions": counted("earlier session", "earlier sessions", "", none="their first session", reading="the user's sessions before this one"),
+    "prior_purchases": counted("earlier session with a purchase", "earlier sessions with a purchase", "", none="no purchase in earlier sessions",
+                               reading="the user's earlier sessions that ended in a purchase"),
+    "prior_purchase_rate": worded("share of earlier sessions with a purchase", "fraction", "{v} of their earlier sessions ended in a purchase",
+                                  reading="earlier sessions with a purchase / earlier sessions"),
+    "days_since_prev_session": Term("days since the previous session", "-1 = their first session", "days", _prior_days("session"), sentinel=-1.0),
+    "days_since_prev_purchase": Term("days since the previous purchase", "-1 = no earlier purchase", "days", _prior_days("purchase"), sentinel=-1.0),
+}
+
+
+@functools.cache
+def session_glossary(devices: tuple[str, ...]) -> Glossary:
+    """The session model's words; its device columns depend on the devices learned at fit time (cached per devices)."""
+    def device_said(row: Row, typical: Mapping[str, float], population: str, lead: str) -> Said:
+        on = next((d for d in devices if value(row, f"device_{d}") >= 0.5), None)
+        return Said(f"on a {on}" if on else "on another device", None, None)
+
+    session = Glossary(terms=SESSION_TERMS, patterns=(("device_", _device_term),), groups=(
+        Group("session_browsing", ("n_view", "n_events", "n_items", "n_categories", "n_search", "minutes", "events_per_minute"),
+              "how much of the shop the session has looked at"),
+        Group("session_cart", ("n_add_to_cart", "n_remove_from_cart", "cart_value"), "what the session put in the cart"),
+        Group("session_prices", ("mean_price", "max_price"), "the price level the session looks at"),
+        Group("buying_history", ("prior_sessions", "prior_purchases", "prior_purchase_rate", "days_since_prev_session", "days_since_prev_purchase"),
+              "the user's earlier sessions and purchases"),
+        Group("device", tuple(f"device_{d}" for d in devices), "which device the session is on", device_said),
+    ))
+    return Glossary.merge(session, SEQUENCE_GLOSSARY, population="sessions")  # the session's own sequence, too
+
+
 # --- the model ----------------------------------------------------------------------------
 
 
@@ -355,6 +463,9 @@ class IntentModel(BehaviorModel):
     """
 
     name = "intent"
+    # Not measurable (the shop's latent intent is per session, not a mechanism); as churn, the other
+    # likely/unlikely question, where "verdict" measured best.
+    reason_ordering = "verdict"
 
     def __init__(
         self,
@@ -395,6 +506,7 @@ class IntentModel(BehaviorModel):
         self.user_fit_: FitResult | None = None
         self.session_fit_: FitResult | None = None
         self.train_seconds_: float | None = None
+        self.session_typical_: dict[str, float] = {}  # the training sessions' typical values (``typical_`` is the users')
 
     # --- data ---------------------------------------------------------------------------
     def user_snapshot(self, events: pd.DataFrame, asof: pd.Timestamp, users: pd.Index | None = None) -> tuple[pd.DataFrame, Sequences, np.ndarray]:
@@ -492,6 +604,7 @@ class IntentModel(BehaviorModel):
         # Two nets share the training budget: half of max_seconds for users, a third for sessions.
         ru = fit_binary(self.net_, seq_train, self.user_scaler_.transform(X_train), y_train, val_mask=val,
                         settings=replace(s, max_seconds=s.max_seconds / 2), progress=lambda st, fr: report("user intent", fr))
+        self.typical_ = typical_values(X_train, self.glossary())  # the snapshots' active customers
         self.user_calibration_ = ru.calibration
         self.user_threshold_ = best_f1_threshold(y_train[val], ru.calibration.apply(ru.val_logits))
 
@@ -508,6 +621,7 @@ class IntentModel(BehaviorModel):
                         ys, val_mask=sval, settings=replace(s, max_len=self.session_max_len, max_seconds=s.max_seconds / 3),
                         progress=lambda st, fr: report("session intent", fr))
         self.session_calibration_ = rs.calibration
+        self.session_typical_ = typical_values(train_ex[names], self.session_glossary())  # the training sessions
         self.session_threshold_ = best_f1_threshold(ys[sval], rs.calibration.apply(rs.val_logits))
         self.cutoff_, self.train_asofs_ = C, asofs
         self.user_fit_, self.session_fit_ = ru, rs
@@ -566,7 +680,8 @@ class IntentModel(BehaviorModel):
         Factors: feature ablation over the tabular features plus one factor for the token
         sequence (``recent_event_sequence``, value = tokens seen). Also the top-3 next
         categories with their shares, the session-intent probability of the latest sessions,
-        and the evidence sessions (all the user's own).
+        the evidence sessions (all the user's own), and ``reasons``: the factors in words,
+        merged and measured against the typical values (``reasons.py``).
         """
         self._check_fitted()
         user_id = str(user_id)
@@ -581,13 +696,22 @@ class IntentModel(BehaviorModel):
         def score(batch: np.ndarray, q: Sequences = seqs) -> np.ndarray:  # the user's sequence beside each row
             return self.user_calibration_.apply(predict_logits(self.net_, q, batch))
 
-        p = float(score(x[None, :])[0])
-        factors = ablation_factors(score, x, feats.iloc[0].to_dict(), self.user_scaler_.columns, top_k=5)
+        raw = feats.iloc[0].to_dict()
+        names = self.user_scaler_.columns
+        plan = plan_reasons(glossary=self.glossary(), names=names, raw=raw, x=x, baseline=self.baseline_row(self.user_scaler_, self.typical_),
+                            typical=self.typical_)
+        p_all = score(np.concatenate([ablation_batch(x), plan.rows]))  # one GRU pass for factors and reasons
+        p = float(p_all[0])
+        factors = ablation_factors_from(p_all[: len(names) + 1], raw, names, top_k=5)
+        sequence = None
         if self.use_sequence:
             blank = Sequences(np.zeros_like(seqs.tokens), np.ones_like(seqs.lengths), users)
-            c = p - float(score(x[None, :], blank)[0])
+            p_blank = float(score(x[None, :], blank)[0])
+            c = p - p_blank
             factors.append({"name": "recent_event_sequence", "value": int(seqs.lengths[0]), "direction": "raises" if c >= 0 else "lowers", "contribution": round(c, 4)})
             factors.sort(key=lambda f: -abs(f["contribution"]))
+            sequence = (int(seqs.lengths[0]), p_blank)
+        reasons = plan.reasons(p, p_all[len(names) + 1 :], sequence=sequence, ordering=self.reason_ordering, threshold=float(self.user_threshold_))
         whole = _whole_sessions(mine)  # the user's sessions, in order of their last event
         recent = whole.index[np.argsort(whole["session_end"].to_numpy(dtype="datetime64[ns]"), kind="stable")[-3:]]
         sessions = self._score_sessions(mine, recent)  # ``mine`` is the user's whole history
@@ -603,6 +727,7 @@ class IntentModel(BehaviorModel):
             "next_categories": next_categories(mine, user_id, k=3),
             "sessions": [{"session_id": str(k), "p_purchase": round(float(v), 4)} for k, v in sessions.items()],
             "evidence": user_evidence(mine, user_id),
+            "reasons": reasons,
         }
 
     def explain_session(self, events: pd.DataFrame, session_id: str) -> dict[str, Any]:
@@ -628,17 +753,39 @@ class IntentModel(BehaviorModel):
         p = float(score(x[None, :])[0])
         prefix = session_prefix(rows)
         counts = prefix["event"].value_counts()
+        raw = ex.iloc[0].to_dict()
         return {
             "model": self.label,
             "session_id": session_id,
             "user_id": user_id,
             "probability": round(p, 4),
             "threshold": round(float(self.session_threshold_), 4),
-            "factors": ablation_factors(score, x, ex.iloc[0].to_dict(), self.session_scaler_.columns, top_k=5),
+            "factors": ablation_factors(score, x, raw, self.session_scaler_.columns, top_k=5),
             "rules": [],
             "evidence": [{"session_id": session_id, "ts": rows["ts"].min().isoformat(), "event": "prefix",
                           "detail": ", ".join(f"{int(v)} {k}" for k, v in counts.items()) + " before checkout"}],
+            "reasons": build_reasons(glossary=self.session_glossary(), names=self.session_scaler_.columns, raw=raw, x=x,
+                                     baseline=self.baseline_row(self.session_scaler_, self.session_typical_), score=score,
+                                     typical=self.session_typical_, ordering=self.reason_ordering, threshold=float(self.session_threshold_)),
         }
+
+    def glossary(self) -> Glossary:
+        """The words for the user model's features: RFM, the past week's activity, the behaviour sentence."""
+        return USER_GLOSSARY
+
+    def session_glossary(self) -> Glossary:
+        """The words for the session model's features (the devices it learned)."""
+        return session_glossary(tuple(self.devices_))
+
+    def typical_card(self) -> dict[str, Any]:
+        """Both populations' typical values: the users' (active customers) and the sessions'."""
+        return {"typical_values": typical_record(self.typical_, self.typical_population, self.typical_definition()),
+                "session_typical_values": typical_record(self.session_typical_, "sessions",
+                                                         "training sessions (ended before the cutoff), their events before checkout")}
+
+    def _read_card(self, card: dict[str, Any]) -> None:
+        self.typical_ = typical_from_card(card)
+        self.session_typical_ = typical_from_card(card, "session_typical_values")
 
     # --- persistence --------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

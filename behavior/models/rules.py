@@ -784,3 +784,168 @@ def rules_for_order(results: dict[str, RuleResult], order_id: str) -> list[dict]
             if res.orders is None and user in res.users.index:
                 out.append(_as_dict(name, res.threshold, res.users.loc[user]))
     return sorted(out, key=lambda r: not r["fired"])
+
+
+# --- the rules in words (the glossary entries of RULE_NAMES and of rule_features' columns) ---
+
+
+def _window_words(window: pd.Timedelta) -> str:
+    """A rule window in words: "an hour", "a day", else "6 hours" (the rule's detail states the hours)."""
+    hours = window.total_seconds() / 3600
+    return {1.0: "an hour", 24.0: "a day"}.get(hours, f"{hours:g} hours")
+
+
+def _evidence_orders(rule: dict, ctx: Any) -> pd.DataFrame:
+    """The orders a rule cites, oldest first (empty without an order table)."""
+    orders = getattr(ctx, "orders", None)
+    if orders is None or orders.empty:
+        return _no_orders()
+    ids = [str(e) for e in rule.get("evidence") or []]
+    return orders[orders.index.astype(str).isin(ids)].sort_values("ts", kind="stable")
+
+
+def rule_glossary(thresholds: RuleThresholds = RuleThresholds()) -> Any:
+    """The rules of this module in words, for ``thresholds``: what each looks for, when it fires, how a fired one reads.
+
+    Also the terms of ``rule_features``' columns (``rule_<name>`` and ``rule_<name>_fired``),
+    which the risk model uses as features. Built per thresholds so the words match the windows
+    and amounts the rules judged with.
+    """
+    from behavior.models.glossary import (
+        Glossary,
+        RuleSaid,
+        RuleTerm,
+        Term,
+        counted,
+        flag,
+        is_number,
+        show_count,
+        show_money,
+        show_percent,
+        show_ratio,
+        where,
+        worded,
+    )
+    from behavior.privacy import mask_pii
+
+    t = thresholds
+    burst_w, velo_w = _window_words(t.card_testing_window), _window_words(t.velocity_window)
+
+    def burst(rule: dict, ctx: Any, what: str) -> RuleSaid:
+        n = int(round(float(rule["value"])))
+        sel = _evidence_orders(rule, ctx)
+        if sel.empty:
+            return RuleSaid(f"{n} {what} within {burst_w if what != 'orders' else velo_w}")
+        window = burst_w if what != "orders" else velo_w
+        text = f"{n} {what} within {window}, {show_money(sel['amount'].sum())} in total"
+        cards = sel["payment"].dropna().nunique()
+        if cards == len(sel) and cards > 1:
+            text += ", each paid with a different card"
+        elif cards > 1:
+            text += ", paid with several different cards"
+        at, sid, day = where(sel["ts"].iloc[0], sel["session_id"].iloc[0])
+        return RuleSaid(text, at, sid, day)
+
+    def card_testing(rule: dict, ctx: Any) -> RuleSaid:
+        return burst(rule, ctx, f"orders of at most {t.card_testing_amount:g} each")
+
+    def velocity_said(rule: dict, ctx: Any) -> RuleSaid:
+        return burst(rule, ctx, "orders")
+
+    def new_device(rule: dict, ctx: Any) -> RuleSaid:
+        sel = _evidence_orders(rule, ctx)
+        if sel.empty:
+            return RuleSaid(f"a high-value order from a device and country they had never used, {show_ratio(rule['value'])} times their earlier average order")
+        o = sel.loc[sel["amount"].idxmax()] if len(sel) > 1 else sel.iloc[0]
+        lead = f"{len(sel)} high-value orders from devices and countries they had never used, the largest" if len(sel) > 1 else "an order"
+        # device and country are free text in some sources ("Alice's iPhone +1 415 …"): masked and bounded
+        ident = ", ".join(mask_pii(str(v))[:40] for v in (o.get("device"), o.get("country")) if v is not None and not pd.isna(v))
+        text = f"{lead} of {show_money(o['amount'])} from a new device and country" + (f" ({ident})" if ident else "")
+        earlier = ctx.orders[(ctx.orders["ts"] < o["ts"])]["amount"] if ctx.orders is not None else pd.Series(dtype="float64")
+        if len(earlier):
+            text += f", {show_ratio(float(o['amount']) / max(float(earlier.mean()), 1.0))} times their earlier average order"
+        else:
+            text += ", their first order"
+        at, sid, day = where(o["ts"], o["session_id"])
+        return RuleSaid(text, at, sid, day)
+
+    def refunds(rule: dict, ctx: Any) -> RuleSaid:
+        ev = ctx.events
+        is_ref = (ev["event"] == "refund").to_numpy(dtype=bool, na_value=False)
+        n_ref, n_buy = int(is_ref.sum()), int((ev["event"] == "purchase").to_numpy(dtype=bool, na_value=False).sum())
+        text = f"refunded {n_ref} of {n_buy} purchased items ({show_percent(rule['value'])})"
+        if not is_ref.any():
+            return RuleSaid(text)
+        last = ev[is_ref].sort_values("ts", kind="stable").iloc[-1]
+        at, sid, day = where(last["ts"], last["session_id"], lead="the latest on")
+        return RuleSaid(text, at, sid, day)
+
+    def linked(rule: dict, ctx: Any) -> RuleSaid:
+        detail = str(rule.get("detail") or "")
+        kinds = [w for k, w in (("ip", "IP address"), ("device", "device id")) if k in detail.split(" with ")[0]]
+        shared = " and ".join(kinds) or "a device or IP address"
+        n = int(round(float(rule["value"])))
+        text = f"shares its {shared} with {n} other {'account' if n == 1 else 'accounts'}"
+        sessions = [str(s) for s in rule.get("evidence") or []]
+        ev = ctx.events
+        rows = ev[ev["session_id"].astype(str).isin(sessions[:1])] if sessions else ev.iloc[:0]
+        if rows.empty:
+            return RuleSaid(text)
+        at, sid, day = where(rows["ts"].min(), sessions[0], lead="first on")
+        return RuleSaid(text, at, sid, day)
+
+    def bot(rule: dict, ctx: Any) -> RuleSaid:
+        sessions = [str(s) for s in rule.get("evidence") or []]
+        detail = str(rule.get("detail") or "")
+        sid = next((s for s in sessions if f"session {s}:" in detail), sessions[0] if sessions else None)
+        ev = ctx.events
+        rows = ev[ev["session_id"].astype(str) == sid] if sid else ev.iloc[:0]
+        count = f"a session of {show_count(len(rows))} events" if len(rows) else "a session"
+        text = f"{count} at {show_ratio(rule['value'])} events a minute (people browse at a few a minute)"
+        if rows.empty:
+            return RuleSaid(text)
+        at, sid, day = where(rows["ts"].min(), sid)
+        return RuleSaid(text, at, sid, day)
+
+    rules = {
+        "velocity": RuleTerm("many orders by one user in a short time", f"at least {t.velocity_orders} orders within {velo_w}",
+                             "rule_velocity", "rule_velocity", velocity_said),
+        "new_device_high_value": RuleTerm(
+            "a high-value order from a device and a country the user had never used (the account-takeover signature)",
+            f"an order of at least {t.high_value_amount:g}, or {t.high_value_ratio:g} times the earlier mean order, from a new device and country",
+            "rule_new_device_high_value", "rule_new_device_high_value", new_device),
+        "card_testing_burst": RuleTerm("many tiny orders in a short burst: stolen cards tried with small charges",
+                                       f"at least {t.card_testing_orders} orders of at most {t.card_testing_amount:g} within {burst_w}",
+                                       "rule_card_testing_burst", "rule_card_testing_burst", card_testing),
+        "refund_rate": RuleTerm("most of what they buy is refunded", f"refunds per purchased item of at least {show_percent(t.refund_rate)}, after {t.refund_min_purchases} purchased items",
+                                "rule_refund_rate", "rule_refund_rate", refunds),
+        "linked_accounts": RuleTerm("other accounts share this account's device id or IP address (rings of accounts)",
+                                    f"at least {t.linked_users} other accounts on a specific (not carrier-wide) device or IP",
+                                    "rule_linked_accounts", "rule_linked_accounts", linked),
+        "bot_velocity": RuleTerm("a session faster than a person browses (a script)", f"a session of at least {t.bot_min_events} events at {t.bot_events_per_minute:g} or more a minute",
+                                 "rule_bot_velocity", "rule_bot_velocity", bot),
+    }
+
+    def fired_flag(name: str) -> Term:
+        return flag(f"whether the {name.replace('_', ' ')} rule fired", f"the {name.replace('_', ' ')} rule fired", f"the {name.replace('_', ' ')} rule did not fire",
+                    reading=f"1 = fired: {rules[name].fires_when}")
+
+    def ratio_say(v: float | None, row: Any) -> str:
+        if not is_number(v) or float(v) == 0:
+            return "no order from a new device and country"
+        return f"an order from a new device and country at {show_ratio(v)} times their earlier average order"
+
+    terms = {
+        "rule_velocity": counted("order", "orders", f"within {velo_w} at their busiest", reading="the most orders the user placed within the velocity window"),
+        "rule_card_testing_burst": counted("tiny order", "tiny orders", f"within {burst_w} at most", none="no burst of tiny orders",
+                                           reading=f"the most orders of at most {t.card_testing_amount:g} within {burst_w}"),
+        "rule_new_device_high_value": Term("largest order from a new device and country, as a multiple of the earlier mean order",
+                                           "0 = every order came from a device or country seen before", "ratio", ratio_say),
+        "rule_refund_rate": worded("refunds per purchased item", "fraction", "{v} of purchased items refunded", reading="refund events / purchase lines"),
+        "rule_linked_accounts": counted("other account sharing its device or IP address", "other accounts sharing its device or IP address", "",
+                                        none="no other account shares its device or IP address", reading="accounts on the same specific device id or IP"),
+        "rule_bot_velocity": worded("events per minute in their fastest session", "rate", "{v} events a minute in their fastest session",
+                                    reading="a person browses at a few a minute; scripts at dozens"),
+        **{f"rule_{n}_fired": fired_flag(n) for n in RULE_NAMES},
+    }
+    return Glossary(terms=terms, rules=rules, population="accounts")
