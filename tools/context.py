@@ -151,11 +151,11 @@ class ToolContext:
     model_loader: Callable[[Workspace, str], ScoringModel] | None = None
     raise_errors: bool = False  # re-raise a tool's unexpected exception instead of reporting it
     _features: pd.DataFrame | None = field(default=None, repr=False)
+    _engine: "QueryEngine | None" = field(default=None, repr=False)
+    _engine_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _sessions: pd.DataFrame | None = field(default=None, repr=False)
     _user_ids: frozenset[str] | None = field(default=None, repr=False)
     _order_ids: frozenset[str] | None = field(default=None, repr=False)
-    _engine: "QueryEngine | None" = field(default=None, repr=False)
-    _engine_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # --- data ------------------------------------------------------------------------
     def get_events(self) -> pd.DataFrame:

@@ -138,7 +138,7 @@ def query_metric(
     try:
         spec, definitions, focused = _spec(ctx.workspace, facts, given, flagged=flagged, cohort=cohort, focus=focus)
         result = engine.run(spec)
-        population = _population(engine, spec, result)
+        population = _population(engine, spec)
     except MetricQueryError as exc:
         return _error(exc)
     except WorkspaceError as exc:
@@ -175,17 +175,13 @@ def _spec(ws: Workspace, facts: Mapping[str, Any], given: Mapping[str, Any], *, 
             spec["threshold"] = line  # "how many high-risk users": the count at the card's line
         else:
             spec.setdefault("scores", []).append({"model": name, "min": line})
-    if spec["metric"] in ("score_share_above", "score_count_above") and spec.get("model") and not flagged:
-        line = spec.get("threshold", DEFAULT_SCORE_LINE)
-        spec.setdefault("threshold", line)
     if cohort:
         if spec["metric"] != "retention":
             raise MetricQueryError(f"cohort picks retention cohorts, not {spec['metric']}: for other metrics group_by cohort_month",
                                    field="cohort")
         if spec.get("since") or spec.get("until"):
             raise MetricQueryError("give cohort or since/until, not both: cohort sets the range of first-seen days", field="cohort")
-        spec["since"], spec["until"], unit = _cohort_range(cohort, facts)
-        spec["group_by"] = spec.get("group_by") or unit
+        spec["since"], spec["until"], spec["group_by"] = _cohort_range(cohort, facts)  # a week's cohort is a weekly one
     focused: list[str] = []
     if focus:
         column = spec.get("group_by")
@@ -256,9 +252,9 @@ def _cohort_range(cohort: str, facts: Mapping[str, Any]) -> tuple[str, str, str]
     """(since, until, group) of a cohort: a month by name (the latest one in the data) or YYYY-MM, or a week's Monday."""
     text = cohort.strip().lower()
     last = pd.Timestamp(facts.get("data_last") or pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%d"))
-    if m := re.fullmatch(r"(\d{4})-(\d{2})-(\d{2})", text):
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
         start = pd.Timestamp(text)
-        if start.dayofweek != 0:
+        if start.day_of_week != 0:
             raise MetricQueryError(f"cohort week '{cohort}' is not a Monday: weekly cohorts start on Mondays", field="cohort")
         return text, (start + pd.Timedelta(days=6)).strftime("%Y-%m-%d"), "cohort_week"
     if m := re.fullmatch(r"(\d{4})-(\d{2})", text):
@@ -275,7 +271,7 @@ def _cohort_range(cohort: str, facts: Mapping[str, Any]) -> tuple[str, str, str]
     return start.strftime("%Y-%m-%d"), end.strftime("%Y-%m-%d"), "cohort_month"
 
 
-def _population(engine: Any, spec: Mapping[str, Any], result: MetricResult) -> dict[str, Any] | None:
+def _population(engine: Any, spec: Mapping[str, Any]) -> dict[str, Any] | None:
     """For a count of users or sessions narrowed by steps or scores: how many there were before narrowing.
 
     "1,234 users bought something" needs "of 3,456 with a session then" to be read; it is the
@@ -302,8 +298,21 @@ def _error(exc: MetricQueryError) -> dict[str, Any]:
 
 
 # --- what the model sees: the engine's result, bounded ----------------------------------------
-def _row(r: MetricRow) -> dict[str, Any]:
+def _sizes(change: float | None, relative: float | None) -> dict[str, Any]:
+    """A change's size without its sign, and relative to where it started (a fraction): an answer says
+    "down 33, or 21.0%", and the guard finds 33 and 0.21 among the results only if they are there."""
+    out: dict[str, Any] = {}
+    if change is not None:
+        out["change_size"] = round(abs(change), 6)
+    if relative is not None:
+        out["relative_size"] = round(abs(relative), 6)
+    return out
+
+
+def _row(r: MetricRow, metric: str) -> dict[str, Any]:
     out: dict[str, Any] = {"group": r.group, "value": r.value}
+    if r.value in (0, 1) and _is_rate(metric):
+        out["rate"] = r.value  # a whole 0 or 1 reads as a count to the guard; under a rate's key "0.0%" is grounded
     for key in ("numerator", "denominator"):
         if getattr(r, key) is not None:
             out[key] = getattr(r, key)
@@ -316,8 +325,7 @@ def _row(r: MetricRow) -> dict[str, Any]:
                           for c in r.periods]
     if r.previous is not None:
         out["previous"] = {k: v for k, v in r.previous.model_dump().items() if v is not None and k != "units"}
-        if r.previous.change_pct is not None:  # as a fraction too: an answer's "4.8%" is read as one
-            out["previous"]["relative_change"] = round(r.previous.change_pct / 100, 6)
+        out["previous"] |= _sizes(r.previous.change, r.previous.change_pct / 100 if r.previous.change_pct is not None else None)
     if r.examples:
         out["examples"] = list(r.examples)
     return out
@@ -326,7 +334,7 @@ def _row(r: MetricRow) -> dict[str, Any]:
 def _view(result: MetricResult, *, definitions: list[str], focus: list[str], limit: int,
           population: dict[str, Any] | None, oldest_first: bool = False) -> dict[str, Any]:
     """The tool's result: the engine's numbers and citations (rows that fit the model's context), the SQL hidden."""
-    rows = [_row(r) for r in result.rows]
+    rows = [_row(r, result.metric) for r in result.rows]
     sorted_by = result.sorted_by
     if oldest_first:
         rows, sorted_by = rows[::-1], "group ascending (the latest periods)"
@@ -349,7 +357,7 @@ def _view(result: MetricResult, *, definitions: list[str], focus: list[str], lim
     view: dict[str, Any] = {
         "metric": result.metric, "label": result.label, "unit": result.unit,
         "numerator_label": result.numerator_label, "denominator_label": result.denominator_label,
-        "group_by": result.group_by, "total": _row(result.total), "rows": rows,
+        "group_by": result.group_by, "total": _row(result.total, result.metric), "rows": rows,
         "groups": result.groups, "sorted_by": sorted_by, "query": result.query,
     }
     if population:
@@ -381,7 +389,7 @@ def _trend(metric: str, whole: list[dict[str, Any]]) -> dict[str, Any]:
     first, last = whole[0], whole[-1]
     change = round(float(last["value"]) - float(first["value"]), 6)
     trend: dict[str, Any] = {"first": first["group"], "last": last["group"], "change": change,
-                             "relative_change": round(change / float(first["value"]), 6) if first["value"] else None}
+                             **_sizes(change, change / float(first["value"]) if first["value"] else None)}
     if len(whole) >= 3:
         trend["highest"] = max(whole, key=lambda r: r["value"])["group"]
         trend["lowest"] = min(whole, key=lambda r: r["value"])["group"]
@@ -537,11 +545,12 @@ def _change(metric: str, prev: Mapping[str, Any]) -> str:
         return f"not comparable with the period before ({_value(metric, prev.get('value'))})"
     if not change:
         return f"unchanged from {_value(metric, prev.get('value'))}"
-    way = "up" if change > 0 else "down"
+    way, size = ("up" if change > 0 else "down"), prev.get("change_size", abs(change))
     if _is_rate(metric):
-        return f"{way} {abs(change) * 100:.1f} points from {_pct(prev.get('value'))}"
-    amount = _money(abs(change)) if metric in ("revenue", "avg_order_value") else _count(abs(change))
-    pct = f", or {_pct(abs(prev['relative_change']))}," if prev.get("relative_change") is not None else ""
+        return f"{way} {size * 100:.1f} points from {_pct(prev.get('value'))}"
+    amount = _money(size) if metric in ("revenue", "avg_order_value") else _count(size)
+    relative = prev.get("relative_size")
+    pct = f", or {_pct(relative)}," if relative is not None and relative <= 1 else ""  # "+250%" is not a share: left out
     return f"{way} {amount}{pct} from {_value(metric, prev.get('value'))}"
 
 
@@ -710,7 +719,7 @@ def _render_trend(r: Mapping[str, Any]) -> str:
     trend = r.get("trend")
     if trend:
         first, last = trend["first"], trend["last"]
-        moved = _change(metric, {"value": value_of.get(first), "change": trend["change"], "relative_change": trend.get("relative_change")})
+        moved = _change(metric, {"value": value_of.get(first), **trend})
         head += (f" went from {_value(metric, value_of.get(first))} {on} {name(first)} to {_value(metric, value_of.get(last))} "
                  f"{on} {name(last)}: {moved.split(' from ')[0].rstrip(',')}")
         if _is_rate(metric) and trend.get("highest"):
@@ -913,24 +922,23 @@ TOOL = ToolSpec(
             claims=(("segment", _FROM_SEGMENT), ("search", _FROM_SEARCH), ("top_churn", _FROM_SCORES), ("top_risk", _FROM_SCORES),
                     ("top_intent", _FROM_SCORES), ("churn", _FROM_SCORES), ("risk", _FROM_SCORES), ("intent", _FROM_SCORES),
                     ("compare", _FROM_COMPARE)),
+            # Wording of groups, trends, cohorts, thresholds and score populations: questions that share
+            # the segment tool's words ("conversion rate on mobile") stay there; the claims bring the rest.
             examples=(
-                "which category has the highest cart abandonment?", "cart abandonment by category {t}",
-                "conversion rate by device {t}", "which country converts best?", "weekly conversion rate {t}",
-                "how did weekly conversion change over the last 8 weeks?", "sessions per month", "monthly orders {t}",
-                "average order value by country", "which payment method has the highest refund rate?", "refund rate per device",
+                "which category has the highest cart abandonment?", "cart abandonment by category {t}", "which country converts best?",
+                "weekly conversion rate {t}", "how did weekly conversion change over the last 8 weeks?", "sessions per month",
+                "monthly orders {t}", "which payment method has the highest refund rate?", "refund rate per device",
                 "revenue split by payment method {t}", "break down orders by device", "how many users have a fraud score above 0.8?",
                 "how many customers have a churn probability over 0.7?", "what share of users have a risk score above 0.5?",
-                "what fraction of shoppers have an intent score above 0.6?", "average order value of users likely to churn",
-                "revenue from high-risk users {t}", "what share of high-risk users pay with paypal?",
-                "retention of the January cohort", "monthly cohort retention", "weekly retention by signup cohort",
-                "how many users come back a month after their first visit?", "checkout funnel by device",
-                "{c} funnel by week", "overall conversion from cart to purchase", "cart to purchase rate by country",
-                "how many users bought something {t}?", "how many users added to the cart but never checked out?",
-                "find users who added items to the cart but never checked out", "sessions this month compared with the previous month",
-                "how does {d} conversion compare with the previous month?", "tablet vs mobile average order value",
-                "top {n} countries by revenue", "daily sessions {t}", "average churn probability by device", "revenue by fraud score band",
-                "{c} revenue per week {t}", "share of orders refunded on {d}", "how many orders did we get per day {t}?",
-                "average fraud score by payment method", "conversion by churn decile", "how many sessions per week on {d}?",
+                "what fraction of shoppers have an intent score above 0.6?", "revenue from high-risk users {t}",
+                "what share of high-risk users pay with paypal?", "retention of the January cohort", "monthly cohort retention",
+                "weekly retention by signup cohort", "how many users come back a month after their first visit?",
+                "checkout funnel by device", "{c} funnel by week", "cart to purchase rate by country",
+                "how many users added to the cart but never checked out?", "find users who added items to the cart but never checked out",
+                "sessions this month compared with the previous month", "top {n} countries by revenue", "daily sessions {t}",
+                "average churn probability by device", "revenue by fraud score band", "{c} revenue per week {t}",
+                "how many orders did we get per day {t}?", "average fraud score by payment method", "conversion by churn decile",
+                "how many sessions per week on {d}?", "orders placed by likely churners {t}", "abandonment rate per country",
             ),
         ),
     ),

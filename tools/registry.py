@@ -349,9 +349,7 @@ def _remember_subject(spec: ToolSpec) -> Remember:
 
 def render_error(result: Mapping[str, Any]) -> str:
     who = result.get("user_id") or result.get("order_id") or ""
-    error = str(result["error"])
-    error = error[:1].upper() + error[1:]  # not str.capitalize(): it would lower "DE" and "Laptops" inside
-    return f"{error}{': ' + str(who) if who else ''}. {result.get('hint', '')}".strip()
+    return f"{str(result['error']).capitalize()}{': ' + str(who) if who else ''}. {result.get('hint', '')}".strip()
 
 
 def result_json(result: Mapping[str, Any]) -> str:
