@@ -290,6 +290,16 @@ def test_the_model_sees_no_sql_and_at_most_the_rows_that_fit(ctx):
     assert seen["citations"]["sessions"] and seen["citations"]["data_last"]
 
 
+def test_a_hosted_model_calls_it_through_langchain_with_score_filters(ctx):
+    tool = next(t for t in REGISTRY.langchain_tools(ctx) if t.name == "query_metric")
+    text = tool.invoke({"metric": "avg_order_value", "group_by": "device", "scores": [{"model": "churn", "min": 0.5}]})
+    seen = json.loads(text)
+    assert "sql" not in seen and seen["query"]["scores"] == [{"model": "churn", "min": 0.5}] and seen["rows"]
+    schema = next(s for s in REGISTRY.schemas() if s["name"] == "query_metric")
+    assert "ALWAYS state the numerator and the denominator" in schema["description"]
+    assert "cart_abandonment" in schema["parameters"]["properties"]["metric"]["enum"]
+
+
 def test_examples_go_before_rows_do(ctx):
     r = REGISTRY.run(ctx, "query_metric", {"metric": "sessions", "group_by": "day", "examples": 20, "limit": 20})
     seen = json.loads(result_json(r))

@@ -49,7 +49,7 @@ def test_heldout_accuracy_is_at_least_90_percent(trained):
 def test_generated_questions_are_deterministic_and_cover_every_label():
     a, b = generate_questions(20, seed=3), generate_questions(20, seed=3)
     labels = labels_of(default_registry())
-    assert a.equals(b) and a["label"].nunique() == len(labels) == 16 and a["question"].nunique() > 250
+    assert a.equals(b) and a["label"].nunique() == len(labels) >= 15 and a["question"].nunique() > 250
 
 
 @pytest.mark.slow

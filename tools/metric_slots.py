@@ -49,7 +49,10 @@ _LIKELY_CHURN = re.compile(
 _LIKELY_BUY = re.compile(r"\b(?:likely|ready|about|going)\s+to\s+(?:buy|purchase|order|convert)\b|\bhigh[- ]intent\b", re.I)
 _SCORE_WORD = re.compile(rf"\b(?:{_ANY_MODEL})\s*(?:score|probability|prob|likelihood|risk)s?\b|\bchurn\b|\bfraud\b", re.I)
 
-_RETENTION = re.compile(r"\bretention\b|\bretain(?:ed)?\b|\bcohorts?\b.{0,40}\b(?:come|came|coming)\s+back\b|\bcome\s+back\b|\breturn(?:ing)?\s+(?:users|customers|rate)\b", re.I)
+# Retention as a measure, not as the team or campaign that does it ("call the retention team").
+RETENTION_MEASURE = (r"\bretention\b(?!\s+(?:team|teams|campaigns?|offers?|e-?mails?|calls?|budget|strateg\w*|program\w*|managers?"
+                     r"|specialists?|efforts?|actions?|lists?|desk|squad|department))")
+_RETENTION = re.compile(RETENTION_MEASURE + r"|\bretain(?:ed)?\b|\bcohorts?\b.{0,40}\b(?:come|came|coming)\s+back\b|\bcome\s+back\b|\breturn(?:ing)?\s+(?:users|customers|rate)\b", re.I)
 _FUNNEL = re.compile(r"\bfunnel\b|\bview[- ]to[- ]purchase\b|\bstep\s+by\s+step\b", re.I)
 _ABANDON = re.compile(r"\babandon(?:ment|s|ed\s+carts?|ing\s+carts?)?\b", re.I)
 _REFUND_RATE = re.compile(r"\brefund(?:s|ed)?\b", re.I)

@@ -29,7 +29,7 @@ from behavior.query import (
 )
 from behavior.workspace import Workspace, WorkspaceError
 from tools.context import ToolContext, unavailable
-from tools.metric_slots import DEFAULT_SCORE_LINE, metric_args
+from tools.metric_slots import DEFAULT_SCORE_LINE, RETENTION_MEASURE, metric_args
 from tools.registry import (
     MAX_RESULT_CHARS,
     ConversationState,
@@ -891,7 +891,7 @@ _GROUPED = (
     r"|\b(?:which|what)\s+(?:device|platform|country|market|region|categor(?:y|ies)|payment\s+method)s?\s+(?:has|have|had|is|are|shows?|sees?|gets?|converts?|brings?|drives?)\b"
     r"|\b(?:daily|weekly|monthly)\b|\b(?:week|month)[- ]over[- ](?:week|month)\b"
 )
-_COHORTS = r"\bretention\b|\bcohorts?\b|\bcome\s+back\b"
+_COHORTS = RETENTION_MEASURE + r"|\bcohorts?\b|\bcome\s+back\b"
 _THRESHOLDS = r"\b(?:score|probability|risk)s?\s+(?:of\s+)?(?:above|over|greater\s+than|more\s+than|higher\s+than|at\s+least|below|under|less\s+than|>=?|<=?)\s*\d"
 _POPULATIONS = (r"\bhigh[- ]risk\s+(?:users|customers|shoppers|accounts|buyers|people)\b|\blikely\s+to\s+churn\b|\bchurners\b"
                 r"|\bpay(?:s|ing)?\s+with\b|\bpaid\s+with\b|\bpayment\s+methods?\b|\bpaypal\b|\bgift\s+cards?\b")
