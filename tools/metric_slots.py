@@ -87,8 +87,8 @@ _TIME_GROUPS = (
 )
 _COHORT = re.compile(r"\bcohorts?\b|\bsign[- ]?up\s+(?:month|week)\b|\bfirst[- ]seen\b|\bacquisition\s+(?:month|week)\b", re.I)
 _LOW = re.compile(r"\b(?:lowest|least|worst|smallest|fewest|weakest|bottom|minimum|min)\b", re.I)
-_MONTH_NAMES = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november", "december")
-_MONTH_WORD = "|".join(list(_MONTH_NAMES) + [m[:3] for m in _MONTH_NAMES if m != "may"])
+MONTH_NAMES = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november", "december")
+_MONTH_WORD = "|".join(list(MONTH_NAMES) + [m[:3] for m in MONTH_NAMES if m != "may"])
 _COHORT_OF = re.compile(
     rf"\b(?P<a>{_MONTH_WORD})(?:\s+(?P<ya>20\d\d))?\s+(?:sign[- ]?ups?\s+)?cohort\b|\bcohort\s+(?:of|from)\s+(?P<b>{_MONTH_WORD})(?:\s+(?P<yb>20\d\d))?\b"
     rf"|\b(?P<iso>20\d\d-\d\d)\s+cohort\b"
@@ -330,7 +330,7 @@ def _cohort(q: str) -> str | None:
         return m.group("iso")
     month = (m.group("a") or m.group("b") or m.group("c")).lower()
     year = m.group("ya") or m.group("yb") or m.group("yc")
-    full = next(name for name in _MONTH_NAMES if name.startswith(month[:3]))
+    full = next(name for name in MONTH_NAMES if name.startswith(month[:3]))
     return f"{full} {year}" if year else full
 
 

@@ -29,7 +29,7 @@ from behavior.query import (
 )
 from behavior.workspace import Workspace, WorkspaceError
 from tools.context import ToolContext, unavailable
-from tools.metric_slots import DEFAULT_SCORE_LINE, RETENTION_MEASURE, metric_args
+from tools.metric_slots import DEFAULT_SCORE_LINE, MONTH_NAMES, RETENTION_MEASURE, metric_args
 from tools.registry import (
     MAX_RESULT_CHARS,
     ConversationState,
@@ -43,8 +43,6 @@ VALUE_COLUMNS = ("category", "device", "country", "payment")
 MAX_FOCUS = 5
 MAX_CITED_IDS = 10
 DEFAULT_FLAG_THRESHOLD = 0.5  # a model whose card states no threshold flags at one half
-_MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
-           "november", "december")
 _WHAT_SCORE = {"risk": "fraud-risk", "churn": "churn", "intent": "purchase-intent"}
 
 
@@ -261,7 +259,7 @@ def _cohort_range(cohort: str, facts: Mapping[str, Any]) -> tuple[str, str, str]
         start = pd.Timestamp(year=int(m.group(1)), month=int(m.group(2)), day=1)
     else:
         m = re.fullmatch(r"([a-z]+)\.?(?:\s+(\d{4}))?", text)
-        month = next((i for i, name in enumerate(_MONTHS, 1) if m and len(m.group(1)) >= 3 and name.startswith(m.group(1))), None)
+        month = next((i for i, name in enumerate(MONTH_NAMES, 1) if m and len(m.group(1)) >= 3 and name.startswith(m.group(1))), None)
         if month is None:
             raise MetricQueryError(f"cohort '{cohort}' is not a month or a week: say e.g. 'january', '2026-01' or a Monday YYYY-MM-DD",
                                    field="cohort")
