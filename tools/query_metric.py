@@ -451,9 +451,9 @@ def _ratio_words(metric: str, row: Mapping[str, Any]) -> str:
     if metric == "score_mean":
         n = int(row.get("denominator") or 0)
         return f"{_pct(v)} on average over {_count(n)} scored user{'' if n == 1 else 's'}"
-    if metric == "funnel":
+    if metric == "funnel":  # a funnel's row value: from view to purchase
         steps = {s["step"]: s["sessions"] for s in row.get("steps") or []}
-        return f"{_pct(v)} ({_count(steps.get('purchase'))} of {_count(steps.get('view'))} sessions with a view)"
+        return f"{_pct(v)} ({_count(steps.get('purchase'))} of {_count(steps.get('view'))})"
     if _is_rate(metric) and row.get("denominator") is not None:
         return f"{_pct(v)} ({_count(row.get('numerator'))} of {_count(row.get('denominator'))})"
     if metric == "score_count_above" and row.get("share_of_scored") is not None:
@@ -499,8 +499,13 @@ _STEP_NOT = {"view": "never viewed an item", "cart": "never added to the cart", 
              "purchase": "never bought anything", "refund": "had no refund"}
 
 
-def _steps_words(q: Mapping[str, Any]) -> str:
-    said = [_STEP_DONE[s] for s in q.get("did") or []] + [_STEP_NOT[s] for s in q.get("did_not") or []]
+_SESSION_DONE = _STEP_DONE | {"view": "had a view", "purchase": "ended in a purchase"}
+_SESSION_NOT = _STEP_NOT | {"view": "had no view", "purchase": "ended without a purchase"}
+
+
+def _steps_words(q: Mapping[str, Any], *, sessions: bool = False) -> str:
+    done, never = (_SESSION_DONE, _SESSION_NOT) if sessions else (_STEP_DONE, _STEP_NOT)
+    said = [done[s] for s in q.get("did") or []] + [never[s] for s in q.get("did_not") or []]
     if len(said) <= 1:
         return "".join(said)
     return ", ".join(said[:-1]) + (" but " if q.get("did") and q.get("did_not") else " and ") + said[-1]
@@ -511,12 +516,18 @@ def _populations(r: Mapping[str, Any]) -> list[str]:
     return [d.split(" means ")[0] for d in r.get("definitions") or [] if " means " in d]
 
 
-def _of_users(r: Mapping[str, Any]) -> str:
-    """" of users likely to churn" (or "of users in the score range") when scores narrow the users."""
+def _users_group(r: Mapping[str, Any]) -> str:
+    """"high-risk users", "users likely to churn", "users in the score range"; "" when no score narrows the users."""
     if not (r.get("query") or {}).get("scores"):
         return ""
     names = _populations(r)
-    return f" of {' and '.join(f'{n} users' if n.startswith('high') else f'users {n}' for n in names)}" if names else " of users in the score range"
+    return " and ".join(f"{n} users" if n.startswith("high") else f"users {n}" for n in names) if names else "users in the score range"
+
+
+def _of_users(r: Mapping[str, Any]) -> str:
+    """" of users likely to churn" when scores narrow the users, else nothing."""
+    group = _users_group(r)
+    return f" of {group}" if group else ""
 
 
 def _definitions(r: Mapping[str, Any]) -> str:
@@ -597,18 +608,24 @@ def _render_total(r: Mapping[str, Any]) -> str:
         text = (f"{_pct(t['value'])} of {r.get('denominator_label')}{users}{scope} — {_count(t.get('numerator'))} of "
                 f"{_count(t.get('denominator'))} — {predicate}, {period}.")
     else:  # users, sessions, orders
-        unit, steps = str(r.get("unit")), _steps_words(q)
+        unit = str(r.get("unit"))
+        steps, group = _steps_words(q, sessions=unit == "sessions"), _users_group(r)
         population = r.get("population") or {}
         pop = population.get("units")
-        who = " ".join(_populations(r)) if q.get("scores") else ""
         if pop:
-            counted = f"{who} {unit}".strip() if steps else unit
             window = "" if period.startswith("over all") else f" {period}"
-            text = (f"{_count(t['value'])} of the {_count(pop)} {counted} with a session{scope}{window} ({_pct(population.get('share'))}) "
-                    f"{steps or 'are ' + who}" + (f", {period}." if not window else "."))
+            if population.get("without") == "steps":  # the steps narrowed them; a score population stays in the base
+                counted = f"{group or 'users'} with a session" if unit == "users" else f"sessions{_of_users(r)}"
+                predicate = steps
+            else:  # the scores narrowed them
+                counted = "users with a session" if unit == "users" else "sessions"
+                names = _populations(r)
+                predicate = (f"are {' and '.join(names)}" if names else "are in the score range") if unit == "users" else f"are by {group}"
+            text = (f"{_count(t['value'])} of the {_count(pop)} {counted}{scope}{window} ({_pct(population.get('share'))}) {predicate}"
+                    + (f", {period}." if not window else "."))
         else:
             did = f" {steps}" if steps else (" had a session" if unit == "users" else "")
-            text = f"{_count(t['value'])} {(who + ' ') if who else ''}{unit}{scope}{did} {period}."
+            text = f"{_count(t['value'])} {unit}{_of_users(r)}{scope}{did} {period}."
     prev = t.get("previous")
     if prev:
         c = r.get("citations") or {}
@@ -636,7 +653,7 @@ def _render_funnel(r: Mapping[str, Any]) -> str:
 def _label(r: Mapping[str, Any]) -> str:
     """The metric's name in words; a score metric names its score ("average churn probability")."""
     what = _WHAT_SCORE.get((r.get("query") or {}).get("model"), "")
-    return {"score_mean": f"average {what} probability", "score_share_above": f"share of users with {_score_line(r)}",
+    return {"funnel": "view-to-purchase conversion", "score_mean": f"average {what} probability", "score_share_above": f"share of users with {_score_line(r)}",
             "score_count_above": f"users with {_score_line(r)}"}.get(str(r.get("metric")), str(r.get("label")))
 
 
