@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -525,3 +526,30 @@ def test_chat_writes_the_last_answers_chart_on_request(ctx, tmp_path, monkeypatc
     out = CliRunner().invoke(cli.app, ["chat"], input=f"/chart {png}\nretention by cohort\n/chart {png}\n/quit\n", terminal_width=200)
     assert out.exit_code == 0, out.output
     assert "No chart yet" in out.output and png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_slack_uploads_the_query_chart_in_the_thread(ctx):
+    from fake_slack import BOT_USER_ID, FakeSlack, message_event, post_event
+    from integrations.slack import EventsServer, SlackSettings, create_app
+
+    class Agent:
+        def ask(self, question: str, *, conversation_id: str):
+            return _ScriptedAgent(ctx, {"metric": "cart_abandonment", "group_by": "category"}).ask(question, conversation_id)
+
+    fake = FakeSlack().start()
+    settings = SlackSettings(bot_token="xoxb-test-token", app_token=None, signing_secret="s3cret", allowed_channels=[],
+                             allowed_users=[], workers=1, max_charts=2, api_url=fake.api_url)
+    server = EventsServer(create_app(settings, Agent(), mode="http"), host="127.0.0.1", port=0).start()
+    ts = f"{time.time():.6f}"  # a message of now: taken once, as Slack sends it
+    try:
+        status, _ = post_event(server.url, "s3cret", message_event(f"<@{BOT_USER_ID}> abandonment by category?", ts=ts))
+        assert status == 200
+        fake.wait_for(lambda f: f.calls_to("files.completeUploadExternal"))
+        (upload,) = fake.calls_to("files.completeUploadExternal")
+        assert upload["thread_ts"] == ts and json.loads(upload["files"])[0]["title"] == "Cart abandonment by category"
+        (png,) = fake.uploads.values()
+        assert png.startswith(b"\x89PNG")
+    finally:
+        server.shutdown()
+        fake.stop()
+
