@@ -828,6 +828,35 @@ def _print_tool_calls(answer) -> None:
     console.print(table)
 
 
+def _print_query_tables(answer) -> None:
+    """Each grouped metric-query result of an answer as a table (the rows the answer lists)."""
+    from tools.query_metric import metric_title, result_table
+
+    for call in answer.tool_calls:
+        table = result_table(call.result) if call.name == "query_metric" else None
+        if table is None:
+            continue
+        head, rows = table
+        out = Table(title=metric_title(call.result))
+        for i, name in enumerate(head):
+            out.add_column(name, justify="left" if i == 0 else "right")
+        for row in rows:
+            out.add_row(*(escape(cell) for cell in row))
+        console.print(out)
+
+
+def _write_chart(answer, path: Path) -> None:
+    """Write the chart of the answer's first chartable tool result to ``path`` (PNG), or say there is none."""
+    from integrations.slack_charts import charts_for_tool_calls
+
+    charts = charts_for_tool_calls(answer.tool_calls, limit=1)
+    if not charts:
+        console.print("[yellow]This answer has no chart (one number, or no grouped result).[/]")
+        return
+    path.write_bytes(charts[0].png)
+    console.print(f"Chart written to {escape(str(path))} ({escape(charts[0].title)}).", highlight=False)
+
+
 @app.command()
 @friendly_errors
 def ask(
@@ -838,12 +867,16 @@ def ask(
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue this conversation id (follow-ups)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the tool calls."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: answer, tool_calls, citations, backend, model, prompt_version, latency_s."),
+    chart: Optional[Path] = typer.Option(None, "--chart", help="Also write the answer's chart to this PNG file (groups, trends, funnels, cohorts).",
+                                         dir_okay=False, writable=True),
 ) -> None:
-    """Ask one question and print the grounded answer.
+    """Ask one question and print the grounded answer (grouped results also as a table).
 
     Examples:
 
       shopsight ask "why is u00042 likely to churn?"
+
+      shopsight ask "which category has the highest cart abandonment?" --chart abandonment.png
 
       shopsight ask "top 10 users by fraud risk" --json
 
@@ -855,15 +888,21 @@ def ask(
     answer = agent.ask(question, conversation_id=resume)
     if as_json:
         print(json.dumps(answer.to_dict(), indent=2, default=str))
+        if chart:
+            _write_chart(answer, chart)
         return
     if verbose:
         _print_tool_calls(answer)
     console.print(answer.answer, highlight=False, markup=False)
+    _print_query_tables(answer)
+    if chart:
+        _write_chart(answer, chart)
     console.print(f"[dim]{answer.backend} · {answer.model} · prompts {answer.prompt_version} · {answer.latency_s:.1f}s · "
                   f"conversation {answer.conversation_id}[/]", highlight=False)
 
 
-CHAT_HELP = """Commands: /help  /reset (new conversation)  /verbose (toggle tool calls)  /json (toggle JSON output)  /quit
+CHAT_HELP = """Commands: /help  /reset (new conversation)  /verbose (toggle tool calls)  /json (toggle JSON output)
+  /chart PATH (write the last answer's chart as a PNG)  /quit
 Follow-ups ("why?", "and her risk?", "what about the second one?") refer to earlier answers."""
 
 
@@ -889,6 +928,7 @@ def chat(
     if cid and not agent.store.exists(cid):
         raise KeyError(f"no conversation '{cid}' in {agent.store.path}")
     show_json = False
+    last = None  # the last answer, for /chart
     console.print(f"[bold]ShopSight[/] on {agent.backend} ({agent.model}). {CHAT_HELP}")
     while True:
         try:
@@ -915,13 +955,26 @@ def chat(
             show_json = not show_json
             console.print(f"[dim]JSON output {'on' if show_json else 'off'}.[/]")
             continue
+        if question.split(maxsplit=1)[0] == "/chart":
+            target = question.split(maxsplit=1)[1:]
+            if not target:
+                console.print("Usage: /chart PATH   (e.g. /chart abandonment.png)")
+            elif last is None:
+                console.print("[yellow]No chart yet: ask a question first.[/]")
+            else:
+                try:
+                    _write_chart(last, Path(target[0]).expanduser())
+                except OSError as exc:  # a bad path ends one command, not the conversation
+                    err_console.print(f"[bold red]Error:[/] cannot write {escape(target[0])}: {escape(exc.strerror or str(exc))}")
+            continue
         if show_json:
-            answer = agent.ask(question, conversation_id=cid)
+            answer = last = agent.ask(question, conversation_id=cid)
             cid = answer.conversation_id
             print(json.dumps(answer.to_dict(), indent=2, default=str))
             continue
-        answer = _streamed_answer(agent, question, cid)
+        answer = last = _streamed_answer(agent, question, cid)
         cid = answer.conversation_id
+        _print_query_tables(answer)
         if verbose:
             _print_tool_calls(answer)
         console.print(f"[dim]{answer.latency_s:.1f}s · conversation {cid}[/]")

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from agent.types import Citations, ToolCall
 from tools.numbers import ShownNumber, matches, numbers_in
-from tools.registry import Registry
+from tools.registry import HIDDEN_KEYS, Registry
 from tools.words import raw_field_names
 
 __all__ = ["GroundingVerdict", "ShownNumber", "check_grounding", "citations", "numbers_in", "render_answer",
@@ -103,7 +103,7 @@ def sources(calls: Sequence[ToolCall]) -> Sources:
 
     for c in calls:
         walk(dict(c.args))
-        walk(dict(c.result))
+        walk({k: v for k, v in c.result.items() if k not in HIDDEN_KEYS})  # the SQL text is for readers, not a source
     out.words = " ".join(strings).lower()
     return out
 

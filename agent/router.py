@@ -56,7 +56,9 @@ _LIMIT = re.compile(
     r"|accounts|fraudsters|buyers|leads|visits|orders)\b",
     re.I,
 )
-_LAST_N = re.compile(r"\b(?:last|past)\s+(\d{1,3})\s+(day|week|month)s?\b", re.I)
+_COUNT_WORDS = {w: i for i, w in enumerate(
+    ["two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"], 2)}
+_LAST_N = re.compile(rf"\b(?:last|past)\s+(\d{{1,3}}|{'|'.join(_COUNT_WORDS)})\s+(day|week|month)s?\b", re.I)
 _MONTHS = {m.lower(): i for i, m in enumerate(
     ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"], 1)}
 _MONTH_ABBR = {k[:3]: v for k, v in _MONTHS.items()}
@@ -187,7 +189,7 @@ def extract_entities(
         else:
             e.since = dates[0]
     elif m := _LAST_N.search(low):
-        n, unit = int(m.group(1)), m.group(2)
+        n, unit = int(_COUNT_WORDS.get(m.group(1), m.group(1))), m.group(2)  # "last two months" as "last 2 months"
         e.since = day(today - pd.Timedelta(days=n * {"day": 1, "week": 7, "month": 30}[unit]))
     elif re.search(r"\b(last|past|this) week\b", low):
         e.since = day(today - pd.Timedelta(days=7))

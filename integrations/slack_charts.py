@@ -155,6 +155,198 @@ def render_ranking_png(ranking: Sequence[tuple[str, float]], title: str, xlabel:
     return buf.getvalue()
 
 
+# --- charts of query_metric results: bars for groups, a line over time, funnel bars, a cohort heat map ---
+def is_query_result(result: Any) -> bool:
+    """A metric query's result (``tools.query_metric``): a metric, its rows and its total."""
+    return (isinstance(result, dict) and "error" not in result and isinstance(result.get("metric"), str)
+            and isinstance(result.get("rows"), list) and isinstance(result.get("total"), dict))
+
+
+def _png(fig: Any) -> bytes:
+    for side in ("top", "right"):
+        for ax in fig.axes:
+            ax.spines[side].set_visible(False)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def render_bars_png(labels: Sequence[str], values: Sequence[float], texts: Sequence[str], title: str, xlabel: str,
+                    percent: bool = False) -> bytes:
+    """Horizontal bars in the order given (the first at the top), each labelled with its value as answers show it."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
+    with _RENDER_LOCK:
+        fig = Figure(figsize=(6.4, 1.3 + 0.32 * len(labels)), dpi=100)
+        ax = fig.add_subplot()
+        bars = ax.barh(list(labels)[::-1], list(values)[::-1], color="#1565c0")
+        ax.bar_label(bars, labels=list(texts)[::-1], fontsize=8, padding=3)
+        ax.set_xlabel(xlabel)
+        ax.set_xlim(0, max(values, default=0) * 1.25 or 1)
+        ax.xaxis.set_major_formatter(FuncFormatter((lambda v, _: f"{v:.0%}") if percent else (lambda v, _: f"{v:,.0f}")))
+        ax.tick_params(axis="y", labelsize=8)
+        ax.set_title(title, fontsize=10)
+        return _png(fig)
+
+
+def render_line_png(periods: Sequence[str], values: Sequence[float], title: str, ylabel: str, partial: Sequence[bool],
+                    percent: bool = False) -> bytes:
+    """A line over time; partial periods (cut by the window or the end of the data) as hollow points."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
+    with _RENDER_LOCK:
+        fig = Figure(figsize=(6.4, 3.0), dpi=100)
+        ax = fig.add_subplot()
+        x = list(range(len(periods)))
+        ax.plot(x, values, color="#1565c0", marker="o", markersize=4)
+        hollow = [i for i, p in enumerate(partial) if p]
+        if hollow:
+            ax.plot(hollow, [values[i] for i in hollow], linestyle="none", marker="o", markersize=7, markerfacecolor="white",
+                    markeredgecolor="#1565c0", label="partial period")
+            ax.legend(fontsize=8, frameon=False)
+        step = max(1, -(-len(periods) // 8))  # at most eight labels
+        ax.set_xticks(x[::step], [_short_period(p) for p in periods][::step], fontsize=8)
+        if percent:
+            spread = (max(values) - min(values)) if values else 0.0
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.1%}" if spread < 0.05 else f"{v:.0%}"))
+        else:
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        return _png(fig)
+
+
+def _short_period(period: str) -> str:
+    """"2026-03-02" → "Mar 02", "2026-03" → "Mar 2026": tick labels that do not collide."""
+    try:
+        ts = pd.Timestamp(period if len(period) > 7 else period + "-01")
+    except ValueError:
+        return period
+    return f"{ts:%b %d}" if len(period) > 7 else f"{ts:%b %Y}"
+
+
+def render_funnel_png(steps: Sequence[tuple[str, int]], title: str) -> bytes:
+    """Funnel bars, widest first, each with its count and the share of the step before."""
+    from matplotlib.figure import Figure
+
+    names = [n for n, _ in steps]
+    counts = [c for _, c in steps]
+    texts = [f"{c:,}" + (f"  ({c / counts[i - 1]:.1%} of {names[i - 1]})" if i and counts[i - 1] else "") for i, c in enumerate(counts)]
+    with _RENDER_LOCK:
+        fig = Figure(figsize=(6.4, 2.8), dpi=100)
+        ax = fig.add_subplot()
+        top = max(counts, default=0) or 1
+        y = list(range(len(counts)))[::-1]
+        lefts = [(top - c) / 2 for c in counts]
+        ax.barh(y, counts, left=lefts, color=["#90caf9", "#42a5f5", "#1e88e5", "#0d47a1"][: len(counts)], height=0.7)
+        for yi, c, left, t in zip(y, counts, lefts, texts):
+            ax.text(left + c + top * 0.01, yi, t, ha="left", va="center", fontsize=8)  # beside the bar: readable on any width
+        ax.set_yticks(y, names, fontsize=9)
+        ax.set_xticks([])
+        ax.set_xlim(0, top * 1.45)
+        ax.spines["bottom"].set_visible(False)
+        ax.set_title(title, fontsize=10)
+        return _png(fig)
+
+
+def render_heatmap_png(cohorts: Sequence[str], rates: Sequence[Sequence[float | None]], title: str, unit: str,
+                       partial: Sequence[Sequence[bool]] = ()) -> bytes:
+    """A cohort × period heat map of retention rates (blank where a period is not in the data yet; * partial)."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    width = max((len(r) for r in rates), default=0)
+    grid = np.full((len(cohorts), width), np.nan)
+    for i, row in enumerate(rates):
+        for k, v in enumerate(row):
+            if v is not None:
+                grid[i, k] = v
+    with _RENDER_LOCK:
+        fig = Figure(figsize=(1.6 + 0.7 * max(width, 3), 1.2 + 0.42 * len(cohorts)), dpi=100)
+        ax = fig.add_subplot()
+        image = ax.imshow(grid, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+        for i in range(len(cohorts)):
+            for k in range(width):
+                if not np.isnan(grid[i, k]):
+                    cut = i < len(partial) and k < len(partial[i]) and partial[i][k]
+                    ax.text(k, i, f"{grid[i, k]:.0%}" + ("*" if cut else ""), ha="center", va="center", fontsize=7,
+                            color="white" if grid[i, k] > 0.6 else "black")
+        ax.set_xticks(range(width), [f"{unit} {k}" for k in range(width)], fontsize=8)
+        ax.set_yticks(range(len(cohorts)), list(cohorts), fontsize=8)
+        ax.set_title(title, fontsize=10)
+        if any(any(row) for row in partial):
+            ax.set_xlabel("* partial: the period runs past the end of the data", fontsize=7)
+        fig.colorbar(image, ax=ax, fraction=0.04, format="{x:.0%}")
+        for side in ("bottom", "left"):
+            ax.spines[side].set_visible(False)
+        return _png(fig)
+
+
+def _rate_metric(metric: str) -> bool:
+    from tools.query_metric import value_text
+
+    return value_text(metric, 0.5).endswith("%")
+
+
+def query_chart(result: Mapping[str, Any]) -> Chart | None:
+    """The chart of a metric query's result: a heat map for retention, funnel bars for a funnel, a line
+    over days/weeks/months, bars for other groups, two bars for a period comparison; None for one number."""
+    from tools.query_metric import metric_title, value_text
+
+    metric, gb = str(result["metric"]), result.get("group_by")
+    rows = [r for r in result["rows"] if isinstance(r, dict)]
+    title = metric_title(result)
+    label = title.split(" by ")[0]
+    if metric == "retention":
+        with_periods = [r for r in rows if r.get("periods")]
+        if not with_periods:
+            return None
+        unit = "week" if gb == "cohort_week" else "month"
+        cells = [sorted(r["periods"], key=lambda c: c["period"]) for r in with_periods]
+        png = render_heatmap_png([str(r.get("group")) for r in with_periods], [[c.get("rate") for c in row] for row in cells], title, unit,
+                                 [[bool(c.get("partial")) for c in row] for row in cells])
+        return Chart(png, f"retention-{_slug(str(gb))}.png", title, f"{title}: {len(with_periods)} cohorts")
+    if metric == "funnel":
+        steps = result["total"].get("steps") or []
+        if not steps:
+            return None
+        names = {"view": "viewed", "cart": "added to cart", "checkout": "checkout", "purchase": "purchased"}
+        title = "View → cart → checkout → purchase funnel"
+        png = render_funnel_png([(names.get(s["step"], s["step"]), int(s["sessions"])) for s in steps], title)
+        return Chart(png, "funnel.png", title, f"{title}: {steps[0]['sessions']:,} sessions with a view, {steps[-1]['sessions']:,} purchased")
+    valued = [r for r in rows if isinstance(r.get("value"), (int, float)) and not isinstance(r.get("value"), bool)]
+    if gb in ("day", "week", "month"):
+        if len(valued) < 2:
+            return None
+        partial = set(result.get("partial") or [])
+        values = [float(r["value"]) for r in valued]
+        png = render_line_png([str(r["group"]) for r in valued], values, title, label, [str(r["group"]) in partial for r in valued],
+                              percent=_rate_metric(metric))
+        return Chart(png, f"trend-{_slug(title)}.png", title,
+                     f"{title}: {value_text(metric, values[0])} ({valued[0]['group']}) to {value_text(metric, values[-1])} ({valued[-1]['group']})")
+    if gb:
+        if len(valued) < 2:
+            return None
+        valued = valued[:MAX_BARS]
+        labels = [str(r["group"]).replace("_", " ") if r.get("group") is not None else "none" for r in valued]
+        png = render_bars_png(labels, [float(r["value"]) for r in valued], [value_text(metric, r["value"]) for r in valued], title, label,
+                              percent=_rate_metric(metric))
+        return Chart(png, f"groups-{_slug(title)}.png", title, f"{title}: {labels[0]} {value_text(metric, valued[0]['value'])}")
+    total, prev = result["total"], result["total"].get("previous")
+    if prev and isinstance(prev.get("value"), (int, float)) and isinstance(total.get("value"), (int, float)):
+        cites = result.get("citations") or {}
+        labels = [f"{cites.get('previous_since')} to {cites.get('previous_until')}", f"{cites.get('since')} to {cites.get('until')}"]
+        values = [float(prev["value"]), float(total["value"])]
+        title = f"{label}: this period and the one before"
+        png = render_bars_png(labels, values, [value_text(metric, v) for v in values], title, label, percent=_rate_metric(metric))
+        return Chart(png, f"compare-{_slug(label)}.png", title, f"{title}: {value_text(metric, values[0])} then {value_text(metric, values[1])}")
+    return None
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:40] or "chart"
 
@@ -162,12 +354,15 @@ def _slug(text: str) -> str:
 def chart_for_tool_call(name: str, args: Mapping[str, Any], result: Any) -> Chart | None:
     """The chart that helps read one tool result, or None when a chart would not help.
 
-    A list of at least two sessions with start times gives an activity chart; a list of at
-    least two rows with an id and a score gives a ranking chart.
+    A metric query's result gets its own chart (:func:`query_chart`); otherwise a list of at
+    least two sessions with start times gives an activity chart, and a list of at least two rows
+    with an id and a score gives a ranking chart.
     """
     data = result
     if isinstance(data, dict) and data.get("error"):
         return None
+    if is_query_result(data):
+        return query_chart(data)
     sessions = _rows_with(data, TIME_KEYS)
     if len(sessions) >= 2:
         counts = activity_counts(sessions)

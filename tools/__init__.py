@@ -16,7 +16,7 @@ from tools.context import ToolContext
 from tools.registry import Registry, ToolSpec, result_json
 
 # Modules of this package that hold shared helpers, not tools.
-HELPER_MODULES = frozenset({"context", "registry", "explain", "numbers", "words"})
+HELPER_MODULES = frozenset({"context", "registry", "explain", "numbers", "words", "metric_slots"})
 
 
 @functools.cache

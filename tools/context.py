@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import pandas as pd
 
 from behavior.workspace import Workspace, WorkspaceError
+
+if TYPE_CHECKING:
+    from behavior.query import QueryEngine
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +130,10 @@ def mask_text(text: str | None) -> str:
 class ToolContext:
     """The workspace and what tools read from it, loaded on first use and kept.
 
+    The query engine (:meth:`query_engine`) reads the workspace's events file, not ``events``:
+    a context built on preloaded events must have saved them to the workspace too. Close the
+    context (or use it as a context manager) to release the engine's DuckDB connection.
+
     Args:
         workspace: The workspace the tools read.
         chroma_url: A Chroma server to use instead of the embedded index.
@@ -143,6 +151,8 @@ class ToolContext:
     model_loader: Callable[[Workspace, str], ScoringModel] | None = None
     raise_errors: bool = False  # re-raise a tool's unexpected exception instead of reporting it
     _features: pd.DataFrame | None = field(default=None, repr=False)
+    _engine: "QueryEngine | None" = field(default=None, repr=False)
+    _engine_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _sessions: pd.DataFrame | None = field(default=None, repr=False)
     _user_ids: frozenset[str] | None = field(default=None, repr=False)
     _order_ids: frozenset[str] | None = field(default=None, repr=False)
@@ -213,6 +223,32 @@ class ToolContext:
 
             self._sessions = session_table(self.get_events())
         return self._sessions
+
+    def query_engine(self) -> "QueryEngine":
+        """The workspace's typed analytics engine, created on first use (one DuckDB connection per context).
+
+        Created lazily so a question that never asks for a metric never opens DuckDB; shared by
+        every call of the context (the engine takes a cursor per query, so threads may share it).
+        """
+        with self._engine_lock:
+            if self._engine is None:
+                from behavior.query import QueryEngine
+
+                self._engine = QueryEngine(self.workspace)
+            return self._engine
+
+    def close(self) -> None:
+        """Release what the context opened (the query engine's connection); a later call reopens it."""
+        with self._engine_lock:
+            if self._engine is not None:
+                self._engine.close()
+                self._engine = None
+
+    def __enter__(self) -> "ToolContext":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # --- models and index -------------------------------------------------------------
     def model(self, name: str) -> ScoringModel:

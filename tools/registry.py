@@ -21,6 +21,9 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 log = logging.getLogger(__name__)
 
 MAX_RESULT_CHARS = 2400  # a result is context for a small model: keep it bounded
+# Keys a tool keeps in its result for people and programs reading all of it (`shopsight ask --json`),
+# never sent to a model: the SQL a query ran, for one. They are audit data, not facts to phrase.
+HIDDEN_KEYS = frozenset({"sql"})
 ToolFunction = Callable[..., dict[str, Any]]
 
 
@@ -363,7 +366,9 @@ def render_error(result: Mapping[str, Any]) -> str:
 
 
 def result_json(result: Mapping[str, Any]) -> str:
-    """A tool result as compact JSON, cut to MAX_RESULT_CHARS by dropping list tails if needed."""
+    """A tool result as a model sees it: compact JSON without the :data:`HIDDEN_KEYS`, cut to
+    MAX_RESULT_CHARS by dropping list tails if needed."""
+    result = {k: v for k, v in result.items() if k not in HIDDEN_KEYS}
     text = json.dumps(result, ensure_ascii=False, separators=(",", ":"), default=str)
     if len(text) <= MAX_RESULT_CHARS:
         return text

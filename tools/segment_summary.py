@@ -1,41 +1,21 @@
-"""segment_summary: how does a segment of sessions behave? Funnel, conversion, revenue, users."""
+"""segment_summary: how does a segment of sessions behave? Funnel, conversion, revenue, users.
+
+Every number is counted by the typed query engine (:mod:`behavior.query`), the same counts
+``query_metric`` reports: one definition of a session's steps, of revenue and of an order. The
+steps are not nested here (``with_cart`` is every session with a cart step, viewed or not); with
+a category, a session's steps and revenue are those of that category's items.
+"""
 
 from __future__ import annotations
 
 import re
 from typing import Any, Mapping
 
-import pandas as pd
-
-from tools.context import ToolContext, date_range, num
+from behavior.query import MetricQueryError
+from behavior.workspace import WorkspaceError
+from tools.context import ToolContext, num, unavailable
 from tools.words import count, human_date, money, pct
 from tools.registry import ConversationState, Entities, KeyFact, Route, ToolSpec, need_number
-
-
-def funnel(sessions: pd.DataFrame) -> dict[str, Any]:
-    """Counts and step rates of the view → cart → checkout → purchase funnel over sessions."""
-    n = int(len(sessions))
-    steps = {
-        "sessions": n,
-        "with_view": int((sessions["n_view"] > 0).sum()),
-        "with_cart": int((sessions["n_add_to_cart"] > 0).sum()),
-        "with_checkout": int((sessions["n_checkout"] > 0).sum()),
-        "with_purchase": int(sessions["purchased"].sum()),
-    }
-    revenue = float(sessions["revenue"].sum())
-    buyers = int(sessions.loc[sessions["purchased"], "user_id"].nunique())
-    return {
-        **steps,
-        "users": int(sessions["user_id"].nunique()),
-        "buyers": buyers,
-        "conversion_rate": num(steps["with_purchase"] / n, 3) if n else None,
-        "cart_rate": num(steps["with_cart"] / n, 3) if n else None,
-        "cart_to_purchase_rate": num(steps["with_purchase"] / steps["with_cart"], 3) if steps["with_cart"] else None,
-        "revenue": num(revenue),
-        "revenue_per_session": num(revenue / n) if n else None,
-        "avg_order_value": num(revenue / steps["with_purchase"]) if steps["with_purchase"] else None,
-        "refunds": int(sessions["n_refund"].sum()),
-    }
 
 
 def segment_summary(
@@ -58,20 +38,43 @@ def segment_summary(
         country: Only sessions from this country code.
         device: Only sessions on this device (e.g. "mobile", "desktop").
     """
-    s = ctx.sessions()
-    s = s[date_range(since, until).contains(s["start"])]
-    if category:
-        s = s[s["categories"].apply(lambda cs: category.lower() in {str(c).lower() for c in cs})]
-    for column, value in (("country", country), ("device", device)):
-        if value:
-            if column not in s.columns:
-                return {"error": f"no {column} in this data set", "hint": f"drop the {column} filter"}
-            s = s[s[column].astype(str).str.lower() == value.lower()]
     filters = {k: v for k, v in {"since": since, "until": until, "category": category,
                                  "country": country, "device": device}.items() if v}
-    if s.empty:
-        return {"filters": filters, "sessions": 0, "note": "no sessions match these filters"}
-    return {"filters": filters, **funnel(s), "first_day": str(s["start"].min())[:10], "last_day": str(s["start"].max())[:10]}
+    engine = ctx.query_engine()
+
+    def total(metric: str, *steps: str) -> Any:
+        return engine.run({"metric": metric, **filters, "did": list(steps), "examples": 0}).total
+
+    try:
+        n = int(total("sessions").value or 0)
+        if not n:
+            return {"filters": filters, "sessions": 0, "note": "no sessions match these filters"}
+        steps = {f"with_{step}": int(total("sessions", step).value or 0) for step in ("view", "cart", "checkout", "purchase")}
+        sold = total("revenue")
+        days = [engine.run({"metric": "sessions", **filters, "group_by": "day", "sort": "group", "descending": desc, "limit": 1,
+                            "examples": 0}).rows[0].group for desc in (False, True)]
+        users, buyers, refunds = int(total("users").value or 0), int(total("users", "purchase").value or 0), int(total("sessions", "refund").value or 0)
+    except MetricQueryError as exc:  # a filter on a column the data lacks, an empty date range: the model can fix it
+        return {**exc.to_dict(), "hint": "drop or change that filter"}
+    except WorkspaceError as exc:
+        return unavailable("segment figures", exc)
+    revenue, orders = float(sold.value or 0.0), int(sold.units or 0)
+    return {
+        "filters": filters,
+        "sessions": n,
+        **steps,
+        "users": users,
+        "buyers": buyers,
+        "conversion_rate": num(steps["with_purchase"] / n, 3),
+        "cart_rate": num(steps["with_cart"] / n, 3),
+        "cart_to_purchase_rate": num(total("cart_to_purchase").value, 3),
+        "revenue": num(revenue),
+        "revenue_per_session": num(revenue / n),
+        "avg_order_value": num(revenue / orders) if orders else None,
+        "refunds": refunds,
+        "first_day": days[0],
+        "last_day": days[1],
+    }
 
 
 def _scope(filters: Mapping[str, Any]) -> str:
