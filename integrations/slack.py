@@ -697,7 +697,6 @@ class _EventsRequestHandler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         self.connection = self.request
-        self._unread_body = False
         deadline = time.monotonic() + self.server.limits.read_timeout_s
         self.rfile = io.BufferedReader(_DeadlineReader(self.connection, deadline))
         self.wfile = _SocketWriter(self.connection)
@@ -707,8 +706,6 @@ class _EventsRequestHandler(BaseHTTPRequestHandler):
         self.handle_one_request()  # a read past the deadline ends here as TimeoutError → log_error
 
     def finish(self) -> None:
-        if self._unread_body:
-            self._drain()
         self.rfile.close()
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
@@ -720,11 +717,11 @@ class _EventsRequestHandler(BaseHTTPRequestHandler):
     def _serve(self, method: str) -> None:
         endpoint = self.server.endpoint
         client = self.client_address[0]
-        self._unread_body = True
+        body_read = False
         try:
             length = endpoint.content_length(method, self.path, self.headers)
             raw = self.rfile.read(length)
-            self._unread_body = False
+            body_read = True
             if len(raw) < length:
                 logger.info("dropped a request from %s: the client closed before sending its body", client)
                 return
@@ -733,6 +730,8 @@ class _EventsRequestHandler(BaseHTTPRequestHandler):
         except _Refused as refusal:
             logger.log(refusal.level, "refused a request from %s with %d: %s", client, refusal.status, refusal.reason)
             self._send(refusal.status, {"Content-Type": ["text/plain"]}, refusal.reason.encode() + b"\n")
+            if not body_read:
+                self._drain()
             return
         try:
             status, headers, body = endpoint.dispatch(request)
