@@ -2,7 +2,8 @@
 
 Concurrent writers to one conversation, and the CLI's answers to a corrupted index, a read-only
 workspace, broken model files, bad input paths and options: one `Error:` line that names what
-is wrong and how to fix it, a non-zero exit, and never a traceback.
+is wrong and how to fix it, a non-zero exit, and never a traceback. Where a command answers or
+lists per model (`ask`, `models`, `predict`), the same message appears in place and it exits 0.
 """
 
 from __future__ import annotations
@@ -310,7 +311,7 @@ def saved_churn(tmp_path: Path) -> Workspace:
 
 
 @pytest.mark.parametrize(("file", "content", "kind"), [("card.json", "[]", "array"), ("spec.json", "null", "null")])
-def test_a_model_file_of_the_wrong_json_shape_is_reported_in_one_line(
+def test_a_model_file_of_the_wrong_json_shape_is_named_with_the_retrain_command(
     saved_churn: Workspace, file: str, content: str, kind: str,
 ) -> None:
     """`shopsight predict` and `shopsight models` name the file and the retrain command, with no traceback.
