@@ -75,8 +75,18 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             if _settings().raise_errors:
                 raise
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-            err_console.print(f"[bold red]Error:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=2) from None
+        except OSError as exc:
+            from behavior.workspace import NOT_WRITABLE
+
+            # Permissions and read-only disks are the user's to fix (a file or folder of theirs);
+            # any other OSError is unexpected and keeps its traceback.
+            if _settings().raise_errors or exc.errno not in NOT_WRITABLE:
+                raise
+            # A temp file that could not be made does not exist: name its folder instead.
+            where = exc.filename and (exc.filename if Path(exc.filename).exists() else Path(exc.filename).parent)
+            message = f"cannot write {where or 'a file'} ({exc.strerror}): fix its permissions, or pass a writable folder with --workspace"
+        err_console.print(f"[bold red]Error:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
 
     return wrapper
 
@@ -476,17 +486,18 @@ def _session_index(workspace: Optional[Path], chroma_url: Optional[str], batch_s
     )
 
 
-def _build_index(index, show_progress: bool):
-    """Build with a Rich progress bar (or silently); returns BuildStats."""
+def _build_index(index, show_progress: bool, rebuild: bool = False):
+    """Build (or rebuild from scratch) with a Rich progress bar, or silently; returns BuildStats."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    build = index.rebuild if rebuild else index.build
     if not show_progress:
-        return index.build()
+        return build()
     with Progress(
         TextColumn("[bold]Embedding sessions"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
     ) as bar:
         task = bar.add_task("embed", total=None)
-        return index.build(progress=lambda done, total: bar.update(task, completed=done, total=total))
+        return build(progress=lambda done, total: bar.update(task, completed=done, total=total))
 
 
 def _print_build(stats) -> None:
@@ -505,16 +516,21 @@ def index_build(
     chroma_url: Optional[str] = ChromaUrlOpt,
     batch_size: Optional[int] = typer.Option(None, min=1, help="Sessions embedded and stored per batch, the unit an interrupted build resumes from (default: 1024).", show_default=False),
     threads: Optional[int] = typer.Option(None, min=1, help="Cores for embedding, one batch of texts each (default: every usable core)."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Delete the index and embed every session again, e.g. when it is corrupted; the old index stays until the new one is complete."),
     as_json: bool = typer.Option(False, "--json", help="Print the build counts as JSON."),
 ) -> None:
     """Embed new or changed sessions into the index; skip unchanged ones, drop removed ones.
 
     Safe to interrupt and re-run: finished batches are kept, and only what remains is embedded.
 
-    Example: shopsight index build --workspace /tmp/shop
+    Examples:
+
+      shopsight index build --workspace /tmp/shop
+
+      shopsight index build --rebuild --workspace /tmp/shop      (replace a corrupted index)
     """
     index = _session_index(workspace, chroma_url, batch_size, threads)
-    stats = _build_index(index, show_progress=not as_json)
+    stats = _build_index(index, show_progress=not as_json, rebuild=rebuild)
     if as_json:
         print(json.dumps(stats.to_dict(), indent=2))
         return

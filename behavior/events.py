@@ -372,8 +372,20 @@ def read_table(
     source = str(path)
     if not path.exists():
         raise EventDataError("file not found", source=source)
+    if path.is_dir():
+        raise EventDataError(
+            "is a folder, not a file", source=source,
+            hint="give one CSV, TSV or Parquet file; `shopsight datasets` shows which formats read a folder",
+        )
     if path.stat().st_size == 0:
         raise EventDataError("the file is empty", source=source)
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise EventDataError(
+            f"unknown text encoding '{encoding}'", source=source,
+            hint="pass --encoding with a Python codec name such as utf-8, latin-1 or cp1252",
+        ) from None
     suffix = "".join(path.suffixes[-2:]).lower()
     if path.suffix.lower() in (".parquet", ".pq"):
         try:
@@ -454,11 +466,19 @@ def validate_events(
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in MUST_PROVIDE if c not in df.columns]
     if missing:
+        # Every missing column at once, and any --map source the file does not have (a typo there
+        # is the usual cause), so one run shows the whole fix.
+        names = ", ".join(f"'{c}'" for c in missing)
+        message = f"missing required column{'s' if len(missing) > 1 else ''} {names} (found: {', '.join(map(str, raw.columns))})"
+        absent = [src for src in (mapping or {}) if src not in raw.columns]
+        if absent:
+            message += f"; --map names {', '.join(repr(a) for a in absent)}, which the file does not have"
         raise EventDataError(
-            f"missing required column '{missing[0]}' (found: {', '.join(map(str, raw.columns))})",
+            message,
             source=source,
             column=missing[0],
-            hint=f"map a column to it, e.g. --map {missing[0]}=YourColumn",
+            hint="map a column to " + ("it" if len(missing) == 1 else "each") + ", e.g. "
+            + " ".join(f"--map {c}=YourColumn" for c in missing),
         )
     dup_cols = [c for c in df.columns if list(df.columns).count(c) > 1]
     if dup_cols:

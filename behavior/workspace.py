@@ -14,8 +14,10 @@ Layout::
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,8 +25,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pandas as pd
+import pyarrow.parquet as pq
 
-from behavior.events import single_chunk_strings
+from behavior.events import MUST_PROVIDE, single_chunk_strings
 
 DEFAULT_WORKSPACE = Path("workspace")
 MANIFEST = "manifest.json"
@@ -34,12 +37,40 @@ class WorkspaceError(RuntimeError):
     """The workspace is missing something a command needs; the message says how to fix it."""
 
 
+# What the OS answers for a folder this process may not write: permissions, `chattr +i`, a read-only disk.
+NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+@contextmanager
+def writing_in(folder: str | Path) -> Iterator[None]:
+    """Around a write in ``folder``: the OS refusing it becomes a WorkspaceError naming the folder and the fix."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in NOT_WRITABLE:
+            raise
+        raise WorkspaceError(
+            f"cannot write {folder} ({exc.strerror or exc}): the workspace must be writable; "
+            "fix its permissions, or pass another folder with --workspace"
+        ) from exc
+
+
+def is_writable(folder: str | Path) -> bool:
+    """True when files can be created in ``folder`` (an existing folder; root's bypass of the mode bits included)."""
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
 @contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside ``target``; rename it over ``target`` only if the block succeeds."""
+    """Yield a temp path beside ``target``; rename it over ``target`` only if the block succeeds.
+
+    Raises:
+        WorkspaceError: the folder cannot be written (naming it and the fix).
+    """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    with writing_in(target.parent):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -48,6 +79,40 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def staging_folder(target: str | Path) -> Path:
+    """A new, empty, hidden folder beside ``target`` in which to build its replacement.
+
+    Raises:
+        WorkspaceError: the parent folder cannot be written.
+    """
+    target = Path(target)
+    with writing_in(target.parent):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{target.name}-building-", dir=target.parent))
+
+
+def swap_in_folder(new: str | Path, target: str | Path) -> None:
+    """Put the finished folder ``new`` where ``target`` is; the old ``target`` is renamed aside, then deleted.
+
+    Folders cannot be renamed over each other, so between the two renames ``target`` is absent
+    for an instant: a reader then finds no folder, never a half-built one. If the second rename
+    fails, the old folder is put back.
+    """
+    new, target = Path(new), Path(target)
+    old: Path | None = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))
+        target.replace(old)  # over the empty placeholder
+    try:
+        new.rename(target)
+    except BaseException:
+        if old is not None:
+            old.rename(target)
+        raise
+    if old is not None:
+        shutil.rmtree(old)
 
 
 def write_bytes_atomic(target: str | Path, data: bytes) -> None:
@@ -72,10 +137,20 @@ class Workspace:
 
     @classmethod
     def at(cls, path: str | Path | None = None) -> "Workspace":
-        """The workspace at ``path``, else ``./workspace`` (the CLI passes ``$SHOPSIGHT_HOME`` from its settings)."""
+        """The workspace at ``path``, else ``./workspace`` (the CLI passes ``$SHOPSIGHT_HOME`` from its settings).
+
+        Raises:
+            WorkspaceError: ``path`` is an existing file, not a folder.
+        """
         if path is None:
             path = DEFAULT_WORKSPACE
-        return cls(Path(path).expanduser())
+        root = Path(path).expanduser()
+        if root.exists() and not root.is_dir():
+            raise WorkspaceError(
+                f"the workspace {root} is a file, not a folder: pass a folder with --workspace "
+                "(a new one is created on first use)"
+            )
+        return cls(root)
 
     # --- paths -----------------------------------------------------------------------
     @property
@@ -123,11 +198,29 @@ class Workspace:
         return self.events_path
 
     def load_events(self, columns: list[str] | None = None) -> pd.DataFrame:
+        """The canonical events (``columns`` only, if given).
+
+        Raises:
+            WorkspaceError: there are none, the file is unreadable, or it lacks canonical columns
+                (naming them, the columns found, and the ``shopsight ingest --map`` that fixes it).
+        """
         path = self.require_events()
         try:
-            return single_chunk_strings(pd.read_parquet(path, columns=columns))
+            found = pq.read_schema(path).names
+            # The columns every reader needs, and those asked for: a file copied in by hand fails
+            # here, by name, rather than as a KeyError deep in a feature builder.
+            missing = [c for c in dict.fromkeys([*MUST_PROVIDE, *(columns or [])]) if c not in found]
+            if not missing:
+                return single_chunk_strings(pd.read_parquet(path, columns=columns))
         except Exception as exc:
             raise WorkspaceError(f"cannot read {path}: {exc}; re-create it with `shopsight ingest` or `shopsight demo`") from exc
+        maps = " ".join(f"--map {c}=YOUR_COLUMN" for c in missing if c in MUST_PROVIDE)
+        raise WorkspaceError(
+            f"{path} is not a ShopSight events file: it lacks the column{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(missing)} (found: {', '.join(found) or 'none'}). Ingest the source data instead, which "
+            f"writes this file: `shopsight ingest FILE {maps + ' ' if maps else ''}--workspace {self.root}`"
+            + ("" if maps else " (use --map CANONICAL=YOUR_COLUMN for any column named differently)")
+        )
 
     def save_events(self, events: pd.DataFrame) -> None:
         write_parquet_atomic(self.events_path, events)

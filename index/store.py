@@ -25,17 +25,26 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
 
 from behavior.privacy import mask_pii
-from behavior.workspace import Workspace, write_json_atomic, write_parquet_atomic
+from behavior.workspace import (
+    Workspace,
+    is_writable,
+    staging_folder,
+    swap_in_folder,
+    write_json_atomic,
+    write_parquet_atomic,
+    writing_in,
+)
 from index.documents import CATEGORY_SEP, session_documents
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -163,6 +172,7 @@ class SessionIndex:
         self.embed_threads = embed_threads
         self._client: Any = None
         self._collection: Any = None
+        self._store_path: Path | None = None  # a rebuild's staging folder, else <workspace>/index/chroma
         self._sidecar: pd.DataFrame | None = None
         self._sidecar_key: tuple[float, int] | None = None
         self._users: np.ndarray = np.array([], dtype=object)
@@ -172,7 +182,7 @@ class SessionIndex:
     # --- connections ------------------------------------------------------------------
     @property
     def chroma_path(self) -> Path:
-        return self.workspace.index_dir / "chroma"
+        return self._store_path or self.workspace.index_dir / "chroma"
 
     @property
     def target(self) -> str:
@@ -197,6 +207,45 @@ class SessionIndex:
                 self._embedder.threads = self.embed_threads
         return self._embedder
 
+    def _unusable(self, exc: BaseException) -> SessionIndexError:
+        """What a chromadb failure means for the user: a failing server, a store that cannot be written, or a corrupted one."""
+        detail = " ".join(str(exc).split())[:300] or type(exc).__name__
+        if self.chroma_url is not None:
+            return SessionIndexError(
+                f"the Chroma server at {self.chroma_url} failed ({detail}); check that it runs, or unset "
+                f"{CHROMA_URL_ENV} to use the workspace's own index"
+            )
+        if self.chroma_path.exists() and not is_writable(self.chroma_path):
+            return SessionIndexError(
+                f"cannot open the session index at {self.chroma_path} ({detail}): chromadb writes to its folder "
+                "even to read; make the workspace writable, or pass another one with --workspace"
+            )
+        return SessionIndexError(
+            f"the session index at {self.chroma_path} is corrupted ({detail}): rebuild it with "
+            f"`shopsight index build --rebuild --workspace {self.workspace.root}`"
+        )
+
+    @contextmanager
+    def _chroma_errors(self, *also: type[Exception]) -> Iterator[None]:
+        """Around every chromadb call: its errors (and ``also``) become a SessionIndexError that says what to do.
+
+        chromadb reports a malformed SQLite file or garbage HNSW segment files as
+        ``chromadb.errors.ChromaError`` subclasses (and OSError); the cause stays chained for
+        SHOPSIGHT_RAISE_ERRORS=1.
+        """
+        from chromadb.errors import ChromaError
+
+        try:
+            yield
+        except (ChromaError, OSError, *also) as exc:
+            raise self._unusable(exc) from exc
+
+    def close(self) -> None:
+        """Let go of the chromadb client, so its folder can be moved or deleted; the next use reconnects."""
+        client, self._client, self._collection = self._client, None, None
+        if client is not None:
+            client.close()  # releases this path's shared chromadb system once no other client holds it
+
     def _connect(self) -> Any:
         if self._client is not None:
             return self._client
@@ -205,8 +254,11 @@ class SessionIndex:
 
         settings = Settings(anonymized_telemetry=False)
         if self.chroma_url is None:
-            self.chroma_path.mkdir(parents=True, exist_ok=True)
-            self._client = chromadb.PersistentClient(path=str(self.chroma_path), settings=settings)
+            with writing_in(self.chroma_path.parent):
+                self.chroma_path.mkdir(parents=True, exist_ok=True)
+            # ValueError, AttributeError: what chromadb raises for a store it failed to open earlier in this process
+            with self._chroma_errors(ValueError, AttributeError):
+                self._client = chromadb.PersistentClient(path=str(self.chroma_path), settings=settings)
             return self._client
         url = urlparse(self.chroma_url if "://" in self.chroma_url else f"http://{self.chroma_url}")
         if not url.hostname:
@@ -230,11 +282,13 @@ class SessionIndex:
         if self._collection is None:
             from index.embedder import MiniLMEmbeddingFunction
 
-            self._collection = self._connect().get_or_create_collection(
-                self.collection_name,
-                embedding_function=MiniLMEmbeddingFunction(),
-                configuration={"hnsw": {"space": "cosine"}},
-            )
+            client = self._connect()
+            with self._chroma_errors():
+                self._collection = client.get_or_create_collection(
+                    self.collection_name,
+                    embedding_function=MiniLMEmbeddingFunction(),
+                    configuration={"hnsw": {"space": "cosine"}},
+                )
         return self._collection
 
     # --- building ---------------------------------------------------------------------
@@ -244,7 +298,8 @@ class SessionIndex:
         hashes: dict[str, str] = {}
         offset = 0
         while True:
-            page = col.get(include=["metadatas"], limit=_PAGE, offset=offset)
+            with self._chroma_errors():
+                page = col.get(include=["metadatas"], limit=_PAGE, offset=offset)
             for sid, meta in zip(page["ids"], page["metadatas"] or []):
                 hashes[sid] = str((meta or {}).get("content_hash", ""))
             if len(page["ids"]) < _PAGE:
@@ -269,6 +324,77 @@ class SessionIndex:
         t0 = time.perf_counter()
         if events is None:
             events = self.workspace.load_events()
+        stats, docs, load_seconds = self._embed_into_store(events, progress)
+        self._finish_build(stats, docs, t0 + load_seconds)
+        return stats
+
+    def rebuild(self, events: pd.DataFrame | None = None, progress: ProgressCallback | None = None) -> BuildStats:
+        """Delete the index and build it again from ``events``, replacing the old one only when complete.
+
+        The way out of a corrupted store: the new store is built in a staging folder beside the
+        old one (which is never opened: it may be unreadable), then renamed into its place, and
+        the old one deleted. An interrupted rebuild leaves the old index as it was. On a Chroma
+        server the new collection is built under a temporary name, then renamed over the old.
+        Another process with the old store open keeps reading it until it reconnects.
+
+        Returns:
+            The counts of the rebuild (every session embedded).
+        """
+        t0 = time.perf_counter()
+        if events is None:
+            events = self.workspace.load_events()  # no events: fail before anything is deleted
+        self.close()
+        staging = SessionIndex(
+            self.workspace, chroma_url=self.chroma_url, collection=self.collection_name, batch_size=self.batch_size,
+            embedder=self._embedder, embed_threads=self.embed_threads,
+        )
+        if self.chroma_url is None:
+            staging._store_path = staging_folder(self.chroma_path)
+        else:
+            staging.collection_name = f"{self.collection_name}-rebuild-{time.time_ns()}"
+        try:
+            stats, docs, load_seconds = staging._embed_into_store(events, progress)
+            staging.close()
+            # Until the new sidecar is written, chromadb answers (the old one describes the old store).
+            self.sidecar_path.unlink(missing_ok=True)
+            if self.chroma_url is None:
+                swap_in_folder(staging.chroma_path, self.chroma_path)
+            else:
+                self._rename_over_collection(staging.collection_name)
+        except BaseException:
+            with suppress(Exception):  # the build's own error is the one to report
+                staging._discard()
+            raise
+        stats.target = self.target
+        self._finish_build(stats, docs, t0 + load_seconds)
+        return stats
+
+    def _discard(self) -> None:
+        """Drop what a failed rebuild staged: its folder, or its temporary server collection."""
+        if self.chroma_url is None:
+            self.close()
+            if self._store_path is not None:
+                import shutil
+
+                shutil.rmtree(self._store_path, ignore_errors=True)
+        else:
+            with self._chroma_errors():
+                self._connect().delete_collection(self.collection_name)
+            self.close()
+
+    def _rename_over_collection(self, staged: str) -> None:
+        """On a server: delete this index's collection and give the staged one its name."""
+        from chromadb.errors import NotFoundError
+
+        client = self._connect()
+        with self._chroma_errors():
+            with suppress(NotFoundError, ValueError):  # no old collection: nothing to delete
+                client.delete_collection(self.collection_name)
+            client.get_collection(staged).modify(name=self.collection_name)
+        self.close()
+
+    def _embed_into_store(self, events: pd.DataFrame, progress: ProgressCallback | None) -> tuple[BuildStats, pd.DataFrame, float]:
+        """Upsert new and changed sessions and delete removed ones; returns the stats, the documents and the model-load time."""
         docs = session_documents(events, self.workspace.load_catalogue())
         stored = self.stored_hashes()
         wanted = dict(zip(docs["id"], docs["content_hash"]))
@@ -287,7 +413,8 @@ class SessionIndex:
             # sidecar would show old documents for changed sessions if this build stops.
             self.sidecar_path.unlink(missing_ok=True)
         for a in range(0, len(removed), _PAGE):
-            col.delete(ids=removed[a : a + _PAGE])
+            with self._chroma_errors():
+                col.delete(ids=removed[a : a + _PAGE])
         total = len(todo)
         from index.embedder import usable_cores
 
@@ -303,15 +430,19 @@ class SessionIndex:
                 {**meta, **_category_keys(meta["categories"]), "content_hash": h}
                 for meta, h in zip(batch["metadata"], batch["content_hash"])
             ]
-            col.upsert(ids=batch["id"].tolist(), embeddings=vectors, documents=batch["document"].tolist(), metadatas=metadatas)
+            with self._chroma_errors():
+                col.upsert(ids=batch["id"].tolist(), embeddings=vectors, documents=batch["document"].tolist(), metadatas=metadatas)
             stats.embedded += len(batch)
             stats.batches += 1
             if progress is not None:
                 progress(stats.embedded, total)
+        return stats, docs, load_seconds
+
+    def _finish_build(self, stats: BuildStats, docs: pd.DataFrame, started: float) -> None:
+        """Write the sidecar and the build report once the store holds every session."""
         self._write_sidecar(docs)
-        stats.seconds = time.perf_counter() - t0 - load_seconds
+        stats.seconds = time.perf_counter() - started
         write_json_atomic(self.build_report_path, {**stats.to_dict(), "finished": pd.Timestamp.now(tz="UTC").isoformat()})
-        return stats
 
     # --- the sidecar --------------------------------------------------------------------
     def _write_sidecar(self, docs: pd.DataFrame) -> None:
@@ -336,7 +467,9 @@ class SessionIndex:
             self._positions = {sid: i for i, sid in enumerate(table["id"].tolist())}
         # A build interrupted after upserts, or another writer on the same server, makes the
         # sidecar stale: the counts then differ, and chromadb is asked directly.
-        if len(self._sidecar) != self.collection().count():
+        with self._chroma_errors():
+            stored = self.collection().count()
+        if len(self._sidecar) != stored:
             return None
         return self._sidecar
 
@@ -383,7 +516,8 @@ class SessionIndex:
             return [self._hit_from_row(r) for r in rows.to_dict("records")]
         # chromadb's single-key metadata lookup is fast; a compound $and with a range is not
         # (measured 18 ms vs 65 ms at 100k), so the time range is applied here.
-        got = self.collection().get(where={"user_id": user_id}, include=["documents", "metadatas"])
+        with self._chroma_errors():
+            got = self.collection().get(where={"user_id": user_id}, include=["documents", "metadatas"])
         hits = []
         for sid, doc, meta in zip(got["ids"], got["documents"], got["metadatas"]):
             start = int(meta["start"])
@@ -500,7 +634,8 @@ class SessionIndex:
 
     def _nearest(self, vector: np.ndarray, n: int, where: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:
         """Sidecar row positions and cosine similarities of the ``n`` nearest stored sessions."""
-        res = self.collection().query(query_embeddings=vector, n_results=n, where=where, include=["distances"])
+        with self._chroma_errors():
+            res = self.collection().query(query_embeddings=vector, n_results=n, where=where, include=["distances"])
         positions = np.fromiter((self._positions[i] for i in res["ids"][0]), dtype=np.int64, count=len(res["ids"][0]))
         return positions, 1.0 - np.asarray(res["distances"][0], dtype=np.float64)
 
@@ -510,9 +645,10 @@ class SessionIndex:
         return [self._hit_from_row(row, round(float(score), 4)) for row, score in zip(rows, scores)]
 
     def _query(self, vector: np.ndarray, n: int, where: dict[str, Any] | None) -> list[SessionHit]:
-        res = self.collection().query(
-            query_embeddings=vector, n_results=n, where=where, include=["documents", "metadatas", "distances"]
-        )
+        with self._chroma_errors():
+            res = self.collection().query(
+                query_embeddings=vector, n_results=n, where=where, include=["documents", "metadatas", "distances"]
+            )
         return [
             SessionHit(sid, str(meta["user_id"]), _iso(int(meta["start"])), doc, _public_metadata(meta), round(1.0 - float(dist), 4))
             for sid, doc, meta, dist in zip(res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0])
@@ -521,7 +657,8 @@ class SessionIndex:
     def _rank_exactly(self, vector: np.ndarray, positions: np.ndarray, k: int) -> list[SessionHit]:
         assert self._sidecar is not None
         ids = self._sidecar["id"].to_numpy()[positions].tolist()
-        got = self.collection().get(ids=ids, include=["embeddings"])
+        with self._chroma_errors():
+            got = self.collection().get(ids=ids, include=["embeddings"])
         sims = np.asarray(got["embeddings"], dtype=np.float32) @ vector[0]
         found = np.fromiter((self._positions[i] for i in got["ids"]), dtype=np.int64, count=len(got["ids"]))
         order = np.argsort(-sims, kind="stable")[:k]
@@ -529,19 +666,32 @@ class SessionIndex:
 
     # --- facts ------------------------------------------------------------------------
     def require_built(self) -> int:
-        """The number of indexed sessions; raises SessionIndexError if there are none."""
-        # A read must not create an empty store as a side effect.
-        count = 0 if self.chroma_url is None and not self.chroma_path.exists() else int(self.collection().count())
+        """The number of indexed sessions; raises SessionIndexError if there are none (creating nothing)."""
+        # A read must not create an empty store (or a missing workspace) as a side effect.
+        if self.chroma_url is None and not self.chroma_path.exists():
+            count = 0
+        else:
+            with self._chroma_errors():
+                count = int(self.collection().count())
         if count == 0:
+            root = self.workspace.root
             where = f" --chroma-url {self.chroma_url}" if self.chroma_url else ""
+            first = "" if self.workspace.exists() else (
+                f" (there are no events in {root} yet: `shopsight demo --workspace {root}` or "
+                f"`shopsight ingest FILE --workspace {root}` comes first)"
+            )
             raise SessionIndexError(
-                f"the session index at {self.target} is empty: run `shopsight index build --workspace {self.workspace.root}{where}`"
+                f"the session index at {self.target} is empty: run `shopsight index build --workspace {root}{where}`{first}"
             )
         return count
 
     def stats(self) -> dict[str, Any]:
-        """What the index holds: sessions, users, time span, disk size, last build."""
-        count = int(self.collection().count())
+        """What the index holds: sessions, users, time span, disk size, last build.
+
+        Raises:
+            SessionIndexError: no workspace, no index yet (nothing is created), or an unusable store.
+        """
+        count = self.require_built()
         out: dict[str, Any] = {
             "target": self.target,
             "collection": self.collection_name,

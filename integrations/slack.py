@@ -3,8 +3,10 @@
 The app is Bolt for Python. It acknowledges each event at once, posts "Looking into it…"
 in the thread, asks the injected :class:`Answerer` (the agent), then replaces that message
 with the answer in Block Kit and uploads a chart when one helps. It runs over Socket Mode
-(``SLACK_APP_TOKEN``) or the HTTP Events API (``SLACK_SIGNING_SECRET``, every request's
-signature and timestamp checked by Bolt).
+(``SLACK_APP_TOKEN``) or the HTTP Events API (``SLACK_SIGNING_SECRET``): :class:`EventsServer`
+checks every request's size, signature and timestamp before it parses a byte of the body,
+bounds how long a client may take and how many are served at once, and only then hands the
+request to Bolt (which checks the signature again).
 
 Usage::
 
@@ -15,20 +17,29 @@ Usage::
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import io
 import logging
 import re
 import secrets
+import socket
+import sys
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal, Mapping, Protocol, Sequence
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.signature import SignatureVerifier
 
 from agent.types import Answer
 
@@ -50,6 +61,20 @@ DM = "dm"
 DEDUPE_CAPACITY = 10_000
 _MENTION = re.compile(r"<@[A-Z0-9]+(?:\|[^>]*)?>")
 
+# Bounds of the HTTP Events API endpoint (issue 16). Slack caps a message's text at 40,000
+# characters, so its events are at most a few hundred KB even with blocks: 1 MiB refuses
+# nothing real and keeps one request from occupying the bot.
+MAX_REQUEST_BYTES = 1 << 20
+# Seconds a client has to send its whole request (headers and body) and, separately, to take
+# the response. Slack sends within milliseconds; a slow-loris client is dropped after this.
+READ_TIMEOUT_S = 5.0
+# Connections served at once, one thread each; a client beyond this gets 503 at once.
+MAX_CONNECTIONS = 64
+# Slack's replay window for a signed request: five minutes either way.
+SIGNATURE_MAX_AGE_S = 5 * 60
+# The longest question asked of the agent; a longer message gets a "too long" reply instead.
+MAX_QUESTION_CHARS = 4_000
+
 
 class SlackConfigError(ValueError):
     """The Slack app cannot start with this configuration; the message names the setting to fix."""
@@ -69,8 +94,9 @@ class SlackSettings(BaseSettings):
     SLACK_SIGNING_SECRET (HTTP Events API), SHOPSIGHT_SLACK_ALLOWED_CHANNELS and
     SHOPSIGHT_SLACK_ALLOWED_USERS (comma-separated ids; empty allows everyone; the entry
     ``dm`` in the channel list allows direct messages), SHOPSIGHT_SLACK_WORKERS (questions
-    answered at once), SHOPSIGHT_SLACK_MAX_CHARTS, SHOPSIGHT_SLACK_API_URL (a proxy or a test
-    server in place of https://slack.com/api/).
+    answered at once), SHOPSIGHT_SLACK_MAX_CHARTS, SHOPSIGHT_SLACK_MAX_QUESTION_CHARS (longer
+    messages are not asked of the agent), SHOPSIGHT_SLACK_API_URL (a proxy or a test server in
+    place of https://slack.com/api/).
     """
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
@@ -82,6 +108,7 @@ class SlackSettings(BaseSettings):
     allowed_users: Annotated[list[str], NoDecode] = Field(default_factory=list, alias="SHOPSIGHT_SLACK_ALLOWED_USERS")
     workers: int = Field(default=4, ge=1, le=32, alias="SHOPSIGHT_SLACK_WORKERS")
     max_charts: int = Field(default=2, ge=0, le=5, alias="SHOPSIGHT_SLACK_MAX_CHARTS")
+    max_question_chars: int = Field(default=MAX_QUESTION_CHARS, ge=1, le=40_000, alias="SHOPSIGHT_SLACK_MAX_QUESTION_CHARS")
     api_url: str = Field(default=DEFAULT_API_URL, alias="SHOPSIGHT_SLACK_API_URL")
 
     @field_validator("allowed_channels", "allowed_users", mode="before")
@@ -248,13 +275,24 @@ class IncomingMessage:
         return conversation_id(self.team_id, self.channel, self.thread)
 
 
+def too_long_text(length: int, limit: int) -> str:
+    """The reply to a message too long to be a question (the agent is not asked)."""
+    return (
+        f"That message is {length:,} characters long; I answer questions of up to {limit:,}. "
+        "Ask it in a sentence or two: I look the data up in the workspace myself."
+    )
+
+
 class SlackAnalyst:
     """Answers one message in its thread: access check, placeholder, agent, Block Kit answer, charts."""
 
-    def __init__(self, answerer: Answerer, policy: AccessPolicy, *, max_charts: int = 2) -> None:
+    def __init__(
+        self, answerer: Answerer, policy: AccessPolicy, *, max_charts: int = 2, max_question_chars: int = MAX_QUESTION_CHARS
+    ) -> None:
         self._answerer = answerer
         self._policy = policy
         self._max_charts = max_charts
+        self._max_question_chars = max_question_chars
         self._locks = _ConversationLocks()
 
     def answer(self, client: Any, message: IncomingMessage) -> None:
@@ -273,6 +311,15 @@ class SlackAnalyst:
         question = question_from_text(message.text, message.bot_user_id)
         if not question:
             client.chat_postMessage(channel=message.channel, thread_ts=message.thread, text=slack_blocks.EMPTY_QUESTION)
+            return
+        if len(question) > self._max_question_chars:
+            # A pasted log or a 2M-character message would hold a worker (and the GIL, in the
+            # masker and the router) for minutes: it is answered here and never reaches the agent.
+            logger.info("not asking a %d-character question in %s (limit %d)",
+                        len(question), message.conversation_id, self._max_question_chars)
+            client.chat_postMessage(
+                channel=message.channel, thread_ts=message.thread, text=too_long_text(len(question), self._max_question_chars)
+            )
             return
         placeholder = client.chat_postMessage(
             channel=message.channel, thread_ts=message.thread, text=slack_blocks.LOOKING_INTO_IT
@@ -398,13 +445,19 @@ def _answer_each_event_once(deduper: EventDeduper) -> Callable[..., Any]:
     return answer_each_event_once
 
 
-def _incoming(event: Mapping[str, Any], body: Mapping[str, Any], context: Any, *, is_dm: bool) -> IncomingMessage:
+def _incoming(event: Mapping[str, Any], body: Mapping[str, Any], context: Any, *, is_dm: bool) -> IncomingMessage | None:
+    """The message an event carries, or None (logged) when it lacks the channel, user or ts to answer in."""
+    missing = [key for key in ("channel", "user", "ts") if not isinstance(event.get(key), str) or not event.get(key)]
+    if missing:
+        # Answering anyway would post to channel "None" (or to the wrong thread).
+        logger.warning("dropped event %s (%s): it has no %s to answer in", body.get("event_id"), event.get("type"), " or ".join(missing))
+        return None
     return IncomingMessage(
         team_id=str(body.get("team_id") or event.get("team") or "T?"),
-        channel=str(event.get("channel")),
-        user=str(event.get("user")),
+        channel=str(event["channel"]),
+        user=str(event["user"]),
         text=str(event.get("text") or ""),
-        ts=str(event.get("ts")),
+        ts=str(event["ts"]),
         thread_ts=str(event["thread_ts"]) if event.get("thread_ts") else None,
         is_dm=is_dm,
         bot_user_id=context.get("bot_user_id"),
@@ -446,47 +499,375 @@ def create_app(settings: SlackSettings, answerer: Answerer, *, mode: Literal["so
         )
     except BoltError as exc:
         raise SlackConfigError(f"Slack refused the bot token (SLACK_BOT_TOKEN): {exc}. See docs/slack.md.") from exc
-    analyst = SlackAnalyst(answerer, settings.access_policy(), max_charts=settings.max_charts)
+    analyst = SlackAnalyst(
+        answerer, settings.access_policy(), max_charts=settings.max_charts, max_question_chars=settings.max_question_chars
+    )
     app.use(_answer_each_event_once(EventDeduper()))
 
     @app.event("app_mention")
     def answer_mention(event: dict, body: dict, client: Any, context: Any) -> None:
-        analyst.answer(client, _incoming(event, body, context, is_dm=False))
+        message = _incoming(event, body, context, is_dm=False)
+        if message is not None:
+            analyst.answer(client, message)
 
     @app.event("message")
     def answer_direct_message(event: dict, body: dict, client: Any, context: Any) -> None:
         # Channel messages arrive as app_mention; edits, joins and other bots' posts are not questions.
         if event.get("channel_type") != "im" or event.get("subtype") or event.get("bot_id"):
             return
-        analyst.answer(client, _incoming(event, body, context, is_dm=True))
+        message = _incoming(event, body, context, is_dm=True)
+        if message is not None:
+            analyst.answer(client, message)
 
     return app
 
 
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
+# --- the HTTP Events API endpoint ------------------------------------------------------------
+# Why not Bolt's WSGI adapter under wsgiref (what this was) or uvicorn: wsgiref has no timeout
+# and a thread per connection without bound, and it hands Bolt the body before anything is
+# checked; uvicorn arms no timer before a connection's first request, so slow-loris clients
+# are held until they leave and, with limit_concurrency, they lock everyone else out. The
+# stdlib server below is small enough to bound completely: a deadline on reading each
+# request, a semaphore on connections, the size read from Content-Length, and the signature
+# checked on the raw bytes before Bolt parses them.
 
 
-class _QuietRequestHandler(WSGIRequestHandler):
+class _Refused(Exception):
+    """A request answered with ``status`` before it reaches Bolt; ``reason`` is its one log line."""
+
+    def __init__(self, status: int, reason: str, *, level: int = logging.INFO) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.level = level
+
+
+class _RawBodyVerifier(SignatureVerifier):
+    """slack-sdk's verifier (its clock window, ``hmac.compare_digest``) over the body's bytes as sent.
+
+    The stock one decodes bytes as UTF-8 before hashing and raises on a body that is not UTF-8;
+    Slack signs the bytes, so those are what is hashed here, and nothing is decoded before the
+    signature holds.
+    """
+
+    def generate_signature(self, *, timestamp: str, body: str | bytes) -> str | None:
+        raw = body.encode() if isinstance(body, str) else (body or b"")
+        digest = hmac.new(self.signing_secret.encode(), b"v0:" + timestamp.encode() + b":" + raw, hashlib.sha256)
+        return f"v0={digest.hexdigest()}"
+
+
+@dataclass(frozen=True)
+class EndpointLimits:
+    """How much one client may ask of the Events API endpoint (defaults: the module's constants)."""
+
+    max_request_bytes: int = MAX_REQUEST_BYTES
+    read_timeout_s: float = READ_TIMEOUT_S
+    max_connections: int = MAX_CONNECTIONS
+
+
+class SlackEndpoint:
+    """One Events API request in, one response out: size, signature, timestamp, shape, then Bolt.
+
+    Kept apart from the HTTP plumbing so each check is plain code: nothing of the body is
+    decoded or parsed until its HMAC matches, and a signed body Bolt cannot read is a 400
+    with one log line, never a traceback.
+    """
+
+    def __init__(self, app: App, *, path: str, signing_secret: str, max_request_bytes: int = MAX_REQUEST_BYTES,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.app = app
+        self.path = path
+        self.max_request_bytes = max_request_bytes
+        self._verifier = _RawBodyVerifier(signing_secret)
+        self._clock = clock
+
+    def content_length(self, method: str, target: str, headers: Message) -> int:
+        """The body size to read; raises :class:`_Refused` for a wrong path, method or size."""
+        if urlsplit(target).path != self.path:
+            raise _Refused(404, f"no endpoint at {urlsplit(target).path[:80]!r}")
+        if method != "POST":
+            raise _Refused(405, f"{method} is not accepted, only POST")
+        given = headers.get("Content-Length")
+        if given is None:
+            raise _Refused(411, "no Content-Length")
+        if not (given.isascii() and given.isdigit()) or len(given) > 12:
+            raise _Refused(400, "unreadable Content-Length")
+        length = int(given)
+        if length > self.max_request_bytes:
+            raise _Refused(413, f"a {length:,}-byte body, over the {self.max_request_bytes:,}-byte limit")
+        return length
+
+    def verify(self, raw: bytes, headers: Message) -> None:
+        """Raise :class:`_Refused` (401) unless ``raw`` carries Slack's signature from the last five minutes."""
+        timestamp = headers.get("X-Slack-Request-Timestamp")
+        signature = headers.get("X-Slack-Signature")
+        if not timestamp or not signature:
+            raise _Refused(401, "no Slack signature headers")
+        if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
+            raise _Refused(401, "the signature timestamp is not a number")
+        if abs(self._clock() - int(timestamp)) > SIGNATURE_MAX_AGE_S:
+            raise _Refused(401, "the signature timestamp is outside the five-minute window")
+        # compare_digest refuses non-ASCII text with a TypeError: such a signature is simply wrong.
+        if not signature.isascii() or not self._verifier.is_valid(body=raw, timestamp=timestamp, signature=signature):
+            raise _Refused(401, "the signature does not match")
+
+    def bolt_request(self, raw: bytes, target: str, headers: Message) -> Any:
+        """The signed body as a ``BoltRequest``; raises :class:`_Refused` (400) when Slack's body is unreadable."""
+        from slack_bolt.request import BoltRequest
+        from slack_bolt.request.internals import parse_body
+
+        malformed = logging.WARNING  # a signed body came from Slack (or the secret leaked): worth seeing
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _Refused(400, f"the body is not UTF-8 (byte {exc.start})", level=malformed) from None
+        normalized: dict[str, list[str]] = {}
+        for key, value in headers.items():
+            normalized.setdefault(key.lower(), []).append(value)
+        content_type = (headers.get("Content-Type") or "").split(";")[0].strip().lower() or None
+        # Bolt's own parser, so what is checked here is exactly what Bolt will read.
+        try:
+            payload = parse_body(text, content_type)
+        except ValueError as exc:
+            raise _Refused(400, f"the body is not valid JSON or form data ({type(exc).__name__}: {str(exc)[:80]})",
+                           level=malformed) from None
+        if not isinstance(payload, dict):
+            raise _Refused(400, f"the body is a JSON {type(payload).__name__}, not an object", level=malformed)
+        if payload.get("type") == "event_callback" and not isinstance(payload.get("event"), dict):
+            raise _Refused(400, "an event_callback without an event object", level=malformed)
+        try:
+            return BoltRequest(body=text, query=urlsplit(target).query, headers=normalized)
+        except (AttributeError, TypeError, ValueError, KeyError, IndexError) as exc:
+            # Bolt reads ids out of authorizations, enterprise, team, user, channel: wrong types there.
+            raise _Refused(400, f"Bolt cannot read the body ({type(exc).__name__}: {str(exc)[:80]})", level=malformed) from None
+
+    def dispatch(self, request: Any) -> tuple[int, dict[str, Sequence[str]], bytes]:
+        """Bolt's answer to a checked request as (status, headers, body)."""
+        response = self.app.dispatch(request)
+        body = response.body if isinstance(response.body, bytes) else str(response.body or "").encode()
+        return int(response.status), dict(response.headers or {}), body
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket read until one deadline: each ``recv`` waits at most the time left, so a client
+    sending a byte every second (slow loris) is cut off when the deadline passes, not per byte."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request was not complete within the read timeout")
+        self._sock.settimeout(left)
+        return self._sock.recv_into(buffer)
+
+
+class _SocketWriter(io.BufferedIOBase):
+    """Writes straight to the socket (``sendall``), as the stdlib handler's unbuffered ``wfile`` does."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._sock.sendall(data)
+        return len(data)
+
+
+_BUSY_RESPONSE = (
+    b"HTTP/1.0 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 5\r\nConnection: close\r\n\r\nbusy\n"
+)
+
+
+class _EventsRequestHandler(BaseHTTPRequestHandler):
+    """One connection, one request (HTTP/1.0: the deadline covers all of it), checked by the endpoint."""
+
+    server: "_BoundedHTTPServer"
+    protocol_version = "HTTP/1.0"
+    server_version = "ShopSight"
+    sys_version = ""
+
+    def setup(self) -> None:
+        self.connection = self.request
+        deadline = time.monotonic() + self.server.limits.read_timeout_s
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, deadline))
+        self.wfile = _SocketWriter(self.connection)
+
+    def handle(self) -> None:
+        self.close_connection = True
+        self.handle_one_request()  # a read past the deadline ends here as TimeoutError → log_error
+
+    def finish(self) -> None:
+        self.rfile.close()
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self._serve("POST")
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self._serve("GET")
+
+    def _serve(self, method: str) -> None:
+        endpoint = self.server.endpoint
+        client = self.client_address[0]
+        body_read = False
+        try:
+            length = endpoint.content_length(method, self.path, self.headers)
+            raw = self.rfile.read(length)
+            body_read = True
+            if len(raw) < length:
+                logger.info("dropped a request from %s: the client closed before sending its body", client)
+                return
+            endpoint.verify(raw, self.headers)
+            request = endpoint.bolt_request(raw, self.path, self.headers)
+        except _Refused as refusal:
+            logger.log(refusal.level, "refused a request from %s with %d: %s", client, refusal.status, refusal.reason)
+            self._send(refusal.status, {"Content-Type": ["text/plain"]}, refusal.reason.encode() + b"\n")
+            if not body_read:
+                self._drain()
+            return
+        try:
+            status, headers, body = endpoint.dispatch(request)
+        except Exception:  # a bug in Bolt or a listener: seen in full, answered 500
+            logger.exception("Bolt failed on a signed request from %s", client)
+            self._send(500, {"Content-Type": ["text/plain"]}, b"internal error\n")
+            return
+        self._send(status, headers, body)
+
+    def _send(self, status: int, headers: Mapping[str, Sequence[str]], body: bytes) -> None:
+        # Writing gets its own timeout: a client that does not read its response is dropped too.
+        self.connection.settimeout(self.server.limits.read_timeout_s)
+        self.send_response(status)
+        for name, values in headers.items():
+            if name.lower() in ("content-length", "connection"):
+                continue
+            for value in [values] if isinstance(values, str) else values:
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _drain(self) -> None:
+        """Read what the client still sends for a moment after answering before its body (413, 404…),
+        so the close does not reset the connection before the client has read that answer."""
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(0.5)
+            deadline = time.monotonic() + min(2.0, self.server.limits.read_timeout_s)
+            while time.monotonic() < deadline and self.connection.recv(65536):
+                pass
+        except OSError:
+            pass
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        logger.debug("http %s", format % args)
+        logger.debug("http %s %s", self.client_address[0], format % args)
+
+    def log_error(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        # The stdlib's only errors here are a request line or headers it cannot read, and timeouts.
+        logger.info("dropped a request from %s: %s", self.client_address[0], format % args)
+
+
+class _BoundedHTTPServer(ThreadingMixIn, HTTPServer):
+    """A thread per connection, at most ``limits.max_connections`` of them; one more gets 503 at once."""
+
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], endpoint: SlackEndpoint, limits: EndpointLimits) -> None:
+        self.endpoint = endpoint
+        self.limits = limits
+        self._slots = threading.BoundedSemaphore(limits.max_connections)
+        self._active = 0
+        self._active_lock = threading.Lock()
+        super().__init__(address, _EventsRequestHandler)
+
+    @property
+    def active_connections(self) -> int:
+        with self._active_lock:
+            return self._active
+
+    def _count(self, delta: int) -> None:
+        with self._active_lock:
+            self._active += delta
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            logger.warning("busy: %d connections open, answered %s with 503", self.limits.max_connections, client_address[0])
+            try:
+                request.setblocking(False)  # the accept loop never waits on a client
+                request.send(_BUSY_RESPONSE)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        self._count(+1)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: give the slot back
+            self._count(-1)
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._count(-1)
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):  # the client went away mid-response: nothing to fix here
+            logger.info("connection from %s ended: %s", client_address[0], exc)
+        else:
+            logger.exception("unexpected error serving %s", client_address[0])
 
 
 class EventsServer:
-    """The HTTP Events API endpoint: the Bolt app behind a threaded stdlib WSGI server.
+    """The HTTP Events API endpoint: the Bolt app behind a bounded, threaded stdlib HTTP server.
 
-    Put it behind an HTTPS reverse proxy (Slack only calls https:// URLs). Use ``port=0``
-    for a free port (tests), then read :attr:`port`.
+    Every request must be complete within ``read_timeout_s`` (headers and body) and at most
+    ``max_request_bytes`` long (checked from Content-Length before reading: 413); at most
+    ``max_connections`` are served at once (503 beyond). The signature and timestamp are
+    checked on the raw body before anything parses it (401, no parsing); a signed body that
+    cannot be read is a 400. Put it behind an HTTPS reverse proxy (Slack only calls https://
+    URLs). Use ``port=0`` for a free port (tests), then read :attr:`port`.
+
+    Args:
+        app: The Bolt app from :func:`create_app`.
+        signing_secret: The secret requests are signed with; default the one ``app`` was built with.
     """
 
-    def __init__(self, app: App, *, host: str = "127.0.0.1", port: int = 3000, path: str = "/slack/events") -> None:
-        from slack_bolt.adapter.wsgi import SlackRequestHandler
-
+    def __init__(
+        self,
+        app: App,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 3000,
+        path: str = "/slack/events",
+        max_request_bytes: int = MAX_REQUEST_BYTES,
+        read_timeout_s: float = READ_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
+        signing_secret: str | None = None,
+    ) -> None:
+        # Bolt keeps the secret it verifies with as App._signing_secret (no public accessor); the
+        # same one is used here, and a missing one fails closed rather than serving unverified.
+        secret = signing_secret or getattr(app, "_signing_secret", None)
+        if not isinstance(secret, str) or not secret.strip():
+            raise SlackConfigError("the HTTP Events API needs the app's signing secret (SLACK_SIGNING_SECRET)")
         self.path = path
-        self._server = make_server(
-            host, port, SlackRequestHandler(app, path=path), server_class=_ThreadingWSGIServer,
-            handler_class=_QuietRequestHandler,
-        )
+        self.limits = EndpointLimits(max_request_bytes, read_timeout_s, max_connections)
+        endpoint = SlackEndpoint(app, path=path, signing_secret=secret, max_request_bytes=max_request_bytes)
+        self._server = _BoundedHTTPServer((host, port), endpoint, self.limits)
         self._thread: threading.Thread | None = None
 
     @property
@@ -497,6 +878,11 @@ class EventsServer:
     def url(self) -> str:
         host = self._server.server_address[0]
         return f"http://{host}:{self.port}{self.path}"
+
+    @property
+    def active_connections(self) -> int:
+        """Connections being served now (each holds a thread until it is answered or times out)."""
+        return self._server.active_connections
 
     def serve_forever(self) -> None:
         """Serve until :meth:`shutdown` (or Ctrl-C in the CLI)."""

@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 if TYPE_CHECKING:  # torch is imported when weights are saved or loaded as tensors, not with this module
     import torch
 
-from behavior.workspace import Workspace, WorkspaceError
+from behavior.workspace import Workspace, WorkspaceError, writing_in
 
 SPEC_SCHEMA_VERSION = 1  # a spec of another schema is refused at load: retrain
 WEIGHTS = "weights.safetensors"
@@ -107,8 +107,9 @@ def save_model(
         scores: optional per-user scores (``user_id``, ``probability``, …) as of the end of the events.
     """
     parent = ws.models_dir / name
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".saving-", dir=parent))
+    with writing_in(parent):
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".saving-", dir=parent))
     try:
         tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
         from safetensors.torch import save_file
@@ -142,12 +143,26 @@ def save_model(
 
 
 def _read_json(path: Path, what: str, name: str) -> dict[str, Any]:
+    """A model file that must hold one JSON object; ``ModelError`` naming the file and the fix otherwise."""
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except FileNotFoundError:
         raise ModelError(f"{what} missing in {path.parent}: the '{name}' model is incomplete; retrain with `shopsight train {name}`") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelError(f"{path} is corrupted ({exc}); retrain with `shopsight train {name}`") from exc
+    if not isinstance(value, dict):
+        # Valid JSON of the wrong shape (`[]`, `null`): every reader below would fail on .get().
+        raise ModelError(
+            f"{path} is corrupted: it holds a JSON {_json_kind(value)}, not the object {what} should be; "
+            f"retrain with `shopsight train {name}`"
+        )
+    return value
+
+
+def _json_kind(value: Any) -> str:
+    """JSON's name for the type of a parsed value (for messages; no brackets, which Rich would read as markup)."""
+    kinds = {list: "array", type(None): "null", str: "string", bool: "boolean", int: "number", float: "number"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 def load(ws: Workspace, name: str, version: str | None = None, *, arrays: str = "torch") -> SavedModel:
@@ -207,9 +222,13 @@ def list_models(ws: Workspace) -> list[dict[str, Any]]:
             path = folder / v
             row: dict[str, Any] = {"name": folder.name, "version": v, "path": str(path)}
             try:
-                card = json.loads((path / CARD).read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                row["error"] = f"unreadable card: {exc}"
+                card = _read_json(path / CARD, "card.json", folder.name)
+            except ModelError as exc:
+                row["error"] = str(exc)
+                rows.append(row)
+                continue
+            except OSError as exc:
+                row["error"] = f"cannot read {path / CARD}: {exc.strerror or type(exc).__name__}"
                 rows.append(row)
                 continue
             row.update(
