@@ -635,6 +635,8 @@ def _window_kind(r: _Run, i: int, j: int, ctx: _RunContext) -> PiiKind | None:
         return None
     if i == 0 and ctx.phone_cue():
         return "phone"
+    if "." in inner and _holds_decimal(r, i, j):
+        return None  # an amount beside other numbers ("475.18 (12 …", "331.99 (331.99")
     if n == 2:
         if window_lens[0] >= 6 and window_lens[1] >= 6:
             return None  # two ids side by side: no phone format has two groups this long
@@ -658,6 +660,16 @@ def _window_kind(r: _Run, i: int, j: int, ctx: _RunContext) -> PiiKind | None:
     ):
         return None  # a count with thousands separators: "1 299 000"
     return "phone"
+
+
+def _holds_decimal(r: _Run, i: int, j: int) -> bool:
+    """Whether groups ``i..j-1`` hold a decimal: one "." between other separators, then 1-2 digits
+    ("475.18 (12"); numbers dotted throughout ("06.12.34.56", "312.34.56") are not decimals."""
+    seps, last = r.seps, len(r.groups) - 1
+    for g in range(i, j - 1):
+        if seps[g] == "." and r.lens[g + 1] <= 2 and (g == 0 or seps[g - 1] != ".") and (g + 1 == last or seps[g + 1] != "."):
+            return True
+    return False
 
 
 def _card_window(r: _Run, i: int, j: int) -> bool:
@@ -701,17 +713,21 @@ def _number_spans(text: str, run_start: int, run_end: int, taken: list[tuple[int
     """
     run = text[run_start:run_end]
     glued = run_end < len(text) and (text[run_end].isalnum() or text[run_end] == "_")
+    # A group joined to more digits by a thousands comma ("53,134.38", "12,354") is part of a
+    # formatted amount or count: phones, cards and SSNs are never written with commas.
+    comma_after = _THOUSANDS_AFTER.match(text, run_end) is not None
+    comma_before = run_start >= 2 and text[run_start - 1] == "," and text[run_start - 2].isdigit()
     overlaps = bool(taken) and _overlaps(taken, run_start, run_end)
     # The same dates, prices and ids recur throughout a text: a run whose reading did not
     # depend on the text around it is read once.
     # The key holds what the reading looks at beyond the run: a letter glued to its end, and
     # a closing parenthesis after it.
-    key = (run, glued, text[run_end : run_end + 1] == ")")
+    key = (run, glued, text[run_end : run_end + 1] == ")", comma_after, comma_before)
     cached = None if overlaps else _RUN_CACHE.get(key)
     if cached is not None:
         return [(run_start + a, run_start + b, kind) for a, b, kind in cached]
     ctx = _RunContext(text, run_start, run_end)
-    found = _read_run(text, run, run_start, run_end, glued, taken if overlaps else [], ctx)
+    found = _read_run(text, run, run_start, run_end, glued, taken if overlaps else [], ctx, comma_after, comma_before)
     if not overlaps and not ctx.consulted and len(run) <= 64:
         if len(_RUN_CACHE) >= _RUN_CACHE_SIZE:
             _RUN_CACHE.clear()
@@ -719,7 +735,8 @@ def _number_spans(text: str, run_start: int, run_end: int, taken: list[tuple[int
     return found
 
 
-_RUN_CACHE: dict[tuple[str, bool, bool], tuple[tuple[int, int, PiiKind], ...]] = {}
+_RUN_CACHE: dict[tuple[str, bool, bool, bool, bool], tuple[tuple[int, int, PiiKind], ...]] = {}
+_THOUSANDS_AFTER = re.compile(r",\d{3}(?!\d)")
 _RUN_CACHE_SIZE = 8192
 
 
@@ -731,10 +748,11 @@ def _overlaps(taken: list[tuple[int, int]], start: int, end: int) -> bool:
 
 
 def _read_run(
-    text: str, run: str, run_start: int, run_end: int, glued: bool, taken: list[tuple[int, int]], ctx: _RunContext
+    text: str, run: str, run_start: int, run_end: int, glued: bool, taken: list[tuple[int, int]], ctx: _RunContext,
+    comma_after: bool = False, comma_before: bool = False,
 ) -> list[tuple[int, int, PiiKind]]:
     if run.isdigit() or (run[0] == "+" and run[1:].isdigit()):  # the common case: one group
-        if glued or taken:
+        if glued or taken or comma_after or comma_before:
             return []
         kind = _bare_kind(run.lstrip("+"), run[0] == "+", ctx)
         return [(run_start, run_end, kind)] if kind else []
@@ -750,8 +768,10 @@ def _read_run(
             return []
         k = min(k, _MAX_WINDOW_DIGITS)
     blocked = _blocked_groups(r, run_start, run_end, taken) if taken else set()
-    if glued:  # digits glued to a letter ("12345678abc", "2kg") belong to a word
+    if glued or comma_after:  # digits glued to a letter ("12345678abc", "2kg") or to ",134" belong to a word or an amount
         blocked.add(k - 1)
+    if comma_before:
+        blocked.add(0)
     dates: dict[int, bool] = {}
     # Dates are written with "-", "/" or ".": a run with none of them holds no date.
     may_hold_dates = "-" in run or "/" in run or "." in run

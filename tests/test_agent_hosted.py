@@ -11,6 +11,7 @@ import pytest
 from agent.backends import default_gguf
 from agent.guard import check_grounding
 from agent.settings import Settings
+from agent.types import Usage
 from servers import free_port, running  # tests/ is on sys.path (no __init__.py)
 
 pytestmark = pytest.mark.slow
@@ -56,7 +57,10 @@ def test_hosted_answer_is_produced_grounded_and_cited(hosted_agent):
     assert "88.1" in body or "0.881" in body
     assert "churn@v1" in a.answer and "u00003-s2" in a.answer
     assert tokens, "answers stream from the server"
-    assert a.usage.prompt > 0 and a.usage.completion > 0  # the server's own counts
+    # llama_cpp.server 0.3 ignores stream_options and sends no usage on a streamed reply: the agent
+    # reports none rather than a guess (the scripted server in test_agent_native sends counts, and
+    # the agent reports exactly those)
+    assert a.usage == Usage()
 
 
 def test_openai_client_talks_to_the_server(server):

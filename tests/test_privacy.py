@@ -181,6 +181,10 @@ def test_ipv4_mapped_ipv6_is_one_address() -> None:
         "12 345 678 EUR turnover",
         "on 04/03/2026 and 2026.03.04",
         "I bought 3. 4155550132 is the id",
+        # amounts side by side in an answer (query_metric's tables): commas and a lone decimal point
+        "By month: 2026-02 53,134.38 (83.9% of the total); 2026-03 10,189.09",
+        "highest in CA: 475.18 (12,354.56 over 26 orders)",
+        "ID 331.99 (331.99 over 1 orders)",
     ],
 )
 def test_shop_numbers_that_look_like_phones_are_left_alone(text: str) -> None:

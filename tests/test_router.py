@@ -359,7 +359,7 @@ def test_the_loaded_router_head_runs_in_numpy_with_the_torch_heads_numbers(train
     X = np.random.default_rng(0).normal(size=(16, int(spec["dim"]))).astype("float32")
     with torch.no_grad():
         expected = torch.softmax(net(torch.from_numpy(X)), dim=1).numpy()
-    np.testing.assert_allclose(clf.predict_proba(X), expected, atol=1e-6)
+    np.testing.assert_allclose(clf.predict_proba(X), expected, atol=1e-5)  # float32 sums in another order
 
 
 def _router_roots():

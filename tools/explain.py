@@ -60,8 +60,12 @@ def compact_explanation(raw: Mapping[str, Any]) -> dict[str, Any]:
     out["rules"] = rules[:MAX_FACTORS]
     evidence = []
     for e in list(raw.get("evidence") or [])[:MAX_EVIDENCE]:
-        evidence.append({"session_id": str(e.get("session_id")), "day": day(e.get("ts")), "event": str(e.get("event", "")),
-                         "detail": mask_text(str(e.get("detail", "")))})
+        item = {"session_id": str(e.get("session_id")), "day": day(e.get("ts")), "event": str(e.get("event", "")),
+                "detail": mask_text(str(e.get("detail", "")))}
+        if isinstance(e.get("events"), Mapping):  # the session's event counts: the numbers an answer may state
+            item["events"] = {mask_text(str(k)): int(v) for k, v in e["events"].items()}
+            item["categories"] = [mask_text(str(c)) for c in e.get("categories") or []]
+        evidence.append(item)
     out["evidence"] = evidence
     sessions = list(dict.fromkeys(e["session_id"] for e in evidence if e["session_id"] != "None"))
     out["citations"] = {"sessions": sessions, "model": out["model"]}
@@ -99,6 +103,21 @@ def verdict(metric: str, p: float, threshold: float | None) -> str:
     if threshold is not None and p >= threshold:
         return elevated
     return low
+
+
+_ONE_EVENT = {"add_to_cart": "cart add", "remove_from_cart": "cart removal", "view": "view", "purchase": "purchase",
+              "search": "search", "checkout": "checkout", "review": "review", "refund": "refund", "login": "login"}
+
+
+def session_activity(e: Mapping[str, Any]) -> str:
+    """What one evidence session held, in words: "5 views, 1 cart add in Beauty, Fashion" (from its counts)."""
+    counts = e.get("events")
+    if not isinstance(counts, Mapping):
+        return plain_detail(str(e.get("detail", "")))
+    said = ", ".join(f"{n} {_ONE_EVENT.get(k, words_for(k)) if n == 1 else _EVENT_WORDS.get(k, words_for(k))}"
+                     for k, n in counts.items())
+    cats = list(e.get("categories") or [])
+    return said + (f" in {', '.join(cats)}" if cats else "")
 
 
 def plain_detail(text: str) -> str:
@@ -152,7 +171,7 @@ def render_score(args: Mapping[str, Any], r: Mapping[str, Any]) -> str:
         text += " Rule signals that fired: " + ", ".join(words_for(x) for x in r["rules"]) + "."
     evidence = [e for e in r.get("evidence") or [] if e.get("session_id") not in (None, "None")]
     if evidence:
-        shown = [f"{human_date(e.get('day'))} ({e['session_id']}): {plain_detail(str(e.get('detail', '')))}".rstrip(": ")
+        shown = [f"{human_date(e.get('day'))} ({e['session_id']}): {session_activity(e)}".rstrip(": ")
                  for e in evidence]
         text += " Evidence: " + "; ".join(shown) + "."
     return text

@@ -778,10 +778,27 @@ def _render_retention(r: Mapping[str, Any]) -> str:
         return (f"The {cohort_name(row['group'])} cohort{_scope(q)} has {_count(row.get('denominator'))} users (first seen then). "
                 f"Of them, {curve(row)}. (Came back: had a session in that {unit}.)")
     t = r["total"]
-    head = (f"{unit[:1].upper() + unit[1:]}-1 retention across {r.get('groups')} {unit}ly cohorts{_scope(q)} is {_pct(t.get('value'))}: "
+    head = (f"First-{unit} retention across {r.get('groups')} {unit}ly cohorts{_scope(q)} is {_pct(t.get('value'))}: "
             f"{_count(t.get('numerator'))} of {_count(t.get('denominator'))} users came back the {unit} after they were first seen.")
-    listed = "; ".join(f"{cohort_name(row['group'])} ({_count(row.get('denominator'))} users): {curve(row, 3)}" for row in rows)
-    return f"{head} By cohort: {listed}."
+    if unit == "month":  # each cohort's later months have their own names
+        listed = "; ".join(f"{cohort_name(row['group'])} ({_count(row.get('denominator'))} users): {curve(row, 3)}" for row in rows)
+        return f"{head} By cohort: {listed}."
+    # weeks are numbered the same for every cohort: name them once, then each cohort's shares in that order
+    shown = sorted({c["period"] for row in rows for c in row.get("periods") or [] if 1 <= c["period"] <= 3})
+    if not shown:
+        return f"{head} No cohort has a later week in the data yet."
+    weeks = ", ".join(str(k) for k in shown[:-1]) + (" and " if len(shown) > 1 else "") + str(shown[-1])
+
+    def shares(row: Mapping[str, Any]) -> str:
+        cells = [c for c in row.get("periods") or [] if c["period"] in shown]
+        if not cells:
+            return "no later week yet"
+        return ", ".join(f"{_pct(c['rate'])} ({_count(c['active'])})" + (" partial" if c.get("partial") else "") for c in cells)
+
+    listed = "; ".join(f"{cohort_name(row['group'])} ({_count(row.get('denominator'))} users) {shares(row)}" for row in rows)
+    partial = f" A share marked partial counts a week the data ends inside (on {data_last})." if any(
+        c.get("partial") for row in rows for c in row.get("periods") or [] if c["period"] in shown) else ""
+    return f"{head} By cohort, the share that came back in week{'s' if len(shown) > 1 else ''} {weeks}: {listed}.{partial}"
 
 
 def value_text(metric: str, value: Any) -> str:

@@ -803,5 +803,6 @@ def user_evidence(events: pd.DataFrame, user_id: str, *, n_sessions: int = 3) ->
         if cats:
             detail += f" in {', '.join(cats)}"
         top_event = "purchase" if "purchase" in counts else str(ordered[0][0])
-        out.append({"session_id": str(s), "ts": ts.iloc[int(rows[np.argmin(ts_ns[rows])])].isoformat(), "event": top_event, "detail": detail})
+        out.append({"session_id": str(s), "ts": ts.iloc[int(rows[np.argmin(ts_ns[rows])])].isoformat(), "event": top_event,
+                    "detail": detail, "events": {str(k): int(v) for k, v in ordered}, "categories": cats})
     return out
