@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.guard import check_grounding
 from agent.types import ToolCall
+from behavior.privacy import mask_pii
 from prompts import load_prompt
 from tools.context import ToolContext
 from tools.registry import Registry, result_json
@@ -113,12 +114,28 @@ def check_answer(ctx: ToolContext, registry: Registry, arguments: dict[str, Any]
             return {"error": f"tool_results.{i}.result is not a JSON object", "hint": "pass the result exactly as the tool returned it"}
         calls.append(ToolCall(used.name, used.args, result))
     verdict = check_grounding(given.answer, calls, question=given.question, registry=registry, vocabulary=ctx.vocabulary())
-    out: dict[str, Any] = {"ok": verdict.ok, "unsupported": verdict.unsupported, "missing": verdict.missing,
-                           "problems": verdict.problems}
-    if not verdict.ok:
+    problems = list(verdict.problems)
+    if mask_pii(given.answer) != given.answer:
+        problems.append("personal data (an e-mail, phone, IP or card number) in the answer: leave it out")
+    out: dict[str, Any] = {"ok": verdict.ok and not problems, "unsupported": verdict.unsupported,
+                           "missing": verdict.missing, "problems": problems}
+    if not out["ok"]:
         out["hint"] = ("state only numbers, ids, dates and categories that a tool result holds, and every missing fact; "
                        "then check again")
     return out
+
+
+def _protected(value: Any, ctx: ToolContext) -> Any:
+    """``value`` with personal data in every string replaced, as :func:`agent.loop.protect_question` does."""
+    from agent.loop import protect_question
+
+    if isinstance(value, str):
+        return protect_question(value, ctx)
+    if isinstance(value, dict):
+        return {k: _protected(v, ctx) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_protected(v, ctx) for v in value]
+    return value
 
 
 def _validation_text(exc: ValidationError) -> str:
@@ -147,8 +164,8 @@ class ShopSightMCP:
         """One call: the result as the agent's model sees it (bounded JSON); an error result is an MCP tool error."""
         if name == CHECK_ANSWER:
             result = check_answer(self.ctx, self.registry, dict(arguments or {}))
-        else:
-            result = self.registry.run(self.ctx, name, dict(arguments or {}))
+        else:  # an e-mail or phone in an argument is treated as in an analyst's question: pseudonym or mask
+            result = self.registry.run(self.ctx, name, _protected(arguments or {}, self.ctx))
         return types.CallToolResult(content=[types.TextContent(type="text", text=result_json(result))],
                                     isError="error" in result)
 
@@ -326,15 +343,16 @@ def http_app(server: Server, *, host: str, port: int, token: str | None) -> ASGI
                                          allowed_origins=[f"http://{h}" for h in hosts])
     manager = StreamableHTTPSessionManager(app=server, security_settings=security)
 
-    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-        await manager.handle_request(scope, receive, send)
+    class Endpoint:  # an ASGI object, not a function: Starlette then passes every method through (GET, POST, DELETE)
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            await manager.handle_request(scope, receive, send)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any):
         async with manager.run():
             yield
 
-    app: ASGIApp = Starlette(routes=[Route(HTTP_PATH, endpoint=endpoint)], lifespan=lifespan)
+    app: ASGIApp = Starlette(routes=[Route(HTTP_PATH, endpoint=Endpoint())], lifespan=lifespan)
     return BearerTokenGuard(app, token) if token else app
 
 
