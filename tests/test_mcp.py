@@ -388,3 +388,12 @@ def test_python_api_raises_tool_errors_with_the_hint(shop_root):
         with pytest.raises(ValueError, match="no model 'fraud'"):
             shop.scores("fraud")
         assert "predict_churn" in dir(shop) and shop.predict_churn.__doc__.startswith("Will this user stop buying?")
+
+
+def test_skill_and_llms_txt_name_every_tool():
+    names = [*default_registry().names, "check_answer"]
+    skill = (ROOT / "SKILL.md").read_text(encoding="utf-8")
+    llms = (ROOT / "llms.txt").read_text(encoding="utf-8")
+    assert skill.startswith("---\nname: shopsight\ndescription: ")
+    assert [n for n in names if f"`{n}`" not in skill] == []
+    assert [n for n in names if n not in llms] == []
