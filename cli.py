@@ -485,13 +485,11 @@ def mcp(
 
     How an agent should use the tools: SKILL.md.
     """
-    import os
-
     from integrations.mcp_server import TOKEN_ENV, check_http_access, open_handlers, serve_http, serve_stdio
     from tools import ToolContext
 
     settings = _settings(home=workspace)
-    token = os.environ.get(TOKEN_ENV) or None
+    token = settings.mcp_token
     if http is not None:
         check_http_access(host, token)  # before loading anything
     ws = _workspace(settings.home)
