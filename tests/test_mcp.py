@@ -290,6 +290,13 @@ def test_http_refuses_a_missing_or_wrong_token(http_url):
     assert right.status_code == 200
 
 
+def test_http_refuses_a_foreign_host_header(http_url):
+    # DNS rebinding: a web page whose name resolves to 127.0.0.1 sends its own Host header.
+    port = http_url.split(":")[2].split("/")[0]
+    headers = MCP_HEADERS | {"Authorization": f"Bearer {TOKEN}", "Host": f"shop.evil.example:{port}"}
+    assert httpx.post(http_url, json=INITIALIZE, headers=headers, timeout=10).status_code == 421
+
+
 def test_http_client_lists_and_calls_every_tool(http_url, local_ctx, shop_root):
     cases = tool_cases(shop_root)
 
