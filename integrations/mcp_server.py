@@ -259,8 +259,6 @@ def create_server(handlers: ShopSightMCP) -> Server:
     from mcp.server.lowlevel import Server
     from mcp.server.lowlevel.helper_types import ReadResourceContents
 
-    from behavior.workspace import WorkspaceError
-
     server: Server = Server(SERVER_NAME, instructions=INSTRUCTIONS)
 
     @server.list_tools()
@@ -278,11 +276,8 @@ def create_server(handlers: ShopSightMCP) -> Server:
         return handlers.resources()
 
     @server.read_resource()
-    async def read_resource(uri: Any) -> list[ReadResourceContents]:
-        try:
-            text = await anyio.to_thread.run_sync(handlers.read, str(uri))
-        except WorkspaceError as exc:
-            raise ValueError(str(exc)) from exc
+    async def read_resource(uri: Any) -> list[ReadResourceContents]:  # an error becomes the client's JSON-RPC error
+        text = await anyio.to_thread.run_sync(handlers.read, str(uri))
         return [ReadResourceContents(content=text, mime_type="application/json")]
 
     @server.list_prompts()
