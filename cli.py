@@ -460,6 +460,53 @@ def slack(
         console.print("Stopped.")
 
 
+@app.command()
+@friendly_errors
+def mcp(
+    workspace: Optional[Path] = WorkspaceOpt,
+    http: Optional[int] = typer.Option(None, "--http", min=0, max=65535, metavar="PORT",
+                                       help="Serve streamable HTTP on this port (at /mcp) instead of stdio."),
+    host: str = typer.Option("127.0.0.1", "--host", help="With --http: the address to listen on. Any other than "
+                             "loopback needs $SHOPSIGHT_MCP_TOKEN."),
+) -> None:
+    """Serve the workspace's tools to MCP clients (Claude Code, Claude Desktop, IDEs): every tool read-only, plus check_answer, model cards and prompts.
+
+    Claude Code, one line:
+
+      claude mcp add shopsight -- shopsight mcp --workspace PATH
+
+    Claude Desktop (claude_desktop_config.json):
+
+      {"mcpServers": {"shopsight": {"command": "shopsight", "args": ["mcp", "--workspace", "PATH"]}}}
+
+    Over HTTP (clients send 'Authorization: Bearer $SHOPSIGHT_MCP_TOKEN'; a missing or wrong token gets 401):
+
+      SHOPSIGHT_MCP_TOKEN=... shopsight mcp --http 8765 --workspace PATH
+
+    How an agent should use the tools: SKILL.md.
+    """
+    from integrations.mcp_server import TOKEN_ENV, check_http_access, open_handlers, serve_http, serve_stdio
+    from tools import ToolContext
+
+    settings = _settings(home=workspace)
+    token = settings.mcp_token
+    if http is not None:
+        check_http_access(host, token)  # before loading anything
+    ws = _workspace(settings.home)
+    handlers = open_handlers(ToolContext(ws, chroma_url=settings.chroma_url, raise_errors=settings.raise_errors))
+    if http is None:  # stdout is the protocol's: every word for people goes to stderr
+        err_console.print(f"ShopSight MCP server on {ws.root} over stdio.", highlight=False)
+        serve_stdio(handlers)
+        return
+    auth = "bearer token required" if token else f"[yellow]no token: set {TOKEN_ENV} to require one[/]"
+    err_console.print(f"ShopSight MCP server on {escape(str(ws.root))}: http://{host}:{http}/mcp ({auth}). Ctrl-C to stop.",
+                      highlight=False)
+    try:
+        serve_http(handlers, host=host, port=http, token=token)
+    except KeyboardInterrupt:
+        err_console.print("Stopped.")
+
+
 # --- index: retrieval over user histories --------------------------------------------------
 index_app = typer.Typer(
     help=(

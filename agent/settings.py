@@ -17,7 +17,8 @@ class Settings(BaseSettings):
     SHOPSIGHT_RAISE_ERRORS, SHOPSIGHT_TIMEOUT_S, SHOPSIGHT_RETRIES, SHOPSIGHT_MAX_TOKENS, SHOPSIGHT_N_CTX,
     SHOPSIGHT_PLANNER (auto|router|native: who chooses tools; auto = router on local, native on openai),
     SHOPSIGHT_WRITER (auto|local|openai|none: who phrases answers; auto = the backend; none = the
-    deterministic narrative only), SHOPSIGHT_EMBED_PRECISION (auto|bf16|fp32),
+    deterministic narrative only), SHOPSIGHT_EMBED_PRECISION (auto|bf16|fp32), SHOPSIGHT_MCP_TOKEN (the
+    bearer token `shopsight mcp --http` requires),
     SHOPSIGHT_INGEST_MAX_ROWS, SHOPSIGHT_INGEST_MAX_MEMORY_MB, SHOPSIGHT_INGEST_MAX_TEXT_CHARS (ingest bounds).
     """
 
@@ -39,6 +40,7 @@ class Settings(BaseSettings):
     planner: Literal["auto", "router", "native"] = Field(default="auto", alias="SHOPSIGHT_PLANNER")
     writer: Literal["auto", "local", "openai", "none"] = Field(default="auto", alias="SHOPSIGHT_WRITER")
     embed_precision: Literal["auto", "bf16", "fp32"] = Field(default="auto", alias="SHOPSIGHT_EMBED_PRECISION")
+    mcp_token: str | None = Field(default=None, alias="SHOPSIGHT_MCP_TOKEN", repr=False)  # bearer token of `shopsight mcp --http`
     max_steps: int = Field(default=6, ge=2, description="Model turns allowed per question before the loop stops.")
     ingest_max_rows: int | None = Field(default=None, gt=0, alias="SHOPSIGHT_INGEST_MAX_ROWS")
     ingest_max_memory_mb: int | None = Field(default=None, gt=0, alias="SHOPSIGHT_INGEST_MAX_MEMORY_MB")

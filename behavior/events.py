@@ -50,6 +50,24 @@ EVENT_TYPES: tuple[str, ...] = (
 
 STRING_COLUMNS = ("user_id", "event", "item_id", "category", "session_id") + OPTIONAL_COLUMNS
 
+# What each canonical column means, for the data dictionary (`shopsight mcp` serves it to client models).
+COLUMN_MEANINGS: dict[str, str] = {
+    "user_id": "the shopper's id (ids that were e-mails are stored as keyed pseudonyms)",
+    "ts": "when the event happened, UTC",
+    "event": "what the shopper did: " + ", ".join(EVENT_TYPES),
+    "item_id": "the product's id (empty for searches and logins)",
+    "category": "the product's category",
+    "price": "unit price of the item, in the shop's currency",
+    "quantity": "units in the event (carts, purchases, refunds)",
+    "session_id": "the visit the event belongs to; a new session starts after 30 idle minutes unless the source has ids",
+    "device": "mobile, desktop, tablet, … as the source names it",
+    "country": "country code of the visit",
+    "payment": "payment method at checkout",
+    "order_id": "the order a purchase or refund belongs to",
+    "ip": "the visitor's IP address, stored as a keyed pseudonym",
+    "text": "free text the shopper wrote (searches, reviews), masked for personal data and cut to a bound",
+}
+
 
 class EventDataError(ValueError):
     """Input that cannot become canonical events; names the file, row and column."""
@@ -159,7 +177,7 @@ class IngestLimits:
     }
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str], **overrides: int) -> "IngestLimits":
+    def from_env(cls, environ: Mapping[str, str], **overrides: int) -> IngestLimits:
         """The limits from ``SHOPSIGHT_INGEST_*`` entries of ``environ``; keyword overrides (CLI flags) win.
 
         The caller passes the mapping (agent/settings.py is the one place that reads the process

@@ -18,8 +18,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def running(cmd: list[str], ready: Callable[[], bool], log: Path, *, timeout_s: float, name: str) -> Iterator[None]:
-    """Run ``cmd`` (output to the file ``log``) until ``ready()`` is true; stop it on exit.
+def running(cmd: list[str], ready: Callable[[], bool], log: Path, *, timeout_s: float, name: str,
+            env: dict[str, str] | None = None) -> Iterator[None]:
+    """Run ``cmd`` (output to the file ``log``; environment ``env``, default this process's) until ``ready()`` is true; stop it on exit.
 
     ``ready`` may raise OSError while the server is still starting. The output goes to a file,
     not a pipe: a server that logs a lot while loading would fill a pipe and block.
@@ -28,7 +29,7 @@ def running(cmd: list[str], ready: Callable[[], bool], log: Path, *, timeout_s: 
         RuntimeError: the process exited, or was not ready within ``timeout_s``; with the log's tail.
     """
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         try:
             deadline = time.monotonic() + timeout_s
             while True:

@@ -324,6 +324,10 @@ class Registry:
         return [StructuredTool.from_function(_bound(spec, ctx, self), name=spec.name, parse_docstring=True,
                                              error_on_invalid_docstring=False) for spec in self.specs]
 
+    def arguments_schema(self, name: str) -> dict[str, Any]:
+        """The JSON schema of the arguments :meth:`run` validates a call of ``name`` against (for MCP clients)."""
+        return _arguments_model(self.get(name).func).model_json_schema()
+
     def schemas(self) -> list[dict[str, Any]]:
         """Each tool's name, description and JSON schema of its arguments (what a client model sees)."""
         from langchain_core.utils.function_calling import convert_to_openai_tool
