@@ -99,6 +99,12 @@ class IngestReport:
     rejected_reasons: list[RejectedReason] = field(default_factory=list)
     naive_timestamps_as: str | None = None
     rejected: pd.DataFrame | None = None  # the raw rejected rows with a `reason` column
+    # Rows equal in identity (user, time, event, item, session, order) to events the workspace
+    # already holds from earlier batches: counted, not stored again.
+    already_stored: int = 0
+    # The ingest batch these rows became, and (for --replace) how many stored events it discarded.
+    batch: int | None = None
+    replaced_events: int | None = None
     # What an adapter read differently from the file's face value, with counts, e.g.
     # {"cancelled invoices (C...) read as refund": 12}; informational: no row in it was dropped.
     notes: dict[str, int] = field(default_factory=dict)
@@ -113,7 +119,10 @@ class IngestReport:
             "rows_read": self.rows_read,
             "rows_kept": self.rows_kept,
             "duplicates": self.duplicates,
+            "already_stored": self.already_stored,
             "rows_rejected": self.rows_rejected,
+            "batch": self.batch,
+            "replaced_events": self.replaced_events,
             "rejected_reasons": [
                 {"reason": r.reason, "column": r.column, "count": r.count, "first_rows": r.first_rows}
                 for r in self.rejected_reasons
@@ -211,7 +220,7 @@ def estimate_ingest(path: str | Path, limits: IngestLimits | None = None) -> Ing
     """
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and _table_suffix(p))
+        files = table_files(sorted(path.iterdir()))
         total = IngestEstimate(0, 0, 0)
         for file in files:
             one = estimate_ingest(file, limits)
@@ -263,6 +272,11 @@ def _round_up(n: int) -> int:
     """A round number at or above ``n``, for a limit a person would type."""
     step = 10 ** max(len(str(n)) - 2, 0)
     return -(-n // step) * step
+
+
+def table_files(paths: Iterable[Path]) -> list[Path]:
+    """The CSV, TSV and Parquet files (compressed CSV included) among ``paths``, in their order."""
+    return [p for p in paths if p.is_file() and _table_suffix(p)]
 
 
 def _table_suffix(path: Path) -> bool:
@@ -508,6 +522,12 @@ def validate_events(
         bad_col[mask] = column
         flagged[:] = (bad != "").to_numpy()
 
+    # --- NUL bytes: no field may hold one (they end strings in C readers and hide text) ----
+    for col in df.columns:
+        if df[col].dtype == object or isinstance(df[col].dtype, pd.StringDtype):
+            flag(df[col].astype("string").str.contains("\x00", regex=False).fillna(False).astype(bool),
+                 "NUL byte inside the field", col)
+
     # --- user_id ---------------------------------------------------------------------
     df["user_id"] = _as_text(df["user_id"], source, "user_id")
     flag(df["user_id"].isna(), "missing user id", "user_id")
@@ -542,6 +562,7 @@ def validate_events(
         df["quantity"] = np.nan
     df["quantity"] = df["quantity"].fillna(1.0)
     flag(df["quantity"] < 0, "negative quantity", "quantity")
+    flag((df["event"] == "purchase") & (df["quantity"] == 0), "purchase with quantity 0", "quantity")
 
     for col in ("item_id", "category", "session_id", *OPTIONAL_COLUMNS):
         if col in df.columns:

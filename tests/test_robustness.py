@@ -349,11 +349,13 @@ def test_an_unknown_encoding_is_one_error_line(tmp_path: Path) -> None:
     assert_one_error_line(result, "unknown text encoding 'klingon-8'", "--encoding", "latin-1")
 
 
-def test_a_folder_given_as_the_events_file_is_one_error_line(tmp_path: Path) -> None:
+def test_a_folder_without_event_files_is_one_error_line(tmp_path: Path) -> None:
+    # A folder is read file by file (issue 18); one with nothing to read names itself and what it needs.
     folder = tmp_path / "exports"
     folder.mkdir()
+    (folder / "notes.md").write_text("not events")
     result = run_cli(["ingest", folder, "--workspace", tmp_path / "ws"])
-    assert_one_error_line(result, str(folder), "is a folder, not a file", "CSV, TSV or Parquet file")
+    assert_one_error_line(result, str(folder), "the folder holds no CSV, TSV or Parquet file", "glob")
 
 
 @pytest.mark.parametrize("command", [["ingest", "events.csv"], ["index", "stats"], ["models"], ["index", "build"]])

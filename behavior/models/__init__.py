@@ -68,10 +68,17 @@ def train_model(
 
     Returns:
         ``{"name", "version", "train_seconds", "card"}``.
+
+    Holds the workspace's writer lock (behavior.workspace.Workspace.writer) while it trains.
     """
+    cls = model_class(name)
+    with ws.writer("train"):
+        return _train_locked(ws, cls, name, progress, settings, events, params)
+
+
+def _train_locked(ws: Any, cls: Any, name: str, progress: Any, settings: Any, events: Any, params: dict[str, Any]) -> dict[str, Any]:
     from behavior.models.evaluation import evaluate, score_users
 
-    cls = model_class(name)
     if events is None:
         events = ws.load_events()
     # A model class may name the ground-truth table it uses (the demo shop writes labels/users,

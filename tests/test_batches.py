@@ -1,0 +1,307 @@
+"""Append-only ingest in batches (issue 18): ingests add up, repeats add nothing and are counted,
+a batch can be undone exactly, a killed ingest leaves the workspace as it was, one writer at a
+time, --replace says what it discards, strict mode and rejected rows, folders and globs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from behavior.events import EventDataError, read_events, read_table
+from behavior.features import sessionize
+from behavior.ingest import batch_list, ingest_file, undo_batch
+from behavior.workspace import Workspace, WorkspaceBusyError, WorkspaceError
+
+REPO = Path(__file__).resolve().parents[1]
+HEADER = "user_id,ts,event,item_id,category,price,quantity,session_id,order_id"
+DAY1 = [
+    "u1,2026-03-04T09:12:00Z,view,i1,Audio,118.00,1,,",
+    "u1,2026-03-04T09:14:00Z,add_to_cart,i1,Audio,118.00,1,,",
+    "u1,2026-03-04T09:15:00Z,purchase,i1,Audio,118.00,1,,o1",
+    "u2,2026-03-04T10:00:00Z,view,i2,Phones,99.00,1,u2-web-1,",
+]
+DAY2 = [
+    "u1,2026-03-04T09:15:00Z,purchase,i1,Audio,118.00,1,,o1",  # already stored on day 1
+    "u1,2026-03-04T09:30:00Z,view,i3,Audio,20.00,1,,",  # within 30 min of day 1's last event: same session
+    "u1,2026-03-05T08:00:00Z,view,i3,Audio,20.00,1,,",  # a new session, numbered after day 1's
+    "u3,2026-03-05T11:00:00Z,purchase,i2,Phones,99.00,2,,o2",
+    "u3,2026-03-05T11:01:00Z,purchase,i2,Phones,99.00,0,,o3",  # quantity 0: rejected
+]
+
+
+def _csv(folder: Path, name: str, rows: list[str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text("\n".join([HEADER, *rows]) + "\n")
+    return path
+
+
+def _files(ws: Workspace) -> list[str]:
+    """Every file in the workspace but the lock and the key (what a kill could leave behind)."""
+    return sorted(str(p.relative_to(ws.root)) for p in ws.root.rglob("*") if p.is_file() and p.name not in (".lock", "privacy.key"))
+
+
+def test_two_ingests_add_up(tmp_path: Path, workspace: Workspace) -> None:
+    _, first = ingest_file(workspace, _csv(tmp_path, "day1.csv", DAY1))
+    _, second = ingest_file(workspace, _csv(tmp_path, "day2.csv", DAY2))
+    events = workspace.load_events()
+    assert (first.batch, second.batch) == (1, 2)
+    assert len(events) == 4 + 3  # day 2: one already stored, one rejected
+    assert second.already_stored == 1 and second.rows_rejected == 1 and second.rows_kept == 3
+    assert second.rows_read == second.rows_kept + second.duplicates + second.already_stored + second.rows_rejected
+    assert [(b["id"], b["accepted"], b["rejected"], b["duplicate"]) for b in batch_list(workspace)] == [(1, 4, 0, 0), (2, 3, 1, 1)]
+    assert workspace.read_manifest()["summary"]["events"] == 7
+    # Sessions continue across batches: one id for a session spanning both, the next number after it.
+    u1 = events[events["user_id"] == "u1"].set_index("ts")["session_id"]
+    assert u1[pd.Timestamp("2026-03-04T09:30:00Z")] == u1[pd.Timestamp("2026-03-04T09:12:00Z")] == "u1-s1"
+    assert u1[pd.Timestamp("2026-03-05T08:00:00Z")] == "u1-s2"
+    assert events["user_id"].is_monotonic_increasing  # the union is sorted by user and time, as one file is
+
+
+def test_the_same_file_twice_adds_nothing_and_reports_the_duplicates(tmp_path: Path, workspace: Workspace) -> None:
+    path = _csv(tmp_path, "day1.csv", DAY1)
+    ingest_file(workspace, path)
+    before = workspace.load_events()
+    events, report = ingest_file(workspace, path)
+    assert len(events) == 0 and report.already_stored == 4 and report.rows_kept == 0
+    pd.testing.assert_frame_equal(workspace.load_events(), before)
+    assert batch_list(workspace)[-1]["duplicate"] == 4 and batch_list(workspace)[-1]["accepted"] == 0
+
+
+def test_undo_restores_the_earlier_state_exactly(tmp_path: Path, workspace: Workspace) -> None:
+    ingest_file(workspace, _csv(tmp_path, "day1.csv", DAY1))
+    before, summary = workspace.load_events(), workspace.read_manifest()["summary"]
+    _, report = ingest_file(workspace, _csv(tmp_path, "day2.csv", DAY2))
+    assert (workspace.rejected_dir / f"batch-{report.batch:06d}.csv").exists()
+    record = undo_batch(workspace, report.batch)
+    assert record["id"] == report.batch
+    pd.testing.assert_frame_equal(workspace.load_events(), before)
+    assert workspace.read_manifest()["summary"] == summary
+    assert [b["id"] for b in batch_list(workspace)] == [1]
+    assert _files(workspace) == ["events/batch-000001.parquet", "manifest.json"]
+    with pytest.raises(WorkspaceError, match=r"no batch 7 .*batches: 1"):
+        undo_batch(workspace, 7)
+
+
+def test_replace_reports_how_many_events_it_discards(tmp_path: Path, workspace: Workspace) -> None:
+    ingest_file(workspace, _csv(tmp_path, "day1.csv", DAY1))
+    ingest_file(workspace, _csv(tmp_path, "day2.csv", DAY2))
+    result = CliRunner().invoke(_app(), ["ingest", str(tmp_path / "day1.csv"), "--replace", "--workspace", str(workspace.root)])
+    assert result.exit_code == 0, result.output
+    assert "--replace discarded 7 stored events" in result.output
+    assert len(workspace.load_events()) == 4
+    assert [b["id"] for b in batch_list(workspace)] == [3]  # ids are never reused
+    assert _files(workspace) == ["events/batch-000003.parquet", "manifest.json"]
+
+
+def test_a_workspace_from_before_batches_is_read_and_kept_as_batch_0(tmp_path: Path, workspace: Workspace) -> None:
+    old, _ = read_events(_csv(tmp_path, "day1.csv", DAY1))
+    workspace.save_events(sessionize(old))
+    assert [b["id"] for b in batch_list(workspace)] == [0]
+    _, report = ingest_file(workspace, _csv(tmp_path, "day2.csv", DAY2))
+    assert report.already_stored == 1 and len(workspace.load_events()) == 7
+    undo_batch(workspace, 0)
+    assert not workspace.events_path.exists() and len(workspace.load_events()) == 3
+
+
+def test_the_query_engine_reads_every_batch(tmp_path: Path, workspace: Workspace) -> None:
+    from behavior.query import QueryEngine
+
+    ingest_file(workspace, _csv(tmp_path, "day1.csv", DAY1))
+    with QueryEngine(workspace) as engine:
+        assert engine.describe()["data_last"] == "2026-03-04"
+        _, report = ingest_file(workspace, _csv(tmp_path, "day2.csv", DAY2))
+        assert engine.describe()["data_last"] == "2026-03-05"  # the new batch is seen without a restart
+        undo_batch(workspace, report.batch)
+        assert engine.describe()["data_last"] == "2026-03-04"
+
+
+def test_the_batches_command_lists_and_undoes(tmp_path: Path, workspace: Workspace) -> None:
+    ingest_file(workspace, _csv(tmp_path, "day1.csv", DAY1))
+    ingest_file(workspace, _csv(tmp_path, "day2.csv", DAY2))
+    runner, ws = CliRunner(), ["--workspace", str(workspace.root)]
+    listed = runner.invoke(_app(), ["batches", *ws, "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert [(b["id"], b["accepted"]) for b in json.loads(listed.output)] == [(1, 4), (2, 3)]
+    table = runner.invoke(_app(), ["batches", *ws])
+    assert "day2.csv" in table.output and "7 events in 2 batches" in table.output
+    undone = runner.invoke(_app(), ["batches", "undo", "2", *ws])
+    assert undone.exit_code == 0 and "Removed batch 2" in undone.output and "4 events remain" in undone.output
+    missing = runner.invoke(_app(), ["batches", "undo", "2", *ws])
+    assert missing.exit_code == 2 and "Error: no batch 2" in missing.output
+
+
+# --- a killed ingest ----------------------------------------------------------------------------
+
+# Runs one ingest and SIGKILLs itself just before or just after its Nth rename (os.replace): the
+# batch file (1), its rejected rows (2), the manifest that publishes them (3).
+KILLED_INGEST = """
+import os, signal, sys
+from behavior.ingest import ingest_file
+from behavior.workspace import Workspace
+
+root, path, when, nth = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+real, calls = os.replace, [0]
+
+def replace(src, dst, *args, **kwargs):
+    calls[0] += 1
+    if when == "before" and calls[0] == nth:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(src, dst, *args, **kwargs)
+    if when == "after" and calls[0] == nth:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+os.replace = replace
+ingest_file(Workspace.at(root), path)
+"""
+
+
+def _run(args: list[str], **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], check=False, cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+    )
+
+
+@pytest.mark.parametrize("when,nth", [("before", 1), ("after", 1), ("before", 2), ("after", 2), ("before", 3)])
+def test_a_killed_ingest_leaves_the_workspace_as_before_and_a_rerun_is_clean(tmp_path: Path, when: str, nth: int) -> None:
+    day1, day2 = _csv(tmp_path, "day1.csv", DAY1), _csv(tmp_path, "day2.csv", DAY2)
+    ws = Workspace(tmp_path / "ws")
+    ingest_file(ws, day1)
+    before, manifest = ws.load_events(), ws.read_manifest()
+    killed = _run(["-c", KILLED_INGEST, str(ws.root), str(day2), when, str(nth)])
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    pd.testing.assert_frame_equal(ws.load_events(), before)
+    assert ws.read_manifest() == manifest
+    assert any(name != "events/batch-000001.parquet" and name != "manifest.json" for name in _files(ws))  # it left something
+    ingest_file(ws, day2)  # the next writer clears what the killed one left, and re-running is safe
+    clean = Workspace(tmp_path / "clean")
+    ingest_file(clean, day1)
+    ingest_file(clean, day2)
+    pd.testing.assert_frame_equal(ws.load_events(), clean.load_events())
+    assert _files(ws) == _files(clean)
+
+
+def test_an_ingest_killed_after_publishing_is_complete(tmp_path: Path) -> None:
+    day1, day2 = _csv(tmp_path, "day1.csv", DAY1), _csv(tmp_path, "day2.csv", DAY2)
+    ws = Workspace(tmp_path / "ws")
+    ingest_file(ws, day1)
+    killed = _run(["-c", KILLED_INGEST, str(ws.root), str(day2), "after", "3"])
+    assert killed.returncode == -signal.SIGKILL
+    assert len(ws.load_events()) == 7 and [b["id"] for b in batch_list(ws)] == [1, 2]
+
+
+# --- one writer at a time -----------------------------------------------------------------------
+
+
+HOLDER = """
+import sys, time
+from behavior.workspace import Workspace
+
+with Workspace.at(sys.argv[1]).writer("holder"):
+    print("held", flush=True)
+    time.sleep(60)  # until the test kills it
+"""
+
+
+def test_a_second_writer_fails_naming_the_holder(tmp_path: Path) -> None:
+    day1 = _csv(tmp_path, "day1.csv", DAY1)
+    ws = Workspace(tmp_path / "ws")
+    with ws.writer("test holder"):
+        result = _run(["cli.py", "ingest", str(day1), "--workspace", str(ws.root)], SHOPSIGHT_LOCK_TIMEOUT_S="0.3")
+    assert result.returncode == 2, result.stderr
+    assert f"is being written by pid {os.getpid()} (test holder" in result.stderr and "SHOPSIGHT_LOCK_TIMEOUT_S" in result.stderr
+    assert not ws.exists()
+    with ws.writer("me"), ws.writer("me again"):  # reentrant in one process
+        pass
+    with pytest.raises(WorkspaceBusyError):
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(ws.root)],
+            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True,
+        )
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            with ws.writer("second", timeout=0.2):
+                pass
+        finally:
+            holder.kill()
+            holder.wait()
+
+
+def test_two_concurrent_writers_never_corrupt_the_workspace(tmp_path: Path) -> None:
+    rows_a = [f"a{u},2026-03-0{1 + d}T{h:02d}:00:00Z,view,i{h},Audio,1,1,," for u in range(60) for d in range(5) for h in range(24)]
+    rows_b = [f"b{u},2026-03-0{1 + d}T{h:02d}:30:00Z,view,i{h},Audio,1,1,," for u in range(60) for d in range(5) for h in range(24)]
+    a, b = _csv(tmp_path, "a.csv", rows_a), _csv(tmp_path, "b.csv", rows_b)
+    ws = Workspace(tmp_path / "ws")
+    procs = [
+        subprocess.Popen([sys.executable, "cli.py", "ingest", str(p), "--workspace", str(ws.root), "--json"], cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for p in (a, b)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert sorted(json.loads(out)["report"]["batch"] for out, _ in outs) == [1, 2]
+    events = ws.load_events()
+    assert len(events) == len(rows_a) + len(rows_b) and not events.duplicated().any()
+    assert ws.read_manifest()["summary"]["events"] == len(events)
+    assert sorted(b["accepted"] for b in batch_list(ws)) == [len(rows_a), len(rows_b)]
+    assert _files(ws) == ["events/batch-000001.parquet", "events/batch-000002.parquet", "manifest.json"]
+
+
+# --- strict mode and rejected rows --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("row,reason,column", [
+    ("u9,2026-03-05T11:01:00Z,purchase,i2,Phones,99.00,0,,o3", "purchase with quantity 0", "quantity"),
+    ("u9,2026-03-05T11:01:00Z,view,i2,Pho\x00nes,99.00,1,,", "NUL byte inside the field", "category"),
+])
+def test_strict_refuses_and_otherwise_rejects_with_the_reason(tmp_path: Path, workspace: Workspace, row: str, reason: str, column: str) -> None:
+    path = _csv(tmp_path, "bad.csv", [*DAY1, row])
+    with pytest.raises(EventDataError, match=rf"bad.csv, row 6, column '{column}': {reason}"):
+        ingest_file(workspace, path, strict=True)
+    assert not workspace.exists()
+    _, report = ingest_file(workspace, path)
+    assert report.rows_rejected == 1 and report.rejected_reasons[0].reason == reason
+    rejected = pd.read_csv(workspace.rejected_dir / f"batch-{report.batch:06d}.csv", dtype=str)
+    assert rejected[["row", "reason"]].values.tolist() == [["6", reason]]
+    assert len(workspace.load_events()) == 4 and batch_list(workspace)[0]["rejected"] == 1
+
+
+# --- folders and globs --------------------------------------------------------------------------
+
+
+def test_a_folder_and_a_glob_are_read_file_by_file_into_one_batch(tmp_path: Path) -> None:
+    folder = tmp_path / "exports"
+    _csv(folder, "day1.csv", DAY1)
+    read_table(_csv(tmp_path, "day2.csv", DAY2)).to_parquet(folder / "day2.parquet")
+    (folder / "README.md").write_text("not events")
+    ws = Workspace(tmp_path / "ws")
+    seen: list[tuple[int, int, str]] = []
+    _, report = ingest_file(ws, folder, on_file=lambda done, total, path: seen.append((done, total, path.name)))
+    assert seen == [(0, 2, "day1.csv"), (1, 2, "day2.parquet"), (2, 2, "day2.parquet")]
+    assert report.rows_read == 9 and len(ws.load_events()) == 7 and [b["id"] for b in batch_list(ws)] == [1]
+    assert report.already_stored == 1  # day 2 repeats one of day 1's events, across the two files
+    globbed = Workspace(tmp_path / "globbed")
+    ingest_file(globbed, str(folder / "day*"))
+    pd.testing.assert_frame_equal(globbed.load_events(), ws.load_events())
+
+
+def test_a_glob_matching_nothing_is_one_error_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(_app(), ["ingest", str(tmp_path / "nope-*.csv"), "--workspace", str(tmp_path / "ws")])
+    assert result.exit_code == 2 and result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Error:" in result.output and "the pattern matches no CSV or Parquet file" in result.output
+    assert "Traceback" not in result.output
+
+
+def _app():
+    from cli import app
+
+    return app
