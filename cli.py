@@ -97,6 +97,11 @@ def _workspace(path: Optional[Path]):
     return Workspace.at(path or _settings().home)
 
 
+def _writer(ws, command: str):
+    """The workspace's writer lock, waiting as long as the settings say ($SHOPSIGHT_LOCK_TIMEOUT_S)."""
+    return ws.writer(command, timeout=_settings().lock_timeout_s)
+
+
 def _print_summary(summary: dict, title: str) -> None:
     table = Table(title=title, show_header=False)
     table.add_column("what", style="bold")
@@ -221,17 +226,17 @@ def ingest(
     ws = _workspace(workspace)
     settings = _settings(ingest_max_rows=max_rows, ingest_max_memory_mb=max_memory_mb, ingest_max_text_chars=max_text_chars)
     with Progress(
-        TextColumn("[bold]Reading[/] {task.fields[name]}"), BarColumn(), MofNCompleteColumn(), TextColumn("files"),
+        TextColumn("[bold]Reading[/] {task.fields[name]}"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
         TimeElapsedColumn(), console=err_console, transient=True, disable=as_json,
     ) as bar:
         task = bar.add_task("read", total=None, name="")
 
-        def on_file(done: int, total: int, path: Path) -> None:
-            bar.update(task, completed=done, total=total, name=path.name)
+        def on_progress(done: int, total: int, path: Path) -> None:
+            bar.update(task, completed=done, total=max(total, done), name=path.name)
 
         events, report = ingest_file(
             ws, file, fmt=fmt, mapping=parse_mapping(map_), strict=strict, tz=tz, encoding=encoding,
-            limits=settings.ingest_limits(), replace=replace, lock_timeout=settings.lock_timeout_s, on_file=on_file,
+            limits=settings.ingest_limits(), replace=replace, lock_timeout=settings.lock_timeout_s, on_progress=on_progress,
         )
     manifest = ws.read_manifest()
     if as_json:
@@ -620,6 +625,7 @@ def index_build(
     """Embed new or changed sessions into the index; skip unchanged ones, drop removed ones.
 
     Safe to interrupt and re-run: finished batches are kept, and only what remains is embedded.
+    Holds the workspace's writer lock, so no ingest changes the events while it reads them.
 
     Examples:
 
@@ -628,7 +634,8 @@ def index_build(
       shopsight index build --rebuild --workspace /tmp/shop      (replace a corrupted index)
     """
     index = _session_index(workspace, chroma_url, batch_size, threads)
-    stats = _build_index(index, show_progress=not as_json, rebuild=rebuild)
+    with _writer(index.workspace, "index build"):
+        stats = _build_index(index, show_progress=not as_json, rebuild=rebuild)
     if as_json:
         print(json.dumps(stats.to_dict(), indent=2))
         return
@@ -795,6 +802,9 @@ def train(
 ) -> None:
     """Train models on a time-based split, compare them with baselines, and save a new version of each.
 
+    Trains on every visible ingest batch. Holds the workspace's writer lock: an ingest started
+    meanwhile waits for it ($SHOPSIGHT_LOCK_TIMEOUT_S).
+
     Example: shopsight train churn --horizon 30 --workspace /tmp/shop
     """
     from behavior.models import metric_rows
@@ -808,7 +818,8 @@ def train(
     settings = TrainSettings(seed=seed, threads=threads, **({"epochs": epochs} if epochs else {}))
     # "all" trains every model the data allows: one that cannot be trained (Complete Journey has no
     # sessions without a purchase for session intent) is reported, and the others are still trained
-    results = _train_with_progress(ws, names, settings=settings, show=not as_json, horizon=horizon, keep_going=target == "all")
+    with _writer(ws, "train"):
+        results = _train_with_progress(ws, names, settings=settings, show=not as_json, horizon=horizon, keep_going=target == "all")
     failed = [r for r in results if r.get("error")]
     if as_json:
         print(json.dumps(results, indent=2, default=str))

@@ -30,12 +30,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from behavior.adapters import get_adapter
+from behavior.adapters import canonical_reader, get_adapter
 from behavior.events import (
     EventDataError,
     IngestLimits,
     IngestReport,
-    RejectedReason,
     check_ingest_limits,
     table_files,
 )
@@ -164,40 +163,31 @@ def drop_stored(events: pd.DataFrame, stored: pd.DataFrame | None) -> tuple[pd.D
     return events[~seen].reset_index(drop=True), int(seen.sum())
 
 
-def _merge_reports(reports: list[IngestReport], source: str) -> IngestReport:
-    """One report for a batch read from several files (rows counted over all; reasons per file)."""
-    if len(reports) == 1:
-        return reports[0]
-    out = IngestReport(source=source)
-    rejected = []
-    for r in reports:
-        out.rows_read += r.rows_read
-        out.rows_kept += r.rows_kept
-        out.duplicates += r.duplicates
-        out.naive_timestamps_as = out.naive_timestamps_as or r.naive_timestamps_as
-        name = Path(r.source).name
-        out.rejected_reasons += [RejectedReason(f"{x.reason} ({name})", x.column, x.count, x.first_rows) for x in r.rejected_reasons]
-        for note, count in r.notes.items():
-            out.notes[note] = out.notes.get(note, 0) + count
-        if r.rejected is not None and len(r.rejected):
-            rejected.append(r.rejected.astype("string").assign(file=name))
-    out.rejected = pd.concat(rejected, ignore_index=True) if rejected else None
-    return out
-
-
-def _read_all(adapter: Any, files: list[Path], options: dict, on_file: Callable[[int, int, Path], None] | None) -> tuple[pd.DataFrame, IngestReport, str]:
+def _read_all(
+    adapter: Any, files: list[Path], options: dict, total_rows: int, on_progress: Callable[[int, int, Path], None] | None,
+) -> tuple[pd.DataFrame, IngestReport, str]:
+    """Read ``files`` one after another with ``adapter``; the canonical reader goes chunk by chunk."""
     parts, reports = [], []
-    for i, file in enumerate(files):
-        if on_file is not None:
-            on_file(i, len(files), file)
-        events, report = adapter.read(file, **options)
+    done = 0
+    for file in files:
+        if on_progress is not None:
+            on_progress(done, total_rows, file)
+
+        def advance(rows: int, _file: Path = file) -> None:
+            nonlocal done
+            done += rows
+            if on_progress is not None:
+                on_progress(done, total_rows, _file)
+
+        chunked = {"on_rows": advance} if adapter.read is canonical_reader else {}
+        events, report = adapter.read(file, **options, **chunked)
+        if not chunked:
+            advance(report.rows_read)
         parts.append(events)
         reports.append(report)
-    if on_file is not None:
-        on_file(len(files), len(files), files[-1])
     source = str(files[0]) if len(files) == 1 else f"{len(files)} files: {', '.join(f.name for f in files[:5])}{' …' if len(files) > 5 else ''}"
     events = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
-    return events, _merge_reports(reports, source), source
+    return events, IngestReport.combine(reports, source, name_files=True), source
 
 
 def ingest_file(
@@ -212,7 +202,7 @@ def ingest_file(
     limits: IngestLimits | None = None,
     replace: bool = False,
     lock_timeout: float = LOCK_TIMEOUT_S,
-    on_file: Callable[[int, int, Path], None] | None = None,
+    on_progress: Callable[[int, int, Path], None] | None = None,
 ) -> tuple[pd.DataFrame, IngestReport]:
     """Validate ``path`` as ``fmt``, protect personal data, and append it to the workspace's events as one batch.
 
@@ -227,7 +217,8 @@ def ingest_file(
         limits: Row, memory and text-length bounds; default ``IngestLimits()`` (the CLI passes the settings').
         replace: Start over: the new batch replaces every stored event (``report.replaced_events`` says how many).
         lock_timeout: Seconds to wait for another writer of the workspace.
-        on_file: Called as ``on_file(files_done, files_total, file)`` before each file and at the end (progress).
+        on_progress: Called as ``on_progress(rows_read, rows_estimated, file)`` before each file and after
+            each chunk of a canonical file (or each file of another format).
 
     Returns:
         The events the batch added (sessionized) and the report, with ``report.batch`` its id.
@@ -245,7 +236,7 @@ def ingest_file(
     # reads each CSV/Parquet file of a folder or glob in turn, into the one batch.
     files = [Path(path)] if adapter.input_files else source_files(path)
     limits = limits or IngestLimits()
-    check_ingest_limits(adapter.input_files(Path(path)) if adapter.input_files else files, limits)
+    estimate = check_ingest_limits(adapter.input_files(Path(path)) if adapter.input_files else files, limits)
     # tz None: the format's own default (Online Retail is UK time, most others UTC).
     options: dict = {"strict": strict, "encoding": encoding}
     if tz is not None:
@@ -254,7 +245,7 @@ def ingest_file(
         if fmt != "canonical":
             raise ValueError(f"--map applies to --format canonical only; the '{fmt}' reader knows its own columns")
         options["mapping"] = mapping
-    events, report, source = _read_all(adapter, files, options, on_file)
+    events, report, source = _read_all(adapter, files, options, estimate.rows, on_progress)
     events, privacy_notes = protect_events(events, key=workspace_key(workspace), max_text_chars=limits.max_text_chars)
     report.notes.update(privacy_notes)
     if report.rejected is not None and len(report.rejected):

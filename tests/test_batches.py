@@ -285,13 +285,32 @@ def test_a_folder_and_a_glob_are_read_file_by_file_into_one_batch(tmp_path: Path
     (folder / "README.md").write_text("not events")
     ws = Workspace(tmp_path / "ws")
     seen: list[tuple[int, int, str]] = []
-    _, report = ingest_file(ws, folder, on_file=lambda done, total, path: seen.append((done, total, path.name)))
-    assert seen == [(0, 2, "day1.csv"), (1, 2, "day2.parquet"), (2, 2, "day2.parquet")]
+    _, report = ingest_file(ws, folder, on_progress=lambda done, total, path: seen.append((done, total, path.name)))
+    assert seen == [(0, 9, "day1.csv"), (4, 9, "day1.csv"), (4, 9, "day2.parquet"), (9, 9, "day2.parquet")]
     assert report.rows_read == 9 and len(ws.load_events()) == 7 and [b["id"] for b in batch_list(ws)] == [1]
     assert report.already_stored == 1  # day 2 repeats one of day 1's events, across the two files
     globbed = Workspace(tmp_path / "globbed")
     ingest_file(globbed, str(folder / "day*"))
     pd.testing.assert_frame_equal(globbed.load_events(), ws.load_events())
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_a_file_read_in_chunks_gives_what_it_gives_read_whole(tmp_path: Path, suffix: str) -> None:
+    rows = [*DAY1, *DAY2, "u4,not a time,view,i1,Audio,1,1,,", "u1,2026-03-04T09:12:00Z,view,i1,Audio,118.00,1,,"]
+    path = _csv(tmp_path, "all.csv", rows)
+    if suffix == "parquet":
+        read_table(path).to_parquet(path := tmp_path / "all.parquet")
+    whole, report = read_events(path)
+    chunks: list[int] = []
+    chunked, chunk_report = read_events(path, chunk_rows=3, on_rows=chunks.append)
+    assert chunks == [3, 3, 3, 2]
+    pd.testing.assert_frame_equal(chunked, whole)
+    # Errors still name the file's own rows; duplicates inside a chunk (rows 4 and 5) and across
+    # chunks (rows 2 and 12) are both found.
+    assert [(r.reason, r.first_rows) for r in chunk_report.rejected_reasons] == [(r.reason, r.first_rows) for r in report.rejected_reasons]
+    assert {r.reason: r.first_rows for r in report.rejected_reasons} == {"purchase with quantity 0": [10], "unparsable timestamp": [11]}
+    assert (report.duplicates, chunk_report.duplicates) == (2, 2) and len(whole) == len(rows) - 4
+    assert (chunk_report.rows_read, chunk_report.rows_kept) == (report.rows_read, report.rows_kept)
 
 
 def test_a_glob_matching_nothing_is_one_error_line(tmp_path: Path) -> None:
