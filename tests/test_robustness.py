@@ -358,6 +358,14 @@ def test_a_folder_without_event_files_is_one_error_line(tmp_path: Path) -> None:
     assert_one_error_line(result, str(folder), "the folder holds no CSV, TSV or Parquet file", "glob")
 
 
+def test_a_folder_given_as_the_question_set_is_one_error_line(tmp_path: Path) -> None:
+    # Before: IsADirectoryError's traceback.
+    (tmp_path / "sets").mkdir()
+    (tmp_path / "sets" / "mine.yaml").write_text("cases: []\n")
+    result = run_cli(["eval", "run", tmp_path / "sets", "--workspace", tmp_path / "ws"])
+    assert_one_error_line(result, f"{tmp_path / 'sets'} is a folder, not a question set", "mine.yaml")
+
+
 @pytest.mark.parametrize("command", [["ingest", "events.csv"], ["index", "stats"], ["models"], ["index", "build"]])
 def test_a_workspace_that_is_a_file_is_one_error_line(tmp_path: Path, command: list[str]) -> None:
     (tmp_path / "events.csv").write_text(GOOD_CSV)
