@@ -840,15 +840,19 @@ def models(
     workspace: Optional[Path] = WorkspaceOpt,
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
-    """List saved model versions with their test metrics and their best baseline's.
+    """List saved model versions with their test metrics, their best baseline's, and how old their data is.
+
+    "data to" is the last event a version was trained on; "newer events" counts the events
+    ingested since with a later time, and "days since" the days from that cutoff to the
+    workspace's last event (retrain with `shopsight train` when they grow).
 
     Example: shopsight models --workspace /tmp/shop
     """
     from behavior.models import metric_rows
-    from behavior.models.registry import list_models
+    from behavior.models.registry import add_freshness, list_models
 
     ws = _workspace(workspace)
-    rows = list_models(ws)
+    rows = add_freshness(ws, list_models(ws))
     if as_json:
         print(json.dumps(rows, indent=2, default=str))
         return
@@ -856,12 +860,16 @@ def models(
         console.print(f"No models in {ws.root}: train them with `shopsight train --workspace {ws.root}`.")
         return
     table = Table(title=f"Models in {ws.root}")
-    for col in ("model", "version", "created", "task", "ROC-AUC", "PR-AUC", "Brier", "best baseline (ROC-AUC)", "train s"):
+    for col in ("model", "version", "created", "task", "ROC-AUC", "PR-AUC", "Brier", "best baseline (ROC-AUC)", "train s",
+                "data to", "newer events", "days since"):
         table.add_column(col)
     for r in rows:
         if "error" in r:
-            table.add_row(r["name"], r["version"], "-", "[red]" + r["error"] + "[/]", "", "", "", "", "")
+            table.add_row(r["name"], r["version"], "-", "[red]" + r["error"] + "[/]", "", "", "", "", "", "", "", "")
             continue
+        fresh = r.get("freshness") or {}
+        age = (str(fresh.get("data_cutoff", "-"))[:10], f"{fresh['newer_events']:,}" if fresh else "-",
+               f"{fresh['days_since_cutoff']:g}" if fresh else "-")
         card = {"name": r["name"], "version": r["version"], "metrics": r["metrics"], "baselines": r["baselines"]}
         flat = metric_rows(card)
         own = [x for x in flat if x["who"] == f"{r['name']}@{r['version']}"] or [{"task": "-", "roc_auc": None, "pr_auc": None, "brier": None}]
@@ -871,6 +879,7 @@ def models(
             table.add_row(
                 r["name"], r["version"], str(r.get("created") or "-"), m["task"], _fmt(m["roc_auc"]), _fmt(m["pr_auc"]),
                 _fmt(m["brier"]), f"{best['who']} {_fmt(best['roc_auc'])}" if best else "-", _fmt(r.get("train_seconds"), 1),
+                *age,
             )
     console.print(table)
 

@@ -324,3 +324,44 @@ def _app():
     from cli import app
 
     return app
+
+
+# --- freshness ----------------------------------------------------------------------------------
+
+
+def test_models_show_the_events_and_days_since_each_models_data_cutoff(tmp_path: Path, workspace: Workspace) -> None:
+    import torch
+
+    from behavior.models import registry
+
+    ingest_file(workspace, _csv(tmp_path, "day1.csv", DAY1))
+    card = {"metrics": {}, "data_cutoff": workspace.load_events()["ts"].max().isoformat()}  # 2026-03-04 10:00
+    registry.save_model(workspace, "churn", state_dict={"w": torch.zeros(2)}, spec={"features": []}, card=card)
+    fresh = registry.add_freshness(workspace, registry.list_models(workspace))[0]["freshness"]
+    assert (fresh["newer_events"], fresh["days_since_cutoff"]) == (0, 0.0)
+    ingest_file(workspace, _csv(tmp_path, "day2.csv", DAY2))  # two events after the cutoff, the last 25 h after it
+    fresh = registry.add_freshness(workspace, registry.list_models(workspace))[0]["freshness"]
+    assert fresh == {"data_cutoff": "2026-03-04T10:00:00+00:00", "newer_events": 2, "days_since_cutoff": 1.0}
+    runner, ws = CliRunner(env={"COLUMNS": "300"}), ["--workspace", str(workspace.root)]
+    listed = runner.invoke(_app(), ["models", *ws, "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.output)[0]["freshness"] == fresh
+    table = runner.invoke(_app(), ["models", *ws])
+    header = next(line for line in table.output.splitlines() if "newer events" in line)
+    row = next(line for line in table.output.splitlines() if "churn" in line)
+    cells = [c.strip() for c in row.split("│")]
+    names = [c.strip() for c in header.split("┃")]
+    assert (cells[names.index("data to")], cells[names.index("newer events")], cells[names.index("days since")]) == ("2026-03-04", "2", "1")
+
+
+def test_a_trained_model_card_stores_its_data_cutoff(tmp_path: Path, workspace: Workspace) -> None:
+    from test_index import make_events
+
+    from behavior.models import train_model
+    from behavior.models.common import TrainSettings
+
+    make_events(users=40, seed=1).to_parquet(tmp_path / "shop.parquet")
+    ingest_file(workspace, tmp_path / "shop.parquet")
+    result = train_model(workspace, "churn", settings=TrainSettings(epochs=1), horizon_days=7)
+    assert result["card"]["data_cutoff"] == workspace.load_events()["ts"].max().isoformat()
+    assert result["card"]["data_batches"] == [1]

@@ -90,6 +90,9 @@ def _train_locked(ws: Any, cls: Any, name: str, progress: Any, settings: Any, ev
         kwargs["settings"] = settings
     model = cls(**kwargs).fit(events, labels=labels, progress=progress)
     card = evaluate(model, events, labels=labels, progress=progress).card
+    # How old the model's data is, once new batches arrive (`shopsight models` compares it with the events).
+    card["data_cutoff"] = events["ts"].max().isoformat()
+    card["data_batches"] = [b["id"] for b in ws.batches()] or None
     scores = score_users(model, events, progress=progress)
     version = model.save(ws, card=card, scores=scores)
     return {"name": name, "version": version, "train_seconds": card.get("train_seconds"), "card": card}

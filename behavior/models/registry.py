@@ -234,9 +234,38 @@ def list_models(ws: Workspace) -> list[dict[str, Any]]:
             row.update(
                 created=card.get("created"),
                 data_window=card.get("data_window"),
+                data_cutoff=card.get("data_cutoff"),
                 metrics=card.get("metrics", {}),
                 baselines=card.get("baselines", {}),
                 train_seconds=card.get("train_seconds"),
             )
             rows.append(row)
+    return rows
+
+
+def data_cutoff(card: dict[str, Any]) -> pd.Timestamp | None:
+    """The last event time a model was trained on: the card's ``data_cutoff`` (older cards: their data window's end)."""
+    value = card.get("data_cutoff") or (card.get("data_window") or {}).get("last_event")
+    return pd.Timestamp(value) if value else None
+
+
+def add_freshness(ws: Workspace, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add to each :func:`list_models` row how old its data is: ``freshness = {data_cutoff, newer_events,
+    days_since_cutoff}``, the events stored after the model's cutoff and the days from the cutoff to
+    the workspace's last event (0 and 0.0 for a model trained on all of today's events)."""
+    cutoffs = {id(r): data_cutoff(r) for r in rows}  # a row carries its card's data_cutoff and data_window
+    if not any(c is not None for c in cutoffs.values()) or not ws.exists():
+        return rows
+    ts = ws.load_events(columns=["ts"])["ts"]
+    last = ts.max()
+    for r in rows:
+        cutoff = cutoffs[id(r)]
+        if cutoff is None:
+            continue
+        cutoff = cutoff.tz_localize("UTC") if cutoff.tzinfo is None else cutoff
+        r["freshness"] = {
+            "data_cutoff": cutoff.isoformat(),
+            "newer_events": int((ts > cutoff).sum()),
+            "days_since_cutoff": round(max((last - cutoff).total_seconds(), 0.0) / 86400, 1),
+        }
     return rows
