@@ -621,9 +621,7 @@ class QueryEngine:
 
     def _workspace_facts(self) -> _WorkspaceFacts:
         """Schema, span, values and the session tables of the events file, rebuilt when the file changes."""
-        files = self.ws.require_events()
-        # Every visible batch file and its version: a new, undone or replaced batch changes it.
-        stamp = tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+        files, stamp = self._event_files_stamp()
         path = files[0] if len(files) == 1 else self.ws.events_dir
         with self._build_lock:
             cached = self._facts
@@ -674,6 +672,17 @@ class QueryEngine:
             )
             self._facts = facts
             return facts
+
+    def _event_files_stamp(self) -> tuple[list[Path], tuple[tuple[str, int, int], ...]]:
+        """The visible batch files and their versions (a new, undone or replaced batch changes them)."""
+        for attempt in range(3):
+            files = self.ws.require_events()
+            try:
+                return files, tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+            except FileNotFoundError:  # a writer undid or replaced a batch after we read the manifest
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def trained_models(self) -> dict[str, str]:
         """``{name: version}`` of each score model whose latest version saved a score table."""

@@ -82,7 +82,7 @@ def measure_one(path: Path, profile: bool = False) -> dict:
             "events_per_cpu_s": round(report.rows_kept / max(cpu, 1e-9), 1),
             "rss_before_mb": round(before, 1),
             "peak_rss_mb": round(peak_rss_mb(), 1),
-            "output_mb": round(ws.events_path.stat().st_size / 2**20, 1),
+            "output_mb": round(sum(f.stat().st_size for f in ws.event_files()) / 2**20, 1),
         }
 
 
