@@ -74,7 +74,9 @@ def workspace_key(workspace: Workspace) -> bytes:
     path = workspace.root / KEY_FILE
     if not path.exists():
         workspace.root.mkdir(parents=True, exist_ok=True)
-        tmp = workspace.root / f".{KEY_FILE}.{secrets.token_hex(6)}.tmp"
+        # Not "*.tmp": the writer lock's cleanup of killed writers' temp files must not take this one,
+        # which an ingest makes before it waits for the lock.
+        tmp = workspace.root / f".{KEY_FILE}.{secrets.token_hex(6)}.new"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "w") as fh:

@@ -265,32 +265,44 @@ class Workspace:
         raise AssertionError("unreachable")
 
     def _read_event_files(self, files: list[Path], columns: list[str] | None) -> pd.DataFrame:
-        frames = []
+        schemas: list[list[str]] = []
         for path in files:
             if not path.exists():
                 raise FileNotFoundError(path)
             try:
-                found = pq.read_schema(path).names
-                # The columns every reader needs, and those asked for: a file copied in by hand fails
-                # here, by name, rather than as a KeyError deep in a feature builder.
-                missing = [c for c in dict.fromkeys([*MUST_PROVIDE, *(columns or [])]) if c not in found]
-                if not missing:
-                    frames.append(pd.read_parquet(path, columns=columns))
-                    continue
+                schemas.append(pq.read_schema(path).names)
             except FileNotFoundError:
                 raise
             except Exception as exc:
                 raise WorkspaceError(f"cannot read {path}: {exc}; re-create it with `shopsight ingest` or `shopsight demo`") from exc
-            maps = " ".join(f"--map {c}=YOUR_COLUMN" for c in missing if c in MUST_PROVIDE)
-            raise WorkspaceError(
-                f"{path} is not a ShopSight events file: it lacks the column{'s' if len(missing) > 1 else ''} "
-                f"{', '.join(missing)} (found: {', '.join(found) or 'none'}). Ingest the source data instead, which "
-                f"writes this file: `shopsight ingest FILE {maps + ' ' if maps else ''}--workspace {self.root}`"
-                + ("" if maps else " (use --map CANONICAL=YOUR_COLUMN for any column named differently)")
-            )
+        anywhere = {name for names in schemas for name in names}
+        for path, found in zip(files, schemas):
+            # The columns every reader needs, and those asked for: a file copied in by hand fails
+            # here, by name, rather than as a KeyError deep in a feature builder. An optional column
+            # one batch lacks and another has is read as missing values there.
+            missing = [c for c in dict.fromkeys([*MUST_PROVIDE, *(columns or [])])
+                       if c not in found and (c in MUST_PROVIDE or c not in anywhere)]
+            if missing:
+                maps = " ".join(f"--map {c}=YOUR_COLUMN" for c in missing if c in MUST_PROVIDE)
+                raise WorkspaceError(
+                    f"{path} is not a ShopSight events file: it lacks the column{'s' if len(missing) > 1 else ''} "
+                    f"{', '.join(missing)} (found: {', '.join(found) or 'none'}). Ingest the source data instead, which "
+                    f"writes this file: `shopsight ingest FILE {maps + ' ' if maps else ''}--workspace {self.root}`"
+                    + ("" if maps else " (use --map CANONICAL=YOUR_COLUMN for any column named differently)")
+                )
+        frames = []
+        for path, found in zip(files, schemas):
+            try:
+                frames.append(pd.read_parquet(path, columns=None if columns is None else [c for c in columns if c in found]))
+            except FileNotFoundError:
+                raise
+            except Exception as exc:
+                raise WorkspaceError(f"cannot read {path}: {exc}; re-create it with `shopsight ingest` or `shopsight demo`") from exc
         if len(frames) == 1:
             return single_chunk_strings(frames[0])
         events = pd.concat(frames, ignore_index=True)
+        if columns is not None:
+            events = events[list(columns)]
         if "user_id" in events.columns and "ts" in events.columns:
             # Each batch is sorted by user and time; so is their union, as every reader expects.
             events = events.sort_values(["user_id", "ts"], kind="stable").reset_index(drop=True)

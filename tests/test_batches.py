@@ -365,3 +365,14 @@ def test_a_trained_model_card_stores_its_data_cutoff(tmp_path: Path, workspace: 
     result = train_model(workspace, "churn", settings=TrainSettings(epochs=1), horizon_days=7)
     assert result["card"]["data_cutoff"] == workspace.load_events()["ts"].max().isoformat()
     assert result["card"]["data_batches"] == [1]
+
+
+def test_an_optional_column_one_batch_lacks_reads_as_missing(tmp_path: Path, workspace: Workspace) -> None:
+    ingest_file(workspace, _csv(tmp_path, "day1.csv", DAY1))
+    (tmp_path / "devices.csv").write_text("user_id,ts,event,device\nu5,2026-03-06T10:00:00Z,view,mobile\n")
+    ingest_file(workspace, tmp_path / "devices.csv")
+    events = workspace.load_events(columns=["user_id", "ts", "device"])
+    assert list(events.columns) == ["user_id", "ts", "device"]
+    assert events.set_index("user_id")["device"].isna().to_dict() == {"u1": True, "u2": True, "u5": False}
+    with pytest.raises(WorkspaceError, match="lacks the column country"):
+        workspace.load_events(columns=["user_id", "country"])
