@@ -376,3 +376,32 @@ def test_an_optional_column_one_batch_lacks_reads_as_missing(tmp_path: Path, wor
     assert events.set_index("user_id")["device"].isna().to_dict() == {"u1": True, "u2": True, "u5": False}
     with pytest.raises(WorkspaceError, match="lacks the column country"):
         workspace.load_events(columns=["user_id", "country"])
+
+
+WRITE_BATCHES = """
+import sys
+from behavior.ingest import ingest_file, undo_batch
+from behavior.workspace import Workspace
+
+ws = Workspace.at(sys.argv[1])
+for path in sys.argv[2:]:
+    ingest_file(ws, path)
+undo_batch(ws, 2)
+"""
+
+
+def test_a_reader_sees_each_batch_whole_or_not_at_all(tmp_path: Path) -> None:
+    # Batches of 1, 2, 4, 8 and 16 events: every sum of some of them is a different number, so each
+    # count a reader sees says exactly which batches it saw.
+    paths = [_csv(tmp_path, f"b{k}.csv", [f"k{k}u{i},2026-03-0{k + 1}T10:00:00Z,view,i1,Audio,1,1,," for i in range(2**k)]) for k in range(5)]
+    ws = Workspace(tmp_path / "ws")
+    ingest_file(ws, paths[0])
+    writer = subprocess.Popen([sys.executable, "-c", WRITE_BATCHES, str(ws.root), *map(str, paths[1:])], cwd=REPO,
+                              env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
+    seen = set()
+    while writer.poll() is None:
+        seen.add(len(ws.load_events(columns=["user_id", "ts", "event"])))
+    assert writer.returncode == 0, writer.stderr.read()
+    prefixes = {1, 3, 7, 15, 31, 31 - 2}  # each batch appended in turn, then batch 2 (2 events) undone
+    assert seen <= prefixes and len(seen) >= 2, seen
+    assert len(ws.load_events()) == 29
