@@ -405,3 +405,13 @@ def test_a_reader_sees_each_batch_whole_or_not_at_all(tmp_path: Path) -> None:
     prefixes = {1, 3, 7, 15, 31, 31 - 2}  # each batch appended in turn, then batch 2 (2 events) undone
     assert seen <= prefixes and len(seen) >= 2, seen
     assert len(ws.load_events()) == 29
+
+
+def test_the_demo_replaces_earlier_batches_with_its_one_file(tmp_path: Path, workspace: Workspace) -> None:
+    from behavior.demo import build_demo_workspace
+
+    ingest_file(workspace, _csv(tmp_path, "day1.csv", DAY1))
+    build_demo_workspace(workspace, users=20, days=14, progress=False)
+    assert [(b["id"], b["file"]) for b in batch_list(workspace)] == [(0, "events.parquet")]
+    assert not list(workspace.events_dir.glob("*.parquet"))
+    assert not workspace.load_events()["user_id"].isin(["u1", "u2"]).any()
