@@ -844,7 +844,9 @@ def models(
 
     "data to" is the last event a version was trained on; "newer events" counts the events
     ingested since with a later time, and "days since" the days from that cutoff to the
-    workspace's last event (retrain with `shopsight train` when they grow).
+    workspace's last event (retrain with `shopsight train` when they grow). "drift" is the
+    population stability index of the per-user feature that moved most since training
+    (below 0.1 stable, up to 0.25 a moderate shift, above that retrain); --json lists every one.
 
     Example: shopsight models --workspace /tmp/shop
     """
@@ -861,15 +863,15 @@ def models(
         return
     table = Table(title=f"Models in {ws.root}")
     for col in ("model", "version", "created", "task", "ROC-AUC", "PR-AUC", "Brier", "best baseline (ROC-AUC)", "train s",
-                "data to", "newer events", "days since"):
+                "data to", "newer events", "days since", "drift (worst PSI)"):
         table.add_column(col)
     for r in rows:
         if "error" in r:
-            table.add_row(r["name"], r["version"], "-", "[red]" + r["error"] + "[/]", "", "", "", "", "", "", "", "")
+            table.add_row(r["name"], r["version"], "-", "[red]" + r["error"] + "[/]", "", "", "", "", "", "", "", "", "")
             continue
         fresh = r.get("freshness") or {}
         age = (str(fresh.get("data_cutoff", "-"))[:10], f"{fresh['newer_events']:,}" if fresh else "-",
-               f"{fresh['days_since_cutoff']:g}" if fresh else "-")
+               f"{fresh['days_since_cutoff']:g}" if fresh else "-", _worst_drift(r.get("drift")))
         card = {"name": r["name"], "version": r["version"], "metrics": r["metrics"], "baselines": r["baselines"]}
         flat = metric_rows(card)
         own = [x for x in flat if x["who"] == f"{r['name']}@{r['version']}"] or [{"task": "-", "roc_auc": None, "pr_auc": None, "brier": None}]
@@ -882,6 +884,14 @@ def models(
                 *age,
             )
     console.print(table)
+
+
+def _worst_drift(drift: Optional[dict]) -> str:
+    """The feature that moved most since training, e.g. "recency_days 0.31 drift: retrain"."""
+    if not drift:
+        return "-"
+    name, d = max(drift.items(), key=lambda kv: kv[1]["psi"])
+    return f"{name} {d['psi']:.2f} {d['verdict']}"
 
 
 def predict_user(ws, user_id: str) -> dict[str, Any]:

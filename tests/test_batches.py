@@ -357,7 +357,7 @@ def test_models_show_the_events_and_days_since_each_models_data_cutoff(tmp_path:
 def test_a_trained_model_card_stores_its_data_cutoff(tmp_path: Path, workspace: Workspace) -> None:
     from test_index import make_events
 
-    from behavior.models import train_model
+    from behavior.models import registry, train_model
     from behavior.models.common import TrainSettings
 
     make_events(users=40, seed=1).to_parquet(tmp_path / "shop.parquet")
@@ -365,6 +365,9 @@ def test_a_trained_model_card_stores_its_data_cutoff(tmp_path: Path, workspace: 
     result = train_model(workspace, "churn", settings=TrainSettings(epochs=1), horizon_days=7)
     assert result["card"]["data_cutoff"] == workspace.load_events()["ts"].max().isoformat()
     assert result["card"]["data_batches"] == [1]
+    assert set(result["card"]["feature_profile"]) >= {"recency_days", "monetary"}
+    row = registry.add_freshness(workspace, registry.list_models(workspace))[0]
+    assert row["drift"]["recency_days"] == {"psi": 0.0, "verdict": "stable"} and "feature_profile" not in row
 
 
 def test_an_optional_column_one_batch_lacks_reads_as_missing(tmp_path: Path, workspace: Workspace) -> None:
@@ -415,3 +418,24 @@ def test_the_demo_replaces_earlier_batches_with_its_one_file(tmp_path: Path, wor
     assert [(b["id"], b["file"]) for b in batch_list(workspace)] == [(0, "events.parquet")]
     assert not list(workspace.events_dir.glob("*.parquet"))
     assert not workspace.load_events()["user_id"].isin(["u1", "u2"]).any()
+
+
+# --- drift --------------------------------------------------------------------------------------
+
+
+def test_psi_is_zero_for_the_same_users_and_large_for_a_shifted_population() -> None:
+    from behavior.drift import drift_report, feature_profile, psi, verdict
+    from behavior.features import user_features
+    from test_index import make_events
+
+    events = make_events(users=200, seed=3)
+    profile = feature_profile(events)
+    assert set(profile) == {"recency_days", "frequency", "monetary", "n_sessions", "velocity"}
+    same = drift_report(profile, user_features(events))
+    assert all(d["psi"] == 0 and d["verdict"] == "stable" for d in same.values())
+    # The same shop 60 days later with no new events: every user's recency grows by 60 days.
+    later = user_features(events, asof=events["ts"].max() + pd.Timedelta(days=60))
+    moved = drift_report(profile, later)
+    assert moved["recency_days"]["psi"] > 0.25 and moved["recency_days"]["verdict"] == "drift: retrain"
+    assert moved["frequency"]["psi"] == 0  # what is counted over all time has not moved
+    assert psi([0.5, 0.5], [0.5, 0.5]) == 0 and verdict(0.05) == "stable" and verdict(0.2) == "moderate shift"

@@ -77,6 +77,7 @@ def train_model(
 
 
 def _train_locked(ws: Any, cls: Any, name: str, progress: Any, settings: Any, events: Any, params: dict[str, Any]) -> dict[str, Any]:
+    from behavior.drift import feature_profile
     from behavior.models.evaluation import evaluate, score_users
 
     if events is None:
@@ -93,6 +94,7 @@ def _train_locked(ws: Any, cls: Any, name: str, progress: Any, settings: Any, ev
     # How old the model's data is, once new batches arrive (`shopsight models` compares it with the events).
     card["data_cutoff"] = events["ts"].max().isoformat()
     card["data_batches"] = [b["id"] for b in ws.batches()] or None
+    card["feature_profile"] = feature_profile(events)  # what drift is measured against
     scores = score_users(model, events, progress=progress)
     version = model.save(ws, card=card, scores=scores)
     return {"name": name, "version": version, "train_seconds": card.get("train_seconds"), "card": card}

@@ -235,6 +235,7 @@ def list_models(ws: Workspace) -> list[dict[str, Any]]:
                 created=card.get("created"),
                 data_window=card.get("data_window"),
                 data_cutoff=card.get("data_cutoff"),
+                feature_profile=card.get("feature_profile"),
                 metrics=card.get("metrics", {}),
                 baselines=card.get("baselines", {}),
                 train_seconds=card.get("train_seconds"),
@@ -252,11 +253,23 @@ def data_cutoff(card: dict[str, Any]) -> pd.Timestamp | None:
 def add_freshness(ws: Workspace, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Add to each :func:`list_models` row how old its data is: ``freshness = {data_cutoff, newer_events,
     days_since_cutoff}``, the events stored after the model's cutoff and the days from the cutoff to
-    the workspace's last event (0 and 0.0 for a model trained on all of today's events)."""
+    the workspace's last event (0 and 0.0 for a model trained on all of today's events); and, for a
+    card with a feature profile, ``drift = {feature: {psi, verdict}}`` against today's events."""
     cutoffs = {id(r): data_cutoff(r) for r in rows}  # a row carries its card's data_cutoff and data_window
     if not any(c is not None for c in cutoffs.values()) or not ws.exists():
         return rows
-    ts = ws.load_events(columns=["ts"])["ts"]
+    profiled = [r for r in rows if r.get("feature_profile")]
+    if profiled:
+        from behavior.drift import drift_report
+        from behavior.features import user_features
+
+        events = ws.load_events()
+        table = user_features(events)
+        for r in profiled:
+            r["drift"] = drift_report(r.pop("feature_profile"), table)  # the profile itself is the card's
+        ts = events["ts"]
+    else:
+        ts = ws.load_events(columns=["ts"])["ts"]
     last = ts.max()
     for r in rows:
         cutoff = cutoffs[id(r)]
