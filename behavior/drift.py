@@ -32,7 +32,7 @@ def feature_profile(events: pd.DataFrame, features: tuple[str, ...] = DRIFT_FEAT
         if not len(values):
             continue
         edges = np.unique(np.quantile(values, np.linspace(0, 1, BINS + 1)[1:-1]))
-        out[name] = {"edges": [float(e) for e in edges], "shares": _shares(values, edges).tolist(), "users": int(len(values))}
+        out[name] = {"edges": [float(e) for e in edges], "shares": _shares(values, edges).tolist(), "users": len(values)}
     return out
 
 

@@ -424,9 +424,10 @@ def test_the_demo_replaces_earlier_batches_with_its_one_file(tmp_path: Path, wor
 
 
 def test_psi_is_zero_for_the_same_users_and_large_for_a_shifted_population() -> None:
+    from test_index import make_events
+
     from behavior.drift import drift_report, feature_profile, psi, verdict
     from behavior.features import user_features
-    from test_index import make_events
 
     events = make_events(users=200, seed=3)
     profile = feature_profile(events)
