@@ -798,6 +798,7 @@ def train(
     seed: int = typer.Option(0, help="Random seed (the same seed and data give the same model)."),
     threads: int = typer.Option(1, min=1, help="Torch CPU threads (1 is fastest on a busy 2-core machine)."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Maximum training epochs (early stopping may end sooner)."),
+    if_stale: bool = typer.Option(False, "--if-stale", help="Train only the models never trained or with events newer than their latest version's data cutoff."),
     as_json: bool = typer.Option(False, "--json", help="Print the model cards as JSON."),
 ) -> None:
     """Train models on a time-based split, compare them with baselines, and save a new version of each.
@@ -805,7 +806,11 @@ def train(
     Trains on every visible ingest batch. Holds the workspace's writer lock: an ingest started
     meanwhile waits for it ($SHOPSIGHT_LOCK_TIMEOUT_S).
 
-    Example: shopsight train churn --horizon 30 --workspace /tmp/shop
+    Examples:
+
+      shopsight train churn --horizon 30 --workspace /tmp/shop
+
+      shopsight train --if-stale        (after new batches: retrain what they made stale)
     """
     from behavior.models import metric_rows
     from behavior.models.common import TrainSettings
@@ -815,6 +820,18 @@ def train(
         return
     names = train_targets(target)
     ws = _workspace(workspace)
+    if if_stale:
+        from behavior.models.registry import stale_models
+
+        stale = stale_models(ws, names)
+        for name in names:
+            if not as_json:
+                console.print(f"{name}: " + (f"training ({stale[name]})" if name in stale else "fresh, not retrained"))
+        names = [n for n in names if n in stale]
+        if not names:
+            if as_json:
+                print("[]")
+            return
     settings = TrainSettings(seed=seed, threads=threads, **({"epochs": epochs} if epochs else {}))
     # "all" trains every model the data allows: one that cannot be trained (Complete Journey has no
     # sessions without a purchase for session intent) is reported, and the others are still trained

@@ -440,3 +440,27 @@ def test_psi_is_zero_for_the_same_users_and_large_for_a_shifted_population() -> 
     assert moved["recency_days"]["psi"] > 0.25 and moved["recency_days"]["verdict"] == "drift: retrain"
     assert moved["frequency"]["psi"] == 0  # what is counted over all time has not moved
     assert psi([0.5, 0.5], [0.5, 0.5]) == 0 and verdict(0.05) == "stable" and verdict(0.2) == "moderate shift"
+
+
+def test_train_if_stale_retrains_only_after_newer_events(tmp_path: Path, workspace: Workspace) -> None:
+    from test_index import make_events
+
+    from behavior.models.registry import latest_version
+
+    events = make_events(users=40, seed=1)
+    events.to_parquet(tmp_path / "shop.parquet")
+    ingest_file(workspace, tmp_path / "shop.parquet")
+    runner = CliRunner(env={"COLUMNS": "200"})
+    args = ["train", "churn", "--if-stale", "--horizon", "7", "--epochs", "1", "--workspace", str(workspace.root)]
+    first = runner.invoke(_app(), args)
+    assert first.exit_code == 0, first.output
+    assert "churn: training (not trained)" in first.output and latest_version(workspace, "churn") == "v1"
+    again = runner.invoke(_app(), args)
+    assert "churn: fresh, not retrained" in again.output and latest_version(workspace, "churn") == "v1"
+    later = events[events["user_id"].isin(events["user_id"].unique()[:5])].assign(ts=lambda d: d["ts"] + pd.Timedelta(days=90))
+    later.assign(session_id=later["session_id"] + "-later").to_parquet(tmp_path / "later.parquet")
+    ingest_file(workspace, tmp_path / "later.parquet")
+    stale = runner.invoke(_app(), args)
+    assert stale.exit_code == 0, stale.output
+    assert f"churn@v1 was trained on data to {events['ts'].max():%Y-%m-%d}; {len(later):,} newer events since" in stale.output
+    assert latest_version(workspace, "churn") == "v2"

@@ -282,3 +282,22 @@ def add_freshness(ws: Workspace, rows: list[dict[str, Any]]) -> list[dict[str, A
             "days_since_cutoff": round(max((last - cutoff).total_seconds(), 0.0) / 86400, 1),
         }
     return rows
+
+
+def stale_models(ws: Workspace, names: list[str]) -> dict[str, str]:
+    """Which of ``names`` need training, with why: never trained, or events newer than the latest version's cutoff."""
+    latest = {n: latest_version(ws, n) for n in names}
+    rows = [r for r in list_models(ws) if r["name"] in names and r["version"] == latest[r["name"]]]
+    by_name = {r["name"]: r for r in add_freshness(ws, rows)}
+    out: dict[str, str] = {}
+    for name in names:
+        row = by_name.get(name)
+        fresh = (row or {}).get("freshness")
+        if row is None or "error" in row:
+            out[name] = "not trained" if row is None else "its latest version cannot be read"
+        elif fresh is None:
+            out[name] = f"{name}@{row['version']} has no data cutoff in its card"
+        elif fresh["newer_events"]:
+            out[name] = (f"{name}@{row['version']} was trained on data to {fresh['data_cutoff'][:10]}; "
+                         f"{fresh['newer_events']:,} newer events since")
+    return out
