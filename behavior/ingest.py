@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from behavior.adapters import canonical_reader, get_adapter
 from behavior.events import (
@@ -323,7 +324,7 @@ def undo_batch(workspace: Workspace, batch_id: int, *, lock_timeout: float = LOC
         kept = [b for b in batches if b is not record]
         manifest = {**manifest, "batches": kept, "next_batch": int(manifest.get("next_batch", int(batch_id) + 1))}
         files = workspace.event_files(manifest)
-        manifest["summary"] = summarize_events(workspace._read_event_files(files, None)) if files else None
+        manifest["summary"] = summarize_events(workspace.read_event_files(files)) if files else None
         workspace.write_manifest(manifest)
         remove_unlisted_batch_files(workspace)  # its events file and its rejected rows
     return record
@@ -354,8 +355,6 @@ def _batches_with_legacy(workspace: Workspace, manifest: dict[str, Any]) -> list
 
 
 def _count_rows(files: list[Path]) -> int:
-    import pyarrow.parquet as pq
-
     return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
 

@@ -256,7 +256,7 @@ class Workspace:
         for attempt in range(3):
             files = self.require_events()
             try:
-                return self._read_event_files(files, columns)
+                return self.read_event_files(files, columns)
             except FileNotFoundError:
                 # A writer replaced or undid a batch between reading the manifest and the file:
                 # the manifest it published names the files to read now.
@@ -264,7 +264,13 @@ class Workspace:
                     raise
         raise AssertionError("unreachable")
 
-    def _read_event_files(self, files: list[Path], columns: list[str] | None) -> pd.DataFrame:
+    def read_event_files(self, files: list[Path], columns: list[str] | None = None) -> pd.DataFrame:
+        """The events in ``files`` (a manifest's list, see :meth:`event_files`), sorted by user and time.
+
+        Raises:
+            FileNotFoundError: a file is gone (a writer undid or replaced its batch meanwhile).
+            WorkspaceError: a file is unreadable or lacks canonical columns.
+        """
         schemas: list[list[str]] = []
         for path in files:
             if not path.exists():
