@@ -11,9 +11,10 @@ import bz2
 import codecs
 import gzip
 import lzma
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, ClassVar, Iterable, Iterator, Mapping, Sequence
+from typing import IO, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -114,7 +115,7 @@ class IngestReport:
         return sum(r.count for r in self.rejected_reasons)
 
     @classmethod
-    def combine(cls, reports: Sequence["IngestReport"], source: str, *, name_files: bool = False) -> "IngestReport":
+    def combine(cls, reports: Sequence[IngestReport], source: str, *, name_files: bool = False) -> IngestReport:
         """One report for rows read in parts (a file's chunks, a folder's files): counts added, reasons merged.
 
         Args:
