@@ -464,3 +464,24 @@ def test_train_if_stale_retrains_only_after_newer_events(tmp_path: Path, workspa
     assert stale.exit_code == 0, stale.output
     assert f"churn@v1 was trained on data to {events['ts'].max():%Y-%m-%d}; {len(later):,} newer events since" in stale.output
     assert latest_version(workspace, "churn") == "v2"
+
+
+def test_an_answer_from_a_model_older_than_the_newest_events_says_so_in_one_line(workspace: Workspace) -> None:
+    from test_agent import call, make_agent
+    from test_agent_support import tiny_context
+
+    from behavior.workspace import write_json_atomic
+
+    ctx = tiny_context(workspace)
+    card = workspace.models_dir / "churn" / "v1" / "card.json"
+    question, reply = "why is u00003 likely to churn?", "u00003 will likely churn: 88.1% (0.881), mostly because of the days since their last event."
+    last = ctx.get_events()["ts"].max()
+    write_json_atomic(card, {"data_cutoff": last.isoformat()})
+    fresh, _ = make_agent(ctx, [call("predict_churn", {"user_id": "u00003"}), reply])
+    assert "trained on data to" not in fresh.ask(question).answer
+    cutoff = ctx.get_events()["ts"].sort_values().iloc[-3]  # two events came after the model's data
+    write_json_atomic(card, {"data_cutoff": cutoff.isoformat()})
+    stale, _ = make_agent(ctx, [call("predict_churn", {"user_id": "u00003"}), reply])
+    answer = stale.ask(question).answer
+    assert answer.splitlines()[-1] == f"churn@v1 was trained on data to {cutoff.day} {cutoff:%b %Y}; 2 newer events since."
+    assert answer.startswith(reply)

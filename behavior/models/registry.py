@@ -301,3 +301,24 @@ def stale_models(ws: Workspace, names: list[str]) -> dict[str, str]:
             out[name] = (f"{name}@{row['version']} was trained on data to {fresh['data_cutoff'][:10]}; "
                          f"{fresh['newer_events']:,} newer events since")
     return out
+
+
+def stale_note(ws: Workspace, ref: str, ts: pd.Series) -> str | None:
+    """One line for an answer that used model ``ref`` ("churn@v1") when ``ts`` (the events the answer
+    read) holds events newer than its data cutoff, e.g. "churn@v1 was trained on data to 4 May 2026;
+    12,400 newer events since."; None when it is fresh or its card says nothing of its cutoff."""
+    name, _, version = ref.partition("@")
+    if not version or not _VERSION.match(version):
+        return None
+    try:
+        card = _read_json(ws.models_dir / name / version / CARD, "card.json", name)
+    except (ModelError, OSError):
+        return None  # a missing or broken card is reported where the model is loaded
+    cutoff = data_cutoff(card)
+    if cutoff is None:
+        return None
+    cutoff = cutoff.tz_localize("UTC") if cutoff.tzinfo is None else cutoff
+    newer = int((ts > cutoff).sum())
+    if not newer:
+        return None
+    return f"{ref} was trained on data to {cutoff.day} {cutoff:%b %Y}; {newer:,} newer events since."
