@@ -485,3 +485,22 @@ def test_an_answer_from_a_model_older_than_the_newest_events_says_so_in_one_line
     answer = stale.ask(question).answer
     assert answer.splitlines()[-1] == f"churn@v1 was trained on data to {cutoff.day} {cutoff:%b %Y}; 2 newer events since."
     assert answer.startswith(reply)
+
+
+def test_the_index_embeds_only_the_sessions_a_new_batch_adds_or_extends(tmp_path: Path, workspace: Workspace) -> None:
+    from test_index import RecordingEmbedder
+
+    from index.store import SessionIndex
+
+    ingest_file(workspace, _csv(tmp_path, "day1.csv", DAY1))
+    recorder = RecordingEmbedder()
+    index = SessionIndex(workspace, embedder=recorder)  # type: ignore[arg-type]
+    assert index.build().embedded == 2  # u1-s1, u2-web-1
+    ingest_file(workspace, _csv(tmp_path, "day2.csv", DAY2))
+    texts_before = len(recorder.texts)
+    stats = index.build()
+    # u1-s1 grew by day 2's 09:30 view (one session across two batches: embedded once more), u1-s2 and
+    # u3-s1 are new, u2-web-1 is unchanged.
+    assert (stats.embedded, stats.unchanged, stats.sessions) == (3, 1, 4)
+    assert len(recorder.texts) - texts_before == 3
+    assert sorted(h.session_id for h in index.user_history("u1")) == ["u1-s1", "u1-s2"]
