@@ -263,9 +263,11 @@ def ingest_file(
         stored = None if replace or not old_files else workspace.load_events()
         if replace:
             report.replaced_events = _count_rows(old_files)
-        events, report.already_stored = drop_stored(events, None if stored is None else stored[_present(stored, IDENTITY)])
+        # Identity and sessions are per user: only the stored events of this batch's users can match or continue.
+        theirs = None if stored is None else stored[stored["user_id"].isin(events["user_id"].unique())]
+        events, report.already_stored = drop_stored(events, None if theirs is None else theirs[_present(theirs, IDENTITY)])
         report.rows_kept = len(events)  # read = kept + duplicates + already stored + rejected
-        events = sessionize(events, after=None if stored is None else stored[["user_id", "ts", "session_id"]])
+        events = sessionize(events, after=None if theirs is None else theirs[["user_id", "ts", "session_id"]])
         batch_id = int(manifest.get("next_batch", 1 + max((b["id"] for b in batches), default=0)))
         record: dict[str, Any] = {
             "id": batch_id,
