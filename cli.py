@@ -665,7 +665,7 @@ def index_stats(
 
 # Targets of `shopsight train`; "all" trains every model in behavior.models.MODEL_NAMES. Add a
 # target (e.g. "router") here and a branch in `train`.
-TRAIN_TARGETS: list[str] = ["all", "intent", "churn", "risk"]
+TRAIN_TARGETS: list[str] = ["all", "intent", "churn", "risk", "recommend"]
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -688,13 +688,23 @@ def _print_metric_rows(title: str, rows: list[dict]) -> None:
     console.print(table)
 
 
+def _print_ranking_rows(title: str, rows: list[dict]) -> None:
+    """The recommender's table: HR@10, NDCG@10 and coverage of the model beside its baselines."""
+    table = Table(title=title)
+    for col in ("model / baseline", "HR@10", "NDCG@10", "coverage", "n", "train s"):
+        table.add_column(col, justify="left" if col == "model / baseline" else "right")
+    for r in rows:
+        table.add_row(r["who"], _fmt(r["hr_at_10"]), _fmt(r["ndcg_at_10"]), _fmt(r["coverage"]), _fmt(r["n"]), _fmt(r.get("train_seconds"), 1))
+    console.print(table)
+
+
 def train_targets(target: str) -> list[str]:
     """The model names a `shopsight train TARGET` trains; raises ValueError naming the valid targets."""
     from behavior.models import available_models
 
     if target not in TRAIN_TARGETS:
         raise ValueError(f"unknown train target '{target}': choose one of {', '.join(TRAIN_TARGETS)}")
-    return available_models() if target == "all" else [target]
+    return available_models(ranking=True) if target == "all" else [target]
 
 
 def _train_with_progress(
@@ -746,7 +756,7 @@ def train(
 
     Example: shopsight train churn --horizon 30 --workspace /tmp/shop
     """
-    from behavior.models import metric_rows
+    from behavior.models import metric_rows, ranking_rows
     from behavior.models.common import TrainSettings
 
     if target == "router":  # the local backend's question router (issue 5): no events needed
@@ -767,6 +777,9 @@ def train(
                 err_console.print(f"[bold red]{r['name']} not trained:[/] {escape(r['error'])}", highlight=False)
                 continue
             card = {**r["card"], "name": r["name"], "version": r["version"]}
+            if ranking_rows(card):
+                _print_ranking_rows(f"{r['name']} {r['version']}: model vs baselines on the test cutoff (trained in {_fmt(r['train_seconds'], 1)} s)", ranking_rows(card))
+                continue
             _print_metric_rows(f"{r['name']} {r['version']}: model vs baselines on the test cutoff (trained in {_fmt(r['train_seconds'], 1)} s)", metric_rows(card))
     if failed:
         raise typer.Exit(code=1)
@@ -782,7 +795,7 @@ def models(
 
     Example: shopsight models --workspace /tmp/shop
     """
-    from behavior.models import metric_rows
+    from behavior.models import metric_rows, ranking_rows
     from behavior.models.registry import list_models
 
     ws = _workspace(workspace)
@@ -801,6 +814,12 @@ def models(
             table.add_row(r["name"], r["version"], "-", "[red]" + r["error"] + "[/]", "", "", "", "", "")
             continue
         card = {"name": r["name"], "version": r["version"], "metrics": r["metrics"], "baselines": r["baselines"]}
+        if ranked := ranking_rows(card):  # the recommender: HR@10 in the task column, its best baseline beside it
+            best = max(ranked[1:], key=lambda x: x["hr_at_10"] or 0, default=None)
+            table.add_row(r["name"], r["version"], str(r.get("created") or "-"),
+                          f"next item HR@10 {_fmt(ranked[0]['hr_at_10'])}, NDCG@10 {_fmt(ranked[0]['ndcg_at_10'])}", "-", "-", "-",
+                          f"{best['who']} HR@10 {_fmt(best['hr_at_10'])}" if best else "-", _fmt(r.get("train_seconds"), 1))
+            continue
         flat = metric_rows(card)
         own = [x for x in flat if x["who"] == f"{r['name']}@{r['version']}"] or [{"task": "-", "roc_auc": None, "pr_auc": None, "brier": None}]
         for m in own:
