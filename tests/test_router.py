@@ -315,7 +315,6 @@ def test_orders_are_found_and_a_near_miss_is_suggested():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("question,key", [
-    ("What should we recommend to u00042?", "recommendations"),
     ("Forecast next quarter's revenue for me.", "forecasts"),
     ("Which marketing campaign drove the most sales?", "marketing attribution"),
     ("How accurate is the churn model overall?", "model quality"),
