@@ -27,6 +27,7 @@ from torch import nn
 from behavior.models.common import BehaviorModel, ModelError, NotFittedError, Progress, TrainSettings, seed_everything
 
 ITEM_EVENTS: tuple[str, ...] = ("view", "add_to_cart", "purchase")
+ITEM_COLUMNS: tuple[str, ...] = ("user_id", "ts", "event", "item_id", "category", "price", "session_id")
 TARGET_EVENTS: tuple[str, ...] = ("add_to_cart", "purchase")
 EVENT_WEIGHTS = {"view": 1.0, "add_to_cart": 3.0, "purchase": 5.0}  # how much an event says about interest
 K = 10  # HR@K, NDCG@K
@@ -43,7 +44,8 @@ METHODS: tuple[str, ...] = ("model", "popularity", "category_popularity", "coocc
 
 def item_events(events: pd.DataFrame) -> pd.DataFrame:
     """The views, carts and purchases that name an item, oldest first (ties keep their order)."""
-    rows = events[events["event"].isin(ITEM_EVENTS) & events["item_id"].notna()]
+    keep = (events["event"].isin(ITEM_EVENTS) & events["item_id"].notna()).to_numpy(dtype=bool)
+    rows = events.loc[keep, [c for c in ITEM_COLUMNS if c in events.columns]]  # the few columns it needs: taking all costs most
     return rows.sort_values(["user_id", "ts"], kind="stable")
 
 
@@ -157,8 +159,10 @@ class ItemSequenceNet(nn.Module):
         return self.proj(self.drop(h)) @ self.items.weight[1:].T + self.bias
 
     def last(self, items: torch.Tensor, events: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        out = self.forward(items, events)
-        return out[torch.arange(len(out)), (lengths - 1).clamp(min=0)]
+        """Logits after each sequence's last event only (scoring the items at one position, not all)."""
+        h, _ = self.gru(self.items(items) + self.events(events))
+        h = h[torch.arange(len(h)), (lengths - 1).clamp(min=0)]
+        return self.proj(h) @ self.items.weight[1:].T + self.bias
 
 
 @dataclass
@@ -184,6 +188,7 @@ class RecommendModel(BehaviorModel):
     """
 
     name: ClassVar[str] = "recommend"
+    popular_days: ClassVar[int] = POPULAR_DAYS
 
     def __init__(self, horizon_days: int = 14, max_items: int = 3000, settings: TrainSettings | None = None) -> None:
         self.horizon_days = horizon_days
@@ -341,11 +346,12 @@ class RecommendModel(BehaviorModel):
                 ok[p] = False
         return ok
 
-    def components(self, h: UserHistory) -> dict[str, np.ndarray]:
+    def components(self, h: UserHistory, *, with_gru: bool = True) -> dict[str, np.ndarray]:
         """The blend's parts, each a distribution over the items: the GRU's next item, co-occurrence with the
         user's recent items, and P(category of interest) x P(item | category) by popularity."""
         co = self.cooc_scores(h)
-        return {"gru": self.gru_probabilities([h])[0], "cooc": co / co.sum() if co.sum() > 0 else co,
+        gru = self.gru_probabilities([h])[0] if with_gru else np.zeros(len(self.items_))
+        return {"gru": gru, "cooc": co / co.sum() if co.sum() > 0 else co,
                 "category": self.category_scores(h), "popularity": np.log1p(self.popularity_)}
 
     def scores(self, h: UserHistory, method: str) -> np.ndarray:
@@ -363,7 +369,7 @@ class RecommendModel(BehaviorModel):
             return self.cooc_scores(h) + pop
         if method != "model":
             raise ModelError(f"unknown recommendation method '{method}': choose one of {', '.join(METHODS)}")
-        return _blend(self.components(h), self.blend_)
+        return _blend(self.components(h, with_gru=self.blend_[0] > 0), self.blend_)  # the net runs only if it has weight
 
     def category_scores(self, h: UserHistory) -> np.ndarray:
         """P(category) from the user's event-weighted interest in their top 3 x P(item | category) by popularity."""
@@ -412,7 +418,10 @@ class RecommendModel(BehaviorModel):
 
     def recommend(self, user_events: pd.DataFrame, k: int = K, method: str = "model") -> list[int]:
         """The top-``k`` vocabulary positions for one user (their events up to now), best first."""
-        h = self.history(user_events)
+        return self.recommend_for(self.history(user_events), k, method)
+
+    def recommend_for(self, h: UserHistory, k: int = K, method: str = "model") -> list[int]:
+        """``recommend`` from a history already read (the tool reads it once for the ranking and the reasons)."""
         return _top(self.scores(h, method), self.candidates(h), k)
 
     def rank_users(self, events: pd.DataFrame, users: Sequence[str], *, method: str = "model", k: int = K) -> dict[str, list[str]]:
