@@ -134,7 +134,7 @@ def demo(
     seed: int = typer.Option(7, help="Random seed: the same seed gives the same data."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     no_index: bool = typer.Option(False, "--no-index", help="Skip building the session index (the slowest step: it embeds every session; `shopsight index build` does it later)."),
-    no_train: bool = typer.Option(False, "--no-train", help="Skip training the intent, churn and risk models."),
+    no_train: bool = typer.Option(False, "--no-train", help="Skip training the intent, churn, risk and recommend models."),
     no_ask: bool = typer.Option(False, "--no-ask", help="Skip the three sample questions to the local agent at the end."),
 ) -> None:
     """Create the demo workspace (a synthetic shop with ground-truth labels) and summarize it.
