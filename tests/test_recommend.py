@@ -175,3 +175,9 @@ def test_an_email_to_send_is_not_a_request_for_an_email_address(question, label)
     from tools.registry import Entities
 
     assert policy_label(question, Entities(user_ids=["u00042"])) == label
+
+
+def test_train_all_and_the_demo_include_the_recommender():
+    from cli import train_targets
+
+    assert train_targets("all")[-1] == "recommend" and train_targets("recommend") == ["recommend"]
