@@ -97,6 +97,11 @@ def _workspace(path: Optional[Path]):
     return Workspace.at(path or _settings().home)
 
 
+def _writer(ws, command: str):
+    """The workspace's writer lock, waiting as long as the settings say ($SHOPSIGHT_LOCK_TIMEOUT_S)."""
+    return ws.writer(command, timeout=_settings().lock_timeout_s)
+
+
 def _print_summary(summary: dict, title: str) -> None:
     table = Table(title=title, show_header=False)
     table.add_column("what", style="bold")
@@ -114,7 +119,7 @@ def _print_report(report) -> None:
     d = report.to_dict()
     console.print(
         f"Read {d['rows_read']:,} rows from {d['source']}: kept {d['rows_kept']:,}, "
-        f"duplicates dropped {d['duplicates']:,}, rejected {d['rows_rejected']:,}."
+        f"duplicates dropped {d['duplicates']:,}, already stored {d.get('already_stored', 0):,}, rejected {d['rows_rejected']:,}."
     )
     if d["naive_timestamps_as"]:
         console.print(f"[yellow]Timestamps without a time zone were read as {d['naive_timestamps_as']}.[/]")
@@ -179,10 +184,11 @@ def demo(
 @app.command()
 @friendly_errors
 def ingest(
-    file: Optional[Path] = typer.Argument(None, help="CSV/TSV/Parquet file (omit for a data set a package ships, e.g. --format cdnow)."),
+    file: Optional[str] = typer.Argument(None, help="A CSV/TSV/Parquet file, a folder of them, or a quoted glob like 'exports/*.csv' (omit for a data set a package ships, e.g. --format cdnow).", show_default=False),
     fmt: str = typer.Option("canonical", "--format", "-f", help="Input format; see `shopsight datasets`."),
     map_: list[str] = typer.Option([], "--map", "-m", help="Rename a column: CANONICAL=SOURCE, e.g. user_id=CustomerID. Repeatable."),
-    strict: bool = typer.Option(False, "--strict", help="Refuse the file on the first unusable or duplicate row."),
+    strict: bool = typer.Option(False, "--strict", help="Refuse the input on the first unusable or duplicate row (e.g. a purchase of quantity 0, a NUL byte in a field)."),
+    replace: bool = typer.Option(False, "--replace", help="Start over: discard every stored event (the count is reported) and keep only this input."),
     tz: Optional[str] = typer.Option(None, "--tz", help="Time zone of timestamps that carry none (default: the format's own; UTC for most, Europe/London for online_retail).", show_default=False),
     encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of CSV input."),
     max_rows: Optional[int] = typer.Option(None, "--max-rows", min=1, help="Refuse a file with more rows (default 20,000,000; $SHOPSIGHT_INGEST_MAX_ROWS).", show_default=False),
@@ -191,32 +197,129 @@ def ingest(
     workspace: Optional[Path] = WorkspaceOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the ingest report as JSON."),
 ) -> None:
-    """Validate a file, report what could not be used, and store it as the workspace's events.
+    """Validate input, report what could not be used, and append it to the workspace's events as one batch.
+
+    Events already stored (same user, time, event, item, session and order) are counted, not
+    stored twice, so re-running an ingest is safe. `shopsight batches` lists the batches;
+    `shopsight batches undo ID` removes one. One writer at a time: a second ingest waits for
+    the first ($SHOPSIGHT_LOCK_TIMEOUT_S, default 30 s).
 
     Examples:
 
       shopsight ingest events.csv --map user_id=CustomerID --map ts=InvoiceDate
 
+      shopsight ingest exports/                 (every CSV/Parquet file in the folder, one batch)
+
+      shopsight ingest 'exports/2026-*.csv'     (a glob: quote it)
+
+      shopsight ingest day1.csv --replace       (start over with this file)
+
       shopsight ingest online_retail_II.csv --format online_retail
 
       shopsight ingest --format cdnow          (uses the copy shipped by PyPI `lifetimes`)
     """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from behavior.events import parse_mapping
     from behavior.ingest import ingest_file
 
     ws = _workspace(workspace)
-    limits = _settings(ingest_max_rows=max_rows, ingest_max_memory_mb=max_memory_mb,
-                       ingest_max_text_chars=max_text_chars).ingest_limits()
-    events, report = ingest_file(
-        ws, file, fmt=fmt, mapping=parse_mapping(map_), strict=strict, tz=tz, encoding=encoding, limits=limits
-    )
+    settings = _settings(ingest_max_rows=max_rows, ingest_max_memory_mb=max_memory_mb, ingest_max_text_chars=max_text_chars)
+    with Progress(
+        TextColumn("[bold]Reading[/] {task.fields[name]}"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
+        TimeElapsedColumn(), console=err_console, transient=True, disable=as_json,
+    ) as bar:
+        task = bar.add_task("read", total=None, name="")
+
+        def on_progress(done: int, total: int, path: Path) -> None:
+            bar.update(task, completed=done, total=max(total, done), name=path.name)
+
+        events, report = ingest_file(
+            ws, file, fmt=fmt, mapping=parse_mapping(map_), strict=strict, tz=tz, encoding=encoding,
+            limits=settings.ingest_limits(), replace=replace, lock_timeout=settings.lock_timeout_s, on_progress=on_progress,
+        )
+    manifest = ws.read_manifest()
     if as_json:
-        print(json.dumps({"report": report.to_dict(), "summary": ws.read_manifest().get("summary")}, indent=2))
+        print(json.dumps({"report": report.to_dict(), "summary": manifest.get("summary")}, indent=2))
         return
     _print_report(report)
-    if report.rows_rejected:
-        console.print(f"Rejected rows with their reasons are in {ws.rejected_dir}/.")
-    _print_summary(ws.read_manifest()["summary"], f"Workspace {ws.root}")
+    if report.replaced_events is not None:
+        console.print(f"[yellow]--replace discarded {report.replaced_events:,} stored events.[/]")
+    batch = next((b for b in manifest.get("batches", []) if b["id"] == report.batch), {})
+    if batch.get("rejected_file"):
+        console.print(f"Rejected rows with their reasons are in {ws.root / batch['rejected_file']}.")
+    console.print(f"Batch {report.batch}: {len(events):,} new events. Undo it with `shopsight batches undo {report.batch}`.")
+    if manifest.get("summary"):
+        _print_summary(manifest["summary"], f"Workspace {ws.root}")
+
+
+batches_app = typer.Typer(
+    help="The workspace's ingest batches: list them, or undo one.\n\n"
+    "  shopsight batches\n\n"
+    "  shopsight batches undo 3",
+    invoke_without_command=True,
+)
+app.add_typer(batches_app, name="batches")
+
+
+@batches_app.callback()
+@friendly_errors
+def batches(
+    ctx: typer.Context,
+    workspace: Optional[Path] = WorkspaceOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """List the ingest batches: id, when, source, and rows accepted, rejected and duplicate.
+
+    Examples:
+
+      shopsight batches --workspace /tmp/shop
+
+      shopsight batches undo 3 --workspace /tmp/shop
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from behavior.ingest import batch_list
+
+    ws = _workspace(workspace)
+    rows = batch_list(ws)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        console.print(f"No events in {ws.root}: add some with `shopsight ingest FILE --workspace {ws.root}`.")
+        return
+    table = Table(title=f"Batches in {ws.root}")
+    for col, justify in (("id", "right"), ("time (UTC)", "left"), ("source", "left"), ("accepted", "right"),
+                         ("rejected", "right"), ("duplicate", "right")):
+        table.add_column(col, justify=justify, overflow="fold")
+    for b in rows:
+        source = str(b.get("source", "-"))  # a file by its name (the full path: --json)
+        table.add_row(str(b["id"]), str(b.get("time", "-")), source if " " in source else Path(source).name, f"{b.get('accepted', 0):,}",
+                      f"{b.get('rejected', 0):,}", f"{b.get('duplicate', 0):,}")
+    console.print(table)
+    console.print(f"{sum(b.get('accepted', 0) for b in rows):,} events in {len(rows)} batches.")
+
+
+@batches_app.command("undo")
+@friendly_errors
+def batches_undo(
+    batch_id: int = typer.Argument(..., help="The batch to remove, as `shopsight batches` lists it."),
+    workspace: Optional[Path] = WorkspaceOpt,
+) -> None:
+    """Remove one batch's events (and its rejected rows); the other batches stay as they are.
+
+    Example: shopsight batches undo 3 --workspace /tmp/shop
+    """
+    from behavior.ingest import undo_batch
+
+    ws = _workspace(workspace)
+    record = undo_batch(ws, batch_id, lock_timeout=_settings().lock_timeout_s)
+    summary = ws.read_manifest().get("summary") or {}
+    console.print(
+        f"Removed batch {record['id']} ({record.get('source')}): {record.get('accepted', 0):,} events; "
+        f"{summary.get('events', 0):,} events remain."
+    )
 
 
 @app.command()
@@ -569,6 +672,7 @@ def index_build(
     """Embed new or changed sessions into the index; skip unchanged ones, drop removed ones.
 
     Safe to interrupt and re-run: finished batches are kept, and only what remains is embedded.
+    Holds the workspace's writer lock, so no ingest changes the events while it reads them.
 
     Examples:
 
@@ -577,7 +681,8 @@ def index_build(
       shopsight index build --rebuild --workspace /tmp/shop      (replace a corrupted index)
     """
     index = _session_index(workspace, chroma_url, batch_size, threads)
-    stats = _build_index(index, show_progress=not as_json, rebuild=rebuild)
+    with _writer(index.workspace, "index build"):
+        stats = _build_index(index, show_progress=not as_json, rebuild=rebuild)
     if as_json:
         print(json.dumps(stats.to_dict(), indent=2))
         return
@@ -750,11 +855,19 @@ def train(
     seed: int = typer.Option(0, help="Random seed (the same seed and data give the same model)."),
     threads: int = typer.Option(1, min=1, help="Torch CPU threads (1 is fastest on a busy 2-core machine)."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Maximum training epochs (early stopping may end sooner)."),
+    if_stale: bool = typer.Option(False, "--if-stale", help="Train only the models never trained or with events newer than their latest version's data cutoff."),
     as_json: bool = typer.Option(False, "--json", help="Print the model cards as JSON."),
 ) -> None:
     """Train models on a time-based split, compare them with baselines, and save a new version of each.
 
-    Example: shopsight train churn --horizon 30 --workspace /tmp/shop
+    Trains on every visible ingest batch. Holds the workspace's writer lock: an ingest started
+    meanwhile waits for it ($SHOPSIGHT_LOCK_TIMEOUT_S).
+
+    Examples:
+
+      shopsight train churn --horizon 30 --workspace /tmp/shop
+
+      shopsight train --if-stale        (after new batches: retrain what they made stale)
     """
     from behavior.models import metric_rows, ranking_rows
     from behavior.models.common import TrainSettings
@@ -764,10 +877,23 @@ def train(
         return
     names = train_targets(target)
     ws = _workspace(workspace)
+    if if_stale:
+        from behavior.models.registry import stale_models
+
+        stale = stale_models(ws, names)
+        for name in names:
+            if not as_json:
+                console.print(f"{name}: " + (f"training ({stale[name]})" if name in stale else "fresh, not retrained"))
+        names = [n for n in names if n in stale]
+        if not names:
+            if as_json:
+                print("[]")
+            return
     settings = TrainSettings(seed=seed, threads=threads, **({"epochs": epochs} if epochs else {}))
     # "all" trains every model the data allows: one that cannot be trained (Complete Journey has no
     # sessions without a purchase for session intent) is reported, and the others are still trained
-    results = _train_with_progress(ws, names, settings=settings, show=not as_json, horizon=horizon, keep_going=target == "all")
+    with _writer(ws, "train"):
+        results = _train_with_progress(ws, names, settings=settings, show=not as_json, horizon=horizon, keep_going=target == "all")
     failed = [r for r in results if r.get("error")]
     if as_json:
         print(json.dumps(results, indent=2, default=str))
@@ -791,15 +917,21 @@ def models(
     workspace: Optional[Path] = WorkspaceOpt,
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
-    """List saved model versions with their test metrics and their best baseline's.
+    """List saved model versions with their test metrics, their best baseline's, and how old their data is.
+
+    "data to" is the last event a version was trained on; "newer events" counts the events
+    ingested since with a later time, and "days since" the days from that cutoff to the
+    workspace's last event (retrain with `shopsight train` when they grow). "drift" is the
+    population stability index of the per-user feature that moved most since training
+    (below 0.1 stable, up to 0.25 a moderate shift, above that retrain); --json lists every one.
 
     Example: shopsight models --workspace /tmp/shop
     """
     from behavior.models import metric_rows, ranking_rows
-    from behavior.models.registry import list_models
+    from behavior.models.registry import add_freshness, list_models
 
     ws = _workspace(workspace)
-    rows = list_models(ws)
+    rows = add_freshness(ws, list_models(ws))
     if as_json:
         print(json.dumps(rows, indent=2, default=str))
         return
@@ -807,18 +939,22 @@ def models(
         console.print(f"No models in {ws.root}: train them with `shopsight train --workspace {ws.root}`.")
         return
     table = Table(title=f"Models in {ws.root}")
-    for col in ("model", "version", "created", "task", "ROC-AUC", "PR-AUC", "Brier", "best baseline (ROC-AUC)", "train s"):
+    for col in ("model", "version", "created", "task", "ROC-AUC", "PR-AUC", "Brier", "best baseline (ROC-AUC)", "train s",
+                "data to", "newer events", "days since", "drift (worst PSI)"):
         table.add_column(col)
     for r in rows:
         if "error" in r:
-            table.add_row(r["name"], r["version"], "-", "[red]" + r["error"] + "[/]", "", "", "", "", "")
+            table.add_row(r["name"], r["version"], "-", "[red]" + r["error"] + "[/]", "", "", "", "", "", "", "", "", "")
             continue
+        fresh = r.get("freshness") or {}
+        age = (str(fresh.get("data_cutoff", "-"))[:10], f"{fresh['newer_events']:,}" if fresh else "-",
+               f"{fresh['days_since_cutoff']:g}" if fresh else "-", _worst_drift(r.get("drift")))
         card = {"name": r["name"], "version": r["version"], "metrics": r["metrics"], "baselines": r["baselines"]}
         if ranked := ranking_rows(card):  # the recommender: HR@10 in the task column, its best baseline beside it
             best = max(ranked[1:], key=lambda x: x["hr_at_10"] or 0, default=None)
             table.add_row(r["name"], r["version"], str(r.get("created") or "-"),
                           f"next item HR@10 {_fmt(ranked[0]['hr_at_10'])}, NDCG@10 {_fmt(ranked[0]['ndcg_at_10'])}", "-", "-", "-",
-                          f"{best['who']} HR@10 {_fmt(best['hr_at_10'])}" if best else "-", _fmt(r.get("train_seconds"), 1))
+                          f"{best['who']} HR@10 {_fmt(best['hr_at_10'])}" if best else "-", _fmt(r.get("train_seconds"), 1), *age)
             continue
         flat = metric_rows(card)
         own = [x for x in flat if x["who"] == f"{r['name']}@{r['version']}"] or [{"task": "-", "roc_auc": None, "pr_auc": None, "brier": None}]
@@ -828,8 +964,17 @@ def models(
             table.add_row(
                 r["name"], r["version"], str(r.get("created") or "-"), m["task"], _fmt(m["roc_auc"]), _fmt(m["pr_auc"]),
                 _fmt(m["brier"]), f"{best['who']} {_fmt(best['roc_auc'])}" if best else "-", _fmt(r.get("train_seconds"), 1),
+                *age,
             )
     console.print(table)
+
+
+def _worst_drift(drift: Optional[dict]) -> str:
+    """The feature that moved most since training, e.g. "recency_days 0.31 drift: retrain"."""
+    if not drift:
+        return "-"
+    name, d = max(drift.items(), key=lambda kv: kv[1]["psi"])
+    return f"{name} {d['psi']:.2f} {d['verdict']}"
 
 
 def predict_user(ws, user_id: str) -> dict[str, Any]:

@@ -284,7 +284,7 @@ def _leaks(answer: str, system_prompt: str) -> bool:
 
 def _degenerate(answer: str) -> bool:
     """A draft stuck in a loop ("u00115, u00115, …" or one clause said three times), as tiny models write."""
-    words = re.findall(r"[\w.%-]+", answer.lower())
+    words = [w.rstrip(".") for w in re.findall(r"[\w.%-]+", answer.lower())]  # "0.5%." at a sentence's end is "0.5%"
     if len(words) < 8:
         return False
     top = max(words.count(w) for w in set(words) if len(w) >= 3) if any(len(w) >= 3 for w in words) else 0
@@ -306,7 +306,18 @@ def render_answer(calls: Sequence[ToolCall], registry: Registry | None = None) -
     registry = _registry(registry)
     kept = standing(calls)
     lead = _comparison_lead(kept, registry)
-    return " ".join(([lead] if lead else []) + [registry.render(c.name, c.args, c.result) for c in kept])
+    said: set[str] = set()
+    parts = [lead] if lead else []
+    for c in kept:  # two tools about one user cite the same sessions: a sentence said once is not said again
+        fresh = []
+        for sentence in _SENTENCE.split(registry.render(c.name, c.args, c.result).strip()):
+            key = " ".join(re.findall(r"\w+", sentence.lower()))
+            if key and key in said and len(key) > 6:
+                continue
+            said.add(key)
+            fresh.append(sentence)
+        parts.append(" ".join(fresh))
+    return " ".join(p for p in parts if p)
 
 
 # (comparative, superlative) per score, for a comparison's first sentence.

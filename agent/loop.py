@@ -20,6 +20,7 @@ from agent.memory import ConversationStore
 from agent.planner import Planner, PlanStep
 from agent.settings import Settings
 from agent.types import Answer, CallRequest, GuardReport, PlanInfo, Timings, ToolCall, Usage
+from behavior.models.registry import stale_note
 from behavior.privacy import mask_pii
 from prompts import load_prompt, prompt_set_version
 from tools import ToolContext
@@ -122,6 +123,10 @@ class Agent:
         cites = citations(planned.calls)
         if kind == "answer":
             text = with_citations(text, cites)
+            # a model trained before the newest batches says so, in one line per model
+            notes = [n for n in (stale_note(self.ctx.workspace, m, self.ctx.get_events()["ts"]) for m in cites.models) if n]
+            if notes:
+                text = f"{text.rstrip()}\n" + " ".join(notes)
         end = time.perf_counter()
         plan_s, t_tools, t_write, t_guard = timings or (planned.plan_s, end, end, end)
         answer = Answer(

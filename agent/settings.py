@@ -19,7 +19,8 @@ class Settings(BaseSettings):
     SHOPSIGHT_WRITER (auto|local|openai|none: who phrases answers; auto = the backend; none = the
     deterministic narrative only), SHOPSIGHT_EMBED_PRECISION (auto|bf16|fp32), SHOPSIGHT_MCP_TOKEN (the
     bearer token `shopsight mcp --http` requires),
-    SHOPSIGHT_INGEST_MAX_ROWS, SHOPSIGHT_INGEST_MAX_MEMORY_MB, SHOPSIGHT_INGEST_MAX_TEXT_CHARS (ingest bounds).
+    SHOPSIGHT_INGEST_MAX_ROWS, SHOPSIGHT_INGEST_MAX_MEMORY_MB, SHOPSIGHT_INGEST_MAX_TEXT_CHARS (ingest bounds),
+    SHOPSIGHT_LOCK_TIMEOUT_S (how long a writer waits for another: ingest, train, index build).
     """
 
     model_config = SettingsConfigDict(extra="ignore", env_ignore_empty=True)
@@ -45,6 +46,7 @@ class Settings(BaseSettings):
     ingest_max_rows: int | None = Field(default=None, gt=0, alias="SHOPSIGHT_INGEST_MAX_ROWS")
     ingest_max_memory_mb: int | None = Field(default=None, gt=0, alias="SHOPSIGHT_INGEST_MAX_MEMORY_MB")
     ingest_max_text_chars: int | None = Field(default=None, gt=0, alias="SHOPSIGHT_INGEST_MAX_TEXT_CHARS")
+    lock_timeout_s: float = Field(default=30.0, ge=0, alias="SHOPSIGHT_LOCK_TIMEOUT_S")
 
     def ingest_limits(self) -> Any:
         """The ingest bounds: the settings where given, else behavior.events.IngestLimits' defaults."""

@@ -8,7 +8,7 @@ import pandas as pd
 
 from behavior.features import summarize_events
 from behavior.synthetic import SyntheticShop, write_shop
-from behavior.workspace import Workspace
+from behavior.workspace import Workspace, remove_unlisted_batch_files
 
 
 def build_demo_workspace(
@@ -30,10 +30,14 @@ def build_demo_workspace(
         ``{"summary": summarize_events(events), "label_rates": {"dropout", "fraud_users", "purchase_sessions"}}``.
     """
     from behavior.ingest import workspace_key
-    from behavior.privacy import protect_events
 
     ws.root.mkdir(parents=True, exist_ok=True)
-    key = workspace_key(ws)
+    with ws.writer("demo"):
+        return _build(ws, users=users, days=days, seed=seed, progress=progress, key=workspace_key(ws))
+
+
+def _build(ws: Workspace, *, users: int, days: int, seed: int, progress: bool, key: bytes) -> dict[str, Any]:
+    from behavior.privacy import protect_events
 
     def protect(events: pd.DataFrame) -> pd.DataFrame:  # the shop's planted e-mails and phones are masked before storage
         return protect_events(events, key=key, max_text_chars=2000)[0]
@@ -63,6 +67,7 @@ def build_demo_workspace(
             **result,
         }
     )
+    remove_unlisted_batch_files(ws)  # the batches of an earlier data set, replaced by the shop's one file
     return result
 
 

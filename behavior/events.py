@@ -11,9 +11,10 @@ import bz2
 import codecs
 import gzip
 import lzma
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, ClassVar, Iterable, Mapping, Sequence
+from typing import IO, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -117,6 +118,12 @@ class IngestReport:
     rejected_reasons: list[RejectedReason] = field(default_factory=list)
     naive_timestamps_as: str | None = None
     rejected: pd.DataFrame | None = None  # the raw rejected rows with a `reason` column
+    # Rows equal in identity (user, time, event, item, session, order) to events the workspace
+    # already holds from earlier batches: counted, not stored again.
+    already_stored: int = 0
+    # The ingest batch these rows became, and (for --replace) how many stored events it discarded.
+    batch: int | None = None
+    replaced_events: int | None = None
     # What an adapter read differently from the file's face value, with counts, e.g.
     # {"cancelled invoices (C...) read as refund": 12}; informational: no row in it was dropped.
     notes: dict[str, int] = field(default_factory=dict)
@@ -125,13 +132,47 @@ class IngestReport:
     def rows_rejected(self) -> int:
         return sum(r.count for r in self.rejected_reasons)
 
+    @classmethod
+    def combine(cls, reports: Sequence[IngestReport], source: str, *, name_files: bool = False) -> IngestReport:
+        """One report for rows read in parts (a file's chunks, a folder's files): counts added, reasons merged.
+
+        Args:
+            name_files: Say which file each reason came from (parts that are different files).
+        """
+        if len(reports) == 1:
+            return reports[0]
+        out = cls(source=source)
+        reasons: dict[tuple[str, str | None], RejectedReason] = {}
+        rejected = []
+        for r in reports:
+            out.rows_read += r.rows_read
+            out.rows_kept += r.rows_kept
+            out.duplicates += r.duplicates
+            out.naive_timestamps_as = out.naive_timestamps_as or r.naive_timestamps_as
+            for note, count in r.notes.items():
+                out.notes[note] = out.notes.get(note, 0) + count
+            for x in r.rejected_reasons:
+                reason = f"{x.reason} ({Path(r.source).name})" if name_files else x.reason
+                into = reasons.setdefault((reason, x.column), RejectedReason(reason, x.column, 0, []))
+                into.count += x.count
+                into.first_rows = (into.first_rows + x.first_rows)[:5]
+            if r.rejected is not None and len(r.rejected):
+                part = r.rejected.astype("string")
+                rejected.append(part.assign(file=Path(r.source).name) if name_files else part)
+        out.rejected_reasons = sorted(reasons.values(), key=lambda x: (x.reason, x.column or ""))
+        out.rejected = pd.concat(rejected, ignore_index=True) if rejected else None
+        return out
+
     def to_dict(self) -> dict:
         return {
             "source": self.source,
             "rows_read": self.rows_read,
             "rows_kept": self.rows_kept,
             "duplicates": self.duplicates,
+            "already_stored": self.already_stored,
             "rows_rejected": self.rows_rejected,
+            "batch": self.batch,
+            "replaced_events": self.replaced_events,
             "rejected_reasons": [
                 {"reason": r.reason, "column": r.column, "count": r.count, "first_rows": r.first_rows}
                 for r in self.rejected_reasons
@@ -148,6 +189,9 @@ class IngestReport:
 # the same rows without the text at 0.25 GB). The estimate errs on the high side.
 BYTES_PER_CELL = 100
 BYTES_PER_TEXT_BYTE = 4
+# Rows read and validated at once from a canonical file: bounds the raw text and validation's
+# temporaries (about BYTES_PER_CELL per cell) to a chunk, whatever the file's size.
+CHUNK_ROWS = 250_000
 
 
 @dataclass(frozen=True)
@@ -229,7 +273,7 @@ def estimate_ingest(path: str | Path, limits: IngestLimits | None = None) -> Ing
     """
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and _table_suffix(p))
+        files = table_files(sorted(path.iterdir()))
         total = IngestEstimate(0, 0, 0)
         for file in files:
             one = estimate_ingest(file, limits)
@@ -281,6 +325,11 @@ def _round_up(n: int) -> int:
     """A round number at or above ``n``, for a limit a person would type."""
     step = 10 ** max(len(str(n)) - 2, 0)
     return -(-n // step) * step
+
+
+def table_files(paths: Iterable[Path]) -> list[Path]:
+    """The CSV, TSV and Parquet files (compressed CSV included) among ``paths``, in their order."""
+    return [p for p in paths if p.is_file() and _table_suffix(p)]
 
 
 def _table_suffix(path: Path) -> bool:
@@ -386,6 +435,60 @@ def read_table(
     CSV cells are read as text so that validation, not the reader, decides what a bad
     value is, and can say which row held it.
     """
+    path = _readable_table(path, encoding)
+    source = str(path)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        try:
+            df = pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises several types for corrupt files
+            raise EventDataError(f"not a readable Parquet file: {exc}", source=source) from exc
+    else:
+        try:
+            df = pd.read_csv(path, **_csv_options(path, encoding, sep, header, names))
+        except pd.errors.EmptyDataError as exc:
+            raise EventDataError("the file is empty", source=source) from exc
+        except pd.errors.ParserError as exc:
+            raise EventDataError(f"malformed CSV: {exc}", source=source) from exc
+    if len(df) == 0:
+        raise EventDataError("the file has a header but no rows", source=source)
+    return df
+
+
+def iter_table(path: str | Path, *, encoding: str = "utf-8", chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+    """:func:`read_table` in chunks of at most ``chunk_rows`` rows (CSV streamed, Parquet by record batches).
+
+    Raises:
+        EventDataError: as :func:`read_table` does (checked before the first chunk, or at the chunk that is malformed).
+    """
+    path = _readable_table(path, encoding)
+    source = str(path)
+    rows = 0
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            pf = pq.ParquetFile(path)
+            for batch in pf.iter_batches(batch_size=chunk_rows):
+                if batch.num_rows:
+                    rows += batch.num_rows
+                    yield batch.to_pandas()
+        else:
+            with pd.read_csv(path, chunksize=chunk_rows, **_csv_options(path, encoding, None, True, None)) as reader:
+                for chunk in reader:
+                    if len(chunk):  # a file of only a header reads as one empty chunk
+                        rows += len(chunk)
+                        yield chunk
+    except pd.errors.EmptyDataError as exc:
+        raise EventDataError("the file is empty", source=source) from exc
+    except pd.errors.ParserError as exc:
+        raise EventDataError(f"malformed CSV: {exc}", source=source) from exc
+    except (OSError, EOFError, lzma.LZMAError, pa.ArrowInvalid) as exc:
+        what = "not a readable Parquet file" if path.suffix.lower() in (".parquet", ".pq") else "cannot read the file"
+        raise EventDataError(f"{what}: {exc}", source=source) from exc
+    if rows == 0:
+        raise EventDataError("the file has a header but no rows", source=source)
+
+
+def _readable_table(path: str | Path, encoding: str) -> Path:
+    """``path`` if it is a non-empty file in a known ``encoding``; else the EventDataError that says why not."""
     path = Path(path)
     source = str(path)
     if not path.exists():
@@ -404,34 +507,17 @@ def read_table(
             f"unknown text encoding '{encoding}'", source=source,
             hint="pass --encoding with a Python codec name such as utf-8, latin-1 or cp1252",
         ) from None
-    suffix = "".join(path.suffixes[-2:]).lower()
-    if path.suffix.lower() in (".parquet", ".pq"):
-        try:
-            df = pd.read_parquet(path)
-        except Exception as exc:  # pyarrow raises several types for corrupt files
-            raise EventDataError(f"not a readable Parquet file: {exc}", source=source) from exc
-    else:
+    if path.suffix.lower() not in (".parquet", ".pq"):
         _check_encoding(path, encoding)
-        if sep is None:
-            sep = "\t" if suffix.endswith((".tsv", ".tsv.gz")) else ","
-        try:
-            df = pd.read_csv(
-                path,
-                sep=sep,
-                dtype=str,
-                keep_default_na=False,
-                na_values=[""],
-                encoding=encoding,
-                header=0 if header else None,
-                names=names,
-            )
-        except pd.errors.EmptyDataError as exc:
-            raise EventDataError("the file is empty", source=source) from exc
-        except pd.errors.ParserError as exc:
-            raise EventDataError(f"malformed CSV: {exc}", source=source) from exc
-    if len(df) == 0:
-        raise EventDataError("the file has a header but no rows", source=source)
-    return df
+    return path
+
+
+def _csv_options(path: Path, encoding: str, sep: str | None, header: bool, names: list[str] | None) -> dict:
+    suffix = "".join(path.suffixes[-2:]).lower()
+    if sep is None:
+        sep = "\t" if suffix.endswith((".tsv", ".tsv.gz")) else ","
+    return {"sep": sep, "dtype": str, "keep_default_na": False, "na_values": [""], "encoding": encoding,
+            "header": 0 if header else None, "names": names}
 
 
 def _check_encoding(path: Path, encoding: str) -> None:
@@ -461,6 +547,7 @@ def validate_events(
     tz: str = "UTC",
     extra_events: Iterable[str] = (),
     row_offset: int = 2,
+    allow_empty: bool = False,
 ) -> tuple[pd.DataFrame, IngestReport]:
     """Validate a raw table into canonical events.
 
@@ -473,6 +560,7 @@ def validate_events(
         extra_events: event names accepted beyond EVENT_TYPES.
         row_offset: the file row number of ``raw``'s first row (2 for a CSV with a header:
             row 1 is the header), so errors point at the line a person would open.
+        allow_empty: return no events rather than raise when no row is usable (one chunk of a file).
 
     Returns:
         The canonical events (sorted by user, time) and the report of what was not kept.
@@ -526,6 +614,12 @@ def validate_events(
         bad_col[mask] = column
         flagged[:] = (bad != "").to_numpy()
 
+    # --- NUL bytes: no field may hold one (they end strings in C readers and hide text) ----
+    for col in df.columns:
+        if df[col].dtype == object or isinstance(df[col].dtype, pd.StringDtype):
+            flag(df[col].astype("string").str.contains("\x00", regex=False).fillna(False).astype(bool),
+                 "NUL byte inside the field", col)
+
     # --- user_id ---------------------------------------------------------------------
     df["user_id"] = _as_text(df["user_id"], source, "user_id")
     flag(df["user_id"].isna(), "missing user id", "user_id")
@@ -560,6 +654,7 @@ def validate_events(
         df["quantity"] = np.nan
     df["quantity"] = df["quantity"].fillna(1.0)
     flag(df["quantity"] < 0, "negative quantity", "quantity")
+    flag((df["event"] == "purchase") & (df["quantity"] == 0), "purchase with quantity 0", "quantity")
 
     for col in ("item_id", "category", "session_id", *OPTIONAL_COLUMNS):
         if col in df.columns:
@@ -590,12 +685,7 @@ def validate_events(
     good = df[~is_bad]
 
     # --- duplicates ------------------------------------------------------------------
-    # Only rows that agree on user, time and event can be duplicates: find those cheaply,
-    # then compare every column among them alone (a third of ingest time otherwise).
-    same_key = good.duplicated(subset=["user_id", "ts", "event"], keep=False)
-    dup = pd.Series(False, index=good.index)
-    if same_key.any():
-        dup[same_key] = good[same_key].duplicated(keep="first")
+    dup = repeated_rows(good)
     if dup.any():
         if strict:
             row = int(dup.idxmax())
@@ -608,11 +698,28 @@ def validate_events(
 
     events = to_canonical(good)
     report.rows_kept = len(events)
-    if report.rows_kept == 0:
-        first = report.rejected_reasons[0] if report.rejected_reasons else None
-        detail = f"; e.g. row {first.first_rows[0]}, column '{first.column}': {first.reason}" if first else ""
-        raise EventDataError(f"no usable rows ({report.rows_rejected} rejected{detail})", source=source)
+    if report.rows_kept == 0 and not allow_empty:
+        raise _no_usable_rows(report, source)
     return events, report
+
+
+def repeated_rows(df: pd.DataFrame) -> pd.Series:
+    """True for each row equal in every column to an earlier one.
+
+    Only rows that agree on user, time and event can be duplicates: find those cheaply,
+    then compare every column among them alone (a third of ingest time otherwise).
+    """
+    same_key = df.duplicated(subset=["user_id", "ts", "event"], keep=False)
+    dup = pd.Series(False, index=df.index)
+    if same_key.any():
+        dup[same_key] = df[same_key].duplicated(keep="first")
+    return dup
+
+
+def _no_usable_rows(report: IngestReport, source: str) -> EventDataError:
+    first = report.rejected_reasons[0] if report.rejected_reasons else None
+    detail = f"; e.g. row {first.first_rows[0]}, column '{first.column}': {first.reason}" if first else ""
+    return EventDataError(f"no usable rows ({report.rows_rejected} rejected{detail})", source=source)
 
 
 def to_canonical(df: pd.DataFrame) -> pd.DataFrame:
@@ -710,10 +817,41 @@ def read_events(
     strict: bool = False,
     tz: str = "UTC",
     encoding: str = "utf-8",
+    chunk_rows: int = CHUNK_ROWS,
+    on_rows: Callable[[int], None] | None = None,
 ) -> tuple[pd.DataFrame, IngestReport]:
-    """Read a canonical-format CSV or Parquet file (after optional column mapping)."""
-    raw = read_table(path, encoding=encoding)
-    return validate_events(raw, source=str(path), mapping=mapping, strict=strict, tz=tz)
+    """Read a canonical-format CSV or Parquet file (after optional column mapping), ``chunk_rows`` rows at a time.
+
+    Each chunk is validated on its own (errors still name the file's row), so the raw text and
+    validation's temporaries never hold more than one chunk; ``on_rows(n)`` is called after each.
+    """
+    parts, reports = [], []
+    offset = 2  # row 1 is the header
+    for raw in iter_table(path, encoding=encoding, chunk_rows=chunk_rows):
+        events, report = validate_events(raw, source=str(path), mapping=mapping, strict=strict, tz=tz,
+                                         row_offset=offset, allow_empty=True)
+        parts.append(events)
+        reports.append(report)
+        offset += len(raw)
+        if on_rows is not None:
+            on_rows(len(raw))
+    report = IngestReport.combine(reports, str(path))
+    if len(parts) == 1:
+        events = parts[0]
+    else:  # a row repeating one of an earlier chunk is a duplicate too
+        events = pd.concat(parts, ignore_index=True)
+        dup = repeated_rows(events)
+        if dup.any() and strict:
+            raise EventDataError(
+                "a row repeats an earlier one", source=str(path),
+                hint=f"{int(dup.sum())} such rows; without --strict duplicates are counted and dropped",
+            )
+        report.duplicates += int(dup.sum())
+        events = to_canonical(events[~dup])
+        report.rows_kept = len(events)
+    if report.rows_kept == 0:
+        raise _no_usable_rows(report, str(path))
+    return events, report
 
 
 # --- arrow-backed string columns ---------------------------------------------------------

@@ -12,13 +12,19 @@ import pandas as pd
 SESSION_GAP = pd.Timedelta(minutes=30)
 
 
-def sessionize(events: pd.DataFrame, gap: pd.Timedelta = SESSION_GAP) -> pd.DataFrame:
+def sessionize(events: pd.DataFrame, gap: pd.Timedelta = SESSION_GAP, after: pd.DataFrame | None = None) -> pd.DataFrame:
     """Fill ``session_id``: keep ids the source gave; otherwise a new session after ``gap`` idle.
 
     Session ids made here are ``"<user_id>-s<k>"`` with k counting the user's sessions from 1
     in time order, so they are stable for the same events. Sessions run across midnight
     and are computed on UTC time, so DST changes do not split them. Events with identical
     timestamps keep their input order.
+
+    Args:
+        after: Events stored before these (earlier ingest batches; ``user_id, ts, session_id``).
+            A user's numbering then continues after their sessions there, and their first new
+            event joins their last stored session when it comes less than ``gap`` after it, so
+            a session that spans two batches keeps one id and no id means two sessions.
     """
     df = events.sort_values(["user_id", "ts"], kind="stable").reset_index(drop=True)
     missing = df["session_id"].isna()
@@ -30,9 +36,31 @@ def sessionize(events: pd.DataFrame, gap: pd.Timedelta = SESSION_GAP) -> pd.Data
     idle = (sub["ts"].diff() > gap).fillna(False).astype(bool)
     starts = (new_user | idle).astype("int64")
     k = starts.groupby(sub["user_id"], sort=False).cumsum()
+    if after is not None and len(after):
+        prior = made_sessions(after)
+        users = sub["user_id"].astype(str)
+        made = users.map(prior["k"]).fillna(0).astype("int64")
+        last = pd.to_datetime(users.map(prior["last_ts"]), utc=True)
+        first = sub["ts"].groupby(sub["user_id"], sort=False).transform("min")
+        joins = ((first >= last) & (first - last <= gap)).fillna(False).astype("int64")
+        k = k + made - joins
     df.loc[missing, "session_id"] = sub["user_id"].astype(str) + "-s" + k.astype(str)
     df["session_id"] = df["session_id"].astype("string")
     return df
+
+
+def made_sessions(events: pd.DataFrame) -> pd.DataFrame:
+    """Per user, of the session ids :func:`sessionize` made: how many (``k``, the highest) and when the last one ended."""
+    sid = events["session_id"].astype("string")
+    users = events["user_id"].astype("string")
+    k = pd.to_numeric(sid.str.extract(r"-s(\d+)$", expand=False), errors="coerce")
+    made = (users + "-s" + k.astype("Int64").astype("string")).eq(sid).fillna(False).astype(bool)
+    d = pd.DataFrame({"user_id": users[made].astype(str), "k": k[made].astype("int64"), "ts": events["ts"][made]})
+    if d.empty:
+        return pd.DataFrame({"k": pd.Series(dtype="int64"), "last_ts": pd.Series(dtype="datetime64[ns, UTC]")})
+    top = d.groupby("user_id")["k"].transform("max")
+    last = d[d["k"] == top].groupby("user_id").agg(k=("k", "max"), last_ts=("ts", "max"))
+    return last
 
 
 def session_table(events: pd.DataFrame) -> pd.DataFrame:

@@ -494,7 +494,7 @@ class _ModelRef:
 class _WorkspaceFacts:
     """What the events file offers, read once per version of the file."""
 
-    stamp: tuple[int, int]
+    stamp: tuple[tuple[str, int, int], ...]
     columns: frozenset[str]
     ts_has_tz: bool
     first: pd.Timestamp | None
@@ -528,7 +528,7 @@ TABLES: tuple[str, ...] = ("sessions", "scats", "lines", "refunds", "firsts")
 
 
 def table_sql(generation: int, columns: frozenset[str], ts_has_tz: bool) -> list[tuple[str, str]]:
-    """The statements that derive the engine's tables from the events Parquet (``$path``).
+    """The statements that derive the engine's tables from the events' Parquet files (``$path``, the list of visible batches).
 
     Every query reads these instead of re-grouping millions of events: ``sessions`` (one row
     per session: user, start, device, country, which steps it reached), ``scats`` (one row per
@@ -552,17 +552,17 @@ def table_sql(generation: int, columns: frozenset[str], ts_has_tz: bool) -> list
                      f"max({ts}) AS last_ts, arg_min({device}, ts) FILTER (WHERE {device} IS NOT NULL) AS device, "
                      f"arg_min({country}, ts) FILTER (WHERE {country} IS NOT NULL) AS country, {null} AS category, {step}"
                      "bool_or(event = 'checkout') AS did_checkout, bool_or(event = 'purchase') AS did_purchase, "
-                     "bool_or(event = 'refund') AS did_refund FROM read_parquet($path) GROUP BY session_id) ORDER BY start"),
+                     "bool_or(event = 'refund') AS did_refund FROM read_parquet($path, union_by_name = true) GROUP BY session_id) ORDER BY start"),
         ("scats", f"CREATE OR REPLACE TABLE scats_{n} AS SELECT c.session_id, s.user_id, s.start, s.first_ts, s.device, s.country, c.category, "
                   "c.did_view, c.did_cart, s.did_checkout, c.did_purchase, c.did_refund FROM (SELECT session_id, category, "
                   f"{step}bool_or(event = 'purchase') AS did_purchase, bool_or(event = 'refund') AS did_refund "
-                  f"FROM read_parquet($path) WHERE category IS NOT NULL GROUP BY session_id, category) c "
+                  f"FROM read_parquet($path, union_by_name = true) WHERE category IS NOT NULL GROUP BY session_id, category) c "
                   f"JOIN sessions_{n} s ON s.session_id = c.session_id ORDER BY s.start"),
         ("lines", f"CREATE OR REPLACE TABLE lines_{n} AS SELECT coalesce({order_id}, e.session_id) AS order_key, e.session_id, "
                   f"e.user_id, s.start, s.first_ts, s.device, s.country, e.category, {method} AS method, coalesce(e.price, 0) * e.quantity AS amount "
-                  f"FROM read_parquet($path) e JOIN sessions_{n} s ON s.session_id = e.session_id WHERE e.event = 'purchase' ORDER BY s.start"),
+                  f"FROM read_parquet($path, union_by_name = true) e JOIN sessions_{n} s ON s.session_id = e.session_id WHERE e.event = 'purchase' ORDER BY s.start"),
         ("refunds", f"CREATE OR REPLACE TABLE refunds_{n} AS SELECT DISTINCT coalesce({order_id}, session_id) AS order_key, category "
-                    "FROM read_parquet($path) WHERE event = 'refund'"),
+                    "FROM read_parquet($path, union_by_name = true) WHERE event = 'refund'"),
         ("firsts", f"CREATE OR REPLACE TABLE firsts_{n} AS SELECT user_id, min(first_ts) AS first_ts FROM sessions_{n} GROUP BY user_id"),
     ]
 
@@ -621,9 +621,8 @@ class QueryEngine:
 
     def _workspace_facts(self) -> _WorkspaceFacts:
         """Schema, span, values and the session tables of the events file, rebuilt when the file changes."""
-        path = self.ws.require_events()
-        st = path.stat()
-        stamp = (st.st_mtime_ns, st.st_size)
+        files, stamp = self._event_files_stamp()
+        path = files[0] if len(files) == 1 else self.ws.events_dir
         with self._build_lock:
             cached = self._facts
             if cached is not None and cached.stamp == stamp:
@@ -632,10 +631,11 @@ class QueryEngine:
             import pyarrow.parquet as pq
 
             try:
-                schema = pq.read_schema(path)
+                schemas = [pq.read_schema(f) for f in files]
             except (OSError, pa.ArrowInvalid) as exc:
                 raise WorkspaceError(f"cannot read {path}: {exc}; re-create it with `shopsight ingest` or `shopsight demo`") from exc
-            columns = frozenset(schema.names)
+            schema = schemas[0]
+            columns = frozenset(name for one in schemas for name in one.names)
             ts_type = schema.field("ts").type
             ts_has_tz = bool(pa.types.is_timestamp(ts_type) and ts_type.tz)
             self._generation += 1
@@ -643,7 +643,7 @@ class QueryEngine:
             cur = self._connection().cursor()
             try:
                 for _, sql in table_sql(gen, columns, ts_has_tz):
-                    cur.execute(sql, {"path": str(path)} if "$path" in sql else None)
+                    cur.execute(sql, {"path": [str(f) for f in files]} if "$path" in sql else None)
                 t = {name: f"{name}_{gen}" for name in TABLES}
                 lo, hi = cur.execute(
                     f"SELECT strftime(min(start), '%Y-%m-%dT%H:%M:%S'), strftime(max(last_ts), '%Y-%m-%dT%H:%M:%S') FROM {t['sessions']}"
@@ -672,6 +672,17 @@ class QueryEngine:
             )
             self._facts = facts
             return facts
+
+    def _event_files_stamp(self) -> tuple[list[Path], tuple[tuple[str, int, int], ...]]:
+        """The visible batch files and their versions (a new, undone or replaced batch changes them)."""
+        for attempt in range(3):
+            files = self.ws.require_events()
+            try:
+                return files, tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+            except FileNotFoundError:  # a writer undid or replaced a batch after we read the manifest
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def trained_models(self) -> dict[str, str]:
         """``{name: version}`` of each score model whose latest version saved a score table."""

@@ -3,10 +3,13 @@
 Layout::
 
     workspace/
-      manifest.json        what is here: dataset name, source, counts, time span
-      events.parquet       canonical events (sessionized)
+      manifest.json        what is here: dataset name, source, counts, time span, and the
+                           batches of events that are visible (the one list readers trust)
+      events/batch-<id>.parquet   one file per ingest batch (canonical, sessionized events)
+      events.parquet       the events of a workspace written whole (demo, or before batches)
       labels/              ground truth beside the events (synthetic data only)
-      rejected/            rows ingest could not use, with the reason
+      rejected/            rows ingest could not use, with the reason (batch-<id>.csv)
+      .lock                held by the one writer (ingest, train, index build, watch)
       models/<name>/<version>/
       index/               the chromadb store
       runs/                conversations and eval reports
@@ -15,10 +18,13 @@ Layout::
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import shutil
+import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +37,17 @@ from behavior.events import MUST_PROVIDE, single_chunk_strings
 
 DEFAULT_WORKSPACE = Path("workspace")
 MANIFEST = "manifest.json"
+LOCK_FILE = ".lock"
+# How long a second writer waits for the first before giving up (SHOPSIGHT_LOCK_TIMEOUT_S).
+LOCK_TIMEOUT_S = 30.0
 
 
 class WorkspaceError(RuntimeError):
     """The workspace is missing something a command needs; the message says how to fix it."""
+
+
+class WorkspaceBusyError(WorkspaceError):
+    """Another process holds the workspace's writer lock; the message names it (pid, command)."""
 
 
 # What the OS answers for a folder this process may not write: permissions, `chattr +i`, a read-only disk.
@@ -75,10 +88,20 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _fsync(tmp_path)  # the bytes are on disk before the name points at them
         os.replace(tmp_path, target)
+        _fsync(target.parent)  # and the rename itself survives a power cut
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def staging_folder(target: str | Path) -> Path:
@@ -185,45 +208,190 @@ class Workspace:
     def manifest_path(self) -> Path:
         return self.root / MANIFEST
 
+    @property
+    def events_dir(self) -> Path:
+        return self.root / "events"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / LOCK_FILE
+
     def exists(self) -> bool:
-        return self.events_path.exists()
+        return bool(self.event_files())
 
     # --- events ----------------------------------------------------------------------
-    def require_events(self) -> Path:
-        if not self.events_path.exists():
+    def batches(self) -> list[dict[str, Any]]:
+        """The visible ingest batches, oldest first (empty for a workspace written whole or before batches)."""
+        return list(self.read_manifest().get("batches") or [])
+
+    def event_files(self, manifest: dict[str, Any] | None = None) -> list[Path]:
+        """The Parquet files that hold the workspace's events now: the one function every reader goes through.
+
+        The manifest's batch list decides what is visible, so a batch file being written (or
+        left by a killed ingest) is never read; a workspace without batches (the demo's, or
+        one from before batches) is its ``events.parquet``.
+        """
+        manifest = self.read_manifest() if manifest is None else manifest
+        if "batches" in manifest:
+            # A batch whose rows were all stored already has no file.
+            return [self.root / b["file"] for b in manifest["batches"] if b.get("file")]
+        return [self.events_path] if self.events_path.exists() else []
+
+    def require_events(self) -> list[Path]:
+        files = self.event_files()
+        if not files:
             raise WorkspaceError(
                 f"no events in workspace '{self.root}': run `shopsight demo` or "
                 f"`shopsight ingest FILE --format NAME --workspace {self.root}` first"
             )
-        return self.events_path
+        return files
 
     def load_events(self, columns: list[str] | None = None) -> pd.DataFrame:
-        """The canonical events (``columns`` only, if given).
+        """The canonical events (``columns`` only, if given): the union of every visible batch.
 
         Raises:
-            WorkspaceError: there are none, the file is unreadable, or it lacks canonical columns
+            WorkspaceError: there are none, a file is unreadable, or it lacks canonical columns
                 (naming them, the columns found, and the ``shopsight ingest --map`` that fixes it).
         """
-        path = self.require_events()
-        try:
-            found = pq.read_schema(path).names
+        for attempt in range(3):
+            files = self.require_events()
+            try:
+                return self.read_event_files(files, columns)
+            except FileNotFoundError:
+                # A writer replaced or undid a batch between reading the manifest and the file:
+                # the manifest it published names the files to read now.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def read_event_files(self, files: list[Path], columns: list[str] | None = None) -> pd.DataFrame:
+        """The events in ``files`` (a manifest's list, see :meth:`event_files`), sorted by user and time.
+
+        Raises:
+            FileNotFoundError: a file is gone (a writer undid or replaced its batch meanwhile).
+            WorkspaceError: a file is unreadable or lacks canonical columns.
+        """
+        schemas: list[list[str]] = []
+        for path in files:
+            if not path.exists():
+                raise FileNotFoundError(path)
+            try:
+                schemas.append(pq.read_schema(path).names)
+            except FileNotFoundError:
+                raise
+            except Exception as exc:
+                raise WorkspaceError(f"cannot read {path}: {exc}; re-create it with `shopsight ingest` or `shopsight demo`") from exc
+        anywhere = {name for names in schemas for name in names}
+        for path, found in zip(files, schemas):
             # The columns every reader needs, and those asked for: a file copied in by hand fails
-            # here, by name, rather than as a KeyError deep in a feature builder.
-            missing = [c for c in dict.fromkeys([*MUST_PROVIDE, *(columns or [])]) if c not in found]
-            if not missing:
-                return single_chunk_strings(pd.read_parquet(path, columns=columns))
-        except Exception as exc:
-            raise WorkspaceError(f"cannot read {path}: {exc}; re-create it with `shopsight ingest` or `shopsight demo`") from exc
-        maps = " ".join(f"--map {c}=YOUR_COLUMN" for c in missing if c in MUST_PROVIDE)
-        raise WorkspaceError(
-            f"{path} is not a ShopSight events file: it lacks the column{'s' if len(missing) > 1 else ''} "
-            f"{', '.join(missing)} (found: {', '.join(found) or 'none'}). Ingest the source data instead, which "
-            f"writes this file: `shopsight ingest FILE {maps + ' ' if maps else ''}--workspace {self.root}`"
-            + ("" if maps else " (use --map CANONICAL=YOUR_COLUMN for any column named differently)")
-        )
+            # here, by name, rather than as a KeyError deep in a feature builder. An optional column
+            # one batch lacks and another has is read as missing values there.
+            missing = [c for c in dict.fromkeys([*MUST_PROVIDE, *(columns or [])])
+                       if c not in found and (c in MUST_PROVIDE or c not in anywhere)]
+            if missing:
+                maps = " ".join(f"--map {c}=YOUR_COLUMN" for c in missing if c in MUST_PROVIDE)
+                raise WorkspaceError(
+                    f"{path} is not a ShopSight events file: it lacks the column{'s' if len(missing) > 1 else ''} "
+                    f"{', '.join(missing)} (found: {', '.join(found) or 'none'}). Ingest the source data instead, which "
+                    f"writes this file: `shopsight ingest FILE {maps + ' ' if maps else ''}--workspace {self.root}`"
+                    + ("" if maps else " (use --map CANONICAL=YOUR_COLUMN for any column named differently)")
+                )
+        frames = []
+        for path, found in zip(files, schemas):
+            try:
+                frames.append(pd.read_parquet(path, columns=None if columns is None else [c for c in columns if c in found]))
+            except FileNotFoundError:
+                raise
+            except Exception as exc:
+                raise WorkspaceError(f"cannot read {path}: {exc}; re-create it with `shopsight ingest` or `shopsight demo`") from exc
+        if len(frames) == 1:
+            return single_chunk_strings(frames[0])
+        events = pd.concat(frames, ignore_index=True)
+        if columns is not None:
+            events = events[list(columns)]
+        if "user_id" in events.columns and "ts" in events.columns:
+            # Each batch is sorted by user and time; so is their union, as every reader expects.
+            events = events.sort_values(["user_id", "ts"], kind="stable").reset_index(drop=True)
+        return single_chunk_strings(events)
 
     def save_events(self, events: pd.DataFrame) -> None:
+        """Replace all events with ``events`` (one file, no batches): the demo's and the tests' way in."""
         write_parquet_atomic(self.events_path, events)
+        manifest = self.read_manifest()
+        if "batches" in manifest:
+            manifest.pop("batches")
+            self.write_manifest(manifest)
+            remove_unlisted_batch_files(self)
+
+    # --- the writer lock -------------------------------------------------------------
+    @contextmanager
+    def writer(self, command: str, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+        """Hold the workspace's writer lock for the block: one ingest, train, index build or watch at a time.
+
+        Waits up to ``timeout`` seconds for another writer to finish. Reentrant within a process
+        (an ingest called from a locked command does not wait for itself). The lock is an
+        ``fcntl.flock`` on ``.lock``, so the OS releases it when its holder dies, however it dies;
+        the file says who holds it (pid, command, since). Leftovers of a killed writer (``*.tmp``
+        files, batch files no manifest lists) are removed once the lock is taken.
+
+        Raises:
+            WorkspaceBusyError: another process still holds it after ``timeout``, naming that process.
+        """
+        key = str(self.root.resolve())
+        if key in _HELD:
+            _HELD[key] += 1
+            try:
+                yield
+            finally:
+                _HELD[key] -= 1
+            return
+        with writing_in(self.root):
+            self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if exc.errno not in NOT_WRITABLE:
+                raise
+            # A workspace no one may write needs no lock: the write itself fails, naming the folder
+            # it needed (models/, index/, ...), which says more than the lock file would.
+            yield
+            return
+        try:
+            deadline = time.monotonic() + max(timeout, 0.0)
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise WorkspaceBusyError(
+                            f"workspace '{self.root}' is being written by {self.lock_holder() or 'another process'}; "
+                            f"waited {timeout:g} s. Try again when it finishes, or wait longer with "
+                            "SHOPSIGHT_LOCK_TIMEOUT_S"
+                        ) from None
+                    time.sleep(0.05)
+            holder = {"pid": os.getpid(), "command": command, "argv": " ".join(sys.argv), "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+            _HELD[key] = 1
+            try:
+                remove_leftovers(self)
+                yield
+            finally:
+                del _HELD[key]
+                os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)  # closing the descriptor releases the flock
+
+    def lock_holder(self) -> str | None:
+        """Who holds (or last held) the writer lock, e.g. "pid 4242 (shopsight ingest day2.csv)"."""
+        try:
+            info = json.loads(self.lock_path.read_text() or "null")
+        except (OSError, ValueError):
+            return None
+        if not info:
+            return None
+        return f"pid {info.get('pid')} ({info.get('command')}, since {info.get('since')}: {info.get('argv')})"
 
     # --- catalogue (optional: item names and prices, where the data set has them) ------
     def save_catalogue(self, catalogue: pd.DataFrame) -> None:
@@ -263,3 +431,32 @@ class Workspace:
         manifest.update(fields)
         self.write_manifest(manifest)
         return manifest
+
+
+# Roots whose writer lock this process holds, with the depth of nesting (the lock is per process).
+_HELD: dict[str, int] = {}
+
+
+def remove_unlisted_batch_files(ws: Workspace) -> list[Path]:
+    """Delete batch files (events and rejected rows) the manifest does not list: a killed ingest's,
+    an undone or replaced batch's. Call under the writer lock."""
+    manifest = ws.read_manifest()
+    listed = {p.resolve() for p in ws.event_files(manifest)}
+    listed |= {(ws.root / b["rejected_file"]).resolve() for b in manifest.get("batches") or [] if b.get("rejected_file")}
+    candidates = list(ws.events_dir.glob("batch-*.parquet")) if ws.events_dir.exists() else []
+    candidates += list(ws.rejected_dir.glob("batch-*.csv")) if ws.rejected_dir.exists() else []
+    if "batches" in manifest and ws.events_path.exists():
+        candidates.append(ws.events_path)  # the file from before batches, once undone or replaced
+    removed = [p for p in candidates if p.resolve() not in listed]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
+def remove_leftovers(ws: Workspace) -> None:
+    """What a killed writer left: temp files of atomic writes and unlisted batch files (under the lock)."""
+    for folder in (ws.root, ws.events_dir, ws.rejected_dir):
+        if folder.is_dir():
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+    remove_unlisted_batch_files(ws)

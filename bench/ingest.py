@@ -7,6 +7,12 @@ atomic Parquet write) in a fresh process per format, so peaks are measured separ
 
     python bench/ingest.py --events 1000000
     python bench/ingest.py --events 50000          # a quick check
+    python bench/ingest.py --events 1000000 --batches 10   # append: ten day-ordered Parquet files, one batch each
+
+With ``--batches N`` the events are cut by time into N Parquet files in one folder and appended
+one after another into one workspace (each a batch), in one fresh process: each append's seconds,
+events per second and the process's peak memory so far, so the cost of appending to a growing
+workspace shows (each append reads the stored events to find duplicates and continue sessions).
 """
 
 from __future__ import annotations
@@ -82,8 +88,42 @@ def measure_one(path: Path, profile: bool = False) -> dict:
             "events_per_cpu_s": round(report.rows_kept / max(cpu, 1e-9), 1),
             "rss_before_mb": round(before, 1),
             "peak_rss_mb": round(peak_rss_mb(), 1),
-            "output_mb": round(ws.events_path.stat().st_size / 2**20, 1),
+            "output_mb": round(sum(f.stat().st_size for f in ws.event_files()) / 2**20, 1),
         }
+
+
+def make_batches(directory: Path, source: Path, batches: int) -> Path:
+    """Cut the Parquet ``source`` by time into ``batches`` files in ``directory``/batches; return that folder."""
+    import pandas as pd
+
+    events = pd.read_parquet(source).sort_values("ts", kind="stable").reset_index(drop=True)
+    folder = directory / "batches"
+    folder.mkdir()
+    step = math.ceil(len(events) / batches)
+    for i in range(batches):
+        events.iloc[i * step:(i + 1) * step].to_parquet(folder / f"part-{i:03d}.parquet", index=False)
+    return folder
+
+
+def measure_appends(folder: Path) -> dict:
+    """Append each Parquet file of ``folder`` as one batch into one temporary workspace, timing each."""
+    from behavior.ingest import ingest_file
+    from behavior.workspace import Workspace
+
+    steps = []
+    with tempfile.TemporaryDirectory(prefix="bench-append-ws-") as tmp:
+        ws = Workspace(Path(tmp))
+        stored = 0
+        for part in sorted(folder.glob("*.parquet")):
+            t0 = time.perf_counter()
+            _, report = ingest_file(ws, part)
+            seconds = time.perf_counter() - t0
+            steps.append({"batch": report.batch, "stored_before": stored, "rows": report.rows_kept, "seconds": round(seconds, 3),
+                          "events_per_s": round(report.rows_kept / seconds, 1), "peak_rss_mb": round(peak_rss_mb(), 1)})
+            stored += report.rows_kept
+    total = sum(s["seconds"] for s in steps)
+    return {"steps": steps, "events": stored, "seconds": round(total, 3), "events_per_s": round(stored / total, 1),
+            "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
 def _cpu_seconds() -> float:
@@ -97,11 +137,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7, help="generator seed")
     parser.add_argument("--profile", action="store_true",
                         help="profile each ingest (cProfile, top 30 by cumulative time, on stderr); slows the run")
+    parser.add_argument("--batches", type=int, default=0,
+                        help="also append the events as this many day-ordered Parquet files, one batch each")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # internal: measure one file
+    parser.add_argument("--append-worker", type=Path, help=argparse.SUPPRESS)  # internal: append a folder's files
     args = parser.parse_args(argv)
 
     if args.worker is not None:
         print(json.dumps(measure_one(args.worker, profile=args.profile)))
+        return 0
+    if args.append_worker is not None:
+        print(json.dumps(measure_appends(args.append_worker)))
         return 0
 
     console = bench_console()
@@ -116,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
                 worker = [str(Path(__file__).resolve()), "--worker", str(path)] + (["--profile"] if args.profile else [])
                 result = run_isolated(worker)
             rows.append({"format": fmt, "file_mb": round(path.stat().st_size / 2**20, 1), **result})
+        appends = None
+        if args.batches:
+            folder = make_batches(Path(tmp), paths["parquet"], args.batches)
+            with console.status(f"Appending {args.batches} batches…"):
+                appends = run_isolated([str(Path(__file__).resolve()), "--append-worker", str(folder)])
     by = {r["format"]: r for r in rows}
     ratio = round(by["csv"]["seconds"] / by["parquet"]["seconds"], 2)
     print_table(
@@ -128,10 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     console.print(f"CSV takes {ratio}x as long as Parquet. Input generated in {generate_s:.1f} s. "
                   f"Load average now {load:.1f} on {os.cpu_count()} cores (wall times stretch under load; CPU times less so).")
+    if appends is not None:
+        print_table(f"Append {args.events:,} events as {args.batches} batches into one workspace", appends["steps"],
+                    ["batch", "stored_before", "rows", "seconds", "events_per_s", "peak_rss_mb"], console=console)
+        console.print(f"Appending: {appends['events_per_s']:,.0f} events/s over all batches, peak {appends['peak_rss_mb']:,.0f} MB.")
     path = write_result(
         "ingest",
         {"events": args.events, "seed": args.seed, "generate_seconds": round(generate_s, 2), "results": rows,
-         "csv_over_parquet_seconds": ratio},
+         "csv_over_parquet_seconds": ratio, **({"appends": appends} if appends is not None else {})},
     )
     console.print(f"Wrote {path}")
     return 0

@@ -312,7 +312,7 @@ def bench_workspace(label: str, path: Path, reps: int, pandas_reps: int) -> dict
                 samples.append((time.perf_counter() - t) * 1000)
                 cpu.append((time.process_time() - c) * 1000)
             pd_times[kind], pd_cpu[kind], same[kind] = samples, cpu, agree(answers[kind], value)
-    n_events = int(engine._connection().cursor().execute("SELECT count(*) FROM read_parquet($p)", {"p": str(ws.events_path)}).fetchone()[0])
+    n_events = int(engine._connection().cursor().execute("SELECT count(*) FROM read_parquet($p)", {"p": [str(f) for f in ws.event_files()]}).fetchone()[0])
     engine.close()
     rows = []
     for kind, *_ in kinds:

@@ -16,6 +16,7 @@ from agent.types import ToolCall
 from behavior.privacy import mask_pii
 from evals.schema import Fact, Reference, ToolExpectation
 from tools.numbers import ShownNumber, numbers_in, states
+from tools.words import mentions
 
 _PATH_STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(-?\d+)\]")
 # How the agent says no (refusal.md asks for one sentence that says what it can do instead).
@@ -75,7 +76,8 @@ def value_in_answer(value: Any, answer: str) -> bool:
     if isinstance(value, (int, float)):
         return any(shows_number(m, float(value)) for m in numbers_in(answer))
     if isinstance(value, str):
-        return text_has(answer, value)
+        # a sentence (a model's reason) may be said in other words: its gist is enough
+        return text_has(answer, value) or (len(value.split()) >= 5 and mentions(answer, value))
     return False
 
 

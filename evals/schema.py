@@ -288,6 +288,12 @@ def load_eval_set(path: str | Path) -> EvalSet:
     path = Path(path)
     if not path.exists():
         raise EvalSetError(f"no question set at {path}; the shipped one is evals/demo.yaml")
+    if path.is_dir():
+        yamls = sorted(p.name for p in path.glob("*.y*ml"))
+        raise EvalSetError(
+            f"{path} is a folder, not a question set: give one YAML file"
+            + (f", e.g. {path / yamls[0]} ({len(yamls)} in that folder)" if yamls else "; the shipped one is evals/demo.yaml")
+        )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:

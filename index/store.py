@@ -315,17 +315,18 @@ class SessionIndex:
         next build embeds only what remains.
 
         Args:
-            events: Canonical sessionized events; None reads ``events.parquet``.
+            events: Canonical sessionized events; None reads the workspace's events (every visible batch).
             progress: Optional ``progress(done, total)`` called after each batch.
 
         Returns:
             The counts of this run.
         """
         t0 = time.perf_counter()
-        if events is None:
-            events = self.workspace.load_events()
-        stats, docs, load_seconds = self._embed_into_store(events, progress)
-        self._finish_build(stats, docs, t0 + load_seconds)
+        with self.workspace.writer("index build"):
+            if events is None:
+                events = self.workspace.load_events()
+            stats, docs, load_seconds = self._embed_into_store(events, progress)
+            self._finish_build(stats, docs, t0 + load_seconds)
         return stats
 
     def rebuild(self, events: pd.DataFrame | None = None, progress: ProgressCallback | None = None) -> BuildStats:
@@ -340,6 +341,10 @@ class SessionIndex:
         Returns:
             The counts of the rebuild (every session embedded).
         """
+        with self.workspace.writer("index rebuild"):
+            return self._rebuild(events, progress)
+
+    def _rebuild(self, events: pd.DataFrame | None, progress: ProgressCallback | None) -> BuildStats:
         t0 = time.perf_counter()
         if events is None:
             events = self.workspace.load_events()  # no events: fail before anything is deleted

@@ -563,7 +563,7 @@ def test_ingest_online_retail_uses_uk_time_and_stores_rejected(workspace):
     events, report = ingest_file(workspace, ONLINE_RETAIL, fmt="online_retail")
     assert report.naive_timestamps_as == "Europe/London"
     assert events["session_id"].notna().all()
-    rejected = pd.read_parquet(workspace.rejected_dir / "online_retail_II.csv.parquet")
+    rejected = pd.read_csv(workspace.rejected_dir / f"batch-{report.batch:06d}.csv", dtype=str)
     assert len(rejected) == 3 and set(rejected["reason"]) == {"missing user id"}
     assert workspace.read_manifest()["ingest"]["notes"] == {CANCELLED_NOTE: 2}
 

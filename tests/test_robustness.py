@@ -349,11 +349,21 @@ def test_an_unknown_encoding_is_one_error_line(tmp_path: Path) -> None:
     assert_one_error_line(result, "unknown text encoding 'klingon-8'", "--encoding", "latin-1")
 
 
-def test_a_folder_given_as_the_events_file_is_one_error_line(tmp_path: Path) -> None:
+def test_a_folder_without_event_files_is_one_error_line(tmp_path: Path) -> None:
+    # A folder is read file by file (issue 18); one with nothing to read names itself and what it needs.
     folder = tmp_path / "exports"
     folder.mkdir()
+    (folder / "notes.md").write_text("not events")
     result = run_cli(["ingest", folder, "--workspace", tmp_path / "ws"])
-    assert_one_error_line(result, str(folder), "is a folder, not a file", "CSV, TSV or Parquet file")
+    assert_one_error_line(result, str(folder), "the folder holds no CSV, TSV or Parquet file", "glob")
+
+
+def test_a_folder_given_as_the_question_set_is_one_error_line(tmp_path: Path) -> None:
+    # Before: IsADirectoryError's traceback.
+    (tmp_path / "sets").mkdir()
+    (tmp_path / "sets" / "mine.yaml").write_text("cases: []\n")
+    result = run_cli(["eval", "run", tmp_path / "sets", "--workspace", tmp_path / "ws"])
+    assert_one_error_line(result, f"{tmp_path / 'sets'} is a folder, not a question set", "mine.yaml")
 
 
 @pytest.mark.parametrize("command", [["ingest", "events.csv"], ["index", "stats"], ["models"], ["index", "build"]])

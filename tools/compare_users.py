@@ -33,7 +33,9 @@ def compare_users(ctx: ToolContext, user_ids: list[str]) -> dict[str, Any]:
     result: dict[str, Any] = {"users": users, "citations": {"users": known}}
     if unknown:
         result["unknown_users"] = unknown
-        result["hint"] = no_such_user(ctx, unknown[0])["hint"]
+        missing = no_such_user(ctx, unknown[0])
+        result["hint"] = missing["hint"]  # for a planning model; the answer says it in words (render)
+        result["example_id"], result["n_users"] = missing["example_id"], missing["n_users"]
     return result
 
 
@@ -57,7 +59,9 @@ def render(args: Mapping[str, Any], r: Mapping[str, Any]) -> str:
     ]
     text += "; ".join(lines) + "." if lines else ""
     if r.get("unknown_users"):
-        text += f" No such user: {', '.join(r['unknown_users'])}. {r.get('hint', '')}"
+        text += f" There is no such user: {', '.join(r['unknown_users'])}."
+        if r.get("example_id"):
+            text += f" This workspace's user ids look like {r['example_id']} ({count(r.get('n_users'), 'user')})."
     return text.strip()
 
 

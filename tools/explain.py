@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from behavior.workspace import WorkspaceError
 from tools.context import ToolContext, day, mask_text, no_such_user, num, unavailable
 from tools.registry import KeyFact, need_id, need_number
-from tools.words import human_date, number, pct, words_for
+from tools.words import count, human_date, mentions, money, number, pct, words_for
 
 MAX_FACTORS = 3
 MAX_EVIDENCE = 3
@@ -65,6 +65,10 @@ def compact_explanation(raw: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(e.get("events"), Mapping):  # the session's event counts: the numbers an answer may state
             item["events"] = {mask_text(str(k)): int(v) for k, v in e["events"].items()}
             item["categories"] = [mask_text(str(c)) for c in e.get("categories") or []]
+            item["rules"] = [str(x) for x in e.get("rules") or []]  # the risk rules this session is evidence for
+            for key in ("order_id", "amount", "lines"):
+                if e.get(key) is not None:
+                    item[key] = e[key] if key != "amount" else num(e[key], 2)
         evidence.append(item)
     out["evidence"] = evidence
     sessions = list(dict.fromkeys(e["session_id"] for e in evidence if e["session_id"] != "None"))
@@ -109,7 +113,7 @@ _ONE_EVENT = {"add_to_cart": "cart add", "remove_from_cart": "cart removal", "vi
               "search": "search", "checkout": "checkout", "review": "review", "refund": "refund", "login": "login"}
 
 
-def session_activity(e: Mapping[str, Any]) -> str:
+def session_activity(e: Mapping[str, Any], rules: bool = True) -> str:
     """What one evidence session held, in words: "5 views, 1 cart add in Beauty, Fashion" (from its counts)."""
     counts = e.get("events")
     if not isinstance(counts, Mapping):
@@ -117,7 +121,20 @@ def session_activity(e: Mapping[str, Any]) -> str:
     said = ", ".join(f"{n} {_ONE_EVENT.get(k, words_for(k)) if n == 1 else _EVENT_WORDS.get(k, words_for(k))}"
                      for k, n in counts.items())
     cats = list(e.get("categories") or [])
-    return said + (f" in {', '.join(cats)}" if cats else "")
+    said += f" in {', '.join(cats)}" if cats else ""
+    if e.get("order_id") and e.get("amount") is not None:
+        lines = e.get("lines")
+        said = f"order {e['order_id']} of {money(e['amount'])}" + (f" ({count(lines, 'line')})" if lines else "") + f"; the session: {said}"
+    elif e.get("order_id"):
+        said += f" (order {e['order_id']})"
+    if rules and e.get("rules"):
+        said = f"flagged by {' and '.join(rule_words(r) for r in e['rules'])}: {said}"
+    return said
+
+
+def rule_words(name: str) -> str:
+    """A risk rule by name in words: "card_testing_burst" → "the card testing burst rule"."""
+    return f"the {str(name).replace('_', ' ')} rule"
 
 
 def plain_detail(text: str) -> str:
@@ -171,8 +188,13 @@ def render_score(args: Mapping[str, Any], r: Mapping[str, Any]) -> str:
         text += " Rule signals that fired: " + ", ".join(words_for(x) for x in r["rules"]) + "."
     evidence = [e for e in r.get("evidence") or [] if e.get("session_id") not in (None, "None")]
     if evidence:
-        shown = [f"{human_date(e.get('day'))} ({e['session_id']}): {session_activity(e)}".rstrip(": ")
-                 for e in evidence]
+        # sessions flagged by the same risk rules are listed under them once
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for e in evidence:
+            groups.setdefault(tuple(e.get("rules") or ()), []).append(
+                f"{human_date(e.get('day'))} ({e['session_id']}): {session_activity(e, rules=False)}".rstrip(": "))
+        shown = [(f"flagged by {' and '.join(rule_words(x) for x in rules)}, " if rules else "") + "; ".join(lines)
+                 for rules, lines in groups.items()]
         text += " Evidence: " + "; ".join(shown) + "."
     return text
 
@@ -189,12 +211,6 @@ def score_facts(args: Mapping[str, Any], r: Mapping[str, Any], question: str) ->
     reasons = reason_sentences(r)
     if _WHY.search(question) and reasons:  # "why" is answered by the first reason, in words
         first = reasons[0]
-        facts.append(KeyFact(f"the first reason ({first})", lambda a: _mentions(a, first)))
+        facts.append(KeyFact(f"the first reason ({first})", lambda a: mentions(a, first)))
     return facts
 
-
-def _mentions(answer: str, sentence: str) -> bool:
-    """Whether the answer carries the gist of a reason: most of its content words, in any order."""
-    words = {w for w in re.findall(r"[a-z]{4,}", sentence.lower()) if w not in {"which", "estimate", "than", "with", "that"}}
-    said = set(re.findall(r"[a-z]{4,}", answer.lower()))
-    return bool(words) and len(words & said) >= max(1, (2 * len(words)) // 3)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 import pandas as pd
 
 from behavior.workspace import WorkspaceError
 from tools.context import ToolContext, no_such_order, day, mask_text, num
-from tools.words import count, human_date, money, pct
+from tools.words import count, human_date, money, payment_words, pct, quoted
 from tools.registry import ConversationState, Entities, KeyFact, Route, ToolSpec, need_id, need_number
 
 MAX_ITEMS = 10
@@ -51,6 +52,8 @@ def get_order(ctx: ToolContext, order_id: str) -> dict[str, Any]:
     for column in ("payment", "device", "country"):
         if column in rows.columns and pd.notna(first[column]):
             result[column] = mask_text(str(first[column]))
+    if tail := re.fullmatch(r"[a-z]+_(\d{4})", str(result.get("payment", ""))):
+        result["card_last4"] = tail.group(1)  # "visa_1317" is said "a Visa card ending 1317"
     cites: dict[str, Any] = {"sessions": [result["session_id"]]}
     try:
         model = ctx.model("risk")
@@ -67,9 +70,9 @@ def get_order(ctx: ToolContext, order_id: str) -> dict[str, Any]:
 
 def render(args: Mapping[str, Any], r: Mapping[str, Any]) -> str:
     """Leads with who ordered what for how much and when, then how it was paid, its status and risk."""
-    items = "; ".join(f"{i.get('name') or i['item_id']} ({i.get('category')}), {i['quantity']} at {money(i.get('price'))}"
-                      for i in r.get("items", []))
-    paid = ", ".join(f"{k} {r[k]}" for k in ("payment", "device", "country") if r.get(k))
+    # item names are the catalogue's free text: quoted, so a "6" in "Max 6 Paperback" is not a claim
+    items = "; ".join(f"{_name(i)} ({i.get('category')}), {i['quantity']} at {money(i.get('price'))}" for i in r.get("items", []))
+    paid = ", ".join(f"{k} {payment_words(r[k]) if k == 'payment' else r[k]}" for k in ("payment", "device", "country") if r.get(k))
     text = (f"Order {r['order_id']} was placed by user {r['user_id']} on {human_date(r.get('day'))} for "
             f"{money(r.get('amount'))}: {count(r.get('n_items'), 'item')} (session {r.get('session_id')})"
             + (f"; {paid}" if paid else "") + f". Items: {items}.")
@@ -77,6 +80,10 @@ def render(args: Mapping[str, Any], r: Mapping[str, Any]) -> str:
     if r.get("risk_probability") is not None:
         text += f" Its fraud-risk probability is {pct(r['risk_probability'])}."
     return text
+
+
+def _name(item: Mapping[str, Any]) -> str:
+    return f'"{quoted(item["name"])}"' if item.get("name") else str(item["item_id"])
 
 
 def key_facts(args: Mapping[str, Any], r: Mapping[str, Any], question: str) -> list[KeyFact]:

@@ -36,8 +36,10 @@ from tools.registry import (
     KeyFact,
     Route,
     ToolSpec,
+    need_id,
     need_number,
 )
+from tools.words import pct
 
 VALUE_COLUMNS = ("category", "device", "country", "payment")
 MAX_FOCUS = 5
@@ -419,7 +421,7 @@ def _human(text: Any) -> str:
 
 
 def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * float(x):.1f}%"
+    return "n/a" if x is None else pct(x)
 
 
 def _count(n: Any) -> str:
@@ -858,7 +860,12 @@ def key_facts(args: Mapping[str, Any], r: Mapping[str, Any], question: str) -> l
         facts += need_number(r["population"]["units"], "the population counted from")
     if t.get("previous") and t["previous"].get("value") is not None:
         facts += need_number(t["previous"]["value"], "the previous period's value")
+    if t.get("examples") and _ASKS_WHO.search(question):  # "find users who…" wants some of them named
+        facts += need_id(t["examples"][0], "an example user")
     return facts
+
+
+_ASKS_WHO = re.compile(r"(?:find|which|who|list|show|name)", re.I)
 
 
 def remember(args: Mapping[str, Any], r: Mapping[str, Any], state: ConversationState) -> None:
@@ -951,6 +958,7 @@ TOOL = ToolSpec(
         Route(
             label="metric",
             args=metric_args,
+            one_user="profile",  # "the average order value of u00218" asks about that user
             claims=(("segment", _FROM_SEGMENT), ("search", _FROM_SEARCH), ("top_churn", _FROM_SCORES), ("top_risk", _FROM_SCORES),
                     ("top_intent", _FROM_SCORES), ("churn", _FROM_SCORES), ("risk", _FROM_SCORES), ("intent", _FROM_SCORES),
                     ("compare", _FROM_COMPARE)),

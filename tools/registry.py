@@ -128,6 +128,8 @@ class Route:
         select_words: For "tell me about the first one": the words that pick this label.
         select_default: The label "the first one" gets when no words pick another.
         many_users: The label takes several users ("compare u1 and u2").
+        one_user: The label a question of this label goes to when it names exactly one user and
+            no order ("the average order value of u00218" is that user's profile, not the shop's).
     """
 
     label: str
@@ -141,6 +143,7 @@ class Route:
     select_words: re.Pattern[str] | None = None
     select_default: bool = False
     many_users: bool = False
+    one_user: str | None = None
 
 
 def user_args(ent: Entities, state: ConversationState, question: str) -> dict[str, Any] | None:
@@ -302,6 +305,10 @@ class Registry:
         """The facts an answer using this call must state (an error: the error and the id)."""
         if "error" in result:
             facts = need_id(result.get("user_id") or result.get("order_id"), "the unknown id")
+            allowed = [str(v) for v in result.get("allowed") or []]
+            if allowed:  # "no such category": the answer lists what there is (most of it), not a cut-off "…are:"
+                facts.append(KeyFact(f"the values there are ({', '.join(allowed[:3])}, …)",
+                                     lambda a: sum(v.lower() in a.lower() for v in allowed) >= (len(allowed) + 1) // 2))
             return facts + need_phrase(NO_SUCH, f"the error ({result['error']})")
         if name not in self._by_name:
             return []

@@ -131,6 +131,7 @@ TOOL = ToolSpec(
         Route(
             label="segment",
             args=_args,
+            one_user="profile",  # "how much revenue did u00042 bring?" asks about that user
             claims=(("search", _AGGREGATE),),
             examples=(
                 "conversion rate of {d} users {t}", "how did {c} do {t}?", "funnel for {c}", "what is the conversion rate?",

@@ -17,10 +17,14 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 
 
 def pct(p: Any, digits: int = 1) -> str:
-    """0.734 → '73.4%' (None → 'unknown')."""
+    """0.734 → '73.4%' (None → 'unknown'); a small share keeps the digits that make it right to
+    within 5% (0.003333 → '0.33%', not '0.3%'), except when ``digits`` is 0 (an "about" figure)."""
     if not isinstance(p, (int, float)) or isinstance(p, bool):
         return "unknown"
-    return f"{float(p) * 100:.{digits}f}%"
+    v = float(p) * 100
+    while digits and digits < 3 and v and abs(round(v, digits) - v) > 0.05 * abs(v):
+        digits += 1
+    return f"{v:.{digits}f}%"
 
 
 def money(x: Any) -> str:
@@ -75,6 +79,21 @@ def words_for(name: str) -> str:
         return f"{words_for(m.group('a'))} compared with {words_for(m.group('b'))}"
     parts = [_WORDS.get(p, p) for p in name.split("_") if p]
     return " ".join(parts)
+
+
+def mentions(answer: str, sentence: str) -> bool:
+    """Whether the answer carries the gist of a sentence (a reason): most of its content words, in any order."""
+    words = {w for w in re.findall(r"[a-z]{4,}", sentence.lower()) if w not in {"which", "estimate", "than", "with", "that"}}
+    said = set(re.findall(r"[a-z]{4,}", answer.lower()))
+    return bool(words) and len(words & said) >= max(1, (2 * len(words)) // 3)
+
+
+def payment_words(method: Any) -> str:
+    """A payment method as stored, in words: "visa_1317" → "a Visa card ending 1317", "apple_pay" → "Apple Pay"."""
+    parts = [p for p in str(method).split("_") if p]
+    if len(parts) >= 2 and parts[-1].isdigit():
+        return f"a {' '.join(parts[:-1]).title()} card ending {parts[-1]}"
+    return " ".join(parts).title() if len(parts) > 1 else str(method)
 
 
 SNAKE_CASE = re.compile(r"\b[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b")

@@ -71,10 +71,18 @@ def train_model(
 
     Returns:
         ``{"name", "version", "train_seconds", "card"}``.
+
+    Holds the workspace's writer lock (behavior.workspace.Workspace.writer) while it trains.
     """
+    cls = model_class(name)
+    with ws.writer("train"):
+        return _train_locked(ws, cls, name, progress, settings, events, params)
+
+
+def _train_locked(ws: Any, cls: Any, name: str, progress: Any, settings: Any, events: Any, params: dict[str, Any]) -> dict[str, Any]:
+    from behavior.drift import feature_profile
     from behavior.models.evaluation import evaluate, score_users
 
-    cls = model_class(name)
     if events is None:
         events = ws.load_events()
     # A model class may name the ground-truth table it uses (the demo shop writes labels/users,
@@ -86,6 +94,10 @@ def train_model(
         kwargs["settings"] = settings
     model = cls(**kwargs).fit(events, labels=labels, progress=progress)
     card = evaluate(model, events, labels=labels, progress=progress).card
+    # How old the model's data is, once new batches arrive (`shopsight models` compares it with the events).
+    card["data_cutoff"] = events["ts"].max().isoformat()
+    card["data_batches"] = [b["id"] for b in ws.batches()] or None
+    card["feature_profile"] = feature_profile(events)  # what drift is measured against
     scores = score_users(model, events, progress=progress)
     version = model.save(ws, card=card, scores=scores)
     return {"name": name, "version": version, "train_seconds": card.get("train_seconds"), "card": card}

@@ -234,9 +234,91 @@ def list_models(ws: Workspace) -> list[dict[str, Any]]:
             row.update(
                 created=card.get("created"),
                 data_window=card.get("data_window"),
+                data_cutoff=card.get("data_cutoff"),
+                feature_profile=card.get("feature_profile"),
                 metrics=card.get("metrics", {}),
                 baselines=card.get("baselines", {}),
                 train_seconds=card.get("train_seconds"),
             )
             rows.append(row)
     return rows
+
+
+def data_cutoff(card: dict[str, Any]) -> pd.Timestamp | None:
+    """The last event time a model was trained on: the card's ``data_cutoff`` (older cards: their data window's end)."""
+    value = card.get("data_cutoff") or (card.get("data_window") or {}).get("last_event")
+    return pd.Timestamp(value) if value else None
+
+
+def add_freshness(ws: Workspace, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add to each :func:`list_models` row how old its data is: ``freshness = {data_cutoff, newer_events,
+    days_since_cutoff}``, the events stored after the model's cutoff and the days from the cutoff to
+    the workspace's last event (0 and 0.0 for a model trained on all of today's events); and, for a
+    card with a feature profile, ``drift = {feature: {psi, verdict}}`` against today's events."""
+    cutoffs = {id(r): data_cutoff(r) for r in rows}  # a row carries its card's data_cutoff and data_window
+    if not any(c is not None for c in cutoffs.values()) or not ws.exists():
+        return rows
+    profiled = [r for r in rows if r.get("feature_profile")]
+    if profiled:
+        from behavior.drift import drift_report
+        from behavior.features import user_features
+
+        events = ws.load_events()
+        table = user_features(events)
+        for r in profiled:
+            r["drift"] = drift_report(r.pop("feature_profile"), table)  # the profile itself is the card's
+        ts = events["ts"]
+    else:
+        ts = ws.load_events(columns=["ts"])["ts"]
+    last = ts.max()
+    for r in rows:
+        cutoff = cutoffs[id(r)]
+        if cutoff is None:
+            continue
+        cutoff = cutoff.tz_localize("UTC") if cutoff.tzinfo is None else cutoff
+        r["freshness"] = {
+            "data_cutoff": cutoff.isoformat(),
+            "newer_events": int((ts > cutoff).sum()),
+            "days_since_cutoff": round(max((last - cutoff).total_seconds(), 0.0) / 86400, 1),
+        }
+    return rows
+
+
+def stale_models(ws: Workspace, names: list[str]) -> dict[str, str]:
+    """Which of ``names`` need training, with why: never trained, or events newer than the latest version's cutoff."""
+    latest = {n: latest_version(ws, n) for n in names}
+    rows = [r for r in list_models(ws) if r["name"] in names and r["version"] == latest[r["name"]]]
+    by_name = {r["name"]: r for r in add_freshness(ws, rows)}
+    out: dict[str, str] = {}
+    for name in names:
+        row = by_name.get(name)
+        fresh = (row or {}).get("freshness")
+        if row is None or "error" in row:
+            out[name] = "not trained" if row is None else "its latest version cannot be read"
+        elif fresh is None:
+            out[name] = f"{name}@{row['version']} has no data cutoff in its card"
+        elif fresh["newer_events"]:
+            out[name] = (f"{name}@{row['version']} was trained on data to {fresh['data_cutoff'][:10]}; "
+                         f"{fresh['newer_events']:,} newer events since")
+    return out
+
+
+def stale_note(ws: Workspace, ref: str, ts: pd.Series) -> str | None:
+    """One line for an answer that used model ``ref`` ("churn@v1") when ``ts`` (the events the answer
+    read) holds events newer than its data cutoff, e.g. "churn@v1 was trained on data to 4 May 2026;
+    12,400 newer events since."; None when it is fresh or its card says nothing of its cutoff."""
+    name, _, version = ref.partition("@")
+    if not version or not _VERSION.match(version):
+        return None
+    try:
+        card = _read_json(ws.models_dir / name / version / CARD, "card.json", name)
+    except (ModelError, OSError):
+        return None  # a missing or broken card is reported where the model is loaded
+    cutoff = data_cutoff(card)
+    if cutoff is None:
+        return None
+    cutoff = cutoff.tz_localize("UTC") if cutoff.tzinfo is None else cutoff
+    newer = int((ts > cutoff).sum())
+    if not newer:
+        return None
+    return f"{ref} was trained on data to {cutoff.day} {cutoff:%b %Y}; {newer:,} newer events since."

@@ -687,7 +687,11 @@ class RiskModel(BehaviorModel):
             detail = f"{', '.join(names)}: " + ", ".join(f"{int(v)} {k}" for k, v in counts.items())
             if sid in refs:
                 detail += f" (e.g. order {refs[sid]})"
-            out.append({"session_id": sid, "ts": rows["ts"].min().isoformat(), "event": names[0], "detail": detail})
+            item = {"session_id": sid, "ts": rows["ts"].min().isoformat(), "event": names[0], "detail": detail,
+                    "events": {str(k): int(v) for k, v in counts.items()}, "rules": list(names)}
+            if sid in refs:
+                item["order_id"] = refs[sid]
+            out.append(item)
         seen = set(cited)
         for e in user_evidence(mine, user_id):
             if e["session_id"] not in seen:
@@ -721,7 +725,9 @@ class RiskModel(BehaviorModel):
         counts = sess["event"].value_counts()
         evidence = [{"session_id": sid, "ts": o["ts"].isoformat(), "event": "purchase",
                      "detail": f"order {order_id}: {o['amount']:.2f} in {int(o['n_lines'])} lines; session: "
-                               + ", ".join(f"{int(v)} {k}" for k, v in counts.items())}]
+                               + ", ".join(f"{int(v)} {k}" for k, v in counts.items()),
+                     "events": {str(k): int(v) for k, v in counts.items()}, "order_id": order_id,
+                     "amount": round(float(o["amount"]), 2), "lines": int(o["n_lines"])}]
         evidence += [e for e in user_part["evidence"] if e["session_id"] != sid]
         return {
             "model": self.label,
