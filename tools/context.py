@@ -157,6 +157,7 @@ class ToolContext:
     _user_ids: frozenset[str] | None = field(default=None, repr=False)
     _order_ids: frozenset[str] | None = field(default=None, repr=False)
     _vocabulary: tuple[str, ...] | None = field(default=None, repr=False)
+    _item_names: dict[str, str] | None = field(default=None, repr=False)
 
     # --- data ------------------------------------------------------------------------
     def get_events(self) -> pd.DataFrame:
@@ -192,6 +193,14 @@ class ToolContext:
                     names |= {str(v) for v in events[column].dropna().unique() if len(str(v)) >= 3 or column == "country"}
             self._vocabulary = tuple(sorted(names))
         return self._vocabulary
+
+    def item_names(self) -> dict[str, str]:
+        """Item id → product name from the workspace's catalogue (empty without one), read once."""
+        if self._item_names is None:
+            catalogue = self.workspace.load_catalogue()
+            self._item_names = ({} if catalogue is None or not {"item_id", "name"} <= set(catalogue.columns)
+                                else dict(zip(catalogue["item_id"].astype(str), catalogue["name"].astype(str))))
+        return self._item_names
 
     def privacy_key(self) -> bytes | None:
         """The workspace's pseudonym key, if it has one (ids that were e-mails are keyed with it)."""

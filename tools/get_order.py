@@ -30,7 +30,7 @@ def get_order(ctx: ToolContext, order_id: str) -> dict[str, Any]:
     events = ctx.get_events()
     rows = events[events["order_id"].astype("string") == order_id]
     bought = rows[rows["event"] == "purchase"]
-    names = _item_names(ctx)
+    names = ctx.item_names()
     items = []
     for r in bought.head(MAX_ITEMS).itertuples(index=False):
         item = {"item_id": str(r.item_id), "category": None if pd.isna(r.category) else str(r.category),
@@ -66,13 +66,6 @@ def get_order(ctx: ToolContext, order_id: str) -> dict[str, Any]:
         pass  # no risk model trained: the order's facts stand on their own
     result["citations"] = cites
     return result
-
-
-def _item_names(ctx: ToolContext) -> dict[str, str]:
-    catalogue = ctx.workspace.load_catalogue()
-    if catalogue is None or not {"item_id", "name"} <= set(catalogue.columns):
-        return {}
-    return dict(zip(catalogue["item_id"].astype(str), catalogue["name"].astype(str)))
 
 
 def render(args: Mapping[str, Any], r: Mapping[str, Any]) -> str:

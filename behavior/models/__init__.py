@@ -1,4 +1,4 @@
-"""The intent, churn and risk models, their baselines and evaluation, and the registry they are saved in.
+"""The intent, churn, risk and recommend models, their baselines and evaluation, and the registry they are saved in.
 
 ``load_model(ws, name)`` imports a model's module only when asked, so importing this package
 stays cheap and creates nothing.
@@ -9,22 +9,24 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-MODEL_NAMES: tuple[str, ...] = ("intent", "churn", "risk")
+MODEL_NAMES: tuple[str, ...] = ("intent", "churn", "risk")  # the per-user scoring models (explain, predict_proba)
+RANKING_NAMES: tuple[str, ...] = ("recommend",)  # models that rank items for a user (their own tools)
 
 # name -> (module, class); the modules are imported lazily by model_class().
 _MODEL_CLASSES: dict[str, tuple[str, str]] = {
     "intent": ("behavior.models.intent", "IntentModel"),
     "churn": ("behavior.models.churn", "ChurnModel"),
     "risk": ("behavior.models.risk", "RiskModel"),
+    "recommend": ("behavior.models.recommend", "RecommendModel"),
 }
 
 
 def model_class(name: str) -> Any:
-    """The model class for ``name`` (one of ``MODEL_NAMES``)."""
+    """The model class for ``name`` (one of ``MODEL_NAMES`` or ``RANKING_NAMES``)."""
     from behavior.models.common import ModelError
 
     if name not in _MODEL_CLASSES:
-        raise ModelError(f"unknown model '{name}': choose one of {', '.join(MODEL_NAMES)}")
+        raise ModelError(f"unknown model '{name}': choose one of {', '.join(_MODEL_CLASSES)}")
     module, cls = _MODEL_CLASSES[name]
     try:
         return getattr(importlib.import_module(module), cls)
@@ -32,11 +34,12 @@ def model_class(name: str) -> Any:
         raise ModelError(f"the {name} model is not available in this build ({exc})") from exc
 
 
-def available_models() -> list[str]:
-    """The models of ``MODEL_NAMES`` whose code is present (a partial build may lack one)."""
+def available_models(*, ranking: bool = False) -> list[str]:
+    """The models of ``MODEL_NAMES`` (and ``RANKING_NAMES`` with ``ranking``) whose code is present (a partial build may lack one)."""
     import importlib.util
 
-    return [n for n in MODEL_NAMES if importlib.util.find_spec(_MODEL_CLASSES[n][0]) is not None]
+    names = MODEL_NAMES + (RANKING_NAMES if ranking else ())
+    return [n for n in names if importlib.util.find_spec(_MODEL_CLASSES[n][0]) is not None]
 
 
 def load_model(ws: Any, name: str, version: str | None = None) -> Any:
@@ -60,7 +63,7 @@ def train_model(
 
     Args:
         ws: the workspace.
-        name: one of ``MODEL_NAMES``.
+        name: one of ``MODEL_NAMES`` or ``RANKING_NAMES``.
         progress: optional ``progress(stage, fraction)`` callback.
         settings: optional ``TrainSettings`` (seed, threads, epochs, …).
         events: the workspace's events if already loaded (saves a read when training several).
@@ -131,4 +134,18 @@ def metric_rows(card: dict[str, Any]) -> list[dict[str, Any]]:
                 if r["train_seconds"] is None:
                     r["train_seconds"] = card.get("train_seconds")
             walk(card.get(f"{prefix}_baselines" if prefix else "baselines", {}), [prefix] if prefix else [], None)
+    return rows
+
+
+def ranking_rows(card: dict[str, Any]) -> list[dict[str, Any]]:
+    """A ranking model's card (``recommend``) as table rows: who, HR@10, NDCG@10, coverage, n, train seconds.
+
+    Empty for a card without ranking metrics (the scoring models: see ``metric_rows``).
+    """
+    keys = ("hr_at_10", "ndcg_at_10", "coverage", "n")
+    if "hr_at_10" not in (card.get("metrics") or {}):
+        return []
+    rows = [{"who": f"{card.get('name', 'model')}@{card.get('version', 'unsaved')}", **{k: card["metrics"].get(k) for k in keys},
+             "train_seconds": card.get("train_seconds")}]
+    rows += [{"who": name, **{k: rep.get(k) for k in keys}, "train_seconds": None} for name, rep in (card.get("baselines") or {}).items()]
     return rows

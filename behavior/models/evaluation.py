@@ -82,7 +82,8 @@ def score_users(model: BehaviorModel, events: pd.DataFrame, *, progress: Progres
 
 
 def _by_name(model: BehaviorModel) -> tuple[Callable[..., Evaluation], Callable[[Any, pd.DataFrame], pd.DataFrame]]:
-    pairs = {"churn": (_evaluate_churn, _churn_scores), "intent": (_evaluate_intent, _intent_scores), "risk": (_evaluate_risk, _risk_scores)}
+    pairs = {"churn": (_evaluate_churn, _churn_scores), "intent": (_evaluate_intent, _intent_scores), "risk": (_evaluate_risk, _risk_scores),
+             "recommend": (_evaluate_recommend, _recommend_scores)}
     if model.name not in pairs:
         raise ModelError(f"no evaluation for a '{model.name}' model: evaluation.py knows {', '.join(pairs)}")
     return pairs[model.name]
@@ -91,6 +92,21 @@ def _by_name(model: BehaviorModel) -> tuple[Callable[..., Evaluation], Callable[
 def _baseline_reports(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """``run_baselines`` output as card entries: each baseline's test report and its training time."""
     return {k: {**v["report"], "train_seconds": round(v["train_seconds"], 3)} for k, v in runs.items()}
+
+
+# --- recommend (ranking metrics, not probabilities: behavior/models/recommend.py) ------------
+
+
+def _evaluate_recommend(model: Any, events: pd.DataFrame, labels: pd.DataFrame | None, report: Progress) -> Evaluation:
+    from behavior.models.recommend import evaluate_recommender
+
+    return Evaluation(card=evaluate_recommender(model, events, report))
+
+
+def _recommend_scores(model: Any, events: pd.DataFrame) -> pd.DataFrame:
+    from behavior.models.recommend import recommend_scores
+
+    return recommend_scores(model, events)
 
 
 # --- churn ----------------------------------------------------------------------------------
