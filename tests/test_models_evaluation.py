@@ -27,7 +27,8 @@ PARAMS: dict[str, dict[str, Any]] = {
     "risk": {"ae_epochs": 10, "n_folds": 3},
 }
 # Wall-clock values (and what the registry adds on saving): never equal between two runs.
-NOT_COMPARED = {"train_seconds", "seconds", "net_seconds", "created", "weights_sha256", "name", "version"}
+NOT_COMPARED = {"train_seconds", "seconds", "net_seconds", "created", "weights_sha256", "name", "version",
+                "data_cutoff", "data_batches", "feature_profile"}
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +156,8 @@ def test_train_model_saves_what_fit_evaluate_and_score_users_give_by_hand(by_han
 
     assert sorted(p.name for p in folder.iterdir()) == ["card.json", "scores.parquet", "spec.json", "weights.safetensors"]
     saved_card = json.loads((folder / "card.json").read_text())
+    # train_model adds how fresh the data was (behavior/drift.py), which evaluate() does not know
+    assert saved_card["data_cutoff"] == events["ts"].max().isoformat() and saved_card["feature_profile"]
     assert _comparable(saved_card) == _comparable(done.evaluation.card)
     assert _comparable(result["card"]) == _comparable(done.evaluation.card)
     done.scores.to_parquet(tmp_path / "by_hand.parquet", index=False)  # the same round trip as the saved table
