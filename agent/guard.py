@@ -87,7 +87,10 @@ def sources(calls: Sequence[ToolCall]) -> Sources:
                 out.free_text.append(obj)
                 return
             strings.append(obj)
-            out.values.update(n.value for n in numbers_in(obj))
+            for n in numbers_in(obj):
+                out.values.add(n.value)
+                if n.percent:  # a structured sentence's "0% of their events" grounds "0%"
+                    out.rates.add(n.value / 100)
             out.ids.update(t.lower() for t in _ID.findall(obj))
             out.days.update(_days_in(obj))
         elif isinstance(obj, Mapping):

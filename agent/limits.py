@@ -51,13 +51,13 @@ LIMITS: tuple[Limit, ...] = (
         "code",
         re.compile(r"\b(?:write|give|generate|show)\b.{0,20}\b(?:sql|query|code|script|python)\b|\bsql\b", re.I),
         "I don't write or run SQL or code: I answer with fixed, read-only analyses of the shop's data",
-        ("conversion rate of mobile users since March", "top 10 users by churn risk"),
+        ("conversion rate of mobile users since March", "the users most likely to churn"),
     ),
 )
 
 GENERAL = Limit(
     "unsure", re.compile(r"$^"), "I'm not sure which of my analyses answers that",
-    ("why is [user id] likely to churn?", "top 10 users by fraud risk", "conversion rate of mobile users since March"),
+    ("why is [user id] likely to churn?", "the users with the highest fraud risk", "conversion rate of mobile users since March"),
 )
 # Below this classifier confidence, with no user or order named, the router gives the general limit
 # rather than its best guess (a confident answer to a different question is worse than "not yet").
