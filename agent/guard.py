@@ -187,6 +187,7 @@ def check_grounding(answer: str, calls: Sequence[ToolCall], question: str = "", 
         if re.search(rf"\b{re.escape(str(name))}\b", claimed) and str(name).lower() not in src.words:
             unsupported.append(str(name))
     unsupported += _wrong_quantities(claimed, calls, registry)
+    unsupported += _wrong_rows(claimed, calls)
     standing_calls = standing(calls)
     missing = [f.what for c in standing_calls for f in registry.key_facts(c.name, c.args, c.result, question)
                if not f.holds(answer)]
@@ -225,6 +226,56 @@ def _wrong_quantities(text: str, calls: Sequence[ToolCall], registry: Registry) 
         if named and not (named & owners):
             wrong.append(f"{n.text} stated as {'/'.join(sorted(named))}, but it is the {'/'.join(sorted(owners))} probability")
     return wrong
+
+
+# A label written right before its number ("Toys (59.1%)", "u01037: 72.8%"), or a number right before
+# "by/for/in <label>" ("1,608 orders by amex").
+_LABEL_THEN_NUMBER = r"\s*(?:[:(=]|is|at|with)?\s*[$€£]?\s*"
+_NUMBER_THEN_LABEL = r"^\s*(?:[a-z%]+\s+){0,2}?(?:by|for|in|on|from|via)\s+(?:the\s+)?$"
+
+
+def _wrong_rows(text: str, calls: Sequence[ToolCall]) -> list[str]:
+    """Numbers paired with the wrong row of a table result ("Toys (59.1%)" when Toys' row says 58.4%)."""
+    rows: dict[str, set[float]] = {}
+    for c in calls:
+        for key, label in (("rows", "group"), ("users", "user_id")):
+            table = c.result.get(key)
+            for row in table if isinstance(table, list) else []:
+                if isinstance(row, Mapping) and row.get(label) not in (None, ""):
+                    found: set[float] = set()
+                    _numbers_of(row, found)
+                    rows.setdefault(str(row[label]), set()).update(found)
+    if len(rows) < 2:
+        return []  # one row: no other row to confuse it with
+    names = {name: re.compile(rf"(?<![\w-]){re.escape(name).replace('_', '[_ ]')}(?![\w-])", re.I) for name in rows}
+    wrong = []
+    for n in numbers_in(text):
+        before, after = text[max(0, n.start - 40):n.start], text[n.start + len(n.text):n.start + len(n.text) + 40]
+        owner = None
+        for name, rx in names.items():
+            hits = list(rx.finditer(before))
+            if hits and re.fullmatch(_LABEL_THEN_NUMBER, before[hits[-1].end():], re.I):
+                owner = name
+            m = rx.search(after)
+            if m and re.match(_NUMBER_THEN_LABEL, after[:m.start()], re.I):
+                owner = name
+        if owner is not None and not any(matches(n, v) for v in rows[owner]):
+            wrong.append(f"{n.text} (stated for {owner})")
+    return wrong
+
+
+def _numbers_of(obj: Any, out: set[float]) -> None:
+    if isinstance(obj, bool) or obj is None:
+        return
+    if isinstance(obj, (int, float)):
+        out.add(float(obj))
+    elif isinstance(obj, Mapping):
+        for v in obj.values():
+            _numbers_of(v, out)
+    elif isinstance(obj, (list, tuple)):
+        out.add(float(len(obj)))
+        for v in obj:
+            _numbers_of(v, out)
 
 
 def _every_subject(answer: str, calls: Sequence[ToolCall], registry: Registry) -> list[str]:

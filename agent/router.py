@@ -22,6 +22,8 @@ from agent.limits import GENERAL, LOW_CONFIDENCE, Limit, limit_for
 from tools.registry import ConversationState, Entities, Registry, Route
 
 ROUTER_NAME = "router"
+# Below this confidence a label that finds no arguments in the question gives way to the next callable one
+UNSURE = 0.6
 # Labels that lead to no single tool: the router handles them itself.
 #   why: explain the last score; select: a position in the last ranking; help and out_of_scope: fixed texts.
 OWN_LABELS: tuple[str, ...] = ("why", "select", "help", "out_of_scope")
@@ -672,6 +674,13 @@ class Router:
         calls: list[dict[str, Any]] = []
         for l in labels:
             calls += self._calls_for(l, ent, state, question)
+        if not calls and confidence < UNSURE and self._route(labels[0]) is not None:
+            # an unsure label whose arguments are not in the question (an order route with no order id):
+            # the likeliest label that can be called instead
+            for other in sorted(proba[0], key=proba[0].__getitem__, reverse=True):
+                if other != labels[0] and self._route(other) is not None and (calls := self._calls_for(other, ent, state, question)):
+                    labels = [other]
+                    break
         return Plan(label=labels[0], confidence=confidence, calls=calls, entities=ent, seconds=time.perf_counter() - t0)
 
     def _repeat_last(self, ent: Entities, state: ConversationState, named: list[str]) -> list[dict[str, Any]]:

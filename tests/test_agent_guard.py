@@ -220,3 +220,54 @@ def test_ids_of_any_format_must_come_from_a_result():
                                                                    "first_seen": "2026-01-02"})
     assert check("CUST-0042: 3 sessions, 1 order.", [call]).ok
     assert check("CUST-0043: 3 sessions, 1 order.", [call]).unsupported == ["CUST-0043"]
+
+
+ABANDONMENT = {"metric": "cart_abandonment", "group_by": "category", "rows": [
+    {"group": "Fashion", "value": 0.607, "numerator": 1576, "denominator": 2596},
+    {"group": "Books", "value": 0.584, "numerator": 700, "denominator": 1199},
+    {"group": "Toys", "value": 0.551, "numerator": 600, "denominator": 1089}],
+    "total": {"value": 0.58, "numerator": 2876, "denominator": 4884}}
+PAYMENTS = {"metric": "orders", "group_by": "payment", "rows": [
+    {"group": "visa", "value": 2669}, {"group": "amex", "value": 2451}, {"group": "apple_pay", "value": 1608}],
+    "total": {"value": 6728}}
+
+
+@pytest.mark.parametrize("answer,wrong", [
+    ("Fashion (60.7%), Books (58.4%) and Toys (60.7%).", ["60.7% (stated for Toys)"]),
+    ("Books: 55.1% of carted sessions.", ["55.1% (stated for Books)"]),
+    ("2,669 orders by visa, 2,451 by amex and 1,608 by amex.", ["1,608 (stated for amex)"]),
+])
+def test_a_number_paired_with_the_wrong_row_is_caught(answer, wrong):
+    result = PAYMENTS if "visa" in answer else ABANDONMENT
+    verdict = check(answer, [ToolCall("query_metric", {}, result)], "q")
+    assert verdict.unsupported == wrong
+
+
+@pytest.mark.parametrize("answer", [
+    "Fashion (60.7%), Books (58.4%) and Toys (55.1%); overall 58%.",
+    "Cart abandonment is highest in Fashion: 60.7% of carted sessions (1,576 of 2,596).",
+    "2,669 orders by visa, 2,451 by amex and 1,608 by apple pay.",
+])
+def test_numbers_with_their_own_rows_pass(answer):
+    result = PAYMENTS if "visa" in answer else ABANDONMENT
+    assert check(answer, [ToolCall("query_metric", {}, result)], "q").unsupported == []
+
+
+def test_a_percent_a_structured_sentence_states_is_grounded():
+    risk = {"model": "risk@v1", "user_id": "u00042", "probability": 0.9, "reasons": [
+        {"key": "session_speed", "sentence": "0% of their events are product views (typical for accounts: 71%)", "value": 0, "typical": 0.71}]}
+    call = ToolCall("score_risk", {"user_id": "u00042"}, risk)
+    assert check("u00042: 90%; 0% of their events are product views.", [call], "q").unsupported == []
+    assert check("u00042: 90%; 3% of their events are product views.", [call], "q").unsupported == ["3%"]
+
+
+def test_two_tools_about_one_user_say_their_shared_evidence_once():
+    evidence = [{"session_id": "u00042-s0007", "day": "2026-03-04", "event": "view", "detail": "3 view",
+                 "events": {"view": 3}, "categories": ["Audio"]}]
+    churn = {**CHURN, "evidence": evidence}
+    risk = {"model": "risk@v1", "user_id": "u00042", "probability": 0.02, "evidence": evidence,
+            "citations": {"sessions": ["u00042-s0007"], "model": "risk@v1"}}
+    calls = [ToolCall("predict_churn", {"user_id": "u00042"}, churn), ToolCall("score_risk", {"user_id": "u00042"}, risk)]
+    text = render_answer(calls)
+    assert text.count("Evidence: 4 Mar 2026 (u00042-s0007): 3 views in Audio.") == 1
+    assert check(text, calls, "q").ok, check(text, calls, "q")

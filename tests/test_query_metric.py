@@ -553,3 +553,46 @@ def test_slack_uploads_the_query_chart_in_the_thread(ctx):
         server.shutdown()
         fake.stop()
 
+
+
+class _Unsure(_OneLabel):
+    """A classifier torn between two labels: the first wins narrowly."""
+
+    def __init__(self, first: str, second: str) -> None:
+        super().__init__(first)
+        self.second = second
+
+    def predict_proba(self, X):
+        p = np.full((len(X), len(self.labels_)), 0.01)
+        p[:, self.labels_.index(self.label)] = 0.40
+        p[:, self.labels_.index(self.second)] = 0.35
+        return p
+
+
+def _router(classifier):
+    from agent.router import Router
+
+    return Router(classifier, _NoEmbedder(), registry=REGISTRY, categories=["Laptops"], countries=["DE"],
+                  anchor=pd.Timestamp("2026-04-10", tz="UTC"))
+
+
+@pytest.mark.parametrize("label,question,call", [
+    ("metric", "What is the average order value of u00218?", {"name": "get_user_profile", "args": {"user_id": "u00218"}}),
+    ("segment", "How much revenue did u00042 bring?", {"name": "get_user_profile", "args": {"user_id": "u00042"}}),
+    ("metric", "What's the churn rate for u00042?", {"name": "predict_churn", "args": {"user_id": "u00042"}}),
+])
+def test_a_shop_measure_asked_of_one_user_is_about_that_user(label, question, call):
+    assert _router(_OneLabel(label)).plan(question).calls == [call]
+
+
+def test_a_shop_measure_without_a_user_stays_a_shop_measure():
+    plan = _router(_OneLabel("metric")).plan("average order value by country")
+    assert [c["name"] for c in plan.calls] == ["query_metric"]
+
+
+def test_an_unsure_label_with_nothing_to_call_gives_way_to_the_next_callable_one():
+    # "order" needs an order id the question does not have; the runner-up can answer
+    plan = _router(_Unsure("order", "segment")).plan("What is the average order value in Laptops?")
+    assert plan.label == "segment" and plan.calls == [{"name": "segment_summary", "args": {"category": "Laptops"}}]
+    sure = _router(_OneLabel("order")).plan("What is the average order value in Laptops?")
+    assert sure.calls == []  # a confident label is not second-guessed

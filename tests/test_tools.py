@@ -226,3 +226,29 @@ def test_an_empty_or_malformed_date_range_is_an_error_the_model_can_act_on(ctx):
     assert "the date range is empty" in empty["error"]
     bad = call_tool(ctx, "get_user_history", {"user_id": "u00001", "since": "last tuesday"})
     assert "is not a date: use YYYY-MM-DD" in bad["error"]
+
+
+@pytest.mark.parametrize("p,digits,shown", [(0.734, 1, "73.4%"), (0.003333, 1, "0.33%"), (0.0004, 1, "0.04%"),
+                                             (0.0, 1, "0.0%"), (0.674, 0, "67%"), (0.003333, 0, "0%")])
+def test_a_small_share_keeps_the_digits_that_make_it_right(p, digits, shown):
+    from tools.words import pct
+
+    assert pct(p, digits) == shown
+
+
+@pytest.mark.parametrize("method,words", [("visa_1317", "a Visa card ending 1317"), ("apple_pay", "Apple Pay"), ("paypal", "paypal")])
+def test_payment_methods_are_said_in_words(method, words):
+    from tools.words import payment_words
+
+    assert payment_words(method) == words
+
+
+def test_an_evidence_session_is_said_from_its_counts():
+    from tools.explain import session_activity
+
+    e = {"events": {"view": 5, "add_to_cart": 1, "login": 1}, "categories": ["Beauty", "Home"], "rules": ["bot_velocity"],
+         "detail": "bot_velocity: 5 view, 1 add_to_cart, 1 login"}
+    assert session_activity(e) == "flagged by the bot velocity rule: 5 views, 1 cart add, 1 login in Beauty, Home"
+    order = {"events": {"purchase": 2}, "order_id": "o000028", "amount": 429.98, "lines": 2}
+    assert session_activity(order) == "order o000028 of $429.98 (2 lines); the session: 2 purchases"
+    assert session_activity({"detail": "2 view"}) == "2 views"  # an older result without counts
