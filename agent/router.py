@@ -224,7 +224,9 @@ def extract_entities(
         if re.search(rf"\b{dev}\b", low):
             e.device = dev
             break
-    if m := _LIMIT.search(q):
+    # "the five riskiest accounts" as "the 5 riskiest accounts"
+    counted = re.sub(rf"\b({'|'.join(_COUNT_WORDS)})\b", lambda w: str(_COUNT_WORDS[w.group(1).lower()]), q, flags=re.I)
+    if m := _LIMIT.search(counted):
         e.limit = int(m.group(1) or m.group(2))
     for word, n in _ORDINALS.items():
         if re.search(rf"\b{word}\b", low) and not re.search(rf"\b{word}\s+(seen|\d)", low):

@@ -365,3 +365,11 @@ def _router_roots():
     from test_agent_support import _ROUTER_CACHE
 
     yield _ROUTER_CACHE["root"].parent.parent
+
+
+@pytest.mark.parametrize("question,limit", [("who are the five riskiest accounts?", 5), ("top three churners", 3),
+                                            ("top 7 users by churn", 7), ("who churned in the last two months?", None)])
+def test_a_ranking_takes_its_size_in_words_or_digits(question, limit):
+    from agent.router import extract_entities
+
+    assert extract_entities(question).limit == limit
