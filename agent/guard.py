@@ -297,12 +297,17 @@ def _every_subject(answer: str, calls: Sequence[ToolCall], registry: Registry) -
     return missing
 
 
+def _sentence_key(sentence: str) -> str:
+    """A sentence's words, lower-cased: two sentences with the same key say the same thing."""
+    return " ".join(re.findall(r"\w+", sentence.lower()))
+
+
 def _repeats_and_filler(answer: str) -> list[str]:
     problems = []
     sentences = [s.strip() for s in _SENTENCE.split(answer.strip()) if s.strip()]
     seen: set[str] = set()
     for s in sentences:
-        key = " ".join(re.findall(r"\w+", s.lower()))
+        key = _sentence_key(s)
         if key and key in seen and len(key) > 6:
             problems.append(f"a repeated sentence ({s[:60]})")
         seen.add(key)
@@ -365,7 +370,7 @@ def render_answer(calls: Sequence[ToolCall], registry: Registry | None = None) -
     for c in kept:  # two tools about one user cite the same sessions: a sentence said once is not said again
         fresh = []
         for sentence in _SENTENCE.split(registry.render(c.name, c.args, c.result).strip()):
-            key = " ".join(re.findall(r"\w+", sentence.lower()))
+            key = _sentence_key(sentence)
             if key and key in said and len(key) > 6:
                 continue
             said.add(key)

@@ -109,17 +109,12 @@ def verdict(metric: str, p: float, threshold: float | None) -> str:
     return low
 
 
-_ONE_EVENT = {"add_to_cart": "cart add", "remove_from_cart": "cart removal", "view": "view", "purchase": "purchase",
-              "search": "search", "checkout": "checkout", "review": "review", "refund": "refund", "login": "login"}
-
-
 def session_activity(e: Mapping[str, Any], rules: bool = True) -> str:
     """What one evidence session held, in words: "5 views, 1 cart add in Beauty, Fashion" (from its counts)."""
     counts = e.get("events")
     if not isinstance(counts, Mapping):
         return plain_detail(str(e.get("detail", "")))
-    said = ", ".join(f"{n} {_ONE_EVENT.get(k, words_for(k)) if n == 1 else _EVENT_WORDS.get(k, words_for(k))}"
-                     for k, n in counts.items())
+    said = ", ".join(f"{n} {_event_words(k, n)}" for k, n in counts.items())
     cats = list(e.get("categories") or [])
     said += f" in {', '.join(cats)}" if cats else ""
     if e.get("order_id") and e.get("amount") is not None:
@@ -135,6 +130,14 @@ def session_activity(e: Mapping[str, Any], rules: bool = True) -> str:
 def rule_words(name: str) -> str:
     """A risk rule by name in words: "card_testing_burst" → "the card testing burst rule"."""
     return f"the {str(name).replace('_', ' ')} rule"
+
+
+def _event_words(event: str, n: int) -> str:
+    """An event type counted in words: 1 cart add, 2 cart adds, 1 search, 3 searches."""
+    plural = _EVENT_WORDS.get(event, words_for(event))
+    if n != 1 or event not in _EVENT_WORDS:
+        return plural
+    return plural[:-2] if plural.endswith("ches") else plural[:-1]
 
 
 def plain_detail(text: str) -> str:
