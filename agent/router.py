@@ -635,11 +635,11 @@ class Router:
             if not (route and route.per_user):
                 label = (self._metric_label(route.metric) if route else None) or "select"
             labels = [label]
+        named = metrics_named(question, self.registry)
         route = self._route(label)
         if route is not None and route.one_user and len(ent.user_ids) == 1 and not ent.order_ids and len(labels) == 1:
             # a shop-wide measure asked of one user: that user's score if one is named, else their own facts
-            labels = [label := self._metric_label(next(iter(metrics_named(question, self.registry)), None)) or route.one_user]
-        named = metrics_named(question, self.registry)
+            labels = [label := self._metric_label(named[0] if named else None) or route.one_user]
         has_user = bool(ent.user_ids or state.last_user_ids)
         metric_of = {l: r.metric for l in labels if (r := self._route(l)) is not None and r.per_user and r.metric}
         if len(named) == 1 and len(labels) > 1:
