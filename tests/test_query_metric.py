@@ -596,3 +596,13 @@ def test_an_unsure_label_with_nothing_to_call_gives_way_to_the_next_callable_one
     assert plan.label == "segment" and plan.calls == [{"name": "segment_summary", "args": {"category": "Laptops"}}]
     sure = _router(_OneLabel("order")).plan("What is the average order value in Laptops?")
     assert sure.calls == []  # a confident label is not second-guessed
+
+
+def test_a_question_asking_who_needs_some_of_them_named():
+    result = {"metric": "users", "label": "users", "total": {"value": 35, "denominator": 300, "examples": ["u00003", "u00017"]}}
+    facts = REGISTRY.key_facts("query_metric", {"metric": "users"}, result, "Find users who carted but never checked out")
+    draft = "35 of the 300 users with a session added to the cart but never checked out."
+    assert [f.what for f in facts if not f.holds(draft)] == ["an example user u00003"]
+    assert all(f.holds(draft + " For example: u00003, u00017.") for f in facts)
+    how_many = REGISTRY.key_facts("query_metric", {"metric": "users"}, result, "How many users carted but never checked out?")
+    assert all(f.holds(draft) for f in how_many)

@@ -865,7 +865,7 @@ def key_facts(args: Mapping[str, Any], r: Mapping[str, Any], question: str) -> l
     return facts
 
 
-_ASKS_WHO = re.compile(r"(?:find|which|who|list|show|name)", re.I)
+_ASKS_WHO = re.compile(r"\b(?:find|which|who|list|show|name)\b", re.I)
 
 
 def remember(args: Mapping[str, Any], r: Mapping[str, Any], state: ConversationState) -> None:
