@@ -123,13 +123,13 @@ def session_activity(e: Mapping[str, Any], rules: bool = True) -> str:
     elif e.get("order_id"):
         said += f" (order {e['order_id']})"
     if rules and e.get("rules"):
-        said = f"flagged by {' and '.join(rule_words(r) for r in e['rules'])}: {said}"
+        said = f"{flagged_by(e['rules'])}: {said}"
     return said
 
 
-def rule_words(name: str) -> str:
-    """A risk rule by name in words: "card_testing_burst" → "the card testing burst rule"."""
-    return f"the {str(name).replace('_', ' ')} rule"
+def flagged_by(rules: Any) -> str:
+    """The risk rules a session is evidence for, in words: "flagged by the velocity rule and the bot velocity rule"."""
+    return "flagged by " + " and ".join(f"the {str(name).replace('_', ' ')} rule" for name in rules)
 
 
 def _event_words(event: str, n: int) -> str:
@@ -196,7 +196,7 @@ def render_score(args: Mapping[str, Any], r: Mapping[str, Any]) -> str:
         for e in evidence:
             groups.setdefault(tuple(e.get("rules") or ()), []).append(
                 f"{human_date(e.get('day'))} ({e['session_id']}): {session_activity(e, rules=False)}".rstrip(": "))
-        shown = [(f"flagged by {' and '.join(rule_words(x) for x in rules)}, " if rules else "") + "; ".join(lines)
+        shown = [(f"{flagged_by(rules)}, " if rules else "") + "; ".join(lines)
                  for rules, lines in groups.items()]
         text += " Evidence: " + "; ".join(shown) + "."
     return text
