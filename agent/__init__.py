@@ -2,7 +2,7 @@
 
 Typical use::
 
-    from agent import Settings, build_agent
+    from shopsight.agent import Settings, build_agent
     agent = build_agent(Settings.from_env(), Workspace.at(None))
     answer = agent.ask("why is u00042 likely to churn?", conversation_id="thread-1")
     answer.answer, answer.tool_calls, answer.citations
@@ -18,17 +18,21 @@ __all__ = ["Agent", "Answer", "Settings", "build_agent"]
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy: `import agent.guard` (evals) must not pull in the loop and its LLM libraries.
+    # Lazy: `import shopsight.agent.guard` (evals) must not pull in the loop and its LLM libraries.
     if name in ("Agent", "build_agent"):
-        from agent import loop
+        from shopsight.agent import loop
 
         return getattr(loop, name)
     if name == "Answer":
-        from agent.types import Answer
+        from shopsight.agent.types import Answer
 
         return Answer
     if name == "Settings":
-        from agent.settings import Settings
+        from shopsight.agent.settings import Settings
 
         return Settings
     raise AttributeError(f"module 'agent' has no attribute {name!r}")
+
+from shopsight import refuse_top_level_import  # noqa: E402
+
+refuse_top_level_import(__name__)

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from agent.settings import Settings
-from agent.types import Usage
+from shopsight.agent.settings import Settings
+from shopsight.agent.types import Usage
 
 log = logging.getLogger(__name__)
 

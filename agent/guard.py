@@ -20,10 +20,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from agent.types import Citations, ToolCall
-from tools.numbers import ShownNumber, matches, numbers_in
-from tools.registry import HIDDEN_KEYS, Registry
-from tools.words import raw_field_names
+from shopsight.agent.types import Citations, ToolCall
+from shopsight.tools.numbers import ShownNumber, matches, numbers_in
+from shopsight.tools.registry import HIDDEN_KEYS, Registry
+from shopsight.tools.words import raw_field_names
 
 __all__ = ["GroundingVerdict", "ShownNumber", "check_grounding", "citations", "numbers_in", "render_answer",
            "standing", "with_citations"]
@@ -48,7 +48,7 @@ _FILLER = re.compile(
 def _registry(registry: Registry | None) -> Registry:
     if registry is not None:
         return registry
-    from tools import default_registry
+    from shopsight.tools import default_registry
 
     return default_registry()
 
@@ -386,7 +386,7 @@ _COMPARED = {"churn": ("more likely to churn than", "the most likely to churn"),
 
 
 def _comparison_lead(calls: Sequence[ToolCall], registry: Registry) -> str:
-    from tools.words import pct
+    from shopsight.tools.words import pct
 
     scored = [c for c in calls if not c.failed and registry.has(c.name) and registry.get(c.name).metric
               and isinstance(c.result.get("probability"), (int, float))]

@@ -77,7 +77,7 @@ def limit_for(question: str, *, names_a_subject: bool = False) -> Limit | None:
 
 def limit_text(limit: Limit) -> str:
     """The fixed answer for a limit: what cannot be answered yet, then the nearest questions that can."""
-    from prompts import load_prompt
+    from shopsight.prompts import load_prompt
 
     nearest = "; ".join(f'"{q}"' if not q.startswith('"') else q for q in limit.nearest)
     return load_prompt("limit", cannot=limit.cannot, nearest=nearest).text

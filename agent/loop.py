@@ -14,17 +14,17 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
-from agent.backends import BackendError, NoWriter, TokenCallback, Writer
-from agent.guard import GroundingVerdict, check_grounding, citations, render_answer, with_citations
-from agent.memory import ConversationStore
-from agent.planner import Planner, PlanStep
-from agent.settings import Settings
-from agent.types import Answer, CallRequest, GuardReport, PlanInfo, Timings, ToolCall, Usage
-from behavior.models.registry import stale_note
-from behavior.privacy import mask_pii
-from prompts import load_prompt, prompt_set_version
-from tools import ToolContext
-from tools.registry import Registry
+from shopsight.agent.backends import BackendError, NoWriter, TokenCallback, Writer
+from shopsight.agent.guard import GroundingVerdict, check_grounding, citations, render_answer, with_citations
+from shopsight.agent.memory import ConversationStore
+from shopsight.agent.planner import Planner, PlanStep
+from shopsight.agent.settings import Settings
+from shopsight.agent.types import Answer, CallRequest, GuardReport, PlanInfo, Timings, ToolCall, Usage
+from shopsight.behavior.models.registry import stale_note
+from shopsight.behavior.privacy import mask_pii
+from shopsight.prompts import load_prompt, prompt_set_version
+from shopsight.tools import ToolContext
+from shopsight.tools.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class Agent:
     def __init__(self, settings: Settings, ctx: ToolContext, planner: Planner, writer: Writer, *,
                  registry: Registry | None = None, store: ConversationStore | None = None,
                  backend: str | None = None, model: str | None = None) -> None:
-        from tools import default_registry
+        from shopsight.tools import default_registry
 
         self.settings = settings
         self.ctx = ctx
@@ -149,7 +149,7 @@ class Agent:
 # --- the steps ----------------------------------------------------------------------------------
 def protect_question(question: str, ctx: ToolContext) -> str:
     """The question with personal data replaced: by the user's pseudonym when it is one, else by a mask."""
-    from behavior.privacy import find_pii, pseudonym
+    from shopsight.behavior.privacy import find_pii, pseudonym
 
     spans = find_pii(question)
     if not spans:
@@ -298,9 +298,9 @@ def build_agent(settings: Settings, workspace: Any, *, chat_model: Any = None, c
         WorkspaceError: the workspace has no events, or the router is not trained (local backend).
         BackendError: the model file is missing or the server does not answer.
     """
-    from agent.backends import ChatModelWriter, LlamaWriter, OpenAIWriter, check_server, hosted_chat_model
-    from agent.planner import RouterPlanner, ToolCallingPlanner
-    from tools import default_registry
+    from shopsight.agent.backends import ChatModelWriter, LlamaWriter, OpenAIWriter, check_server, hosted_chat_model
+    from shopsight.agent.planner import RouterPlanner, ToolCallingPlanner
+    from shopsight.tools import default_registry
 
     workspace.require_events()
     registry = registry or default_registry()
@@ -322,7 +322,7 @@ def build_agent(settings: Settings, workspace: Any, *, chat_model: Any = None, c
             local.check()  # a missing model file fails now, before anything slow
             writer = local
     if settings.uses_router:
-        from agent.router import load_router
+        from shopsight.agent.router import load_router
 
         load_router(workspace)  # an untrained router fails now, with the command to train it
         planner = RouterPlanner(lambda: make_router(ctx, registry), registry)
@@ -338,7 +338,7 @@ def build_agent(settings: Settings, workspace: Any, *, chat_model: Any = None, c
 
 def make_router(ctx: ToolContext, registry: Registry) -> Any:
     """The workspace's trained router, with entity lists (categories, countries) from its events."""
-    from agent.router import Router, default_embedder, load_router
+    from shopsight.agent.router import Router, default_embedder, load_router
 
     classifier, version = load_router(ctx.workspace)
     events = ctx.get_events()

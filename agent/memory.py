@@ -15,9 +15,9 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from agent.types import Answer
-from behavior.privacy import mask_pii
-from behavior.workspace import Workspace, WorkspaceError
+from shopsight.agent.types import Answer
+from shopsight.behavior.privacy import mask_pii
+from shopsight.behavior.workspace import Workspace, WorkspaceError
 
 # Each entry migrates the schema from version i to i+1 (PRAGMA user_version).
 MIGRATIONS: tuple[str, ...] = (

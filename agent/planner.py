@@ -20,9 +20,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
-from agent.backends import TokenCallback, translated_errors, usage_of
-from agent.types import Answer, AnswerKind, CallRequest, ToolCall, Usage
-from tools.registry import Registry, result_json
+from shopsight.agent.backends import TokenCallback, translated_errors, usage_of
+from shopsight.agent.types import Answer, AnswerKind, CallRequest, ToolCall, Usage
+from shopsight.tools.registry import Registry, result_json
 
 # The router's labels that get a fixed text instead of tool calls.
 _FIXED_TEXT: dict[str, tuple[AnswerKind, str]] = {
@@ -90,7 +90,7 @@ class RouterPlanner:
              on_token: TokenCallback | None = None) -> PlanStep:
         if calls:
             return PlanStep()  # every call was planned in the first step: the writer takes over
-        from prompts import load_prompt
+        from shopsight.prompts import load_prompt
 
         router = self.router()
         t0 = time.perf_counter()
@@ -100,7 +100,7 @@ class RouterPlanner:
             requests = tuple(CallRequest(c["name"], dict(c["args"]), f"call_{uuid.uuid4().hex[:8]}") for c in plan.calls)
             return PlanStep(calls=requests, label=plan.label, confidence=plan.confidence, seconds=seconds)
         if plan.limit is not None:  # no tool answers it: say so, and what can be asked instead
-            from agent.limits import limit_text
+            from shopsight.agent.limits import limit_text
 
             return PlanStep(text=limit_text(plan.limit), kind="limit", label=plan.label, confidence=plan.confidence,
                             seconds=seconds)

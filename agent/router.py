@@ -17,9 +17,9 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import pandas as pd
 
-from behavior.workspace import Workspace, WorkspaceError
-from agent.limits import GENERAL, LOW_CONFIDENCE, Limit, limit_for
-from tools.registry import ConversationState, Entities, Registry, Route
+from shopsight.behavior.workspace import Workspace, WorkspaceError
+from shopsight.agent.limits import GENERAL, LOW_CONFIDENCE, Limit, limit_for
+from shopsight.tools.registry import ConversationState, Entities, Registry, Route
 
 ROUTER_NAME = "router"
 # Below this confidence a label that finds no arguments in the question gives way to the next callable one
@@ -41,7 +41,7 @@ class Embedder(Protocol):
 
 def default_embedder() -> Embedder:
     """The shared MiniLM embedder (index.embedder: one load per process)."""
-    from index.embedder import get_embedder
+    from shopsight.index.embedder import get_embedder
 
     return get_embedder()
 
@@ -388,7 +388,7 @@ def generate_questions(n_per_label: int = 80, seed: int = 0, registry: Registry 
 
 
 def _default_registry() -> Registry:
-    from tools import default_registry
+    from shopsight.tools import default_registry
 
     return default_registry()
 
@@ -456,7 +456,7 @@ class RouterClassifier:
 
 def save_router(ws: Workspace, clf: RouterClassifier, card: dict[str, Any]) -> str:
     """Save the head in the model registry as ``router`` (safetensors + spec + card); returns the version."""
-    from behavior.models import registry
+    from shopsight.behavior.models import registry
 
     spec = {"labels": list(clf.labels_), "hidden": clf.hidden, "dim": int(card.get("dim", 384)),
             "embedder": "all-MiniLM-L6-v2", "normalise": "ids and dates replaced by USER/ORDER/DATE"}
@@ -465,7 +465,7 @@ def save_router(ws: Workspace, clf: RouterClassifier, card: dict[str, Any]) -> s
 
 def load_router(ws: Workspace) -> tuple[RouterClassifier, str]:
     """The newest trained router in the workspace and its ``router@version``."""
-    from behavior.models import registry
+    from shopsight.behavior.models import registry
 
     if registry.latest_version(ws, ROUTER_NAME) is None:
         raise WorkspaceError(f"no trained router in workspace '{ws.root}': run `shopsight train router --workspace {ws.root}` first")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from behavior.workspace import Workspace, WorkspaceError
+from shopsight.behavior.workspace import Workspace, WorkspaceError
 
 TEMPLATES = {
     "churn": "why is {user} likely to churn?",
@@ -24,7 +24,7 @@ def sample_questions(ws: Workspace) -> list[str]:
         buyers = sorted(events["user_id"].astype(str).unique())
     if not buyers:
         raise WorkspaceError(f"workspace '{ws.root}' has no users to ask about")
-    from behavior.models import registry
+    from shopsight.behavior.models import registry
 
     questions = []
     for metric, template in TEMPLATES.items():

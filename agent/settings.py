@@ -50,7 +50,7 @@ class Settings(BaseSettings):
 
     def ingest_limits(self) -> Any:
         """The ingest bounds: the settings where given, else behavior.events.IngestLimits' defaults."""
-        from behavior.events import IngestLimits
+        from shopsight.behavior.events import IngestLimits
 
         given = {"max_rows": self.ingest_max_rows, "max_memory_mb": self.ingest_max_memory_mb,
                  "max_text_chars": self.ingest_max_text_chars}

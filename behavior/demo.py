@@ -6,9 +6,9 @@ from typing import Any
 
 import pandas as pd
 
-from behavior.features import summarize_events
-from behavior.synthetic import SyntheticShop, write_shop
-from behavior.workspace import Workspace, remove_unlisted_batch_files
+from shopsight.behavior.features import summarize_events
+from shopsight.behavior.synthetic import SyntheticShop, write_shop
+from shopsight.behavior.workspace import Workspace, remove_unlisted_batch_files
 
 
 def build_demo_workspace(
@@ -29,7 +29,7 @@ def build_demo_workspace(
     Returns:
         ``{"summary": summarize_events(events), "label_rates": {"dropout", "fraud_users", "purchase_sessions"}}``.
     """
-    from behavior.ingest import workspace_key
+    from shopsight.behavior.ingest import workspace_key
 
     ws.root.mkdir(parents=True, exist_ok=True)
     with ws.writer("demo"):
@@ -37,7 +37,7 @@ def build_demo_workspace(
 
 
 def _build(ws: Workspace, *, users: int, days: int, seed: int, progress: bool, key: bytes) -> dict[str, Any]:
-    from behavior.privacy import protect_events
+    from shopsight.behavior.privacy import protect_events
 
     def protect(events: pd.DataFrame) -> pd.DataFrame:  # the shop's planted e-mails and phones are masked before storage
         return protect_events(events, key=key, max_text_chars=2000)[0]
@@ -60,7 +60,7 @@ def _build(ws: Workspace, *, users: int, days: int, seed: int, progress: bool, k
     ws.write_manifest(
         {
             "dataset": "demo",
-            "source": "behavior.synthetic",
+            "source": "shopsight.behavior.synthetic",
             "seed": seed,
             "users": users,
             "days": days,

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from behavior.features import user_features
+from shopsight.behavior.features import user_features
 
 # The headline per-user features every model's inputs build on (behavior.features.user_features).
 DRIFT_FEATURES: tuple[str, ...] = ("recency_days", "frequency", "monetary", "n_sessions", "velocity")

@@ -57,7 +57,7 @@ from typing import Any, Literal, Mapping, get_args
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from behavior.workspace import Workspace, WorkspaceError
+from shopsight.behavior.workspace import Workspace, WorkspaceError
 
 Metric = Literal[
     "users",
@@ -694,7 +694,7 @@ class QueryEngine:
         return out
 
     def _model_ref(self, name: str, *, required: bool = True, field: str = "model") -> _ModelRef | None:
-        from behavior.models.registry import SCORES, latest_version
+        from shopsight.behavior.models.registry import SCORES, latest_version
 
         version = latest_version(self.ws, name)
         path = self.ws.models_dir / name / version / SCORES if version else None

@@ -35,8 +35,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from behavior.events import EVENT_TYPES, to_canonical
-from behavior.workspace import atomic_path, write_parquet_atomic
+from shopsight.behavior.events import EVENT_TYPES, to_canonical
+from shopsight.behavior.workspace import atomic_path, write_parquet_atomic
 
 # Users per block. Output depends on it (each block has its own random stream), so it is
 # a constant, not a knob: the same seed must give the same shop whatever the caller does.

@@ -45,12 +45,12 @@ QUESTIONS = [
 
 
 def _prepare(workspace: Path | None, users: int, console: Any) -> Any:
-    from agent.router import default_embedder, load_router, train_router
-    from behavior.models import MODEL_NAMES, train_model
-    from behavior.workspace import Workspace, WorkspaceError
+    from shopsight.agent.router import default_embedder, load_router, train_router
+    from shopsight.behavior.models import MODEL_NAMES, train_model
+    from shopsight.behavior.workspace import Workspace, WorkspaceError
 
     if workspace is None:
-        from behavior.demo import build_demo_workspace
+        from shopsight.behavior.demo import build_demo_workspace
 
         ws = Workspace(Path(tempfile.mkdtemp(prefix="bench-agent-")) / "ws")
         console.print(f"Building a {users}-user demo workspace in {ws.root} …")
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = bench_console()
 
-    from agent import Settings, build_agent
+    from shopsight.agent import Settings, build_agent
 
     ws = _prepare(args.workspace, args.users, console)
     t0 = time.perf_counter()

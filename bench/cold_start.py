@@ -105,15 +105,15 @@ def load_module(name: str, folder: Path) -> ModuleType:
 
 def session_texts(workspace: Path | None, n: int, seed: int) -> list[str]:
     """``n`` session texts as index builds embed them: from ``workspace`` if given, else a synthetic shop."""
-    from index.documents import session_documents
+    from shopsight.index.documents import session_documents
 
     if workspace is not None:
-        from behavior.workspace import Workspace
+        from shopsight.behavior.workspace import Workspace
 
         ws = Workspace(workspace)
         docs = session_documents(ws.load_events(), ws.load_catalogue())
     else:
-        from behavior.synthetic import generate_shop
+        from shopsight.behavior.synthetic import generate_shop
 
         shop = generate_shop(users=max(50, n // 8), seed=seed)
         docs = session_documents(shop.events, shop.catalogue)
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="cold_start", help="Result file name under bench/results/.")
     args = parser.parse_args(argv)
 
-    from index.embedder import native_bf16, usable_cores
+    from shopsight.index.embedder import native_bf16, usable_cores
 
     console = bench_console()
     after_root = (args.after or ROOT).resolve()

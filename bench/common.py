@@ -109,7 +109,7 @@ def _cell(value: Any) -> str:
 
 def write_result(name: str, payload: dict[str, Any], results_dir: Path = RESULTS_DIR) -> Path:
     """Write ``payload`` plus machine info and a UTC timestamp to ``results_dir/<name>.json`` atomically."""
-    from behavior.workspace import write_json_atomic
+    from shopsight.behavior.workspace import write_json_atomic
 
     path = results_dir / f"{name}.json"
     write_json_atomic(

@@ -35,7 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import bench_console, peak_rss_mb, print_table, write_result  # noqa: E402
-from index.embedder import get_embedder, usable_cores  # noqa: E402
+from shopsight.index.embedder import get_embedder, usable_cores  # noqa: E402
 
 # Sessions per synthetic user over the default 120 days (measured: 1,823 sessions / 200 users).
 SESSIONS_PER_USER = 9.1
@@ -74,8 +74,8 @@ def timed(fn: Callable[[int], Any], n: int) -> list[float]:
 
 def make_workspace(root: Path, sessions: int, seed: int):
     """A workspace holding the first ``sessions`` sessions of a synthetic shop (whole users)."""
-    from behavior.synthetic import generate_shop
-    from behavior.workspace import Workspace
+    from shopsight.behavior.synthetic import generate_shop
+    from shopsight.behavior.workspace import Workspace
 
     shop = generate_shop(users=max(20, math.ceil(sessions * 1.1 / SESSIONS_PER_USER)), seed=seed)
     events = shop.events
@@ -96,7 +96,7 @@ class PooledEmbedder:
     """
 
     def __init__(self, real: Any, events: Any, pool: int, seed: int) -> None:
-        from index.documents import session_documents
+        from shopsight.index.documents import session_documents
 
         self.real = real
         docs = session_documents(events.head(pool * 12), None)["embed_text"].tolist()[:pool]
@@ -159,7 +159,7 @@ def run_size(
 ) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from index.store import BUILD_BATCH, SessionIndex
+    from shopsight.index.store import BUILD_BATCH, SessionIndex
 
     batch_size = batch_size or BUILD_BATCH
     console = bench_console()
@@ -218,7 +218,7 @@ def run_size(
         history_direct = timed(lambda i: direct.user_history(users[i % len(users)]), min(queries, 100))
         where_direct = timed(lambda i: direct.search(QUERIES[i % len(QUERIES)], k=10, purchased=True), min(queries, 30))
         all_filtered = [x for v in filtered.values() for x in v]
-        from index.documents import session_documents
+        from shopsight.index.documents import session_documents
 
         ab = embed_text_ab(embedder, session_documents(events, ws.load_catalogue()), threads or usable_cores())
         return {

@@ -38,7 +38,7 @@ EVENTS_PER_USER = 88
 
 def make_inputs(directory: Path, events: int, seed: int) -> dict[str, Path]:
     """Write ``events`` canonical events (no session_id column) as CSV and Parquet; return the paths."""
-    from behavior.synthetic import generate_shop
+    from shopsight.behavior.synthetic import generate_shop
 
     users = max(10, math.ceil(events * 1.05 / EVENTS_PER_USER))
     shop = generate_shop(users=users, seed=seed)
@@ -55,8 +55,8 @@ def make_inputs(directory: Path, events: int, seed: int) -> dict[str, Path]:
 
 def measure_one(path: Path, profile: bool = False) -> dict:
     """Ingest ``path`` into a temporary workspace; time it and read this process's peak memory."""
-    from behavior.ingest import ingest_file
-    from behavior.workspace import Workspace
+    from shopsight.behavior.ingest import ingest_file
+    from shopsight.behavior.workspace import Workspace
 
     before = rss_mb()
     cpu0 = _cpu_seconds()
@@ -107,8 +107,8 @@ def make_batches(directory: Path, source: Path, batches: int) -> Path:
 
 def measure_appends(folder: Path) -> dict:
     """Append each Parquet file of ``folder`` as one batch into one temporary workspace, timing each."""
-    from behavior.ingest import ingest_file
-    from behavior.workspace import Workspace
+    from shopsight.behavior.ingest import ingest_file
+    from shopsight.behavior.workspace import Workspace
 
     steps = []
     with tempfile.TemporaryDirectory(prefix="bench-append-ws-") as tmp:

@@ -30,12 +30,12 @@ TARGET = 0.80
 
 def trained_workspace(args: argparse.Namespace, tmp: Path) -> Any:
     """The workspace to measure: ``--workspace`` as it is, or a demo shop of ``--users`` built and trained in ``tmp``."""
-    from behavior.workspace import Workspace
+    from shopsight.behavior.workspace import Workspace
 
     if args.workspace:
         return Workspace(Path(args.workspace).expanduser())
-    from behavior.demo import build_demo_workspace
-    from behavior.models import train_model
+    from shopsight.behavior.demo import build_demo_workspace
+    from shopsight.behavior.models import train_model
 
     ws = Workspace(tmp / "ws")
     build_demo_workspace(ws, users=args.users, days=args.days, seed=args.seed, progress=False)
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from evals.mechanisms import measure
+    from shopsight.evals.mechanisms import measure
 
     torch.set_num_threads(1)
     console = bench_console()

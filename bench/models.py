@@ -48,7 +48,7 @@ def _row(dataset: str, task: str, who: str, report: dict[str, Any], train_s: flo
 
 
 def _rows_from_card(dataset: str, card: dict[str, Any], name: str, seconds: float, cutoff: str = "") -> list[dict[str, Any]]:
-    from behavior.models import metric_rows
+    from shopsight.behavior.models import metric_rows
 
     out = []
     for r in metric_rows({**card, "name": name, "version": "bench"}):
@@ -67,7 +67,7 @@ def cdnow_events() -> pd.DataFrame:
     quantity = the day's CDs, price = the day's dollars per CD, so price × quantity is the
     day's spend (every master line has at least one CD).
     """
-    from behavior.adapters.cdnow import cdnow_transactions
+    from shopsight.behavior.adapters.cdnow import cdnow_transactions
 
     tx = cdnow_transactions(sample=False)
     day = tx.groupby(["customer_id", "date"], sort=True).agg(value=("value", "sum"), cds=("quantity", "sum")).reset_index()
@@ -87,7 +87,7 @@ def cdnow_events() -> pd.DataFrame:
 
 def completejourney_events() -> pd.DataFrame:
     """Complete Journey baskets as purchase events: basket day, spend, and its top department."""
-    from behavior.adapters.completejourney import completejourney_transactions
+    from shopsight.behavior.adapters.completejourney import completejourney_transactions
 
     tx = completejourney_transactions()
     baskets = tx.groupby("basket_id", sort=False).agg(household_id=("household_id", "first"), day=("day", "min"), spend=("sales_value", "sum"))
@@ -124,9 +124,9 @@ def bench_demo(models: list[str], users: int, seeds: list[int]) -> list[dict[str
 
 
 def _bench_demo_shop(models: list[str], users: int, seed: int, dataset: str) -> list[dict[str, Any]]:
-    from behavior.models import available_models, model_class
-    from behavior.models.evaluation import evaluate
-    from behavior.synthetic import generate_shop
+    from shopsight.behavior.models import available_models, model_class
+    from shopsight.behavior.models.evaluation import evaluate
+    from shopsight.behavior.synthetic import generate_shop
 
     shop = generate_shop(users=users, days=120, seed=seed)
     rows: list[dict[str, Any]] = []
@@ -155,7 +155,7 @@ def _bench_demo_shop(models: list[str], users: int, seed: int, dataset: str) -> 
 
 
 def _take(seqs: Any, idx: np.ndarray) -> Any:
-    from behavior.models.common import Sequences
+    from shopsight.behavior.models.common import Sequences
 
     return Sequences(seqs.tokens[idx], seqs.lengths[idx], pd.RangeIndex(len(idx)))
 
@@ -164,12 +164,12 @@ def bench_cdnow(folds: int = 5, seed: int = 0) -> list[dict[str, Any]]:
     """CDNOW churn (no purchase in weeks 40–78): 5-fold CV at week 39 for the learned models; BG/NBD."""
     from sklearn.model_selection import StratifiedKFold
 
-    from behavior.features import rfm_features
-    from behavior.models.baselines import run_baselines
-    from behavior.models.bgnbd import BGNBD, bgnbd_inputs
-    from behavior.models.churn import ChurnModel, churn_labels
-    from behavior.models.common import TrainSettings, fit_vocab, tokenize_events
-    from behavior.models.metrics import binary_report
+    from shopsight.behavior.features import rfm_features
+    from shopsight.behavior.models.baselines import run_baselines
+    from shopsight.behavior.models.bgnbd import BGNBD, bgnbd_inputs
+    from shopsight.behavior.models.churn import ChurnModel, churn_labels
+    from shopsight.behavior.models.common import TrainSettings, fit_vocab, tokenize_events
+    from shopsight.behavior.models.metrics import binary_report
 
     events = cdnow_events()
     cal = events[events["ts"] < CDNOW_CAL_END]
@@ -213,10 +213,10 @@ def bench_cdnow(folds: int = 5, seed: int = 0) -> list[dict[str, Any]]:
 
 def bench_completejourney(models: list[str], seed: int = 0) -> list[dict[str, Any]]:
     """Complete Journey churn_30 and buy_7 at three cutoffs; the mean over cutoffs is added per model."""
-    from behavior.models.churn import ChurnModel
-    from behavior.models.common import TrainSettings
-    from behavior.models.evaluation import evaluate
-    from behavior.models.metrics import binary_report
+    from shopsight.behavior.models.churn import ChurnModel
+    from shopsight.behavior.models.common import TrainSettings
+    from shopsight.behavior.models.evaluation import evaluate
+    from shopsight.behavior.models.metrics import binary_report
 
     events = completejourney_events()
     rows: list[dict[str, Any]] = []

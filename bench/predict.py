@@ -51,14 +51,14 @@ def timed(fn: Callable[[], Any]) -> tuple[float, float]:
 
 def trained_models(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[str, float]]:
     """(events, name -> fitted model, name -> train seconds) from ``--workspace`` or a fresh demo shop."""
-    from behavior.models import load_model, model_class
+    from shopsight.behavior.models import load_model, model_class
 
     if args.workspace:
-        from behavior.workspace import Workspace
+        from shopsight.behavior.workspace import Workspace
 
         ws = Workspace(Path(args.workspace).expanduser())
         return ws.load_events(), {n: load_model(ws, n) for n in args.models}, {}
-    from behavior.synthetic import generate_shop
+    from shopsight.behavior.synthetic import generate_shop
 
     shop = generate_shop(users=args.users, days=120, seed=args.seed)
     models, seconds = {}, {}

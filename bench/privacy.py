@@ -114,7 +114,7 @@ def calibration_seconds() -> float:
 
 def time_mask(text: str, repeat: int) -> tuple[float, float]:
     """Best CPU and wall seconds of ``mask_pii(text)`` over ``repeat`` runs."""
-    from behavior.privacy import mask_pii
+    from shopsight.behavior.privacy import mask_pii
 
     best_cpu = best_wall = math.inf
     for _ in range(repeat):
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     kinds = {k: v for k, v in KINDS.items() if not args.kinds or k in args.kinds.split(",")}
     console = bench_console()
 
-    from behavior.privacy import mask_pii
+    from shopsight.behavior.privacy import mask_pii
 
     mask_pii("warm up: +1 415 555 0132, 0049 30 1234567, DE89 3704 0044 0532 0130 00")  # one-time metadata loads
     calibration = calibration_seconds()

@@ -55,8 +55,8 @@ def replicate_workspace(src: Path, dst: Path, copies: int) -> int:
     """
     import duckdb
 
-    from behavior.models.registry import SCORES, latest_version
-    from behavior.workspace import Workspace
+    from shopsight.behavior.models.registry import SCORES, latest_version
+    from shopsight.behavior.workspace import Workspace
 
     s, d = Workspace(src), Workspace(dst)
     d.root.mkdir(parents=True, exist_ok=True)
@@ -93,7 +93,7 @@ class PandasTables:
     """The engine's derived tables rebuilt in pandas: sessions, session × category, purchase lines, first seen."""
 
     def __init__(self, ws: Any) -> None:
-        from behavior.models.registry import load_scores
+        from shopsight.behavior.models.registry import load_scores
 
         cols = ["user_id", "ts", "event", "category", "price", "quantity", "session_id", "device", "country", "payment", "order_id"]
         ev = ws.load_events(columns=cols)
@@ -269,8 +269,8 @@ def pct(ms: list[float]) -> tuple[float, float]:
 
 def bench_workspace(label: str, path: Path, reps: int, pandas_reps: int) -> dict[str, Any]:
     """Time every kind of question with the engine and with pandas on one workspace."""
-    from behavior.query import QueryEngine
-    from behavior.workspace import Workspace
+    from shopsight.behavior.query import QueryEngine
+    from shopsight.behavior.workspace import Workspace
 
     console = bench_console()
     ws = Workspace(path)
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pandas-reps", type=int, default=10, help="timed pandas runs per kind on the demo (3 at 10M)")
     parser.add_argument("--name", default="query", help="results file name under bench/results/")
     args = parser.parse_args(argv)
-    import behavior.models.registry  # noqa: F401  (imports torch once, outside every timing)
+    import shopsight.behavior.models.registry  # noqa: F401  (imports torch once, outside every timing)
 
     console = bench_console()
     demo, big = Path(args.demo).expanduser(), Path(args.big).expanduser()

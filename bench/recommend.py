@@ -38,7 +38,7 @@ LATENCY_USERS = 200
 
 
 def _rows(dataset: str, card: dict[str, Any]) -> list[dict[str, Any]]:
-    from behavior.models import ranking_rows
+    from shopsight.behavior.models import ranking_rows
 
     return [{"dataset": dataset, **r} for r in ranking_rows({**card, "name": "recommend", "version": "bench"})]
 
@@ -56,7 +56,7 @@ def _sample_users(events: pd.DataFrame, seed: int) -> list[str]:
 
 def _ranking_latency(model: Any, events: pd.DataFrame, users: list[str]) -> dict[str, Any]:
     """One user's ranking from their own events (the rows already selected, as the tool's context does)."""
-    from behavior.models.rules import rows_of_users
+    from shopsight.behavior.models.rules import rows_of_users
 
     times = []
     for u in users:
@@ -69,11 +69,11 @@ def _ranking_latency(model: Any, events: pd.DataFrame, users: list[str]) -> dict
 
 def bench_demo(users: int, seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train on a demo workspace with ``train_model`` (as `shopsight train recommend` does) and time the tool."""
-    from behavior.demo import build_demo_workspace
-    from behavior.models import train_model
-    from behavior.workspace import Workspace
-    from tools import default_registry
-    from tools.context import ToolContext
+    from shopsight.behavior.demo import build_demo_workspace
+    from shopsight.behavior.models import train_model
+    from shopsight.behavior.workspace import Workspace
+    from shopsight.tools import default_registry
+    from shopsight.tools.context import ToolContext
 
     ws = Workspace(Path(tempfile.mkdtemp(prefix="bench-recommend-")) / "ws")
     build_demo_workspace(ws, users=users, seed=seed, progress=False)
@@ -98,9 +98,9 @@ def bench_demo(users: int, seed: int) -> tuple[list[dict[str, Any]], dict[str, A
 
 def bench_completejourney(seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Products as items, baskets as sessions; the recommender fitted on baskets dated <= C."""
-    from behavior.adapters.completejourney import read_completejourney
-    from behavior.models.common import TrainSettings
-    from behavior.models.recommend import RecommendModel, evaluate_recommender
+    from shopsight.behavior.adapters.completejourney import read_completejourney
+    from shopsight.behavior.models.common import TrainSettings
+    from shopsight.behavior.models.recommend import RecommendModel, evaluate_recommender
 
     events, _ = read_completejourney()
     cutoff = pd.Timestamp(CJ_CUTOFF, tz="UTC") + pd.Timedelta(days=1)

@@ -31,7 +31,7 @@ class StoredAnswers:
         self.served: dict[str, int] = defaultdict(int)
 
     def ask(self, question: str, conversation_id: str):
-        from agent.types import Answer
+        from shopsight.agent.types import Answer
 
         stored = conversation_id
         records = self.store.records(stored)
@@ -51,7 +51,7 @@ class StoredAnswers:
 
     @property
     def _canned(self) -> dict[str, str]:
-        from prompts import load_prompt
+        from shopsight.prompts import load_prompt
 
         return {load_prompt("refusal").text: "refusal", load_prompt("privacy").text: "privacy",
                 load_prompt("help").text: "help", load_prompt("clarify").text: "clarify"}
@@ -65,13 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for the re-judged report")
     args = parser.parse_args(argv)
 
-    from agent.memory import ConversationStore
-    from behavior.workspace import Workspace
-    from evals.backends import system_prompt_text
-    from evals.report import TOTALS, format_total, load_report, write_report
-    from evals.roles import RoleResolver
-    from evals.runner import run_eval_set
-    from evals.schema import load_eval_set
+    from shopsight.agent.memory import ConversationStore
+    from shopsight.behavior.workspace import Workspace
+    from shopsight.evals.backends import system_prompt_text
+    from shopsight.evals.report import TOTALS, format_total, load_report, write_report
+    from shopsight.evals.roles import RoleResolver
+    from shopsight.evals.runner import run_eval_set
+    from shopsight.evals.schema import load_eval_set
 
     earlier = load_report(args.report)
     ws = Workspace.at(args.workspace)

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from behavior.workspace import Workspace, WorkspaceError
-from evals.runner import Answerer
-from evals.schema import EvalSet
+from shopsight.behavior.workspace import Workspace, WorkspaceError
+from shopsight.evals.runner import Answerer
+from shopsight.evals.schema import EvalSet
 
 BACKENDS: tuple[str, ...] = ("local", "openai", "oracle")
 
@@ -43,15 +43,15 @@ def make_answerer(
     if backend == "oracle":
         if eval_set is None:
             raise ValueError("the oracle backend needs the question set it follows")
-        from evals.oracle import ExpectationOracle
-        from evals.roles import RoleResolver
-        from tools import ToolContext
+        from shopsight.evals.oracle import ExpectationOracle
+        from shopsight.evals.roles import RoleResolver
+        from shopsight.tools import ToolContext
 
         return ExpectationOracle(eval_set, RoleResolver(workspace), ToolContext(workspace)), {"backend": "oracle"}
 
-    from agent.backends import BackendError
-    from agent.loop import build_agent
-    from agent.settings import Settings
+    from shopsight.agent.backends import BackendError
+    from shopsight.agent.loop import build_agent
+    from shopsight.agent.settings import Settings
 
     settings = Settings.from_env(backend=backend)
     try:
@@ -65,6 +65,6 @@ def make_answerer(
 
 def system_prompt_text() -> str:
     """The system prompt as the agent sends it, so answers that reveal it are caught."""
-    from prompts import load_prompt
+    from shopsight.prompts import load_prompt
 
     return load_prompt("system").text

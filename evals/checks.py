@@ -12,11 +12,11 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from agent.types import ToolCall
-from behavior.privacy import mask_pii
-from evals.schema import Fact, Reference, ToolExpectation
-from tools.numbers import ShownNumber, numbers_in, states
-from tools.words import mentions
+from shopsight.agent.types import ToolCall
+from shopsight.behavior.privacy import mask_pii
+from shopsight.evals.schema import Fact, Reference, ToolExpectation
+from shopsight.tools.numbers import ShownNumber, numbers_in, states
+from shopsight.tools.words import mentions
 
 _PATH_STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(-?\d+)\]")
 # How the agent says no (refusal.md asks for one sentence that says what it can do instead).
@@ -219,7 +219,7 @@ def answer_quality(answer: str, kind: str, calls: Sequence[ToolCall], tags: Sequ
     user; ``first-compare``: it names every user the calls were about. ``beyond-menu``: the
     answer is an honest limit (the agent says what cannot be answered yet).
     """
-    from tools.words import raw_field_names
+    from shopsight.tools.words import raw_field_names
 
     body = answer.split(" (Sources:")[0]
     sentences = [" ".join(re.findall(r"\w+", s.lower())) for s in _SENTENCES.split(body) if s.strip()]

@@ -35,7 +35,7 @@ from typing import Any
 
 import pandas as pd
 
-from behavior.models.reasons import ORDERINGS, Ordering, order_reasons
+from shopsight.behavior.models.reasons import ORDERINGS, Ordering, order_reasons
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ def fraud_truth(labels: pd.DataFrame, users: Iterable[str]) -> dict[str, str]:
 def churn_cases(churn: Any, card: Mapping[str, Any], events: pd.DataFrame, labels: pd.DataFrame,
                 *, limit: int | None = None, progress: Callable[[int, int], None] | None = None) -> list[Case]:
     """The churn model's test-window churners, each explained as of its test cutoff."""
-    from behavior.models.churn import population
+    from shopsight.behavior.models.churn import population
 
     C = pd.Timestamp(card["data_window"]["test_cutoff"])
     before = events[events["ts"] < C]
@@ -219,8 +219,8 @@ def measure(ws: Any, *, churn_limit: int | None = None, progress: Callable[[str,
         churn_limit: explain at most this many churners (sorted by id); None: all.
         progress: optional ``progress(stage, done, total)``.
     """
-    from behavior.models import load_model
-    from behavior.models.registry import CARD, model_dir
+    from shopsight.behavior.models import load_model
+    from shopsight.behavior.models.registry import CARD, model_dir
 
     if "users" not in ws.label_names():
         raise ValueError(f"{ws.root} has no labels/users: the mechanism eval needs the demo shop's ground truth (`shopsight demo`)")

@@ -12,15 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.guard import citations, render_answer, with_citations
-from agent.loop import run_calls
-from agent.types import Answer, CallRequest, PlanInfo, ToolCall
-from behavior.workspace import WorkspaceError
-from evals.roles import RoleResolver
-from evals.runner import bind
-from evals.schema import EvalSet, Turn
-from tools import ToolContext, default_registry
-from tools.registry import Registry
+from shopsight.agent.guard import citations, render_answer, with_citations
+from shopsight.agent.loop import run_calls
+from shopsight.agent.types import Answer, CallRequest, PlanInfo, ToolCall
+from shopsight.behavior.workspace import WorkspaceError
+from shopsight.evals.roles import RoleResolver
+from shopsight.evals.runner import bind
+from shopsight.evals.schema import EvalSet, Turn
+from shopsight.tools import ToolContext, default_registry
+from shopsight.tools.registry import Registry
 
 REFUSAL = "Sorry, I can only answer questions about this shop's users, orders and models."
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from behavior.workspace import write_bytes_atomic, write_json_atomic
-from evals.runner import EvalRun
+from shopsight.behavior.workspace import write_bytes_atomic, write_json_atomic
+from shopsight.evals.runner import EvalRun
 
 #: The totals shown in reports and diffs, in order, with their labels.
 TOTALS: tuple[tuple[str, str], ...] = (

@@ -24,9 +24,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from behavior.privacy import mask_pii
-from behavior.workspace import Workspace, WorkspaceError
-from evals.schema import EvalCase, RoleSpec
+from shopsight.behavior.privacy import mask_pii
+from shopsight.behavior.workspace import Workspace, WorkspaceError
+from shopsight.evals.schema import EvalCase, RoleSpec
 
 MASK_TOKEN = re.compile(r"\[(?:email|phone|ip|card|iban|ssn)\]")
 INJECTION = re.compile(r"ignore (?:all )?previous instructions|system prompt|admin mode", re.IGNORECASE)
@@ -54,7 +54,7 @@ class RoleResolver:
 
     def scores(self, model: str) -> pd.Series:
         """``probability`` per user from the model's latest ``scores.parquet``, ties broken by id."""
-        from behavior.models.registry import load_scores
+        from shopsight.behavior.models.registry import load_scores
 
         df = load_scores(self.workspace, model)
         if not {"user_id", "probability"} <= set(df.columns):

@@ -15,12 +15,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from agent.guard import check_grounding
-from agent.types import Answer, ToolCall
-from behavior.workspace import WorkspaceError
-from evals.checks import answer_quality, forbidden_found, judge_tools, looks_like_refusal, missing_facts, personal_data_in
-from evals.roles import RoleResolver
-from evals.schema import PLACEHOLDER, EvalCase, EvalSet, Turn
+from shopsight.agent.guard import check_grounding
+from shopsight.agent.types import Answer, ToolCall
+from shopsight.behavior.workspace import WorkspaceError
+from shopsight.evals.checks import answer_quality, forbidden_found, judge_tools, looks_like_refusal, missing_facts, personal_data_in
+from shopsight.evals.roles import RoleResolver
+from shopsight.evals.schema import PLACEHOLDER, EvalCase, EvalSet, Turn
 
 
 class Answerer(Protocol):
@@ -199,8 +199,8 @@ def judge_turn(
     if r.first_sentence_ok is False:
         r.reasons.append("the first sentence does not answer the question")
     if reply.kind == "answer":
-        from agent.guard import standing
-        from tools import default_registry
+        from shopsight.agent.guard import standing
+        from shopsight.tools import default_registry
 
         registry = default_registry()
         facts = [f for c in standing(reply.tool_calls) if registry.has(c.name)

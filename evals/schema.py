@@ -33,7 +33,7 @@ from typing import Any, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tools import tool_names
+from shopsight.tools import tool_names
 
 #: The tools the agent offers; names outside this list are typos, refused at load time.
 KNOWN_TOOLS: tuple[str, ...] = tool_names()

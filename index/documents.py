@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from behavior.features import session_table
-from behavior.privacy import mask_pii, mask_text_bounded
+from shopsight.behavior.features import session_table
+from shopsight.behavior.privacy import mask_pii, mask_text_bounded
 
 # Bump when the wording (or what is embedded) changes: every hash changes and the index re-embeds all.
 DOC_VERSION = "2"

@@ -384,7 +384,7 @@ def _embedding_function_class() -> type:
 
 
 def __getattr__(name: str) -> Any:
-    # `from index.embedder import MiniLMEmbeddingFunction` keeps working, and only that pays
+    # `from shopsight.index.embedder import MiniLMEmbeddingFunction` keeps working, and only that pays
     # for importing chromadb (seconds): the router and the query path never touch it.
     if name == "MiniLMEmbeddingFunction":
         return _embedding_function_class()

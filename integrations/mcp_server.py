@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 from mcp import types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.guard import check_grounding
-from agent.types import ToolCall
-from behavior.privacy import mask_pii
-from prompts import load_prompt
-from tools.context import ToolContext
-from tools.registry import Registry, result_json
+from shopsight.agent.guard import check_grounding
+from shopsight.agent.types import ToolCall
+from shopsight.behavior.privacy import mask_pii
+from shopsight.prompts import load_prompt
+from shopsight.tools.context import ToolContext
+from shopsight.tools.registry import Registry, result_json
 
 if TYPE_CHECKING:
     from mcp.server.lowlevel import Server
@@ -127,7 +127,7 @@ def check_answer(ctx: ToolContext, registry: Registry, arguments: dict[str, Any]
 
 def _protected(value: Any, ctx: ToolContext) -> Any:
     """``value`` with personal data in every string replaced, as :func:`agent.loop.protect_question` does."""
-    from agent.loop import protect_question
+    from shopsight.agent.loop import protect_question
 
     if isinstance(value, str):
         return protect_question(value, ctx)
@@ -191,15 +191,15 @@ class ShopSightMCP:
         raise KeyError(f"no resource {uri!r} (resources: {', '.join(known)})")
 
     def _latest_models(self) -> dict[str, str]:
-        from behavior.models import MODEL_NAMES
-        from behavior.models.registry import latest_version
+        from shopsight.behavior.models import MODEL_NAMES
+        from shopsight.behavior.models.registry import latest_version
 
         return {n: v for n in MODEL_NAMES if (v := latest_version(self.ctx.workspace, n))}
 
     def data_dictionary(self) -> dict[str, Any]:
         """The workspace's columns with their meanings, event types, summary, and what query_metric accepts."""
-        from behavior.events import COLUMN_MEANINGS, EVENT_TYPES
-        from behavior.features import summarize_events
+        from shopsight.behavior.events import COLUMN_MEANINGS, EVENT_TYPES
+        from shopsight.behavior.features import summarize_events
 
         events = self.ctx.get_events()
         return {
@@ -212,9 +212,9 @@ class ShopSightMCP:
 
     def model_card(self, name: str) -> dict[str, Any]:
         """The latest card of model ``name``: metrics beside baselines, data window, its features and rules in words."""
-        from behavior.models import metric_rows
-        from behavior.models.glossary import glossary_table
-        from behavior.models.registry import CARD, model_dir
+        from shopsight.behavior.models import metric_rows
+        from shopsight.behavior.models.glossary import glossary_table
+        from shopsight.behavior.models.registry import CARD, model_dir
 
         version = self._latest_models()[name]
         card = json.loads((model_dir(self.ctx.workspace, name, version) / CARD).read_text(encoding="utf-8"))
@@ -388,7 +388,7 @@ def serve_http(handlers: ShopSightMCP, *, host: str, port: int, token: str | Non
 
 def open_handlers(ctx: ToolContext, registry: Registry | None = None) -> ShopSightMCP:
     """The handlers over ``ctx``, with the events loaded now: a workspace without events fails before serving."""
-    from tools import default_registry
+    from shopsight.tools import default_registry
 
     ctx.workspace.require_events()
     ctx.get_events()  # loaded once here, not by the first eight concurrent calls at once

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from agent.types import ToolCall
+from shopsight.agent.types import ToolCall
 
 TIME_KEYS = ("start", "ts", "date", "day", "started_at")
 ID_KEYS = ("user_id", "order_id", "session_id", "item_id", "category", "segment", "cohort")
@@ -287,7 +287,7 @@ def render_heatmap_png(cohorts: Sequence[str], rates: Sequence[Sequence[float | 
 
 
 def _rate_metric(metric: str) -> bool:
-    from tools.query_metric import value_text
+    from shopsight.tools.query_metric import value_text
 
     return value_text(metric, 0.5).endswith("%")
 
@@ -295,7 +295,7 @@ def _rate_metric(metric: str) -> bool:
 def query_chart(result: Mapping[str, Any]) -> Chart | None:
     """The chart of a metric query's result: a heat map for retention, funnel bars for a funnel, a line
     over days/weeks/months, bars for other groups, two bars for a period comparison; None for one number."""
-    from tools.query_metric import metric_title, value_text
+    from shopsight.tools.query_metric import metric_title, value_text
 
     metric, gb = str(result["metric"]), result.get("group_by")
     rows = [r for r in result["rows"] if isinstance(r, dict)]

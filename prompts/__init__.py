@@ -65,3 +65,7 @@ def load_prompt(name: str, **variables: object) -> Prompt:
 def prompt_set_version() -> str:
     """One version for all prompts together: changes whenever any prompt file changes."""
     return _hash("\n".join(f"{n}:{_hash(_template_text(n))}" for n in PROMPT_NAMES))
+
+from shopsight import refuse_top_level_import  # noqa: E402
+
+refuse_top_level_import(__name__)

@@ -21,14 +21,29 @@ from typing import TYPE_CHECKING, Any, Self
 if TYPE_CHECKING:
     import pandas as pd
 
-    from agent.loop import Agent
-    from agent.settings import Settings
-    from agent.types import Answer
-    from behavior.workspace import Workspace
-    from tools.context import ToolContext
-    from tools.registry import Registry
+    from shopsight.agent.loop import Agent
+    from shopsight.agent.settings import Settings
+    from shopsight.agent.types import Answer
+    from shopsight.behavior.workspace import Workspace
+    from shopsight.tools.context import ToolContext
+    from shopsight.tools.registry import Registry
 
 __all__ = ["Shop", "ToolError", "open_workspace"]
+
+# The repository keeps agent/, tools/, index/, … at its top level and the install maps them under
+# this package (pyproject.toml's package-dir). Run from a checkout, or from an editable install of
+# one, the subpackages are beside this folder rather than in it: look there too, so the code of the
+# checkout that is running (a worktree, a fresh clone) is the code that is imported.
+_CHECKOUT = Path(__file__).resolve().parent.parent
+if (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "tools" / "__init__.py").is_file():
+    __path__.append(str(_CHECKOUT))
+
+def refuse_top_level_import(module_name: str) -> None:
+    """Stop ``import tools`` (run from a checkout) from loading a second copy beside ``shopsight.tools``."""
+    if module_name != "__main__" and not module_name.startswith(__name__ + "."):
+        raise ImportError(f"ShopSight's '{module_name}' is `shopsight.{module_name}`: the repository's folders are "
+                          f"installed under one package, so `import shopsight` (or `from shopsight.{module_name} "
+                          f"import ...`)")
 
 
 class ToolError(ValueError):
@@ -48,7 +63,7 @@ class Shop:
     """
 
     def __init__(self, settings: Settings, workspace: Workspace) -> None:
-        from tools import ToolContext, default_registry
+        from shopsight.tools import ToolContext, default_registry
 
         workspace.require_events()
         self.settings = settings
@@ -95,8 +110,8 @@ class Shop:
             ValueError: ``model`` is not one of the models.
             ModelError: the model is not trained (with the command to train it).
         """
-        from behavior.models import MODEL_NAMES
-        from behavior.models.registry import latest_version, load_scores
+        from shopsight.behavior.models import MODEL_NAMES
+        from shopsight.behavior.models.registry import latest_version, load_scores
 
         if model not in MODEL_NAMES:
             raise ValueError(f"no model {model!r}: the models are {', '.join(MODEL_NAMES)}")
@@ -107,7 +122,7 @@ class Shop:
     def ask(self, question: str, conversation_id: str | None = None) -> Answer:
         """One grounded answer, as ``shopsight ask`` gives it (a follow-up passes the earlier answer's conversation_id)."""
         if self._agent is None:
-            from agent.loop import build_agent
+            from shopsight.agent.loop import build_agent
 
             self._agent = build_agent(self.settings, self.workspace, ctx=self.ctx)
         return self._agent.ask(question, conversation_id=conversation_id)
@@ -137,8 +152,8 @@ def open_workspace(path: str | Path | None = None, **settings: Any) -> Shop:
     Raises:
         WorkspaceError: the folder has no events (with the command that makes them).
     """
-    from agent.settings import Settings
-    from behavior.workspace import Workspace
+    from shopsight.agent.settings import Settings
+    from shopsight.behavior.workspace import Workspace
 
     config = Settings.from_env(home=path, **settings)
     return Shop(config, Workspace.at(config.home))

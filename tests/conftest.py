@@ -28,7 +28,7 @@ def _seed_everything():
 
 @pytest.fixture
 def workspace(tmp_path):
-    from behavior.workspace import Workspace
+    from shopsight.behavior.workspace import Workspace
 
     return Workspace(tmp_path / "ws")
 

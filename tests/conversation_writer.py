@@ -12,8 +12,8 @@ from typing import Any
 
 def append_one_turn(path: str, conversation_id: str, n: int, ready: Any, go: Any, turns: Any) -> None:
     """Build ``ConversationStore(path)``, wait until every writer is ready, append question ``n``, report its turn."""
-    from agent.memory import ConversationStore
-    from agent.types import Answer
+    from shopsight.agent.memory import ConversationStore
+    from shopsight.agent.types import Answer
 
     store = ConversationStore(Path(path))
     ready.release()

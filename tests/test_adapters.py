@@ -9,27 +9,27 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from behavior.adapters import ADAPTERS, get_adapter
-from behavior.adapters.cdnow import cdnow_path, cdnow_transactions, read_cdnow
-from behavior.adapters.clickstream import read_clickstream
-from behavior.adapters.completejourney import (
+from shopsight.behavior.adapters import ADAPTERS, get_adapter
+from shopsight.behavior.adapters.cdnow import cdnow_path, cdnow_transactions, read_cdnow
+from shopsight.behavior.adapters.clickstream import read_clickstream
+from shopsight.behavior.adapters.completejourney import (
     ZERO_QUANTITY_NOTE,
     completejourney_catalogue,
     completejourney_path,
     completejourney_transactions,
     read_completejourney,
 )
-from behavior.adapters.online_retail import (
+from shopsight.behavior.adapters.online_retail import (
     CANCELLED_NOTE,
     NON_PRODUCT_NOTE,
     online_retail_catalogue,
     read_online_retail,
 )
-from behavior.adapters.rees46 import read_rees46
-from behavior.adapters.retailrocket import read_retailrocket
-from behavior.adapters.taobao import OUTSIDE_NOTE, read_taobao
-from behavior.events import EVENT_TYPES, EventDataError, REQUIRED_COLUMNS
-from behavior.ingest import ingest_file
+from shopsight.behavior.adapters.rees46 import read_rees46
+from shopsight.behavior.adapters.retailrocket import read_retailrocket
+from shopsight.behavior.adapters.taobao import OUTSIDE_NOTE, read_taobao
+from shopsight.behavior.events import EVENT_TYPES, EventDataError, REQUIRED_COLUMNS
+from shopsight.behavior.ingest import ingest_file
 
 # Fixtures are a few lines in each real format (real headers, value forms and quirks):
 # - online_retail/online_retail_II.csv: "13085.0" customer ids, a quoted description with a
@@ -612,7 +612,7 @@ def test_ingest_refuses_mapping_for_a_named_format(workspace):
 def test_cli_datasets_lists_offline_copies():
     from typer.testing import CliRunner
 
-    from cli import app
+    from shopsight.cli import app
 
     result = CliRunner().invoke(app, ["datasets", "--json"])
     assert result.exit_code == 0, result.output

@@ -6,14 +6,14 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from typer.testing import CliRunner
 
-from agent.backends import ChatModelWriter
-from agent.fake import ScriptedChatModel
-from agent.loop import Agent
-from agent.planner import ToolCallingPlanner
-from agent.settings import Settings
-from agent.types import Citations
-from tools import default_registry
-from prompts import load_prompt
+from shopsight.agent.backends import ChatModelWriter
+from shopsight.agent.fake import ScriptedChatModel
+from shopsight.agent.loop import Agent
+from shopsight.agent.planner import ToolCallingPlanner
+from shopsight.agent.settings import Settings
+from shopsight.agent.types import Citations
+from shopsight.tools import default_registry
+from shopsight.prompts import load_prompt
 from servers import free_port
 from test_agent_support import EMAIL, IP, PHONE, tiny_context, tiny_events
 
@@ -149,7 +149,7 @@ def test_empty_question_is_refused(ctx):
 
 # --- CLI failures: clear message, non-zero exit, no traceback -----------------------------------
 def _run(args, env):
-    from cli import app
+    from shopsight.cli import app
 
     return CliRunner().invoke(app, args, env={"SHOPSIGHT_RAISE_ERRORS": "", **env})
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from agent.guard import check_grounding as check
-from agent.guard import citations, numbers_in, render_answer, with_citations
-from agent.types import ToolCall
-from prompts import load_prompt
+from shopsight.agent.guard import check_grounding as check
+from shopsight.agent.guard import citations, numbers_in, render_answer, with_citations
+from shopsight.agent.types import ToolCall
+from shopsight.prompts import load_prompt
 
 CHURN = {"model": "churn@v3", "user_id": "u00042", "probability": 0.734, "factors": [
     {"name": "days_since_last_purchase", "value": 45, "direction": "raises"}], "rules": ["overdue"],

@@ -8,10 +8,10 @@ import urllib.request
 
 import pytest
 
-from agent.backends import default_gguf
-from agent.guard import check_grounding
-from agent.settings import Settings
-from agent.types import Usage
+from shopsight.agent.backends import default_gguf
+from shopsight.agent.guard import check_grounding
+from shopsight.agent.settings import Settings
+from shopsight.agent.types import Usage
 from servers import free_port, running  # tests/ is on sys.path (no __init__.py)
 
 pytestmark = pytest.mark.slow
@@ -35,8 +35,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def hosted_agent(server, tmp_path_factory):
-    from agent import build_agent
-    from behavior.workspace import Workspace
+    from shopsight.agent import build_agent
+    from shopsight.behavior.workspace import Workspace
     from test_agent_support import tiny_context, trained_router_into
 
     ws = Workspace(tmp_path_factory.mktemp("hosted") / "ws")
@@ -72,7 +72,7 @@ def test_openai_client_talks_to_the_server(server):
 
 
 def test_a_stopped_server_is_a_clear_error():
-    from agent.backends import BackendError, check_server
+    from shopsight.agent.backends import BackendError, check_server
 
     dead = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(BackendError, match="cannot reach the LLM server"):

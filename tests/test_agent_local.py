@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from agent.guard import check_grounding, numbers_in
-from agent.settings import Settings
-from behavior.workspace import Workspace
-from prompts import load_prompt
+from shopsight.agent.guard import check_grounding, numbers_in
+from shopsight.agent.settings import Settings
+from shopsight.behavior.workspace import Workspace
+from shopsight.prompts import load_prompt
 from test_agent_support import trained_router_into
 
 pytestmark = pytest.mark.slow
@@ -16,9 +16,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def demo_ws(tmp_path_factory):
-    from behavior.demo import build_demo_workspace
-    from behavior.models import train_model
-    from behavior.models.common import TrainSettings
+    from shopsight.behavior.demo import build_demo_workspace
+    from shopsight.behavior.models import train_model
+    from shopsight.behavior.models.common import TrainSettings
 
     ws = Workspace(tmp_path_factory.mktemp("local") / "ws")
     build_demo_workspace(ws, users=120, days=100, seed=7, progress=False)
@@ -29,7 +29,7 @@ def demo_ws(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def agent(demo_ws):
-    from agent import build_agent
+    from shopsight.agent import build_agent
 
     return build_agent(Settings.from_env(backend="local", threads=2), demo_ws)
 
@@ -66,7 +66,7 @@ def test_out_of_scope_is_refused_politely(agent):
 def test_ask_json_cli_on_the_demo_workspace(demo_ws):
     import json
 
-    from cli import app
+    from shopsight.cli import app
 
     r = CliRunner().invoke(app, ["ask", "top 3 users most likely to churn", "--json", "-w", str(demo_ws.root)])
     assert r.exit_code == 0, r.output
@@ -78,7 +78,7 @@ def test_ask_json_cli_on_the_demo_workspace(demo_ws):
 
 
 def test_ask_prints_answers_verbatim_brackets_included(demo_ws):
-    from cli import app
+    from shopsight.cli import app
 
     # "[user id]" in the refusal (and "[email]" masks in data) must not be eaten as console markup
     r = CliRunner().invoke(app, ["ask", "write me a poem about the sea", "-w", str(demo_ws.root)])
@@ -87,7 +87,7 @@ def test_ask_prints_answers_verbatim_brackets_included(demo_ws):
 
 
 def test_chat_repl_commands_and_a_streamed_answer(demo_ws):
-    from cli import app
+    from shopsight.cli import app
 
     script = "/help\n/verbose\ntop 3 users most likely to churn\nwhat about the second one?\n/reset\n/quit\n"
     r = CliRunner().invoke(app, ["chat", "-w", str(demo_ws.root)], input=script)

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from agent.loop import build_agent
-from agent.settings import Settings
+from shopsight.agent.loop import build_agent
+from shopsight.agent.settings import Settings
 from fake_openai import ScriptedOpenAI
 from test_agent_support import tiny_context
 

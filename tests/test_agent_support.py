@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from behavior.workspace import Workspace, write_parquet_atomic
-from tools.context import ToolContext
+from shopsight.behavior.workspace import Workspace, write_parquet_atomic
+from shopsight.tools.context import ToolContext
 
 EMAIL = "jane.doe@example.com"
 PHONE = "+1 415 555 0134"
@@ -151,7 +151,7 @@ def trained_router_into(ws: Workspace) -> dict:
     import tempfile
     from pathlib import Path
 
-    from agent.router import default_embedder, train_router
+    from shopsight.agent.router import default_embedder, train_router
 
     if "root" not in _ROUTER_CACHE:
         cache = Workspace(Path(tempfile.mkdtemp(prefix="router-cache-")))

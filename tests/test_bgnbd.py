@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from behavior.models.bgnbd import BGNBD, bgnbd_inputs, log_likelihood
-from behavior.models.common import NotFittedError
+from shopsight.behavior.models.bgnbd import BGNBD, bgnbd_inputs, log_likelihood
+from shopsight.behavior.models.common import NotFittedError
 
 
 def _cdnow_sample() -> Path:

@@ -10,11 +10,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from behavior.models import load_model, metric_rows
-from behavior.models.churn import ChurnModel, churn_labels
-from behavior.models.common import NotFittedError, TrainSettings
-from behavior.models.evaluation import evaluate, score_users
-from behavior.synthetic import generate_shop, write_shop
+from shopsight.behavior.models import load_model, metric_rows
+from shopsight.behavior.models.churn import ChurnModel, churn_labels
+from shopsight.behavior.models.common import NotFittedError, TrainSettings
+from shopsight.behavior.models.evaluation import evaluate, score_users
+from shopsight.behavior.synthetic import generate_shop, write_shop
 
 SMALL = TrainSettings(epochs=4, hidden=16, emb_dim=8, max_len=32, patience=2, seed=0)
 
@@ -129,7 +129,7 @@ def test_unfitted_model_says_how_to_fit_it(shop):
 
 
 def test_cli_train_models_and_predict(workspace):
-    from cli import app
+    from shopsight.cli import app
 
     write_shop(workspace.root, users=250, days=75, seed=5)
     runner = CliRunner()
@@ -158,7 +158,7 @@ def test_cli_train_models_and_predict(workspace):
 
 
 def test_rfm_features_on_a_hand_example():
-    from behavior.features import rfm_features
+    from shopsight.behavior.features import rfm_features
 
     t = pd.Timestamp("2024-03-01", tz="UTC")
     rows = [  # user, days before asof, event, price, qty, category, session
@@ -190,7 +190,7 @@ def test_rfm_features_on_a_hand_example():
 
 
 def test_rfm_features_for_users_who_never_bought():
-    from behavior.features import rfm_features
+    from shopsight.behavior.features import rfm_features
 
     t = pd.Timestamp("2024-03-01", tz="UTC")
     ev = pd.DataFrame({"user_id": ["x"], "ts": [t - pd.Timedelta(days=3)], "event": ["view"], "price": [None],

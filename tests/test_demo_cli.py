@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 from typer.testing import CliRunner
 
-import behavior.synthetic as synthetic
-from behavior.demo import build_demo_workspace, label_rates
-from behavior.features import summarize_events
-from behavior.workspace import Workspace
-from cli import app
+import shopsight.behavior.synthetic as synthetic
+from shopsight.behavior.demo import build_demo_workspace, label_rates
+from shopsight.behavior.features import summarize_events
+from shopsight.behavior.workspace import Workspace
+from shopsight.cli import app
 
 
 def test_demo_command_writes_the_workspace_and_prints_a_summary(tmp_path):
@@ -52,8 +52,8 @@ def test_streamed_workspace_equals_the_in_memory_shop(workspace: Workspace, monk
     shop = synthetic.generate_shop(users=300, days=40, seed=9)
     events = workspace.load_events()
     # what is stored is the shop with the personal data it plants in texts masked, as an ingest stores it
-    from behavior.ingest import workspace_key
-    from behavior.privacy import mask_pii, protect_events
+    from shopsight.behavior.ingest import workspace_key
+    from shopsight.behavior.privacy import mask_pii, protect_events
 
     protected, _ = protect_events(shop.events, key=workspace_key(workspace), max_text_chars=2000)
     pd.testing.assert_frame_equal(events, protected)

@@ -24,7 +24,7 @@ MIN_COSINE = 0.9999
 
 def parity_corpus() -> list[str]:
     """Texts that exercise every step: truncation, accents and scripts, empties, mixed lengths."""
-    from index.documents import session_documents
+    from shopsight.index.documents import session_documents
 
     sessions = session_documents(make_events(users=8, seed=3), None)["embed_text"].tolist()[:24]
     long_note = " ".join(sessions)  # far past 256 tokens: truncation must cut where ST cuts
@@ -53,7 +53,7 @@ def reference() -> object:
     os.environ["HF_HUB_OFFLINE"] = "1"
     from sentence_transformers import SentenceTransformer
 
-    from index.embedder import model_path
+    from shopsight.index.embedder import model_path
 
     return SentenceTransformer(str(model_path()), device="cpu", local_files_only=True)
 
@@ -64,7 +64,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @pytest.mark.slow
 def test_vectors_match_sentence_transformers_text_by_text(reference: object) -> None:
-    from index.embedder import MiniLMEmbedder
+    from shopsight.index.embedder import MiniLMEmbedder
 
     texts = parity_corpus()
     expected = reference.encode(texts, batch_size=16, convert_to_numpy=True, normalize_embeddings=False)  # type: ignore[attr-defined]
@@ -77,7 +77,7 @@ def test_vectors_match_sentence_transformers_text_by_text(reference: object) -> 
 
 @pytest.mark.slow
 def test_tokens_match_sentence_transformers_including_truncation_at_256(reference: object) -> None:
-    from index.embedder import MiniLMEmbedder
+    from shopsight.index.embedder import MiniLMEmbedder
 
     texts = parity_corpus()
     embedder = MiniLMEmbedder(precision="fp32")
@@ -90,7 +90,7 @@ def test_tokens_match_sentence_transformers_including_truncation_at_256(referenc
 
 @pytest.mark.slow
 def test_bfloat16_vectors_match_sentence_transformers_float32_ones(reference: object) -> None:
-    from index.embedder import MiniLMEmbedder
+    from shopsight.index.embedder import MiniLMEmbedder
 
     texts = parity_corpus()
     expected = reference.encode(texts, batch_size=16, convert_to_numpy=True)  # type: ignore[attr-defined]
@@ -101,7 +101,7 @@ def test_bfloat16_vectors_match_sentence_transformers_float32_ones(reference: ob
 
 
 def test_a_text_gets_the_same_vector_in_any_batch() -> None:
-    from index.embedder import MiniLMEmbedder
+    from shopsight.index.embedder import MiniLMEmbedder
 
     embedder = MiniLMEmbedder(precision="fp32")
     texts = parity_corpus()
@@ -113,7 +113,7 @@ def test_a_text_gets_the_same_vector_in_any_batch() -> None:
 def test_importing_and_embedding_loads_neither_sentence_transformers_nor_transformers_nor_chromadb() -> None:
     probe = (
         "import json, sys\n"
-        "import index.embedder as e\n"
+        "import shopsight.index.embedder as e\n"
         "after_import = sorted(sys.modules)\n"
         "v = e.get_embedder().embed(['wireless earbuds', ''])\n"
         "heavy = ('sentence_transformers', 'transformers', 'chromadb')\n"
@@ -133,7 +133,7 @@ def test_importing_and_embedding_loads_neither_sentence_transformers_nor_transfo
 def test_embedding_function_is_still_importable_by_name_and_registered_with_chromadb() -> None:
     from chromadb.utils.embedding_functions import known_embedding_functions
 
-    from index.embedder import MiniLMEmbeddingFunction
+    from shopsight.index.embedder import MiniLMEmbeddingFunction
 
     assert MiniLMEmbeddingFunction.name() == "shopsight-minilm"
     assert known_embedding_functions["shopsight-minilm"] is MiniLMEmbeddingFunction
@@ -142,7 +142,7 @@ def test_embedding_function_is_still_importable_by_name_and_registered_with_chro
 def test_a_model_folder_with_another_pooling_is_refused(tmp_path: Path) -> None:
     import shutil
 
-    from index.embedder import EmbedderError, MiniLMEmbedder, model_path
+    from shopsight.index.embedder import EmbedderError, MiniLMEmbedder, model_path
 
     folder = tmp_path / "model"
     shutil.copytree(model_path(), folder, ignore=shutil.ignore_patterns("model.safetensors"))
@@ -156,7 +156,7 @@ def test_a_model_folder_with_another_pooling_is_refused(tmp_path: Path) -> None:
 def test_a_missing_weights_file_names_the_file_and_the_fix(tmp_path: Path) -> None:
     import shutil
 
-    from index.embedder import EmbedderError, MiniLMEmbedder, model_path
+    from shopsight.index.embedder import EmbedderError, MiniLMEmbedder, model_path
 
     folder = tmp_path / "model"
     shutil.copytree(model_path(), folder, ignore=shutil.ignore_patterns("model.safetensors"))

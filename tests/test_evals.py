@@ -11,13 +11,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from agent.types import Answer, Usage
-from evals.checks import ToolCall, judge_tools, looks_like_refusal, missing_facts, shows_number
-from evals.report import diff_reports, load_report, render_markdown, write_report
-from evals.roles import RoleError, RoleResolver
-from evals.runner import run_eval_set, threshold_failures
-from tools.numbers import numbers_in
-from evals.schema import EvalSetError, Reference, ToolExpectation, load_eval_set, parse_eval_set
+from shopsight.agent.types import Answer, Usage
+from shopsight.evals.checks import ToolCall, judge_tools, looks_like_refusal, missing_facts, shows_number
+from shopsight.evals.report import diff_reports, load_report, render_markdown, write_report
+from shopsight.evals.roles import RoleError, RoleResolver
+from shopsight.evals.runner import run_eval_set, threshold_failures
+from shopsight.tools.numbers import numbers_in
+from shopsight.evals.schema import EvalSetError, Reference, ToolExpectation, load_eval_set, parse_eval_set
 
 DEMO_SET = Path(__file__).resolve().parents[1] / "evals" / "demo.yaml"
 
@@ -334,13 +334,13 @@ def test_diff_shows_totals_and_cases_that_changed(run):
 
 # --- the CLI ------------------------------------------------------------------------------
 def test_cli_run_writes_reports_and_exits_1_below_threshold(tmp_path, monkeypatch, workspace):
-    import cli
-    import evals.backends
+    from shopsight import cli
+    from shopsight.evals import backends as eval_backends
 
     write_workspace(workspace)
     set_path = tmp_path / "set.yaml"
     set_path.write_text(yaml.safe_dump({"cases": CASES[:2]}))
-    monkeypatch.setattr(evals.backends, "make_answerer", lambda ws, backend, eval_set: (ScriptedAnswerer(SCRIPT), {"backend": "fake"}))
+    monkeypatch.setattr(eval_backends, "make_answerer", lambda ws, backend, eval_set: (ScriptedAnswerer(SCRIPT), {"backend": "fake"}))
     runner = CliRunner()
     args = ["eval", "run", str(set_path), "--workspace", str(workspace.root), "--report", str(tmp_path / "out")]
     ok = runner.invoke(cli.app, args + ["--min-tool-accuracy", "0.5"])
@@ -356,8 +356,7 @@ def test_cli_run_writes_reports_and_exits_1_below_threshold(tmp_path, monkeypatc
 
 
 def test_cli_names_the_case_of_a_malformed_set(tmp_path, workspace):
-    import cli
-
+    from shopsight import cli
     set_path = tmp_path / "set.yaml"
     set_path.write_text("cases:\n  - id: oops\n    question: hi\n    expect_tools: [{name: nope}]\n")
     out = CliRunner().invoke(cli.app, ["eval", "run", str(set_path), "--workspace", str(workspace.root)])
@@ -368,7 +367,7 @@ def test_cli_names_the_case_of_a_malformed_set(tmp_path, workspace):
 def test_shipped_set_is_valid_and_covers_every_tool_and_kind_of_question():
     s = load_eval_set(DEMO_SET)
     assert len(s.cases) >= 80
-    from tools import tool_names
+    from shopsight.tools import tool_names
 
     expected = {e.name for c in s.cases for t in c.turns for e in t.expect_tools or []}
     assert expected == set(tool_names())
@@ -378,8 +377,8 @@ def test_shipped_set_is_valid_and_covers_every_tool_and_kind_of_question():
 
 
 def test_oracle_meets_expectations_that_the_tools_can_meet(workspace):
-    from evals.oracle import ExpectationOracle
-    from tools import ToolContext
+    from shopsight.evals.oracle import ExpectationOracle
+    from shopsight.tools import ToolContext
 
     write_workspace(workspace)
     s = make_set([

@@ -19,13 +19,13 @@ DEMO_SET = ROOT / "evals" / "demo.yaml"
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
-    import cli
-    from behavior.workspace import Workspace
-    from evals.backends import make_answerer, system_prompt_text
-    from evals.report import write_report
-    from evals.roles import RoleResolver
-    from evals.runner import run_eval_set
-    from evals.schema import load_eval_set
+    from shopsight import cli
+    from shopsight.behavior.workspace import Workspace
+    from shopsight.evals.backends import make_answerer, system_prompt_text
+    from shopsight.evals.report import write_report
+    from shopsight.evals.roles import RoleResolver
+    from shopsight.evals.runner import run_eval_set
+    from shopsight.evals.schema import load_eval_set
 
     root = tmp_path_factory.mktemp("evalws")
     runner = CliRunner()

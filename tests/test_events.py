@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from behavior.events import (
+from shopsight.behavior.events import (
     EventDataError,
     REQUIRED_COLUMNS,
     parse_mapping,
@@ -264,8 +264,8 @@ def test_round_trip_through_the_workspace_keeps_dtypes_and_values(tmp_path, work
 
 def test_loaded_events_have_one_chunk_per_string_column_and_the_same_values(tmp_path):
     """Parquet reads arrive in batches; load_events joins them so one user's rows cost what they hold."""
-    from behavior.events import single_chunk_strings
-    from behavior.workspace import Workspace
+    from shopsight.behavior.events import single_chunk_strings
+    from shopsight.behavior.workspace import Workspace
 
     n = 300_000  # more rows than one parquet read batch
     events = pd.DataFrame({

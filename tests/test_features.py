@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from behavior.events import validate_events
-from behavior.features import SESSION_GAP, sessionize
+from shopsight.behavior.events import validate_events
+from shopsight.behavior.features import SESSION_GAP, sessionize
 
 
 def _events(rows: list[tuple], tz: str = "UTC") -> pd.DataFrame:

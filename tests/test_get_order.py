@@ -5,10 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from agent.guard import check_grounding
-from agent.types import ToolCall
+from shopsight.agent.guard import check_grounding
+from shopsight.agent.types import ToolCall
 from test_agent_support import tiny_context
-from tools import default_registry
+from shopsight.tools import default_registry
 
 REGISTRY = default_registry()
 
@@ -33,7 +33,7 @@ def test_an_unknown_order_is_a_result_the_model_can_act_on(ctx):
 
 
 def test_without_a_risk_model_the_order_still_answers(workspace):
-    from tools.context import ToolContext
+    from shopsight.tools.context import ToolContext
     from test_agent_support import tiny_events
 
     events = tiny_events()
@@ -63,7 +63,7 @@ def test_a_follow_up_after_an_order_is_about_that_order():
     ("Is order o000123 fraudulent?", [("score_risk", {"order_id": "o000123"})]),
 ])
 def test_the_router_reaches_the_order_and_keeps_fraud_questions_on_risk(workspace, question, expected):
-    from agent.router import Router, default_embedder, load_router
+    from shopsight.agent.router import Router, default_embedder, load_router
     from test_agent_support import trained_router_into
 
     trained_router_into(workspace)

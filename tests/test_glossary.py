@@ -8,20 +8,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from behavior.features import rfm_features, top_categories
-from behavior.models.churn import ChurnModel, churn_rules, end_of_events
-from behavior.models.common import SEQUENCE_FACTOR
-from behavior.models.glossary import Glossary, day_of, glossary_table, show_days, typical_values
-from behavior.models.intent import (
+from shopsight.behavior.features import rfm_features, top_categories
+from shopsight.behavior.models.churn import ChurnModel, churn_rules, end_of_events
+from shopsight.behavior.models.common import SEQUENCE_FACTOR
+from shopsight.behavior.models.glossary import Glossary, day_of, glossary_table, show_days, typical_values
+from shopsight.behavior.models.intent import (
     IntentModel,
     session_examples,
     session_feature_names,
     user_intent_features,
 )
-from behavior.models.risk import RiskModel, risk_features
-from behavior.models.rules import RULE_NAMES
-from behavior.synthetic import generate_shop
-from tools.numbers import matches, numbers_in
+from shopsight.behavior.models.risk import RiskModel, risk_features
+from shopsight.behavior.models.rules import RULE_NAMES
+from shopsight.behavior.synthetic import generate_shop
+from shopsight.tools.numbers import matches, numbers_in
 
 SNAKE = re.compile(r"[A-Za-z]_[A-Za-z]")
 

@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from behavior.events import to_canonical
-from behavior.workspace import Workspace
-from index import store as store_module
-from index.documents import categories_key, session_documents
-from index.store import SessionIndex, to_epoch
+from shopsight.behavior.events import to_canonical
+from shopsight.behavior.workspace import Workspace
+from shopsight.index import store as store_module
+from shopsight.index.documents import categories_key, session_documents
+from shopsight.index.store import SessionIndex, to_epoch
 
 CATEGORIES = ["Audio", "Garden", "Books", "Phones"]
 ITEMS = {c: [f"i{c[:2].lower()}{k}" for k in range(4)] for c in CATEGORIES}
@@ -85,7 +85,7 @@ class RecordingEmbedder:
     """Wraps the real embedder: counts texts embedded, remembers them, can fail after N batches."""
 
     def __init__(self, fail_after_batches: int | None = None) -> None:
-        from index.embedder import get_embedder
+        from shopsight.index.embedder import get_embedder
 
         self.real = get_embedder()
         self.fail_after_batches = fail_after_batches
@@ -115,7 +115,7 @@ def _refuse_remote(attempts: list[Any]):
 
 # --- the embedder (first, so the model loads here with the network refused) -----------------
 def test_embedder_loads_offline_and_gives_normalised_384d_vectors(monkeypatch: pytest.MonkeyPatch) -> None:
-    from index.embedder import MiniLMEmbedder, model_path
+    from shopsight.index.embedder import MiniLMEmbedder, model_path
 
     attempts: list[Any] = []
     monkeypatch.setattr(socket.socket, "connect", _refuse_remote(attempts))
@@ -131,7 +131,7 @@ def test_embedder_loads_offline_and_gives_normalised_384d_vectors(monkeypatch: p
 
 
 def test_bfloat16_vectors_match_float32_ones(monkeypatch: pytest.MonkeyPatch) -> None:
-    from index.embedder import EmbedderError, get_embedder, resolve_precision
+    from shopsight.index.embedder import EmbedderError, get_embedder, resolve_precision
 
     embedder = get_embedder()
     texts = ["2026-03-04 09:12, mobile, 14 min: searched 'wireless earbuds', viewed 5 items in Audio", "garden hose"]
@@ -154,7 +154,7 @@ def test_bfloat16_vectors_match_float32_ones(monkeypatch: pytest.MonkeyPatch) ->
 def test_parallel_embedding_gives_the_sequential_vectors_in_input_order() -> None:
     import torch
 
-    from index.embedder import get_embedder
+    from shopsight.index.embedder import get_embedder
 
     embedder = get_embedder()
     # lengths out of order, more batches than workers, and a repeated text
@@ -170,13 +170,13 @@ def test_parallel_embedding_gives_the_sequential_vectors_in_input_order() -> Non
 
 
 def test_get_embedder_is_one_instance_per_process() -> None:
-    from index.embedder import get_embedder
+    from shopsight.index.embedder import get_embedder
 
     assert get_embedder() is get_embedder()
 
 
 def test_embedding_function_wrapper_matches_embed() -> None:
-    from index.embedder import MiniLMEmbeddingFunction, get_embedder
+    from shopsight.index.embedder import MiniLMEmbeddingFunction, get_embedder
 
     ef = MiniLMEmbeddingFunction()
     out = ef(["crime novel"])
@@ -241,7 +241,7 @@ def test_a_phone_in_the_device_name_is_masked_in_document_and_metadata() -> None
 
 
 def test_a_huge_review_is_quoted_from_its_start_only() -> None:
-    from index.documents import MAX_QUOTE, quote
+    from shopsight.index.documents import MAX_QUOTE, quote
 
     # A 30 MB review stalled `index build`: only what can be quoted is masked now.
     review = "call me 4155550132 " + "very good headphones " * 1_500_000

@@ -6,8 +6,8 @@ import json
 
 from typer.testing import CliRunner
 
-from behavior.workspace import Workspace
-from cli import app
+from shopsight.behavior.workspace import Workspace
+from shopsight.cli import app
 from test_index import SECRETS, make_events  # tests/ is on sys.path (no __init__.py)
 
 runner = CliRunner()

@@ -10,8 +10,8 @@ from typing import Iterator
 
 import pytest
 
-from behavior.workspace import Workspace
-from index.store import SessionIndex
+from shopsight.behavior.workspace import Workspace
+from shopsight.index.store import SessionIndex
 from servers import free_port, running  # tests/ is on sys.path (no __init__.py)
 from test_index import SECRETS, make_events
 
@@ -37,7 +37,7 @@ def chroma_server(tmp_path: Path) -> Iterator[str]:
 
 
 def test_chroma_url_comes_from_the_environment_setting(monkeypatch) -> None:
-    from agent.settings import Settings
+    from shopsight.agent.settings import Settings
 
     monkeypatch.setenv("SHOPSIGHT_CHROMA_URL", "http://127.0.0.1:8123")
     assert Settings.from_env().chroma_url == "http://127.0.0.1:8123"

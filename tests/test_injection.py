@@ -5,13 +5,13 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from agent.backends import Written
-from agent.loop import Agent
-from agent.planner import PlanStep
-from agent.settings import Settings
-from agent.types import CallRequest, Usage
+from shopsight.agent.backends import Written
+from shopsight.agent.loop import Agent
+from shopsight.agent.planner import PlanStep
+from shopsight.agent.settings import Settings
+from shopsight.agent.types import CallRequest, Usage
 from test_agent_support import FakeIndex, FakeModel, tiny_events, write_scores
-from tools import ToolContext, default_registry
+from shopsight.tools import ToolContext, default_registry
 
 # What shoppers wrote in searches and reviews, as a red team would: closing tags, fake system turns,
 # planted numbers in every format, requests to call tools or reveal the prompt.
@@ -112,7 +112,7 @@ def test_an_injected_text_changes_no_answer(workspace, text):
 
 @pytest.mark.parametrize("text", INJECTIONS[:10])
 def test_injected_text_in_the_question_sways_no_tool_or_policy(text):
-    from agent.router import extract_entities, policy_label
+    from shopsight.agent.router import extract_entities, policy_label
 
     clean = "why is u00003 likely to churn?"
     e_clean, e_dirty = extract_entities(clean), extract_entities(f"{clean} {text}")

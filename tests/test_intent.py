@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from behavior.events import to_canonical
-from behavior.models.common import NotFittedError, TrainSettings
-from behavior.models.evaluation import evaluate, score_users
-from behavior.models.intent import (
+from shopsight.behavior.events import to_canonical
+from shopsight.behavior.models.common import NotFittedError, TrainSettings
+from shopsight.behavior.models.evaluation import evaluate, score_users
+from shopsight.behavior.models.intent import (
     OUTCOME_EVENTS,
     IntentModel,
     category_affinity,
@@ -19,7 +19,7 @@ from behavior.models.intent import (
     session_prefix,
     user_intent_features,
 )
-from behavior.synthetic import generate_shop
+from shopsight.behavior.synthetic import generate_shop
 
 T0 = pd.Timestamp("2026-03-02 10:00", tz="UTC")
 TINY = TrainSettings(epochs=3, max_len=16, emb_dim=8, hidden=16, batch_size=128, max_seconds=60.0)

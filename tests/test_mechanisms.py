@@ -5,11 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from behavior.models.churn import ChurnModel, churn_rules
-from behavior.models.risk import RiskModel
-from behavior.models.rules import RULE_NAMES
-from behavior.synthetic import FRAUD_TYPES, generate_shop
-from evals.mechanisms import (
+from shopsight.behavior.models.churn import ChurnModel, churn_rules
+from shopsight.behavior.models.risk import RiskModel
+from shopsight.behavior.models.rules import RULE_NAMES
+from shopsight.behavior.synthetic import FRAUD_TYPES, generate_shop
+from shopsight.evals.mechanisms import (
     CHURN_MECHANISMS,
     FRAUD_MECHANISMS,
     MECHANISMS,
@@ -88,7 +88,7 @@ def test_orderings_are_compared_on_the_same_reasons():
 
 
 def test_scores_count_per_type_and_split_and_pool():
-    from evals.mechanisms import Case
+    from shopsight.evals.mechanisms import Case
 
     hit = {"probability": 0.9, "threshold": 0.5, "reasons": [_reason("bot_velocity", kind="rule")]}
     miss = {"probability": 0.2, "threshold": 0.5, "reasons": [_reason("activity", "lowers")]}
@@ -104,11 +104,11 @@ def test_scores_count_per_type_and_split_and_pool():
 
 @pytest.mark.slow
 def test_the_measure_on_a_small_trained_demo_is_consistent(tmp_path):
-    from behavior.demo import build_demo_workspace
-    from behavior.models import train_model
-    from behavior.models.common import TrainSettings
-    from behavior.workspace import Workspace
-    from evals.mechanisms import measure
+    from shopsight.behavior.demo import build_demo_workspace
+    from shopsight.behavior.models import train_model
+    from shopsight.behavior.models.common import TrainSettings
+    from shopsight.behavior.workspace import Workspace
+    from shopsight.evals.mechanisms import measure
 
     ws = Workspace(tmp_path / "ws")
     build_demo_workspace(ws, users=400, days=100, seed=7, progress=False)

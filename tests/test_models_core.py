@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from behavior.models import registry
-from behavior.models.common import (
+from shopsight.behavior.models import registry
+from shopsight.behavior.models.common import (
     Calibration,
     ModelError,
     Sequences,
@@ -22,7 +22,7 @@ from behavior.models.common import (
     predict_logits,
     tokenize_events,
 )
-from behavior.models.metrics import best_f1_threshold, binary_report, expected_calibration_error
+from shopsight.behavior.models.metrics import best_f1_threshold, binary_report, expected_calibration_error
 
 
 # --- metrics --------------------------------------------------------------------------------

@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from behavior.models import MODEL_NAMES, metric_rows, model_class, train_model
-from behavior.models.common import BehaviorModel, NotFittedError, TrainSettings
-from behavior.models.evaluation import Evaluation, evaluate, score_users
-from behavior.synthetic import write_shop
-from behavior.workspace import Workspace
+from shopsight.behavior.models import MODEL_NAMES, metric_rows, model_class, train_model
+from shopsight.behavior.models.common import BehaviorModel, NotFittedError, TrainSettings
+from shopsight.behavior.models.evaluation import Evaluation, evaluate, score_users
+from shopsight.behavior.synthetic import write_shop
+from shopsight.behavior.workspace import Workspace
 
 # No time limit: two fits of the same data must stop at the same epoch however busy the machine is.
 SETTINGS = TrainSettings(epochs=3, patience=2, max_len=16, emb_dim=8, hidden=16, batch_size=128, max_seconds=1e6)
@@ -52,8 +52,8 @@ def _spy_on_baselines(mp: pytest.MonkeyPatch, calls: list[str]) -> None:
     """Record every baseline fitted (logistic regression, LightGBM, BG/NBD), whoever imported it how."""
     import lightgbm
 
-    from behavior.models import baselines
-    from behavior.models.bgnbd import BGNBD
+    from shopsight.behavior.models import baselines
+    from shopsight.behavior.models.bgnbd import BGNBD
 
     real_lgbm, real_logistic, real_bgnbd_fit = lightgbm.LGBMClassifier, baselines.fit_logistic, BGNBD.fit
 
@@ -177,6 +177,6 @@ def test_evaluate_needs_the_training_record_of_a_fit_and_score_users_works_on_a_
 
 def test_registry_imports_none_of_the_models_built_on_it():
     # A fresh interpreter: in this one the models are imported already.
-    code = "import sys, behavior.models.registry; print(sorted(m for m in sys.modules if m.startswith('behavior.models.')))"
+    code = "import sys, shopsight.behavior.models.registry; print(sorted(m for m in sys.modules if m.startswith('shopsight.behavior.models.')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent)
-    assert out.stdout.strip() == "['behavior.models.registry']"
+    assert out.stdout.strip() == "['shopsight.behavior.models.registry']"

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from behavior.privacy import find_pii, mask_ip, mask_pii, pseudonym, pseudonymize_text
+from shopsight.behavior.privacy import find_pii, mask_ip, mask_pii, pseudonym, pseudonymize_text
 
 
 @pytest.mark.parametrize(
@@ -268,7 +268,7 @@ def test_the_fast_luhn_check_agrees_with_python_stdnum() -> None:
 
     from stdnum import luhn
 
-    from behavior.privacy import _luhn_ok
+    from shopsight.behavior.privacy import _luhn_ok
 
     rng = random.Random(0)
     numbers = ["".join(rng.choice("0123456789") for _ in range(rng.randint(13, 19))) for _ in range(2000)]

@@ -20,7 +20,7 @@ from phonenumbers import PhoneNumberFormat, PhoneNumberType
 from stdnum import iban as stdnum_iban
 from stdnum import luhn, numdb
 
-from behavior.privacy import find_pii, mask_pii
+from shopsight.behavior.privacy import find_pii, mask_pii
 
 CASES: Counter[str] = Counter()
 LEAKS: list[tuple[str, str, str]] = []

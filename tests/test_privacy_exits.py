@@ -14,11 +14,11 @@ import sqlite3
 
 import pytest
 
-from agent.backends import Written
-from agent.loop import Agent
-from agent.planner import PlanStep
-from agent.settings import Settings
-from agent.types import CallRequest, Usage
+from shopsight.agent.backends import Written
+from shopsight.agent.loop import Agent
+from shopsight.agent.planner import PlanStep
+from shopsight.agent.settings import Settings
+from shopsight.agent.types import CallRequest, Usage
 
 EMAIL_ID = "alice.smith+vip@example.com"
 SECRETS = ["alice.smith", "example.com", "415 555 0134", "4155550134", "4111 1111 1111 1111", "4111111111111111",
@@ -45,7 +45,7 @@ def leaks(text: str) -> list[str]:
 
 @pytest.fixture
 def shop(workspace, tmp_path):
-    from behavior.ingest import ingest_file
+    from shopsight.behavior.ingest import ingest_file
 
     path = tmp_path / "events.csv"
     path.write_text(CSV)
@@ -87,7 +87,7 @@ def test_the_workspace_stores_no_personal_data(shop):
 
 
 def test_index_documents_and_metadata_carry_no_personal_data(shop):
-    from index.documents import session_documents
+    from shopsight.index.documents import session_documents
 
     ws, events, _ = shop
     docs = session_documents(events, ws.load_catalogue())
@@ -95,9 +95,9 @@ def test_index_documents_and_metadata_carry_no_personal_data(shop):
 
 
 def test_no_exit_of_an_answer_carries_personal_data(shop, caplog):
-    from agent.memory import ConversationStore
-    from integrations import slack_blocks
-    from tools import ToolContext
+    from shopsight.agent.memory import ConversationStore
+    from shopsight.integrations import slack_blocks
+    from shopsight.tools import ToolContext
 
     ws, events, _ = shop
     user = alice(events)

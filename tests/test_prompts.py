@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from prompts import PROMPT_NAMES, PromptError, load_prompt, prompt_set_version
+from shopsight.prompts import PROMPT_NAMES, PromptError, load_prompt, prompt_set_version
 
 
 def test_every_prompt_file_loads_with_a_version():
@@ -37,8 +37,7 @@ def test_version_is_the_template_hash_not_the_filled_text():
 
 
 def test_set_version_changes_when_a_prompt_changes(monkeypatch):
-    import prompts
-
+    from shopsight import prompts
     before = prompt_set_version()
     real = prompts._template_text
     monkeypatch.setattr(prompts, "_template_text", lambda name: real(name) + ("!" if name == "refusal" else ""))

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from behavior.query import (
+from shopsight.behavior.query import (
     GROUP_BYS,
     METRIC_NAMES,
     METRICS,
@@ -27,7 +27,7 @@ from behavior.query import (
     day_range,
     parse_query,
 )
-from behavior.workspace import Workspace
+from shopsight.behavior.workspace import Workspace
 
 STEP_EVENT = {"view": "view", "cart": "add_to_cart", "checkout": "checkout", "purchase": "purchase", "refund": "refund"}
 FLAGS = list(STEP_EVENT)
@@ -35,9 +35,9 @@ FLAGS = list(STEP_EVENT)
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> Workspace:
-    from behavior.demo import build_demo_workspace
-    from behavior.models import train_model
-    from behavior.models.common import TrainSettings
+    from shopsight.behavior.demo import build_demo_workspace
+    from shopsight.behavior.models import train_model
+    from shopsight.behavior.models.common import TrainSettings
 
     ws = Workspace(tmp_path_factory.mktemp("query") / "ws")
     build_demo_workspace(ws, users=300, days=60, seed=7, progress=False)
@@ -57,7 +57,7 @@ def engine(ws: Workspace) -> QueryEngine:
 
 @pytest.fixture(scope="module")
 def ref(ws: Workspace) -> "Reference":
-    from behavior.models.registry import load_scores
+    from shopsight.behavior.models.registry import load_scores
 
     return Reference(ws.load_events(), {m: load_scores(ws, m) for m in ("churn", "risk")})
 
@@ -653,7 +653,7 @@ def test_new_events_are_seen_at_once(tmp_path, ws):
 
 
 def test_no_events_is_a_workspace_error(tmp_path):
-    from behavior.workspace import WorkspaceError
+    from shopsight.behavior.workspace import WorkspaceError
 
     with QueryEngine(Workspace(tmp_path / "empty")) as e, pytest.raises(WorkspaceError, match="shopsight demo"):
         e.run({"metric": "users"})

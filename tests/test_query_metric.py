@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from behavior.workspace import Workspace
+from shopsight.behavior.workspace import Workspace
 from test_agent_support import tiny_context, trained_router_into
-from tools import ToolContext, default_registry
-from tools.registry import MAX_RESULT_CHARS, ConversationState, Entities, result_json
+from shopsight.tools import ToolContext, default_registry
+from shopsight.tools.registry import MAX_RESULT_CHARS, ConversationState, Entities, result_json
 
 REGISTRY = default_registry()
 STEP_EVENT = {"view": "view", "cart": "add_to_cart", "checkout": "checkout", "purchase": "purchase", "refund": "refund"}
@@ -32,9 +32,9 @@ DEMO_SET = Path(__file__).resolve().parents[1] / "evals" / "demo.yaml"
 # --- the shop, the router, and the independent reference ----------------------------------------
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> Workspace:
-    from behavior.demo import build_demo_workspace
-    from behavior.models import train_model
-    from behavior.models.common import TrainSettings
+    from shopsight.behavior.demo import build_demo_workspace
+    from shopsight.behavior.models import train_model
+    from shopsight.behavior.models.common import TrainSettings
 
     ws = Workspace(tmp_path_factory.mktemp("metric") / "ws")
     build_demo_workspace(ws, users=300, days=60, seed=7, progress=False)
@@ -54,7 +54,7 @@ def ctx(ws: Workspace) -> ToolContext:
 
 @pytest.fixture(scope="module")
 def router(ctx: ToolContext):
-    from agent.loop import make_router
+    from shopsight.agent.loop import make_router
 
     return make_router(ctx, REGISTRY)
 
@@ -68,7 +68,7 @@ class Shop:
     """The definitions of behavior/query.py's docstring, recomputed with pandas from the raw files."""
 
     def __init__(self, ws: Workspace) -> None:
-        from behavior.models.registry import load_scores
+        from shopsight.behavior.models.registry import load_scores
 
         ev = ws.load_events()
         ev["ts"] = ev["ts"].dt.tz_convert("UTC").dt.tz_localize(None)
@@ -233,7 +233,7 @@ def test_retention_of_the_january_cohort(ask, shop):
 
 # --- what the wording rules decide, without the classifier -----------------------------------
 def _slots(question: str, **entities: Any) -> dict[str, Any]:
-    from tools.metric_slots import metric_args
+    from shopsight.tools.metric_slots import metric_args
 
     return metric_args(Entities(**entities), ConversationState(), question)
 
@@ -372,7 +372,7 @@ class _OneLabel:
     """A classifier that files every question under one label: the claims alone decide."""
 
     def __init__(self, label: str) -> None:
-        from agent.router import labels_of
+        from shopsight.agent.router import labels_of
 
         self.labels_ = labels_of(REGISTRY)
         self.label = label
@@ -405,7 +405,7 @@ class _NoEmbedder:
     ("compare", "desktop versus tablet conversion", "query_metric"),
 ])
 def test_claims_bring_analytic_wording_here_and_leave_the_rest(label, question, tool):
-    from agent.router import Router
+    from shopsight.agent.router import Router
 
     router = Router(_OneLabel(label), _NoEmbedder(), registry=REGISTRY, categories=["shoes"], countries=["DE"],
                     anchor=pd.Timestamp("2026-04-10", tz="UTC"))
@@ -427,7 +427,7 @@ def test_shipped_segment_questions_still_reach_segment_summary(router, question,
 
 @pytest.mark.slow
 def test_a_follow_up_changes_the_filter_of_the_last_query(router, ctx):
-    from agent.router import state_from_calls
+    from shopsight.agent.router import state_from_calls
 
     state = state_from_calls([{"name": "query_metric", "args": {"metric": "cart_to_purchase", "group_by": "category", "device": ["mobile"]},
                                "result": {"metric": "cart_to_purchase"}}], REGISTRY)
@@ -439,16 +439,16 @@ def test_a_follow_up_changes_the_filter_of_the_last_query(router, ctx):
 # --- the shipped eval cases are satisfiable ---------------------------------------------------------
 @pytest.mark.slow
 def test_metric_eval_cases_are_met_by_the_oracle(ws):
-    from evals.oracle import ExpectationOracle
-    from evals.roles import RoleResolver
-    from evals.runner import run_eval_set
-    from evals.schema import load_eval_set
+    from shopsight.evals.oracle import ExpectationOracle
+    from shopsight.evals.roles import RoleResolver
+    from shopsight.evals.runner import run_eval_set
+    from shopsight.evals.schema import load_eval_set
 
     full = load_eval_set(DEMO_SET)
     cases = [c for c in full.cases if "metric" in c.tags]
     metrics = {e.args.get("metric") for c in cases for t in c.turns for e in t.expect_tools or [] if e.name == "query_metric"}
     groups = {e.args.get("group_by") for c in cases for t in c.turns for e in t.expect_tools or [] if e.name == "query_metric"}
-    from behavior.query import GROUP_BYS, METRIC_NAMES
+    from shopsight.behavior.query import GROUP_BYS, METRIC_NAMES
 
     assert metrics >= set(METRIC_NAMES) and groups - {None} >= set(GROUP_BYS)
     subset = full.model_copy(update={"cases": cases})
@@ -467,7 +467,7 @@ def test_metric_eval_cases_are_met_by_the_oracle(ws):
     ({"metric": "orders", "since": "2026-02-15", "compare": True}, "compare", "Orders: this period and the one before"),
 ])
 def test_each_chart_type_renders_a_png_with_its_title(ctx, spec, kind, title):
-    from integrations.slack_charts import chart_for_tool_call
+    from shopsight.integrations.slack_charts import chart_for_tool_call
 
     r = REGISTRY.run(ctx, "query_metric", spec)
     chart = chart_for_tool_call("query_metric", spec, r)
@@ -476,7 +476,7 @@ def test_each_chart_type_renders_a_png_with_its_title(ctx, spec, kind, title):
 
 
 def test_a_single_number_or_an_error_gets_no_chart(ctx):
-    from integrations.slack_charts import chart_for_tool_call
+    from shopsight.integrations.slack_charts import chart_for_tool_call
 
     assert chart_for_tool_call("query_metric", {}, REGISTRY.run(ctx, "query_metric", {"metric": "orders"})) is None
     assert chart_for_tool_call("query_metric", {}, REGISTRY.run(ctx, "query_metric", {"metric": "bogus"})) is None
@@ -489,20 +489,20 @@ class _ScriptedAgent:
     backend, model, prompt_version = "scripted", "none", "p0"
 
     def __init__(self, ctx: ToolContext, spec: dict[str, Any]) -> None:
-        from agent.types import ToolCall
+        from shopsight.agent.types import ToolCall
 
         self.call = ToolCall("query_metric", spec, REGISTRY.run(ctx, "query_metric", spec))
         self.store = type("Store", (), {"exists": staticmethod(lambda cid: True), "path": "memory"})()
 
     def ask(self, question: str, conversation_id: str | None = None, on_token=None):
-        from agent.types import Answer
+        from shopsight.agent.types import Answer
 
         return Answer(question=question, answer=REGISTRY.render("query_metric", self.call.args, self.call.result),
                       conversation_id=conversation_id or "c1", tool_calls=(self.call,))
 
 
 def test_ask_prints_a_table_of_the_groups_and_writes_the_chart(ctx, tmp_path, monkeypatch):
-    import cli
+    from shopsight import cli
     from typer.testing import CliRunner
 
     agent = _ScriptedAgent(ctx, {"metric": "cart_to_purchase", "group_by": "device"})
@@ -516,7 +516,7 @@ def test_ask_prints_a_table_of_the_groups_and_writes_the_chart(ctx, tmp_path, mo
 
 
 def test_chat_writes_the_last_answers_chart_on_request(ctx, tmp_path, monkeypatch):
-    import cli
+    from shopsight import cli
     from typer.testing import CliRunner
 
     agent = _ScriptedAgent(ctx, {"metric": "retention", "group_by": "cohort_month"})
@@ -530,7 +530,7 @@ def test_chat_writes_the_last_answers_chart_on_request(ctx, tmp_path, monkeypatc
 
 def test_slack_uploads_the_query_chart_in_the_thread(ctx):
     from fake_slack import BOT_USER_ID, FakeSlack, message_event, post_event
-    from integrations.slack import EventsServer, SlackSettings, create_app
+    from shopsight.integrations.slack import EventsServer, SlackSettings, create_app
 
     class Agent:
         def ask(self, question: str, *, conversation_id: str):
@@ -570,7 +570,7 @@ class _Unsure(_OneLabel):
 
 
 def _router(classifier):
-    from agent.router import Router
+    from shopsight.agent.router import Router
 
     return Router(classifier, _NoEmbedder(), registry=REGISTRY, categories=["Laptops"], countries=["DE"],
                   anchor=pd.Timestamp("2026-04-10", tz="UTC"))

@@ -12,14 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from behavior.models import load_model, train_model
-from behavior.models.churn import end_of_events
-from behavior.models.common import SEQUENCE_FACTOR, TrainSettings
-from behavior.models.reasons import effect
-from behavior.models.rules import rows_of_users
-from behavior.synthetic import write_shop
-from behavior.workspace import Workspace
-from tools.numbers import matches, numbers_in
+from shopsight.behavior.models import load_model, train_model
+from shopsight.behavior.models.churn import end_of_events
+from shopsight.behavior.models.common import SEQUENCE_FACTOR, TrainSettings
+from shopsight.behavior.models.reasons import effect
+from shopsight.behavior.models.rules import rows_of_users
+from shopsight.behavior.synthetic import write_shop
+from shopsight.behavior.workspace import Workspace
+from shopsight.tools.numbers import matches, numbers_in
 
 SETTINGS = TrainSettings(epochs=3, patience=2, max_len=16, emb_dim=8, hidden=16, batch_size=128, max_seconds=1e6)
 PARAMS: dict[str, dict[str, Any]] = {
@@ -240,7 +240,7 @@ def test_a_model_saved_before_typical_values_still_explains_in_words(ws, events)
 
 
 def test_session_and_unsupervised_explanations_have_reasons_too(ws, models, events, labels):
-    from behavior.models.risk import RiskModel
+    from shopsight.behavior.models.risk import RiskModel
 
     sid = str(events["session_id"].iloc[len(events) // 2])
     out = models["intent"].explain_session(events, sid)

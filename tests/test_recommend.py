@@ -7,12 +7,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from agent.guard import check_grounding
-from agent.types import ToolCall
-from behavior.models.common import TrainSettings
-from behavior.workspace import Workspace
-from tools import default_registry
-from tools.context import ToolContext
+from shopsight.agent.guard import check_grounding
+from shopsight.agent.types import ToolCall
+from shopsight.behavior.models.common import TrainSettings
+from shopsight.behavior.workspace import Workspace
+from shopsight.tools import default_registry
+from shopsight.tools.context import ToolContext
 
 REGISTRY = default_registry()
 TINY = TrainSettings(epochs=2, max_len=20, emb_dim=8, hidden=12, max_seconds=20.0)
@@ -21,8 +21,8 @@ TINY = TrainSettings(epochs=2, max_len=20, emb_dim=8, hidden=12, max_seconds=20.
 @pytest.fixture(scope="module")
 def shop_ws(tmp_path_factory) -> tuple[Workspace, dict]:
     """A 300-user demo shop with a trained recommender (trained once for the module)."""
-    from behavior.demo import build_demo_workspace
-    from behavior.models import train_model
+    from shopsight.behavior.demo import build_demo_workspace
+    from shopsight.behavior.models import train_model
 
     ws = Workspace(Path(tmp_path_factory.mktemp("rec")) / "ws")
     build_demo_workspace(ws, users=300, days=60, seed=7, progress=False)
@@ -40,8 +40,8 @@ def _bought(events: pd.DataFrame, user: str) -> set[str]:
 
 
 def test_training_saves_a_version_with_the_model_and_three_baselines_measured(shop_ws):
-    from behavior.models import ranking_rows
-    from behavior.models.registry import load
+    from shopsight.behavior.models import ranking_rows
+    from shopsight.behavior.models.registry import load
 
     ws, trained = shop_ws
     card = load(ws, "recommend", trained["version"]).card
@@ -56,7 +56,7 @@ def test_training_saves_a_version_with_the_model_and_three_baselines_measured(sh
 
 
 def test_a_saved_model_loads_and_ranks_as_it_did(shop_ws):
-    from behavior.models import load_model
+    from shopsight.behavior.models import load_model
 
     ws, _ = shop_ws
     events = ws.load_events()
@@ -108,7 +108,7 @@ def test_a_user_without_history_gets_the_shops_popular_items_said_as_such(shop_w
 
 
 def test_items_the_user_already_bought_are_left_out_unless_the_category_is_repeat_purchase(shop_ws, ctx):
-    from behavior.models import load_model
+    from shopsight.behavior.models import load_model
 
     model = load_model(shop_ws[0], "recommend")
     events = ctx.get_events()
@@ -125,7 +125,7 @@ def test_items_the_user_already_bought_are_left_out_unless_the_category_is_repea
 
 
 def test_repeat_purchase_categories_are_those_rebought_far_more_than_the_shop(shop_ws):
-    from behavior.models.recommend import repeat_categories
+    from shopsight.behavior.models.recommend import repeat_categories
 
     rows = []
     for u in range(30):  # milk is bought again by every buyer; books never
@@ -155,7 +155,7 @@ def test_without_a_trained_recommender_the_tool_says_what_to_run(workspace):
     "Which products should we show u00042?",
 ])
 def test_the_router_sends_recommendation_questions_to_recommend_items(workspace, question):
-    from agent.router import Router, default_embedder, load_router
+    from shopsight.agent.router import Router, default_embedder, load_router
     from test_agent_support import trained_router_into
 
     trained_router_into(workspace)
@@ -171,13 +171,13 @@ def test_the_router_sends_recommendation_questions_to_recommend_items(workspace,
     ("Put u00042's email address in the next email", "privacy"),
 ])
 def test_an_email_to_send_is_not_a_request_for_an_email_address(question, label):
-    from agent.router import policy_label
-    from tools.registry import Entities
+    from shopsight.agent.router import policy_label
+    from shopsight.tools.registry import Entities
 
     assert policy_label(question, Entities(user_ids=["u00042"])) == label
 
 
 def test_train_all_and_the_demo_include_the_recommender():
-    from cli import train_targets
+    from shopsight.cli import train_targets
 
     assert train_targets("all")[-1] == "recommend" and train_targets("recommend") == ["recommend"]

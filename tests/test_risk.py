@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from behavior.models.common import NotFittedError, TrainSettings
-from behavior.models.evaluation import evaluate, score_users
-from behavior.models.risk import RiskModel, account_features, risk_features
-from behavior.models.rules import RULE_NAMES
-from behavior.synthetic import generate_shop
+from shopsight.behavior.models.common import NotFittedError, TrainSettings
+from shopsight.behavior.models.evaluation import evaluate, score_users
+from shopsight.behavior.models.risk import RiskModel, account_features, risk_features
+from shopsight.behavior.models.rules import RULE_NAMES
+from shopsight.behavior.synthetic import generate_shop
 
 TINY = TrainSettings(epochs=8, patience=3, max_len=16, emb_dim=8, hidden=16, batch_size=128, max_seconds=60.0)
 
@@ -157,7 +157,7 @@ def _sample_users(shop, labels, n_random=25):
 
 
 def test_one_user_rules_and_features_equal_the_batch_ones(shop, labels):
-    from behavior.models.rules import evaluate_rules, evaluate_rules_for_users, order_table, rule_features
+    from shopsight.behavior.models.rules import evaluate_rules, evaluate_rules_for_users, order_table, rule_features
 
     events = shop.events
     asof = events["ts"].max() + pd.Timedelta(seconds=1)
@@ -198,7 +198,7 @@ def test_cross_fitted_net_averages_one_net_per_fold_and_calibrates_out_of_fold(f
 
 
 def test_cross_fitted_baselines_score_each_fold_with_models_that_never_saw_it():
-    from behavior.models.baselines import cross_fitted_baselines
+    from shopsight.behavior.models.baselines import cross_fitted_baselines
 
     rng = np.random.default_rng(0)
     X = pd.DataFrame({"a": rng.normal(size=600), "b": rng.normal(size=600)})

@@ -28,7 +28,7 @@ from test_index import make_events
 from test_index_server import chroma_server  # noqa: F401 - the fixture, for the server rebuild test
 from typer.testing import CliRunner
 
-from behavior.workspace import Workspace
+from shopsight.behavior.workspace import Workspace
 
 WRITERS = 20
 
@@ -38,7 +38,7 @@ WRITERS = 20
 
 def test_twenty_processes_appending_to_one_conversation_lose_no_turn(tmp_path: Path) -> None:
     """Twenty spawned processes append at once (released together): every turn is kept, each with its own number."""
-    from agent.memory import ConversationStore
+    from shopsight.agent.memory import ConversationStore
 
     path = tmp_path / "runs" / "conversations.sqlite"
     cid = ConversationStore(path).new_conversation("local", "test-model", "slack:T1:C1:1.0")
@@ -74,7 +74,7 @@ GOOD_CSV = "user_id,ts,event,item_id,category,price,quantity,session_id\nu1,2026
 
 def run_cli(args: list[str], env: dict[str, str] | None = None) -> Result:
     """The real CLI in-process, as a user runs it: tracebacks off, no Chroma server from the machine's env."""
-    from cli import app
+    from shopsight.cli import app
 
     return CliRunner().invoke(app, [str(a) for a in args], env={"SHOPSIGHT_RAISE_ERRORS": "", "SHOPSIGHT_CHROMA_URL": "", **(env or {})})
 
@@ -114,8 +114,8 @@ def indexed_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     first with a sync threshold of 10, so these 121 sessions are flushed to segment files as a
     bigger index's would be (the files the corruption tests overwrite).
     """
-    from index.embedder import MiniLMEmbeddingFunction
-    from index.store import COLLECTION, SessionIndex
+    from shopsight.index.embedder import MiniLMEmbeddingFunction
+    from shopsight.index.store import COLLECTION, SessionIndex
 
     ws = Workspace(tmp_path_factory.mktemp("indexed") / "ws")
     ws.save_events(make_events(users=40, seed=1))
@@ -208,7 +208,7 @@ def test_index_build_rebuild_replaces_a_corrupted_index(corrupted: Callable[[str
 
 
 def test_an_interrupted_rebuild_leaves_the_old_index_whole(indexed_template: Path, tmp_path: Path) -> None:
-    from index.store import SessionIndex
+    from shopsight.index.store import SessionIndex
 
     root = tmp_path / "ws"
     shutil.copytree(indexed_template, root)
@@ -302,7 +302,7 @@ def saved_churn(tmp_path: Path) -> Workspace:
     """A workspace with events and one saved churn version (its files are then damaged by the test)."""
     import torch
 
-    from behavior.models import registry
+    from shopsight.behavior.models import registry
 
     ws = Workspace(tmp_path / "ws")
     ws.save_events(make_events(users=3, seed=1))
@@ -331,8 +331,8 @@ def test_a_model_file_of_the_wrong_json_shape_is_named_with_the_retrain_command(
 
 
 def test_loading_a_model_with_a_null_spec_raises_a_model_error_naming_the_file(saved_churn: Workspace) -> None:
-    from behavior.models import registry
-    from behavior.models.common import ModelError
+    from shopsight.behavior.models import registry
+    from shopsight.behavior.models.common import ModelError
 
     (saved_churn.models_dir / "churn" / "v1" / "spec.json").write_text("null")
     with pytest.raises(ModelError, match=r"spec\.json is corrupted: it holds a JSON null.*shopsight train churn"):
@@ -417,7 +417,7 @@ def test_index_stats_before_any_build_says_to_build_and_creates_nothing(tmp_path
 @pytest.mark.slow
 def test_rebuild_on_a_chroma_server_swaps_in_a_new_collection(chroma_server: str, tmp_path: Path) -> None:  # noqa: F811
     """On a server the rebuilt collection is built under a temporary name, then renamed over the old one."""
-    from index.store import COLLECTION, SessionIndex
+    from shopsight.index.store import COLLECTION, SessionIndex
 
     ws = Workspace(tmp_path / "ws")
     ws.save_events(make_events(users=6, seed=3))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from behavior.events import to_canonical
-from behavior.models.rules import (
+from shopsight.behavior.events import to_canonical
+from shopsight.behavior.models.rules import (
     RULE_NAMES,
     RuleThresholds,
     bot_velocity,
@@ -181,7 +181,7 @@ def test_users_without_orders_get_quiet_rules_and_a_typed_empty_order_table():
 
 
 def test_rule_features_align_rules_that_judged_different_users():
-    from behavior.models.rules import RuleResult
+    from shopsight.behavior.models.rules import RuleResult
 
     def judged(users, values):
         index = pd.Index(users, name="user_id")
@@ -197,7 +197,7 @@ def test_rule_features_align_rules_that_judged_different_users():
 
 @pytest.mark.parametrize("dtype", ["string[pyarrow]", "string[python]", "object"])
 def test_row_lookup_is_the_same_for_every_string_storage_scanned_or_indexed(dtype):
-    from behavior.models.rules import _value_positions, _value_rows
+    from shopsight.behavior.models.rules import _value_positions, _value_rows
 
     column = pd.Series(["a", None, "b", "a", "c", "a"], dtype=dtype)
     # the position of each row's value among the (distinct) values asked for; -1 else, missing too
@@ -211,7 +211,7 @@ def test_row_lookup_is_the_same_for_every_string_storage_scanned_or_indexed(dtyp
 
 
 def test_user_rows_follow_edits_to_the_table():
-    from behavior.models.rules import rows_of_users
+    from shopsight.behavior.models.rules import rows_of_users
 
     events = pd.DataFrame({"user_id": pd.Series(["u1", "u2", "u1"], dtype="string[pyarrow]")})
     for _ in range(3):  # scanned, then indexed
@@ -223,7 +223,7 @@ def test_user_rows_follow_edits_to_the_table():
 
 
 def test_remembered_user_count_follows_the_table_it_was_counted_on():
-    from behavior.models.rules import _n_distinct
+    from shopsight.behavior.models.rules import _n_distinct
 
     first = pd.Series(["u1", "u2", "u2", None], dtype="string[pyarrow]")
     assert _n_distinct(first) == 2
@@ -238,7 +238,7 @@ def test_remembered_user_count_follows_the_table_it_was_counted_on():
 
 def test_one_off_lookups_do_not_push_out_an_indexed_column():
     """score_order looks up columns of a fresh copy per call; the main table's row index must survive them."""
-    from behavior.models import rules
+    from shopsight.behavior.models import rules
 
     main = pd.Series([f"u{i % 7}" for i in range(50)], dtype="string[pyarrow]")
     for _ in range(2):  # indexed from its second lookup

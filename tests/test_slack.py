@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from fake_slack import BOT_USER_ID, FakeSlack, message_event, post_event, sign
 
-from agent.types import Answer, Citations, Timings, ToolCall
-from integrations import slack_blocks
-from integrations.slack import (
+from shopsight.agent.types import Answer, Citations, Timings, ToolCall
+from shopsight.integrations import slack_blocks
+from shopsight.integrations.slack import (
     AccessPolicy,
     EventDeduper,
     EventsServer,
@@ -28,7 +28,7 @@ from integrations.slack import (
     question_from_text,
     socket_mode_handler,
 )
-from integrations.slack_charts import activity_counts, chart_for_tool_call, score_ranking
+from shopsight.integrations.slack_charts import activity_counts, chart_for_tool_call, score_ranking
 
 SECRET = "test-signing-secret"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -233,7 +233,7 @@ def test_agent_failure_is_reported_in_the_thread_and_logged(serve, fake_slack, c
     server = serve(agent)
     ts = _ts(1)
 
-    with caplog.at_level(logging.ERROR, logger="integrations.slack"):
+    with caplog.at_level(logging.ERROR, logger="shopsight.integrations.slack"):
         post_event(server.url, SECRET, message_event(f"<@{BOT_USER_ID}> churn of u7?", ts=ts))
         fake_slack.wait_for(lambda f: f.calls_to("chat.update"))
 
@@ -241,7 +241,7 @@ def test_agent_failure_is_reported_in_the_thread_and_logged(serve, fake_slack, c
     text = json.dumps(update["blocks"])
     assert "RuntimeError" in text and "out of memory" in text
     assert fake_slack.posted_threads() == {update["ts"]: ("C1", ts)}  # the placeholder, in the asker's thread
-    failures = [r for r in caplog.records if r.name == "integrations.slack" and r.exc_info]
+    failures = [r for r in caplog.records if r.name == "shopsight.integrations.slack" and r.exc_info]
     assert failures and "churn of u7?" not in caplog.text  # traceback logged, the question is not
 
 
@@ -470,7 +470,7 @@ _SLACK_ENV = (
 def test_cli_check_verifies_the_token_with_slack_and_flags_beat_env(fake_slack, monkeypatch):
     from typer.testing import CliRunner
 
-    from cli import app
+    from shopsight.cli import app
 
     for name in _SLACK_ENV:
         monkeypatch.delenv(name, raising=False)
@@ -492,7 +492,7 @@ def test_cli_check_verifies_the_token_with_slack_and_flags_beat_env(fake_slack, 
 def test_cli_without_tokens_names_the_variables_to_set(monkeypatch):
     from typer.testing import CliRunner
 
-    from cli import app
+    from shopsight.cli import app
 
     for name in _SLACK_ENV:
         monkeypatch.delenv(name, raising=False)
@@ -541,9 +541,9 @@ def test_real_agent_answers_in_slack_with_model_version_and_ranking_chart(serve,
     from langchain_core.messages import AIMessage
     from test_agent_support import tiny_context
 
-    from agent import Settings, build_agent
-    from agent.fake import ScriptedChatModel
-    from agent.memory import ConversationStore
+    from shopsight.agent import Settings, build_agent
+    from shopsight.agent.fake import ScriptedChatModel
+    from shopsight.agent.memory import ConversationStore
 
     llm = ScriptedChatModel(replies=[
         AIMessage(content="", tool_calls=[{"name": "top_users", "args": {"metric": "churn", "limit": 3}, "id": "c1"}]),

@@ -25,8 +25,8 @@ from typing import Any, Callable, Iterator
 import pytest
 from fake_slack import BOT_USER_ID, FakeSlack, message_event, post_event, sign
 
-from agent.types import Answer
-from integrations.slack import (
+from shopsight.agent.types import Answer
+from shopsight.integrations.slack import (
     MAX_QUESTION_CHARS,
     MAX_REQUEST_BYTES,
     EventsServer,
@@ -183,7 +183,7 @@ def test_unsigned_malformed_requests_get_401_before_any_parsing_and_no_traceback
     assert status == 401
     assert parsed == []  # the body was never parsed
     assert _problems(caplog.records) == []
-    lines = [r.getMessage() for r in caplog.records if r.name == "integrations.slack" and r.levelno >= logging.INFO]
+    lines = [r.getMessage() for r in caplog.records if r.name == "shopsight.integrations.slack" and r.levelno >= logging.INFO]
     assert len(lines) == 1 and "401" in lines[0] and "\n" not in lines[0]
     assert agent.asked == [] and fake_slack.calls_to("chat.postMessage") == []
 
@@ -201,7 +201,7 @@ def test_signed_malformed_bodies_get_400_with_one_log_line(
 
     assert status == 400
     assert _problems(caplog.records) == []
-    lines = [r.getMessage() for r in caplog.records if r.name == "integrations.slack" and r.levelno >= logging.INFO]
+    lines = [r.getMessage() for r in caplog.records if r.name == "shopsight.integrations.slack" and r.levelno >= logging.INFO]
     assert len(lines) == 1 and "400" in lines[0] and "\n" not in lines[0]
     assert agent.asked == [] and fake_slack.calls_to("chat.postMessage") == []
 
@@ -217,7 +217,7 @@ def test_an_event_without_a_channel_or_user_is_dropped_with_a_log_line(
     event = _mention("churn of u7?", n=1)
     del event["event"][missing]
 
-    with caplog.at_level(logging.INFO, logger="integrations.slack"):
+    with caplog.at_level(logging.INFO, logger="shopsight.integrations.slack"):
         assert post_event(server.url, SECRET, event)[0] == 200
         assert post_event(server.url, SECRET, _mention("marker", n=2))[0] == 200
         fake_slack.wait_for(lambda f: f.calls_to("chat.update"))

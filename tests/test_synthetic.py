@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from behavior.events import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
-from behavior.features import session_table
-from behavior.ingest import ingest_file
-from behavior.privacy import mask_pii
-from behavior.synthetic import CATEGORIES, FRAUD_TYPES, SyntheticShop, generate_shop
+from shopsight.behavior.events import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
+from shopsight.behavior.features import session_table
+from shopsight.behavior.ingest import ingest_file
+from shopsight.behavior.privacy import mask_pii
+from shopsight.behavior.synthetic import CATEGORIES, FRAUD_TYPES, SyntheticShop, generate_shop
 
 LABEL_COLUMNS = {"segment", "signup_ts", "dropout_ts", "is_fraud", "fraud_type", "linked_group", "intent", "purchased",
                  "purchase_prob", "amount"}

@@ -7,12 +7,12 @@ import json
 import pytest
 
 from test_agent_support import EMAIL, IP, PHONE, FakeModel, tiny_context
-from tools import default_registry, result_json
-from tools.compare_users import compare_users
-from tools.get_user_history import get_user_history
-from tools.get_user_profile import get_user_profile
-from tools.segment_summary import segment_summary
-from tools.top_users import top_users
+from shopsight.tools import default_registry, result_json
+from shopsight.tools.compare_users import compare_users
+from shopsight.tools.get_user_history import get_user_history
+from shopsight.tools.get_user_profile import get_user_profile
+from shopsight.tools.segment_summary import segment_summary
+from shopsight.tools.top_users import top_users
 
 REGISTRY = default_registry()
 
@@ -128,7 +128,7 @@ def test_top_users_rejects_an_unknown_metric(ctx):
 
 
 def test_top_users_without_a_trained_model_says_what_to_run(workspace):
-    from tools.context import ToolContext
+    from shopsight.tools.context import ToolContext
     from test_agent_support import tiny_events
 
     events = tiny_events()
@@ -188,7 +188,7 @@ def test_a_failing_tool_is_reported_to_the_model_not_hidden(ctx, caplog):
 
 
 def test_only_rules_that_fired_are_given_as_reasons():
-    from tools.explain import compact_explanation as _compact_explanation
+    from shopsight.tools.explain import compact_explanation as _compact_explanation
 
     raw = {"model": "churn@v1", "user_id": "u00001", "probability": 0.71234, "factors": [],
            "rules": [{"name": "never_purchased", "fired": False, "value": 3},
@@ -231,20 +231,20 @@ def test_an_empty_or_malformed_date_range_is_an_error_the_model_can_act_on(ctx):
 @pytest.mark.parametrize("p,digits,shown", [(0.734, 1, "73.4%"), (0.003333, 1, "0.33%"), (0.0004, 1, "0.04%"),
                                              (0.0, 1, "0.0%"), (0.674, 0, "67%"), (0.003333, 0, "0%")])
 def test_a_small_share_keeps_the_digits_that_make_it_right(p, digits, shown):
-    from tools.words import pct
+    from shopsight.tools.words import pct
 
     assert pct(p, digits) == shown
 
 
 @pytest.mark.parametrize("method,words", [("visa_1317", "a Visa card ending 1317"), ("apple_pay", "Apple Pay"), ("paypal", "paypal")])
 def test_payment_methods_are_said_in_words(method, words):
-    from tools.words import payment_words
+    from shopsight.tools.words import payment_words
 
     assert payment_words(method) == words
 
 
 def test_an_evidence_session_is_said_from_its_counts():
-    from tools.explain import session_activity
+    from shopsight.tools.explain import session_activity
 
     e = {"events": {"view": 5, "add_to_cart": 1, "login": 1}, "categories": ["Beauty", "Home"], "rules": ["bot_velocity"],
          "detail": "bot_velocity: 5 view, 1 add_to_cart, 1 login"}

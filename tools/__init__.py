@@ -12,8 +12,8 @@ import functools
 import importlib
 import pkgutil
 
-from tools.context import ToolContext
-from tools.registry import Registry, ToolSpec, result_json
+from shopsight.tools.context import ToolContext
+from shopsight.tools.registry import Registry, ToolSpec, result_json
 
 # Modules of this package that hold shared helpers, not tools.
 HELPER_MODULES = frozenset({"context", "registry", "explain", "numbers", "words", "metric_slots"})
@@ -40,3 +40,7 @@ def tool_names() -> tuple[str, ...]:
 
 
 __all__ = ["Registry", "ToolContext", "ToolSpec", "default_registry", "result_json", "tool_names"]
+
+from shopsight import refuse_top_level_import  # noqa: E402
+
+refuse_top_level_import(__name__)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from tools.context import ToolContext, no_such_user
-from tools.get_user_profile import profile_facts
-from tools.words import count, human_date, money
-from tools.registry import NO_SUCH, ConversationState, Entities, KeyFact, Route, ToolSpec, need_id, need_number, need_phrase
+from shopsight.tools.context import ToolContext, no_such_user
+from shopsight.tools.get_user_profile import profile_facts
+from shopsight.tools.words import count, human_date, money
+from shopsight.tools.registry import NO_SUCH, ConversationState, Entities, KeyFact, Route, ToolSpec, need_id, need_number, need_phrase
 
 MAX_COMPARE = 5
 

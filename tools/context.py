@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import pandas as pd
 
-from behavior.workspace import Workspace, WorkspaceError
+from shopsight.behavior.workspace import Workspace, WorkspaceError
 
 if TYPE_CHECKING:
-    from behavior.query import QueryEngine
+    from shopsight.behavior.query import QueryEngine
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class DateRange:
 
 
 def _utc(value: str, what: str) -> pd.Timestamp:
-    from tools.registry import ToolArgumentError
+    from shopsight.tools.registry import ToolArgumentError
 
     try:
         ts = pd.Timestamp(str(value).strip())
@@ -104,7 +104,7 @@ def date_range(since: str | None = None, until: str | None = None) -> DateRange:
     Raises:
         ToolArgumentError: a value is not a date, or ``since`` is after ``until`` (an empty range).
     """
-    from tools.registry import ToolArgumentError
+    from shopsight.tools.registry import ToolArgumentError
 
     start = _utc(since, "since") if since else None
     end = None
@@ -121,7 +121,7 @@ def mask_text(text: str | None) -> str:
     """Mask emails, phones, IPs and cards, and bound the length: what any tool returns as free text."""
     if text is None or (isinstance(text, float) and pd.isna(text)) or text is pd.NA:
         return ""
-    from behavior.privacy import mask_text_bounded
+    from shopsight.behavior.privacy import mask_text_bounded
 
     return mask_text_bounded(str(text), MAX_TEXT_CHARS)
 
@@ -204,7 +204,7 @@ class ToolContext:
 
     def privacy_key(self) -> bytes | None:
         """The workspace's pseudonym key, if it has one (ids that were e-mails are keyed with it)."""
-        from behavior.ingest import KEY_FILE, workspace_key
+        from shopsight.behavior.ingest import KEY_FILE, workspace_key
 
         return workspace_key(self.workspace) if (self.workspace.root / KEY_FILE).exists() else None
 
@@ -214,21 +214,21 @@ class ToolContext:
 
     def user_events(self, user_id: str) -> pd.DataFrame:
         """One user's events (through the row index the behaviour layer keeps on the user column)."""
-        from behavior.models.rules import rows_of_users
+        from shopsight.behavior.models.rules import rows_of_users
 
         events = self.get_events()
         return events[rows_of_users(events, [str(user_id)])]
 
     def features(self) -> pd.DataFrame:
         if self._features is None:
-            from behavior.features import user_features
+            from shopsight.behavior.features import user_features
 
             self._features = user_features(self.get_events())
         return self._features
 
     def sessions(self) -> pd.DataFrame:
         if self._sessions is None:
-            from behavior.features import session_table
+            from shopsight.behavior.features import session_table
 
             self._sessions = session_table(self.get_events())
         return self._sessions
@@ -241,7 +241,7 @@ class ToolContext:
         """
         with self._engine_lock:
             if self._engine is None:
-                from behavior.query import QueryEngine
+                from shopsight.behavior.query import QueryEngine
 
                 self._engine = QueryEngine(self.workspace)
             return self._engine
@@ -266,7 +266,7 @@ class ToolContext:
             loader = self.model_loader
             if loader is None:
                 try:
-                    from behavior.models import load_model as loader  # type: ignore[no-redef]
+                    from shopsight.behavior.models import load_model as loader  # type: ignore[no-redef]
                 except ImportError as exc:
                     raise WorkspaceError(f"the {name} model is not available in this install ({exc})") from exc
             self.models[name] = loader(self.workspace, name)
@@ -275,7 +275,7 @@ class ToolContext:
     def session_index(self) -> SessionSearch:
         """The session index; raises WorkspaceError with the command to build it if it is empty."""
         if self.index is None:
-            from index.store import SessionIndex, SessionIndexError
+            from shopsight.index.store import SessionIndex, SessionIndexError
 
             index = SessionIndex(self.workspace, chroma_url=self.chroma_url)
             try:

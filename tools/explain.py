@@ -9,10 +9,10 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from behavior.workspace import WorkspaceError
-from tools.context import ToolContext, day, mask_text, no_such_user, num, unavailable
-from tools.registry import KeyFact, need_id, need_number
-from tools.words import count, human_date, mentions, money, number, pct, words_for
+from shopsight.behavior.workspace import WorkspaceError
+from shopsight.tools.context import ToolContext, day, mask_text, no_such_user, num, unavailable
+from shopsight.tools.registry import KeyFact, need_id, need_number
+from shopsight.tools.words import count, human_date, mentions, money, number, pct, words_for
 
 MAX_FACTORS = 3
 MAX_EVIDENCE = 3

@@ -7,10 +7,10 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from behavior.workspace import WorkspaceError
-from tools.context import ToolContext, no_such_order, day, mask_text, num
-from tools.words import count, human_date, money, payment_words, pct, quoted
-from tools.registry import ConversationState, Entities, KeyFact, Route, ToolSpec, need_id, need_number
+from shopsight.behavior.workspace import WorkspaceError
+from shopsight.tools.context import ToolContext, no_such_order, day, mask_text, num
+from shopsight.tools.words import count, human_date, money, payment_words, pct, quoted
+from shopsight.tools.registry import ConversationState, Entities, KeyFact, Route, ToolSpec, need_id, need_number
 
 MAX_ITEMS = 10
 

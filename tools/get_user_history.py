@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from behavior.workspace import WorkspaceError
-from tools.context import ToolContext, date_range, day, hit_row, mask_text, no_such_user
-from tools.registry import ConversationState, Entities, KeyFact, Route, ToolSpec, need_id
-from tools.words import count, human_date, quoted
+from shopsight.behavior.workspace import WorkspaceError
+from shopsight.tools.context import ToolContext, date_range, day, hit_row, mask_text, no_such_user
+from shopsight.tools.registry import ConversationState, Entities, KeyFact, Route, ToolSpec, need_id
+from shopsight.tools.words import count, human_date, quoted
 
 MAX_HISTORY = 10
 

@@ -7,9 +7,9 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from tools.context import ToolContext, day, no_such_user, num
-from tools.registry import KeyFact, Route, ToolSpec, need_id, need_number, user_args
-from tools.words import count, human_date, money, number
+from shopsight.tools.context import ToolContext, day, no_such_user, num
+from shopsight.tools.registry import KeyFact, Route, ToolSpec, need_id, need_number, user_args
+from shopsight.tools.words import count, human_date, money, number
 
 
 def profile_facts(ctx: ToolContext, user_id: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tools.registry import ConversationState, Entities
+from shopsight.tools.registry import ConversationState, Entities
 
 # --- the words ---------------------------------------------------------------------------------
 _MODEL_WORDS = {

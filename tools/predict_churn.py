@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tools.context import ToolContext
-from tools.explain import explain_user, render_score, score_facts
-from tools.registry import Route, ToolSpec, user_args
+from shopsight.tools.context import ToolContext
+from shopsight.tools.explain import explain_user, render_score, score_facts
+from shopsight.tools.registry import Route, ToolSpec, user_args
 
 
 def predict_churn(ctx: ToolContext, user_id: str) -> dict[str, Any]:

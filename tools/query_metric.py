@@ -16,7 +16,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 import pandas as pd
 
-from behavior.query import (
+from shopsight.behavior.query import (
     METRICS,
     GroupBy,
     Metric,
@@ -27,10 +27,10 @@ from behavior.query import (
     ScoreFilter,
     Step,
 )
-from behavior.workspace import Workspace, WorkspaceError
-from tools.context import ToolContext, unavailable
-from tools.metric_slots import DEFAULT_SCORE_LINE, MONTH_NAMES, RETENTION_MEASURE, metric_args
-from tools.registry import (
+from shopsight.behavior.workspace import Workspace, WorkspaceError
+from shopsight.tools.context import ToolContext, unavailable
+from shopsight.tools.metric_slots import DEFAULT_SCORE_LINE, MONTH_NAMES, RETENTION_MEASURE, metric_args
+from shopsight.tools.registry import (
     MAX_RESULT_CHARS,
     ConversationState,
     KeyFact,
@@ -39,7 +39,7 @@ from tools.registry import (
     need_id,
     need_number,
 )
-from tools.words import pct
+from shopsight.tools.words import pct
 
 VALUE_COLUMNS = ("category", "device", "country", "payment")
 MAX_FOCUS = 5
@@ -223,7 +223,7 @@ def _known_value(column: str, value: str, known: list[str] | None) -> str:
 
 def _card_threshold(ws: Workspace, name: str, facts: Mapping[str, Any]) -> tuple[float, str]:
     """The threshold on the latest ``name`` model's card, and where it came from (0.5 when the card has none)."""
-    from behavior.models.registry import CARD, latest_version
+    from shopsight.behavior.models.registry import CARD, latest_version
 
     version = latest_version(ws, name)
     if version is None or name not in (facts.get("models") or {}):

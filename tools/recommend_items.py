@@ -7,10 +7,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from behavior.workspace import WorkspaceError
-from tools.context import ToolContext, day, mask_text, no_such_user, num, unavailable
-from tools.registry import ConversationState, Entities, KeyFact, Route, ToolSpec, need_id, need_phrase
-from tools.words import count, human_date, money, pct, quoted
+from shopsight.behavior.workspace import WorkspaceError
+from shopsight.tools.context import ToolContext, day, mask_text, no_such_user, num, unavailable
+from shopsight.tools.registry import ConversationState, Entities, KeyFact, Route, ToolSpec, need_id, need_phrase
+from shopsight.tools.words import count, human_date, money, pct, quoted
 
 MAX_ITEMS = 10
 RECENT_DAYS = 30  # "viewed 3 Audio items in the last 30 days"
@@ -40,7 +40,7 @@ def recommend_items(ctx: ToolContext, user_id: str, limit: int = 5) -> dict[str,
     top = model.recommend_for(h, limit, "model" if personal else "popularity")
     asof = model.tables_asof_
     names = ctx.item_names()
-    from behavior.models.recommend import item_events  # torch comes with it: imported when a recommendation is asked for
+    from shopsight.behavior.models.recommend import item_events  # torch comes with it: imported when a recommendation is asked for
 
     rows = item_events(mine)
     # numpy columns: five items' reasons filter these rows ~15 times, and a pandas filter costs ~1 ms each

@@ -89,7 +89,7 @@ def need_id(value: Any, what: str) -> list[KeyFact]:
 
 def need_number(value: Any, what: str) -> list[KeyFact]:
     """The number ``value`` must be shown with its meaning intact (see :func:`tools.numbers.shows`)."""
-    from tools.numbers import shows
+    from shopsight.tools.numbers import shows
 
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return []

@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from behavior.workspace import WorkspaceError
-from tools.context import ToolContext, no_such_order, unavailable
-from tools.explain import compact_explanation, explain_user, render_score, score_facts
-from tools.registry import ConversationState, Entities, Route, ToolSpec, user_args
+from shopsight.behavior.workspace import WorkspaceError
+from shopsight.tools.context import ToolContext, no_such_order, unavailable
+from shopsight.tools.explain import compact_explanation, explain_user, render_score, score_facts
+from shopsight.tools.registry import ConversationState, Entities, Route, ToolSpec, user_args
 
 
 def score_risk(ctx: ToolContext, user_id: str | None = None, order_id: str | None = None) -> dict[str, Any]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from behavior.workspace import WorkspaceError
-from tools.context import ToolContext, date_range, hit_row, unavailable
-from tools.registry import ConversationState, Entities, KeyFact, Route, ToolSpec, need_id
-from tools.words import count, human_date, quoted
+from shopsight.behavior.workspace import WorkspaceError
+from shopsight.tools.context import ToolContext, date_range, hit_row, unavailable
+from shopsight.tools.registry import ConversationState, Entities, KeyFact, Route, ToolSpec, need_id
+from shopsight.tools.words import count, human_date, quoted
 
 MAX_SEARCH = 10
 

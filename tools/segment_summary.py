@@ -11,11 +11,11 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from behavior.query import MetricQueryError
-from behavior.workspace import WorkspaceError
-from tools.context import ToolContext, num, unavailable
-from tools.words import count, human_date, money, pct
-from tools.registry import ConversationState, Entities, KeyFact, Route, ToolSpec, need_number
+from shopsight.behavior.query import MetricQueryError
+from shopsight.behavior.workspace import WorkspaceError
+from shopsight.tools.context import ToolContext, num, unavailable
+from shopsight.tools.words import count, human_date, money, pct
+from shopsight.tools.registry import ConversationState, Entities, KeyFact, Route, ToolSpec, need_number
 
 
 def segment_summary(

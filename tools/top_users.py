@@ -7,10 +7,10 @@ from typing import Any, Literal, Mapping
 
 import pandas as pd
 
-from behavior.workspace import WorkspaceError
-from tools.context import ToolContext, num, unavailable
-from tools.words import count, pct
-from tools.registry import ConversationState, Entities, KeyFact, Route, ToolSpec, need_id, need_number
+from shopsight.behavior.workspace import WorkspaceError
+from shopsight.tools.context import ToolContext, num, unavailable
+from shopsight.tools.words import count, pct
+from shopsight.tools.registry import ConversationState, Entities, KeyFact, Route, ToolSpec, need_id, need_number
 
 MAX_TOP = 20
 METRICS = ("churn", "risk", "intent")
@@ -18,7 +18,7 @@ METRICS = ("churn", "risk", "intent")
 
 def latest_scores(ctx: ToolContext, metric: str) -> tuple[pd.DataFrame, str]:
     """The newest saved per-user scores of a model and its ``name@version``; WorkspaceError if none."""
-    from behavior.models import registry
+    from shopsight.behavior.models import registry
 
     version = registry.latest_version(ctx.workspace, metric)
     if version is None:

@@ -12,19 +12,19 @@ from typing import Callable
 
 import pandas as pd
 
-from behavior.adapters.cdnow import cdnow_path, read_cdnow
-from behavior.adapters.clickstream import read_clickstream
-from behavior.adapters.completejourney import (
+from shopsight.behavior.adapters.cdnow import cdnow_path, read_cdnow
+from shopsight.behavior.adapters.clickstream import read_clickstream
+from shopsight.behavior.adapters.completejourney import (
     completejourney_catalogue,
     completejourney_input_files,
     completejourney_path,
     read_completejourney,
 )
-from behavior.adapters.online_retail import online_retail_catalogue, read_online_retail
-from behavior.adapters.rees46 import read_rees46
-from behavior.adapters.retailrocket import read_retailrocket
-from behavior.adapters.taobao import read_taobao
-from behavior.events import IngestReport, read_events
+from shopsight.behavior.adapters.online_retail import online_retail_catalogue, read_online_retail
+from shopsight.behavior.adapters.rees46 import read_rees46
+from shopsight.behavior.adapters.retailrocket import read_retailrocket
+from shopsight.behavior.adapters.taobao import read_taobao
+from shopsight.behavior.events import IngestReport, read_events
 
 Reader = Callable[..., tuple[pd.DataFrame, IngestReport]]
 

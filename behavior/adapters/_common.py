@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from behavior.events import EventDataError, IngestReport, validate_events
+from shopsight.behavior.events import EventDataError, IngestReport, validate_events
 
 
 def require_columns(raw: pd.DataFrame, columns: Sequence[str], *, source: str, fmt: str) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from behavior.adapters._common import parse_times, validate_parsed
-from behavior.events import EventDataError, IngestReport, read_table
+from shopsight.behavior.adapters._common import parse_times, validate_parsed
+from shopsight.behavior.events import EventDataError, IngestReport, read_table
 
 MASTER_COLUMNS = ["customer_id", "date", "quantity", "value"]
 # The sample file adds the customer's number within the sample after the master id.

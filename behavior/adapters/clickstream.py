@@ -7,8 +7,8 @@ from typing import Literal
 
 import pandas as pd
 
-from behavior.adapters._common import first_row_number, require_columns
-from behavior.events import EVENT_TYPES, IngestReport, read_table, validate_events
+from shopsight.behavior.adapters._common import first_row_number, require_columns
+from shopsight.behavior.events import EVENT_TYPES, IngestReport, read_table, validate_events
 
 # Page and step names of retentioneering's data sets (simple_shop, ecom) and common shop
 # trackers, by the canonical event they mean, following each data set's documentation:

@@ -12,8 +12,8 @@ from typing import Literal
 
 import pandas as pd
 
-from behavior.adapters._common import first_row_number
-from behavior.events import EventDataError, IngestReport, read_table, validate_events
+from shopsight.behavior.adapters._common import first_row_number
+from shopsight.behavior.events import EventDataError, IngestReport, read_table, validate_events
 
 TRANSACTION_COLUMNS = ("household_id", "basket_id", "product_id", "quantity", "sales_value", "transaction_timestamp")
 ZERO_QUANTITY_NOTE = "lines with quantity 0 read as 1 unit at their sales value"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from behavior.adapters._common import first_row_number, drop_float_suffix, parse_times, require_columns, validate_parsed
-from behavior.events import IngestReport, read_table
+from shopsight.behavior.adapters._common import first_row_number, drop_float_suffix, parse_times, require_columns, validate_parsed
+from shopsight.behavior.events import IngestReport, read_table
 
 # Original Online Retail column names → the Online Retail II names used below.
 _ORIGINAL_NAMES = {"InvoiceNo": "Invoice", "UnitPrice": "Price", "CustomerID": "Customer ID"}

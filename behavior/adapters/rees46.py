@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from behavior.adapters._common import first_row_number, parse_times, require_columns, validate_parsed
-from behavior.events import IngestReport, read_table
+from shopsight.behavior.adapters._common import first_row_number, parse_times, require_columns, validate_parsed
+from shopsight.behavior.events import IngestReport, read_table
 
 EVENT_NAMES = {"view": "view", "cart": "add_to_cart", "remove_from_cart": "remove_from_cart", "purchase": "purchase"}
 # "2019-10-01 00:00:00 UTC" in the files; the plain forms are accepted for re-saved copies.

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from behavior.adapters._common import first_row_number, parse_times, require_columns, validate_parsed
-from behavior.events import IngestReport, read_table
+from shopsight.behavior.adapters._common import first_row_number, parse_times, require_columns, validate_parsed
+from shopsight.behavior.events import IngestReport, read_table
 
 EVENT_NAMES = {"view": "view", "addtocart": "add_to_cart", "transaction": "purchase"}
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from behavior.adapters._common import parse_times, validate_parsed
-from behavior.events import IngestReport, read_table
+from shopsight.behavior.adapters._common import parse_times, validate_parsed
+from shopsight.behavior.events import IngestReport, read_table
 
 COLUMNS = ["user_id", "item_id", "category_id", "behavior_type", "timestamp"]
 EVENT_NAMES = {"pv": "view", "cart": "add_to_cart", "buy": "purchase", "fav": "favorite"}

@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from behavior.models.metrics import best_f1_threshold, binary_report
+from shopsight.behavior.models.metrics import best_f1_threshold, binary_report
 
 BASELINE_NAMES: tuple[str, ...] = ("days_since_last_purchase", "logistic", "lightgbm")
 

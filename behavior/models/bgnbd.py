@@ -15,7 +15,7 @@ import pandas as pd
 from scipy.optimize import minimize
 from scipy.special import gammaln, hyp2f1
 
-from behavior.models.common import NotFittedError
+from shopsight.behavior.models.common import NotFittedError
 
 
 def bgnbd_inputs(events: pd.DataFrame, asof: pd.Timestamp) -> pd.DataFrame:

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from behavior.features import rfm_features, top_categories
-from behavior.models.common import (
+from shopsight.behavior.features import rfm_features, top_categories
+from shopsight.behavior.models.common import (
     SEQUENCE_GLOSSARY,
     BehaviorModel,
     Calibration,
@@ -39,7 +39,7 @@ from behavior.models.common import (
     tokenize_events,
     user_evidence,
 )
-from behavior.models.glossary import (
+from shopsight.behavior.models.glossary import (
     RFM_GLOSSARY,
     Glossary,
     RuleContext,
@@ -51,9 +51,9 @@ from behavior.models.glossary import (
     show_ratio,
     typical_values,
 )
-from behavior.models.metrics import best_f1_threshold
-from behavior.models.reasons import plan_reasons
-from behavior.models.rules import rows_of_users
+from shopsight.behavior.models.metrics import best_f1_threshold
+from shopsight.behavior.models.reasons import plan_reasons
+from shopsight.behavior.models.rules import rows_of_users
 
 DAY = pd.Timedelta(days=1)
 

@@ -35,15 +35,15 @@ import pandas as pd
 import torch
 from torch import nn
 
-from behavior.models import registry
-from behavior.models.glossary import (
+from shopsight.behavior.models import registry
+from shopsight.behavior.models.glossary import (
     Glossary,
     Term,
     show_count,
     typical_from_card,
     typical_record,
 )
-from behavior.models.registry import SPEC_SCHEMA_VERSION, ModelError  # noqa: F401  (re-exported: the stable API)
+from shopsight.behavior.models.registry import SPEC_SCHEMA_VERSION, ModelError  # noqa: F401  (re-exported: the stable API)
 
 PAD = 0
 # Time since the previous event of the same sequence, in seconds; bucket 0 = first event.
@@ -97,7 +97,7 @@ def fit_vocab(events: pd.DataFrame, *, max_categories: int = 30) -> dict[str, An
     Categories beyond the ``max_categories`` most frequent share one "other" bucket; a missing
     category has its own bucket. Price edges are quantiles of the observed prices.
     """
-    from behavior.events import EVENT_TYPES
+    from shopsight.behavior.events import EVENT_TYPES
 
     extra = sorted(set(events["event"].dropna().astype(str)) - set(EVENT_TYPES))
     event_types = list(EVENT_TYPES) + extra

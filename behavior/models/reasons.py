@@ -28,8 +28,8 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
-from behavior.models.common import SEQUENCE_FACTOR
-from behavior.models.glossary import (
+from shopsight.behavior.models.common import SEQUENCE_FACTOR
+from shopsight.behavior.models.glossary import (
     Glossary,
     RuleContext,
     Said,

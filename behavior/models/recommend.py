@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from behavior.models.common import BehaviorModel, ModelError, NotFittedError, Progress, TrainSettings, seed_everything
+from shopsight.behavior.models.common import BehaviorModel, ModelError, NotFittedError, Progress, TrainSettings, seed_everything
 
 ITEM_EVENTS: tuple[str, ...] = ("view", "add_to_cart", "purchase")
 ITEM_COLUMNS: tuple[str, ...] = ("user_id", "ts", "event", "item_id", "category", "price", "session_id")
@@ -204,7 +204,7 @@ class RecommendModel(BehaviorModel):
     def fit(self, events: pd.DataFrame, *, labels: pd.DataFrame | None = None, cutoff: pd.Timestamp | None = None,
             progress: Progress | None = None) -> "RecommendModel":
         """Learn the tables and the net from the events before the cutoff C (default: ``horizon_days`` before the end)."""
-        from behavior.models.churn import end_of_events
+        from shopsight.behavior.models.churn import end_of_events
 
         s = self.settings
         seed_everything(s.seed, s.threads)
@@ -457,7 +457,7 @@ class RecommendModel(BehaviorModel):
         raise ModelError("the recommend model's reasons are given per item by the recommend_items tool")
 
     def glossary(self) -> Any:
-        from behavior.models.glossary import Glossary
+        from shopsight.behavior.models.glossary import Glossary
 
         return Glossary(terms={})
 
@@ -534,7 +534,7 @@ def ranking_report(ranked: dict[str, list[str]], targets: pd.Series, n_items: in
 
 def evaluate_recommender(model: RecommendModel, events: pd.DataFrame, progress: Progress | None = None) -> dict[str, Any]:
     """The model card: HR@10, NDCG@10 and coverage of the model and the three baselines at the model's cutoff."""
-    from behavior.models.churn import end_of_events
+    from shopsight.behavior.models.churn import end_of_events
 
     if model.cutoff_ is None:
         raise NotFittedError("the recommend model has no training record to evaluate: call fit(events) first")
@@ -571,7 +571,7 @@ def evaluate_recommender(model: RecommendModel, events: pd.DataFrame, progress: 
 
 def recommend_scores(model: RecommendModel, events: pd.DataFrame) -> pd.DataFrame:
     """Every user's top-10 item ids as of the end of the events (the saved score table)."""
-    from behavior.models.churn import end_of_events
+    from shopsight.behavior.models.churn import end_of_events
 
     users = sorted(events["user_id"].astype(str).unique())
     ranked = model.rank_users(events, users)

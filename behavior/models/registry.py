@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 if TYPE_CHECKING:  # torch is imported when weights are saved or loaded as tensors, not with this module
     import torch
 
-from behavior.workspace import Workspace, WorkspaceError, writing_in
+from shopsight.behavior.workspace import Workspace, WorkspaceError, writing_in
 
 SPEC_SCHEMA_VERSION = 1  # a spec of another schema is refused at load: retrain
 WEIGHTS = "weights.safetensors"
@@ -260,8 +260,8 @@ def add_freshness(ws: Workspace, rows: list[dict[str, Any]]) -> list[dict[str, A
         return rows
     profiled = [r for r in rows if r.get("feature_profile")]
     if profiled:
-        from behavior.drift import drift_report
-        from behavior.features import user_features
+        from shopsight.behavior.drift import drift_report
+        from shopsight.behavior.features import user_features
 
         events = ws.load_events()
         table = user_features(events)
