@@ -304,6 +304,13 @@ _ORDINAL_REF = re.compile(
     r"(?:one|user|customer|person|shopper|account|guy|lady|entry)\b|#\d{1,2}\b|\bnumber\s+\d{1,2}\b",
     re.I,
 )
+# "what might they buy next?": a person the conversation named, not a ranking of everyone.
+_PERSON_REF = re.compile(
+    r"\b(?:they|them|their|he|him|his|she|her|(?:this|that|the\s+same)\s+(?:user|customer|shopper|person|buyer|account))\b", re.I)
+_RANKED_REF = re.compile(r"\b(?:they|them|their|these|those)\b", re.I)
+_RANKING_WORDS = re.compile(r"\b(?:top|most|least|highest|lowest|rank\w*|which|who|list|all|every|users|customers)\b|\d", re.I)
+
+
 def policy_label(question: str, ent: "Entities") -> str | None:
     """"privacy" or "out_of_scope" when a rule decides the question without the classifier."""
     if _PERSONAL.search(_EMAIL_MESSAGE.sub(" ", question)) and not _ABOUT_SESSIONS.search(question):
@@ -613,6 +620,11 @@ class Router:
             # "the second one" names a position in the last ranking: resolve it to that user
             ent.user_ids = [state.ranked_at(ent.ordinal)]
             resolved_position = True
+        referred = (not ent.user_ids and not ent.order_ids and len(state.last_user_ids) == 1
+                    and _PERSON_REF.search(question) is not None and not _RANKING_WORDS.search(question))
+        if (not ent.user_ids and not ent.order_ids and not state.last_user_ids and state.last_ranked
+                and _RANKED_REF.search(question) and not _RANKING_WORDS.search(question)):
+            ent.user_ids = state.last_ranked[:5]  # "what about their churn?" after a ranking: its first five
         parts = [p for p in _SPLIT.split(question) if p and p.strip()]
         proba = self.probabilities([question] + parts if len(parts) > 1 else [question],
                                    ids=[i for i in ent.user_ids + ent.order_ids if not re.fullmatch(r"[uo]\d{2,}", i, re.I)])
@@ -637,9 +649,16 @@ class Router:
             labels = [label]
         named = metrics_named(question, self.registry)
         route = self._route(label)
+        if referred and route is not None and route.metric and not route.per_user and (one := self._metric_label(route.metric)):
+            labels = [label := one]  # a ranking's label, for the one user the conversation is about
+            route = self._route(label)
         if route is not None and route.one_user and len(ent.user_ids) == 1 and not ent.order_ids and len(labels) == 1:
             # a shop-wide measure asked of one user: that user's score if one is named, else their own facts
             labels = [label := self._metric_label(named[0] if named else None) or route.one_user]
+        back = next((r for r, _ in self.registry.routes() if r.one_user == label and r.over_period is not None
+                     and r.over_period.search(question)), None)
+        if back and len(ent.user_ids) == 1 and not ent.order_ids and (ent.since or ent.until) and len(labels) == 1:
+            labels = [label := back.label]  # "how much did u00218 spend in March?": the measure, for that user, over March
         has_user = bool(ent.user_ids or state.last_user_ids)
         metric_of = {l: r.metric for l in labels if (r := self._route(l)) is not None and r.per_user and r.metric}
         if len(named) == 1 and len(labels) > 1:

@@ -70,3 +70,17 @@ def test_the_wheel_holds_one_top_level_package_with_its_data(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0].startswith(str(target / "shopsight" / "tools"))
     assert str(ROOT) not in proc.stdout
+
+
+def test_every_subpackage_folder_is_in_the_install():
+    import tomllib
+
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    mapped = cfg["package-dir"]
+    listed = set(cfg["packages"])
+    for name, folder in mapped.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder)
+            dotted = ".".join([name, *rel.parts]) if rel.parts else name
+            assert dotted in listed, f"{init.parent} is a package the install leaves out: add '{dotted}' to pyproject.toml's packages"
+    assert {n.split(".")[1] for n in listed if "." in n} >= set(GENERIC) - {"cli"}

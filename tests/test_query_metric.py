@@ -251,6 +251,9 @@ def _slots(question: str, **entities: Any) -> dict[str, Any]:
     ("top 3 countries by revenue", {"limit": 3}, {"metric": "revenue", "group_by": "country", "limit": 3}),
     ("funnel on mobile", {"device": "mobile"}, {"metric": "funnel", "device": ["mobile"]}),
     ("average churn probability of desktop users", {"device": "desktop"}, {"metric": "score_mean", "model": "churn", "device": ["desktop"]}),
+    ("which country spends the most?", {}, {"metric": "revenue", "group_by": "country"}),
+    ("how much did u00042 spend in March?", {"user_ids": ["u00042"], "since": "2026-03-01", "until": "2026-03-31"},
+     {"metric": "revenue", "user_ids": ["u00042"], "since": "2026-03-01", "until": "2026-03-31"}),
 ])
 def test_slots_are_read_from_the_words(question, entities, expected):
     assert _slots(question, **entities) == expected
@@ -606,3 +609,16 @@ def test_a_question_asking_who_needs_some_of_them_named():
     assert all(f.holds(draft + " For example: u00003, u00017.") for f in facts)
     how_many = REGISTRY.key_facts("query_metric", {"metric": "users"}, result, "How many users carted but never checked out?")
     assert all(f.holds(draft) for f in how_many)
+
+
+def test_one_users_measure_names_the_user_and_no_orders_is_no_revenue(ctx, ws):
+    ev = ws.load_events()
+    buyer = ev.loc[ev["event"] == "purchase", "user_id"].value_counts().index[0]
+    never = sorted(set(ev["user_id"]) - set(ev.loc[ev["event"] == "purchase", "user_id"]))[0]
+    orders = REGISTRY.run(ctx, "query_metric", {"metric": "orders", "user_ids": [buyer]})
+    n = ev.loc[(ev["event"] == "purchase") & (ev["user_id"] == buyer), "order_id"].nunique()
+    text = REGISTRY.render("query_metric", {}, orders)
+    assert orders["total"]["value"] == n and text.startswith(f"{n:,} orders by {buyer} over all the data")
+    nothing = REGISTRY.run(ctx, "query_metric", {"metric": "revenue", "user_ids": [never]})
+    assert REGISTRY.render("query_metric", {}, nothing).startswith(f"No orders by {never} over all the data")
+    assert "so no revenue" in REGISTRY.render("query_metric", {}, nothing)

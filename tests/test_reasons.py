@@ -115,6 +115,8 @@ def test_every_explanation_keeps_its_keys_and_adds_reasons_in_the_contract(expla
                 assert r["day"] is None or re.fullmatch(r"\d{4}-\d{2}-\d{2}", r["day"])
                 if r["kind"] == "rule":
                     assert r["key"] in fired, r  # a rule that did not fire is no reason
+                # a typical value sits in brackets beside what it describes, never as a clause of its own
+                assert "; typical for" not in r["sentence"] and not r["sentence"].startswith("typical"), r["sentence"]
             # every fired rule speaks in a rule reason (two rules on the same features share one)
             glossary = models[name].glossary()
             covered = {f for r in e["reasons"] if r["kind"] == "rule" for f in r["features"]}

@@ -373,3 +373,34 @@ def test_a_ranking_takes_its_size_in_words_or_digits(question, limit):
     from shopsight.agent.router import extract_entities
 
     assert extract_entities(question).limit == limit
+
+
+@pytest.mark.slow
+def test_a_person_the_conversation_named_is_not_a_ranking_of_everyone(router):
+    after_profile = state_from_calls([{"name": "get_user_profile", "args": {"user_id": "u00042"}, "result": {"orders": 2}}])
+    assert names(router.plan("and what might they buy next?", after_profile)) == [("predict_intent", {"user_id": "u00042"})]
+    # a ranking asked for in so many words stays a ranking
+    assert names(router.plan("who are the top 3 users most likely to buy?", after_profile)) == [
+        ("top_users", {"metric": "intent", "limit": 3})]
+
+
+@pytest.mark.slow
+def test_their_after_a_ranking_is_the_ranked_users_not_the_user_asked_about_before(router):
+    calls = [{"name": "predict_churn", "args": {"user_id": "u00042"}, "result": {"probability": 0.7}},
+             {"name": "top_users", "args": {"metric": "risk"},
+              "result": {"users": [{"user_id": f"u0000{i}"} for i in (3, 1, 2, 4, 7, 5)]}}]
+    plan = router.plan("what about their churn?", state_from_calls(calls))
+    assert names(plan) == [("predict_churn", {"user_id": u}) for u in ("u00003", "u00001", "u00002", "u00004", "u00007")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("question,expected", [
+    ("How much did u00042 spend in March?",
+     {"metric": "revenue", "user_ids": ["u00042"], "since": "2026-03-01", "until": "2026-03-31"}),
+    ("How many orders did u00042 place in March?",
+     {"metric": "orders", "user_ids": ["u00042"], "since": "2026-03-01", "until": "2026-03-31"}),
+])
+def test_one_users_measure_over_a_period_is_the_metric_for_that_user(router, question, expected):
+    assert names(router.plan(question)) == [("query_metric", expected)]
+    # without a period, the profile answers (it states all-time spend and orders)
+    assert names(router.plan(question.replace(" in March", ""))) == [("get_user_profile", {"user_id": "u00042"})]

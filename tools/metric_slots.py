@@ -63,6 +63,10 @@ _CART_TO_PURCHASE = re.compile(
 )
 _AOV = re.compile(r"\baov\b|\baverage\s+(?:order|basket|purchase|ticket)(?:\s+(?:value|size|amount))?\b|\bavg\.?\s+order\b|\bbasket\s+size\b|\bmean\s+order\s+value\b", re.I)
 _REVENUE = re.compile(r"\brevenue\b|\bsales\b|\bgmv\b|\bturnover\b|\btakings\b|\bincome\b|\bhow\s+much\s+(?:did\s+we\s+)?(?:sell|sold|make|made|earn)", re.I)
+_SPEND = re.compile(r"\b(?:spends?|spending|spent)\b", re.I)
+# What one user's profile states without a period, and a period changes: their spend and orders.
+MEASURE_OVER_PERIOD = re.compile(r"\b(?:spends?|spending|spent|revenue|orders?|ordered|purchases?|purchased|bought|buy)\b"
+                                 r"|\baverage\s+order\b|\baov\b", re.I)
 _CONVERSION = re.compile(r"\bconver(?:sion|t|ts|ted|ting)\b", re.I)
 _MEAN_SCORE = re.compile(rf"\b(?:average|mean|typical|avg\.?)\s+(?:{_SOME_MODEL})\b|\b(?:{_SOME_MODEL})\s+(?:score|probability|risk)s?\s+(?:by|per|across)\b"
                          rf"|\b(?:most|highest|lowest|least|biggest)\s+(?:{_SOME_MODEL})\b", re.I)
@@ -179,6 +183,8 @@ def metric_args(ent: Entities, state: ConversationState, question: str) -> dict[
             args["compare"] = True
 
     # filters: the router's entities, then what only these words name
+    if ent.user_ids:
+        args["user_ids"] = list(ent.user_ids)  # "what did u00218 spend in March?": that user's rows only
     if versus:
         args[versus[0]] = versus[1]
     for column in ("category", "country", "device"):
@@ -266,6 +272,8 @@ def _metric(q: str, threshold: dict[str, Any] | None, model_named: str | None) -
         return "score_mean"
     if _REVENUE.search(q) and not (_HOW_MANY.search(q) and re.search(r"\bsales\b", q, re.I)):
         return "revenue"
+    if _SPEND.search(q) and not _FIND.search(q) and not _HOW_MANY.search(q):
+        return "revenue"  # "which country spends the most?": money spent is revenue (not "users who spent …")
     if _CONVERSION.search(q):
         return "session_conversion"
     unit = _COUNT_UNIT.search(q)

@@ -29,7 +29,7 @@ from shopsight.behavior.query import (
 )
 from shopsight.behavior.workspace import Workspace, WorkspaceError
 from shopsight.tools.context import ToolContext, unavailable
-from shopsight.tools.metric_slots import DEFAULT_SCORE_LINE, MONTH_NAMES, RETENTION_MEASURE, metric_args
+from shopsight.tools.metric_slots import DEFAULT_SCORE_LINE, MEASURE_OVER_PERIOD, MONTH_NAMES, RETENTION_MEASURE, metric_args
 from shopsight.tools.registry import (
     MAX_RESULT_CHARS,
     ConversationState,
@@ -484,6 +484,9 @@ def _period(r: Mapping[str, Any]) -> str:
 
 def _scope(q: Mapping[str, Any]) -> str:
     parts = []
+    ids = list(q.get("user_ids") or [])
+    if ids:  # "5 orders by u01037 in April 2026"
+        parts.append("by " + (" and ".join(ids) if len(ids) <= 3 else f"{len(ids)} chosen users ({', '.join(ids[:3])}, …)"))
     if q.get("category"):
         parts.append("in " + " or ".join(q["category"]))
     if q.get("device"):
@@ -588,6 +591,8 @@ def render(args: Mapping[str, Any], r: Mapping[str, Any]) -> str:
 def _render_total(r: Mapping[str, Any]) -> str:
     metric, t, q = str(r["metric"]), r["total"], r.get("query") or {}
     scope, period, users = _scope(q), _period(r), _of_users(r)
+    if t.get("value") is None and metric == "revenue":
+        return f"No orders{users}{scope} {period}, so no revenue."
     if t.get("value") is None:
         return f"No {r.get('denominator_label') or r.get('unit')}{users}{scope} match {period}, so the {r.get('label')} is undefined."
     if metric == "avg_order_value":
@@ -959,6 +964,7 @@ TOOL = ToolSpec(
             label="metric",
             args=metric_args,
             one_user="profile",  # "the average order value of u00218" asks about that user
+            over_period=MEASURE_OVER_PERIOD,
             claims=(("segment", _FROM_SEGMENT), ("search", _FROM_SEARCH), ("top_churn", _FROM_SCORES), ("top_risk", _FROM_SCORES),
                     ("top_intent", _FROM_SCORES), ("churn", _FROM_SCORES), ("risk", _FROM_SCORES), ("intent", _FROM_SCORES),
                     ("compare", _FROM_COMPARE)),

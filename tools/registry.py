@@ -130,6 +130,9 @@ class Route:
         many_users: The label takes several users ("compare u1 and u2").
         one_user: The label a question of this label goes to when it names exactly one user and
             no order ("the average order value of u00218" is that user's profile, not the shop's).
+        over_period: Wording that brings a question of the ``one_user`` label back to this one when
+            it also names a period: the profile has no period, so "how much did u00218 spend in
+            March?" is this label's measure, for that user, over March.
     """
 
     label: str
@@ -144,6 +147,7 @@ class Route:
     select_default: bool = False
     many_users: bool = False
     one_user: str | None = None
+    over_period: re.Pattern[str] | None = None
 
 
 def user_args(ent: Entities, state: ConversationState, question: str) -> dict[str, Any] | None:

@@ -111,6 +111,7 @@ def key_facts(args: Mapping[str, Any], r: Mapping[str, Any], question: str) -> l
 def remember(args: Mapping[str, Any], r: Mapping[str, Any], state: ConversationState) -> None:
     if r.get("users"):
         state.last_ranked = [u["user_id"] for u in r["users"]]
+        state.last_user_ids = []  # "their churn?" next is about the ranked users, not a user asked about before
         state.last_metric = args.get("metric")
         state.last_call = {"name": "top_users", "args": dict(args)}
 

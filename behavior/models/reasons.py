@@ -251,11 +251,12 @@ def _rule_reason(u: _Unit, ctx: RuleContext, typical: Mapping[str, float], gloss
     said_all = [term.say(r, ctx) for r, term in u.rules]
     first = next((w for w in said_all if w.where), said_all[0])
     lead, term0 = u.rules[0]
-    sentence = "; ".join(w.fragment for w in said_all) + (f", {first.where}" if first.where else "")
+    fragments = [w.fragment for w in said_all]
     t = typical.get(term0.typical_of) if term0.typical_of else None
     if is_number(t) and float(t) != 0:  # "typical: 0" beside a rule's count says nothing
-        clause = glossary.term(term0.typical_of).typical_clause(float(t), glossary.population)  # " (typical for …: 20 days)"
-        sentence += "; " + clause.strip()[1:-1]
+        # beside the lead rule's own words: "has never bought anything (typical for …: 1 purchase day)"
+        fragments[0] += glossary.term(term0.typical_of).typical_clause(float(t), glossary.population)
+    sentence = "; ".join(fragments) + (f", {first.where}" if first.where else "")
     return {"kind": "rule", "key": str(lead["name"]), "sentence": sentence, "features": list(u.features),
             "value": lead.get("value"), "typical": t, "session_id": first.session_id, "day": first.day}
 
