@@ -1032,6 +1032,67 @@ def predict(
         console.print(f"[yellow]{name}: not trained — run `shopsight train {name} --workspace {ws.root}`.[/]")
 
 
+# --- real-time risk control: thresholds, watch, decisions (issue 20) -------------------------------
+risk_app = typer.Typer(
+    help="The risk model's decisions: the review / block thresholds in force, and setting them.\n\n"
+    "  shopsight risk thresholds\n\n"
+    "  shopsight risk thresholds --review 0.3 --block 0.9",
+    no_args_is_help=True,
+)
+app.add_typer(risk_app, name="risk")
+
+
+@risk_app.command("thresholds")
+@friendly_errors
+def risk_thresholds(
+    review: Optional[float] = typer.Option(None, "--review", help="Hold orders whose fraud probability is at least this for review."),
+    block: Optional[float] = typer.Option(None, "--block", help="Block orders whose fraud probability is at least this."),
+    version: Optional[str] = typer.Option(None, "--version", help="The risk model version (default: the latest)."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the thresholds record as JSON."),
+) -> None:
+    """Show or set the risk model's review and block thresholds, with the precision and recall each gives on validation data.
+
+    Training chooses them on the validation accounts (review: the F1-best threshold; block: the
+    lowest with validation precision of at least 95%). Setting them writes a thresholds record
+    in the model's version folder that names the version; `score_risk` and `shopsight watch`
+    decide with it. Hard rules (a card-testing burst blocks) apply whatever the thresholds.
+
+    Examples:
+
+      shopsight risk thresholds
+
+      shopsight risk thresholds --review 0.3 --block 0.9
+    """
+    from behavior.models.decision import load_policy, risk_card, set_thresholds
+
+    ws = _workspace(workspace)
+    card = risk_card(ws, version)
+    if review is not None or block is not None:
+        current = load_policy(ws, card)
+        if current is None and (review is None or block is None):
+            raise ValueError("this model has no thresholds yet: give both --review and --block")
+        with _writer(ws, "risk thresholds"):
+            set_thresholds(ws, card, review=review if review is not None else current.review,
+                           block=block if block is not None else current.block)
+    policy = load_policy(ws, card)
+    if policy is None:
+        raise ValueError(f"risk@{card.get('version')} has no decision thresholds (trained before them): retrain it with "
+                         f"`shopsight train risk --workspace {ws.root}`")
+    if as_json:
+        print(json.dumps(policy.to_dict(), indent=2))
+        return
+    table = Table(title=f"Decision thresholds of {policy.model}")
+    for col in ("decision", "when P(fraud) ≥", "validation precision", "validation recall"):
+        table.add_column(col)
+    for name, t, p, r in (("block", policy.block, policy.block_precision, policy.block_recall),
+                          ("review", policy.review, policy.review_precision, policy.review_recall)):
+        table.add_row(name, f"{t:.3f}", _fmt(p), _fmt(r))
+    console.print(table)
+    console.print(f"Source: {policy.source}.")
+    console.print("Hard rules: " + ", ".join(f"{k} forces {v}" for k, v in policy.hard_rules.items()) + ".")
+
+
 # --- the agent: ask, chat, train router (issue 5) -------------------------------------------------
 BackendOpt = typer.Option(None, "--backend", "-b", help="local (embedded GGUF, default) or openai (OPENAI_BASE_URL / OPENAI_API_KEY).")
 ModelOpt = typer.Option(None, "--model", help="Model name for the openai backend (default $SHOPSIGHT_MODEL).")

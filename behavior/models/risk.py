@@ -742,6 +742,57 @@ class RiskModel(BehaviorModel):
             "reasons": user_part["reasons"],  # the buyer's, as of the order (per-user rules; ``rules`` are the order's)
         }
 
+    def score_orders(self, events: pd.DataFrame, orders: pd.DataFrame) -> list[dict[str, Any]]:
+        """Many orders at once, for a stream: each buyer's P(fraud) as of the end of ``events`` and each order's rules.
+
+        One pass for all the buyers (their rows only), where ``score_order`` explains one order
+        as of its own time. In a stream the end of the events landed so far is the order's time
+        give or take the seconds of one poll.
+
+        Args:
+            events: every event so far (the orders' included).
+            orders: ``order_id`` and ``user_id`` of the orders to score (each in ``events``).
+
+        Returns:
+            Per order, in the given order: order_id, user_id, probability, amount, ts, rules
+            (``rules_for_order``: the order's rules, then the buyer's).
+        """
+        self._check_fitted()
+        if orders.empty:
+            return []
+        buyers = [str(u) for u in dict.fromkeys(orders["user_id"].astype(str))]
+        users = pd.Index(sorted(buyers), name="user_id")
+        rows = rows_of_users(events, list(users))
+        scope = events[rows]
+        _check_known(scope, users)
+        table = order_table(scope)
+        rules = evaluate_rules_for_users(events, list(users), self.thresholds, rows=rows, orders=table)
+        feats, seqs = self._inputs(scope, end_of_events(events), users, rules, table)
+        p, _ = self._probabilities(feats, seqs)
+        prob = dict(zip(users, p))
+        out = []
+        for oid, uid in zip(orders["order_id"].astype(str), orders["user_id"].astype(str)):
+            if oid not in table.index:
+                raise KeyError(f"unknown order id: {oid}")
+            o = table.loc[oid]
+            out.append({"order_id": oid, "user_id": uid, "probability": round(float(prob[uid]), 4), "amount": round(float(o["amount"]), 2),
+                        "ts": o["ts"], "rules": rules_for_order(rules, oid)})
+        self._last_batch = (events, scope, table, rules)  # what ``order_reasons`` reuses for the flagged few
+        return out
+
+    def order_reasons(self, events: pd.DataFrame, user_id: str) -> list[dict[str, Any]]:
+        """The buyer's reasons in words (``explain``'s), reusing the last ``score_orders`` pass when it covered them."""
+        cached = getattr(self, "_last_batch", None)
+        if cached is not None and cached[0] is events and user_id in set(cached[2]["user_id"].astype(str)):
+            _, scope, table, rules = cached
+            mine = scope[scope["user_id"].astype(str) == user_id]
+            return self._explain(events, user_id, rules, mine, table[table["user_id"].astype(str) == user_id])["reasons"]
+        return self.explain(events, user_id)["reasons"]
+
+    def _read_card(self, card: dict[str, Any]) -> None:
+        super()._read_card(card)
+        self.card_ = dict(card)  # the decision thresholds (behavior.models.decision) live on it
+
     # --- persistence --------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         state = {f"ae.{k}": v for k, v in self.ae_.state_dict().items()}
