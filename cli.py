@@ -1093,6 +1093,65 @@ def risk_thresholds(
     console.print("Hard rules: " + ", ".join(f"{k} forces {v}" for k, v in policy.hard_rules.items()) + ".")
 
 
+@app.command()
+@friendly_errors
+def watch(
+    path: Path = typer.Argument(..., help="A folder new event files land in (CSV followed as it grows, Parquet read once), or one CSV file being appended to."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    once: bool = typer.Option(False, "--once", help="Process what is there now and exit (for cron and tests)."),
+    poll: float = typer.Option(1.0, "--poll", min=0.01, help="Seconds between looks at PATH."),
+    users: bool = typer.Option(True, "--users/--orders-only", help="Also decide users with new events but no new order."),
+    alerts: bool = typer.Option(True, "--alerts/--no-alerts", help="Post review and block decisions to $SHOPSIGHT_SLACK_ALERT_CHANNEL (when set, with SLACK_BOT_TOKEN)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only decisions at review or above."),
+) -> None:
+    """Follow PATH, append new events to the workspace as they land, and decide every new order (allow / review / block).
+
+    Each poll validates the new lines (malformed ones go to workspace/rejected/ with their cause;
+    the stream goes on), appends them through the same ingest as `shopsight ingest`, scores the
+    new orders with the risk model and its thresholds (`shopsight risk thresholds`), writes the
+    decisions to workspace/decisions/ (the audit trail the agent reads), then remembers its
+    position in workspace/watch/. Killed and restarted, it decides every order exactly once.
+    The CSV's first line is its header (the canonical columns: user_id, ts, event, …).
+
+    Examples:
+
+      shopsight watch incoming/ --workspace /tmp/shop
+
+      shopsight watch events.csv --once --workspace /tmp/shop
+    """
+    from behavior.watch import StreamWatcher
+
+    ws = _workspace(workspace)
+    settings = _settings()
+    on_decisions = None
+    if alerts:
+        from integrations.risk_alerts import alerts_from_settings
+
+        on_decisions = alerts_from_settings(settings, ws)
+    watcher = StreamWatcher(ws, path, on_decisions=on_decisions, lock_timeout=settings.lock_timeout_s, score_users=users)
+
+    def show(report) -> None:
+        if not (report.batches or report.rejected_lines or report.recovered_batches or report.skipped_ranges):
+            return
+        c = report.counts()
+        if not quiet:
+            console.print(f"batches {', '.join(map(str, report.batches)) or '-'}: {report.events_added:,} events added, "
+                          f"{report.already_stored:,} already stored, {report.rejected_lines + report.rejected_rows:,} rejected; "
+                          f"decisions: {c['allow']} allow, {c['review']} review, {c['block']} block"
+                          + (f" (recovered batches {', '.join(map(str, report.recovered_batches))})" if report.recovered_batches else ""))
+        for d in report.decisions:
+            if d["decision"] != "allow":
+                subject = f"order {d['order_id']}" if d["order_id"] else f"user {d['user_id']}"
+                colour = "red" if d["decision"] == "block" else "yellow"
+                console.print(f"  [{colour}]{d['decision']}[/] {subject} (user {d['user_id']}, P(fraud) {d['score']:.3f}): "
+                              f"{escape(str((d['reasons'] or [''])[0]))}", highlight=False)
+
+    try:
+        watcher.run(once=once, poll_seconds=poll, on_poll=show)
+    except KeyboardInterrupt:
+        console.print("Stopped; the next `shopsight watch` resumes from the checkpoint.")
+
+
 # --- the agent: ask, chat, train router (issue 5) -------------------------------------------------
 BackendOpt = typer.Option(None, "--backend", "-b", help="local (embedded GGUF, default) or openai (OPENAI_BASE_URL / OPENAI_API_KEY).")
 ModelOpt = typer.Option(None, "--model", help="Model name for the openai backend (default $SHOPSIGHT_MODEL).")

@@ -79,7 +79,7 @@ def decision_sentence(r: Mapping[str, Any]) -> str:
     subject = f"order {r['order_id']}" if r.get("order_id") else f"user {r.get('user_id')}"
     if r.get("forced_by"):
         f = r["forced_by"]
-        ev = f", orders {', '.join(f['evidence'])}" if f.get("evidence") else ""
+        ev = f"; evidence: {', '.join(f['evidence'])}" if f.get("evidence") else ""
         return (f"Decision for {subject}: {_ACTION[d]}. The {words_for(f['name'])} rule forces a {d} whatever the model says "
                 f"({f.get('detail')}{ev}).")
     if d == "allow":
@@ -97,7 +97,7 @@ def render(args: Mapping[str, Any], r: Mapping[str, Any]) -> str:
     fired = [x for x in r.get("rules_fired") or [] if not r.get("forced_by") or x["name"] != r["forced_by"]["name"]]
     if said and fired:
         said += " Rules that fired: " + "; ".join(
-            f"{words_for(x['name'])} ({x['detail']}" + (f"; orders {', '.join(x['evidence'][:3])}" if x.get("evidence") else "") + ")"
+            f"{words_for(x['name'])} ({x['detail']}" + (f"; evidence: {', '.join(x['evidence'][:3])}" if x.get("evidence") else "") + ")"
             for x in fired) + "."
     return f"{said} {text}".strip() if said else text
 
