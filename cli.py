@@ -549,7 +549,7 @@ def slack(
         )
     # The agent's ask(question, conversation_id=...) is the Answerer the Slack app expects.
     agent = _build_agent(workspace, backend, model)
-    app_ = create_app(settings, agent, mode=chosen)
+    app_ = create_app(settings, agent, mode=chosen, workspace=_workspace(workspace))  # risk alerts' buttons label into it
     bot = f"@{info['bot_user']} in {info['team']}"
     if chosen == "socket":
         console.print(f"{bot}: connected over Socket Mode. Ctrl-C to stop.")

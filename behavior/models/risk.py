@@ -350,6 +350,7 @@ class RiskModel(BehaviorModel):
 
     name = "risk"
     label_table = "users"  # the demo shop's ground truth (user_id, is_fraud); absent on real data
+    reads_analyst_labels = True  # the analysts' "confirm fraud" / "false alarm" on alerts (behavior.decisions)
     typical_population = "accounts"
     # Measured (evals/mechanisms.py, 5,000-user demo): by effect alone the first reason names the fraud
     # type for 86% of test and 89% of training frauds; fired rules first: the same; "verdict": 71% / 76%.
