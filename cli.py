@@ -1053,10 +1053,7 @@ def risk_thresholds(
 ) -> None:
     """Show or set the risk model's review and block thresholds, with the precision and recall each gives on validation data.
 
-    Training chooses them on the validation accounts (review: the F1-best threshold; block: the
-    lowest with validation precision of at least 95%). Setting them writes a thresholds record
-    in the model's version folder that names the version; `score_risk` and `shopsight watch`
-    decide with it. Hard rules (a card-testing burst blocks) apply whatever the thresholds.
+    Training chooses them on the validation accounts (review: the F1-best threshold; block: the lowest with validation precision of at least 95%). Setting them writes a thresholds record in the model's version folder that names the version; `score_risk` and `shopsight watch` decide with it. Hard rules (a card-testing burst blocks) apply whatever the thresholds.
 
     Examples:
 
@@ -1106,12 +1103,7 @@ def watch(
 ) -> None:
     """Follow PATH, append new events to the workspace as they land, and decide every new order (allow / review / block).
 
-    Each poll validates the new lines (malformed ones go to workspace/rejected/ with their cause;
-    the stream goes on), appends them through the same ingest as `shopsight ingest`, scores the
-    new orders with the risk model and its thresholds (`shopsight risk thresholds`), writes the
-    decisions to workspace/decisions/ (the audit trail the agent reads), then remembers its
-    position in workspace/watch/. Killed and restarted, it decides every order exactly once.
-    The CSV's first line is its header (the canonical columns: user_id, ts, event, …).
+    Each poll validates the new lines (malformed ones go to workspace/rejected/ with their cause; the stream goes on), appends them through the same ingest as `shopsight ingest`, scores the new orders with the risk model and its thresholds (`shopsight risk thresholds`), writes the decisions to workspace/decisions/ (the audit trail the agent reads), then remembers its position in workspace/watch/. Killed and restarted, it decides every order exactly once. A CSV's first line is its header (the canonical columns: user_id, ts, event, …).
 
     Examples:
 
