@@ -6,6 +6,7 @@ Layout::
     workspace/
       decisions/batch-<id>.parquet     the decisions made on event batch <id> (one file per batch,
                                        written once: its presence says the batch was decided)
+      decisions/users-<id>-<ns>.parquet  a pass over the users whose behaviour changed (no new order)
       analyst_labels/label-*.parquet   one file per analyst click ("confirm fraud" / "false alarm")
 
 Columns of a decision: ``order_id`` (None for a user-level decision), ``user_id``, ``decision``
@@ -74,6 +75,13 @@ def write_decisions(ws: Workspace, batch: int, rows: Iterable[Mapping[str, Any]]
     return path
 
 
+def write_user_decisions(ws: Workspace, batch: int, rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Write one pass of user-level decisions (users whose behaviour changed), named by the latest batch and the time."""
+    path = decisions_dir(ws) / f"users-{int(batch):06d}-{time.time_ns()}.parquet"
+    write_parquet_atomic(path, decision_frame(rows))
+    return path
+
+
 def decided_batches(ws: Workspace) -> set[int]:
     folder = decisions_dir(ws)
     if not folder.is_dir():
@@ -88,7 +96,7 @@ def load_decisions(ws: Workspace) -> pd.DataFrame:
         WorkspaceError: a decisions file cannot be read (naming it).
     """
     folder = decisions_dir(ws)
-    files = sorted(folder.glob("batch-*.parquet")) if folder.is_dir() else []
+    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []  # batch-* (orders) and users-* (user passes)
     frames = []
     for f in files:
         try:

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator
 
 import pandas as pd
 
-from behavior.decisions import decided_batches, load_decisions, write_decisions
+from behavior.decisions import decided_batches, load_decisions, write_decisions, write_user_decisions
 from behavior.ingest import ingest_file
 from behavior.privacy import mask_table
 from behavior.workspace import LOCK_TIMEOUT_S, Workspace, WorkspaceError, atomic_path, write_json_atomic
@@ -89,10 +89,13 @@ class StreamWatcher:
         summary_every: seconds between refreshes of the manifest's summary (the ingest skips it).
         score_users: also decide users with new events but no new order (written only when their
             decision rises above allow or changes).
+        users_every: seconds between those user passes: they are kept off the orders' path (an
+            order is decided in the poll it lands in; a changed user within this many seconds).
     """
 
     def __init__(self, ws: Workspace, path: str | Path, *, on_decisions: Callable[[list[dict[str, Any]]], None] | None = None,
-                 lock_timeout: float = LOCK_TIMEOUT_S, summary_every: float = 10.0, score_users: bool = True) -> None:
+                 lock_timeout: float = LOCK_TIMEOUT_S, summary_every: float = 10.0, score_users: bool = True,
+                 users_every: float = 5.0) -> None:
         self.ws = ws
         self.path = Path(path).expanduser()
         if not self.path.exists():
@@ -106,6 +109,9 @@ class StreamWatcher:
         self.lock_timeout = lock_timeout
         self.summary_every = summary_every
         self.score_users = score_users
+        self.users_every = users_every
+        self._pending_users: dict[str, None] = {}
+        self._last_users = time.monotonic()
         self.events: pd.DataFrame | None = None
         self._known_batches: list[int] | None = None
         self._model: Any = None
@@ -170,9 +176,30 @@ class StreamWatcher:
             self._recover(report)
             for name, file in self._files():
                 self._follow(name, file, report)
+            if self._pending_users and time.monotonic() - self._last_users >= self.users_every:
+                report.decisions += self.decide_pending_users()
             if report.batches and time.monotonic() - self._last_summary >= self.summary_every:
                 self.refresh_summary()
         return report
+
+    def decide_pending_users(self) -> list[dict[str, Any]]:
+        """Decide the users with new events but no new order since the last pass; write those above allow that changed."""
+        users, self._pending_users = list(self._pending_users), {}
+        self._last_users = time.monotonic()
+        if not users or self.events is None:
+            return []
+        rows = decide_users(self._model, self._policy(), self.events, users, user_last=self._user_last)
+        if not rows:
+            return []
+        now = pd.Timestamp.now(tz="UTC")
+        batch = max(self._known_batches or [0])
+        for r in rows:
+            r.update(landed_at=None, decided_at=now, source=f"{self.prefix}users", batch=batch)
+            self._user_last[str(r["user_id"])] = str(r["decision"])
+        write_user_decisions(self.ws, batch, rows)
+        if self.on_decisions is not None:
+            self.on_decisions(rows)
+        return rows
 
     def refresh_summary(self) -> None:
         """Recompute the manifest's summary over every event (the per-batch ingest skips it to stay fast)."""
@@ -199,6 +226,9 @@ class StreamWatcher:
                 time.sleep(max(0.0, poll_seconds - (time.monotonic() - started)))
         finally:
             if polls:
+                if self._pending_users:
+                    with self.ws.writer("watch", timeout=self.lock_timeout):
+                        self.decide_pending_users()
                 self.refresh_summary()
 
     def _files(self) -> Iterator[tuple[str, Path]]:
@@ -323,7 +353,10 @@ class StreamWatcher:
     # --- deciding -----------------------------------------------------------------------
     def _decide(self, batch: int, new: pd.DataFrame, source: str, *, landed_at: pd.Timestamp) -> list[dict[str, Any]]:
         rows = decide_batch(self._model, self._policy(), self.events, new, decided=self._decided, user_last=self._user_last,
-                            score_users=self.score_users)
+                            score_users=False)
+        if self.score_users:
+            buyers = set(new.loc[new["event"].astype(str) == "purchase", "user_id"].astype(str))
+            self._pending_users.update(dict.fromkeys(u for u in new["user_id"].astype(str) if u not in buyers))
         now = pd.Timestamp.now(tz="UTC")
         for r in rows:
             r.update(landed_at=landed_at, decided_at=now, source=source, batch=batch)
@@ -371,7 +404,7 @@ def split_lines(body: bytes, header: str, *, first_line: int, source: str) -> tu
 
 
 def decide_batch(model: Any, policy: Any, events: pd.DataFrame, new: pd.DataFrame, *, decided: set[str],
-                 user_last: dict[str, str], score_users: bool = True) -> list[dict[str, Any]]:
+                 user_last: dict[str, str], score_users: bool = True, users: list[str] | None = None) -> list[dict[str, Any]]:
     """The decisions for one batch of new events: every new order not decided before, and every user with new
     events but no new order whose decision rose above allow (and differs from their last one)."""
     purchases = new[(new["event"].astype(str) == "purchase") & new["order_id"].notna()]
@@ -379,6 +412,8 @@ def decide_batch(model: Any, policy: Any, events: pd.DataFrame, new: pd.DataFram
     orders = orders[~orders["order_id"].isin(decided)]
     buyers = set(orders["user_id"])
     others = [u for u in dict.fromkeys(new["user_id"].astype(str)) if u not in buyers] if score_users else []
+    if users is not None:
+        others = [u for u in users if u not in buyers]
     scored = model.score_orders(events, orders, users=others)
     out: list[dict[str, Any]] = []
     for s in scored:
@@ -394,6 +429,11 @@ def decide_batch(model: Any, policy: Any, events: pd.DataFrame, new: pd.DataFram
             "expected_precision": d.expected_precision, "model": policy.model, "order_ts": s.get("ts"),
         })
     return out
+
+
+def decide_users(model: Any, policy: Any, events: pd.DataFrame, users: list[str], *, user_last: dict[str, str]) -> list[dict[str, Any]]:
+    """User-level decisions for ``users`` (new events, no new order): only those above allow that changed."""
+    return decide_batch(model, policy, events, events.iloc[:0], decided=set(), user_last=user_last, users=users) if users else []
 
 
 def decision_reasons(d: Any, policy: Any) -> list[str]:

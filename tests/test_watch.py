@@ -206,3 +206,19 @@ def test_sigkill_between_ingest_decisions_and_checkpoint_then_restart_decides_ev
     streamed = {int(b["id"]) for b in ws.batches() if b.get("file") and str(b["source"]).startswith("watch:")}
     assert streamed == decided_batches(ws) and len(streamed) >= 6  # every stored batch of the stream decided
     assert set(d["batch"]) <= decided_batches(ws)
+
+
+def test_users_whose_behaviour_changed_are_decided_off_the_orders_path_once_per_change(tmp_path):
+    ws, base, tail = _stream_setup(tmp_path)
+    stream = tmp_path / "events.csv"
+    tail.to_csv(stream, index=False)
+    watcher = StreamWatcher(ws, stream, users_every=0.0)
+    watcher.poll()
+    d = load_decisions(ws)
+    users = d[d["order_id"].isna()]
+    assert len(users) >= 1 and (users["decision"] != "allow").all()  # only news: above allow
+    assert users["reasons"].str.contains("bot velocity rule forces review").any()
+    assert not users["user_id"].duplicated().any()
+    watcher._pending_users.update(dict.fromkeys(users["user_id"]))  # judged again, nothing changed: nothing new written
+    watcher.decide_pending_users()
+    assert len(load_decisions(ws)) == len(d)
