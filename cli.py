@@ -1100,6 +1100,7 @@ def watch(
     users: bool = typer.Option(True, "--users/--orders-only", help="Also decide users with new events but no new order."),
     alerts: bool = typer.Option(True, "--alerts/--no-alerts", help="Post review and block decisions to $SHOPSIGHT_SLACK_ALERT_CHANNEL (when set, with SLACK_BOT_TOKEN)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only decisions at review or above."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads for scoring (default: $SHOPSIGHT_THREADS, else 2)."),
 ) -> None:
     """Follow PATH, append new events to the workspace as they land, and decide every new order (allow / review / block).
 
@@ -1113,8 +1114,11 @@ def watch(
     """
     from behavior.watch import StreamWatcher
 
+    import torch
+
     ws = _workspace(workspace)
     settings = _settings()
+    torch.set_num_threads(threads or settings.threads)
     on_decisions = None
     if alerts:
         from integrations.risk_alerts import alerts_from_settings

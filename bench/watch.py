@@ -78,11 +78,11 @@ def prepare(source: Path, work: Path, days: float) -> tuple[Path, pd.DataFrame, 
     return base, tail.reset_index(drop=True), truth
 
 
-def _watcher(ws_root: Path, stream: Path, poll: float, users: bool, log: Path) -> subprocess.Popen:
+def _watcher(ws_root: Path, stream: Path, poll: float, users: bool, log: Path, threads: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("SHOPSIGHT_SLACK_ALERT_CHANNEL", None)
     args = [sys.executable, str(ROOT / "cli.py"), "watch", str(stream), "--poll", str(poll), "--no-alerts", "--quiet",
-            "--workspace", str(ws_root)] + ([] if users else ["--orders-only"])
+            "--threads", str(threads), "--workspace", str(ws_root)] + ([] if users else ["--orders-only"])
     return subprocess.Popen(args, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
@@ -113,7 +113,7 @@ def _lines(df: pd.DataFrame) -> list[bytes]:
     return [line.encode() + b"\n" for line in text.splitlines()]
 
 
-def replay(base: Path, tail: pd.DataFrame, run_dir: Path, *, mode: str, rate: float, poll: float, users: bool) -> dict[str, Any]:
+def replay(base: Path, tail: pd.DataFrame, run_dir: Path, *, mode: str, rate: float, poll: float, users: bool, threads: int) -> dict[str, Any]:
     """One replay into a fresh copy of the base workspace; returns per-order landing and decision times."""
     from behavior.decisions import decisions_file, load_decisions
 
@@ -123,7 +123,7 @@ def replay(base: Path, tail: pd.DataFrame, run_dir: Path, *, mode: str, rate: fl
     stream = run_dir / "stream.csv"
     warm, rest = tail.iloc[:WARMUP_EVENTS], tail.iloc[WARMUP_EVENTS:].reset_index(drop=True)
     stream.write_bytes((",".join(tail.columns) + "\n").encode() + b"".join(_lines(warm)))
-    proc = _watcher(ws_root, stream, poll, users, run_dir / "watch.log")
+    proc = _watcher(ws_root, stream, poll, users, run_dir / "watch.log", threads)
     try:
         size = stream.stat().st_size
         _wait(lambda: _checkpoint_offset(ws_root) >= size, 600, "the warm-up slice", proc)  # imports, model load, first batch
@@ -223,6 +223,7 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=50.0, help="Orders per second of the paced replay.")
     p.add_argument("--poll", type=float, default=0.05, help="The watcher's poll interval in seconds.")
     p.add_argument("--modes", default="paced,burst", help="Comma-separated: paced, burst, paced-orders-only.")
+    p.add_argument("--threads", type=int, default=1, help="The watcher's torch threads.")
     args = p.parse_args()
     console = bench_console()
     base, tail, truth = prepare(args.source, args.work, args.days)
@@ -234,7 +235,8 @@ def main() -> None:
     for mode in args.modes.split(","):
         users = not mode.endswith("orders-only")
         console.print(f"replaying {args.days:g} days ({len(tail):,} events) — {mode} …")
-        runs.append(replay(base, tail, args.work / f"run-{mode}", mode=mode.split("-")[0], rate=args.rate, poll=args.poll, users=users)
+        runs.append(replay(base, tail, args.work / f"run-{mode}", mode=mode.split("-")[0], rate=args.rate, poll=args.poll, users=users,
+                           threads=args.threads)
                     | {"name": mode})
     q = quality(runs[0]["decisions"], truth, tail)
     rows = [{k: r[k] for k in ("name", "poll_s", "orders_decided", "decided_twice", "batches", "latency_ms_p50", "latency_ms_p99",
@@ -244,7 +246,7 @@ def main() -> None:
     print_table(f"Decisions vs the demo's ground truth ({q['fraud_orders']} fraud orders in the window; {policy.model}: review ≥ {policy.review:.3f}, block ≥ {policy.block:.3f})",
                 [{"name": k, **q[k]} for k in ("review_or_block", "block")], ["name", "flagged", "true_fraud", "precision", "recall"], console=console)
     console.print(f"{q['forced_by_rule']} of the window's decisions were forced by a hard rule.")
-    path = write_result("watch", {"days": args.days, "rate": args.rate, "events": int(len(tail)), "policy": policy.to_dict(),
+    path = write_result("watch", {"days": args.days, "rate": args.rate, "events": int(len(tail)), "watcher_threads": args.threads, "policy": policy.to_dict(),
                                   "runs": [{k: v for k, v in r.items() if k != "decisions"} for r in runs], "quality": q})
     console.print(f"wrote {path}")
 
