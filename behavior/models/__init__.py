@@ -104,7 +104,7 @@ def _train_locked(ws: Any, cls: Any, name: str, progress: Any, settings: Any, ev
     card["data_cutoff"] = events["ts"].max().isoformat()
     card["data_batches"] = [b["id"] for b in ws.batches()] or None
     card["feature_profile"] = feature_profile(events)  # what drift is measured against
-    if analyst is not None:
+    if analyst is not None and len(analyst):  # what the analysts added to the labels, when they did
         card["analyst_labels"] = {"users": int(len(analyst)), "fraud": int(analyst["is_fraud"].sum()),
                                   "false_alarm": int((~analyst["is_fraud"].astype(bool)).sum())}
     scores = score_users(model, events, progress=progress)
