@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from behavior.workspace import Workspace, WorkspaceError, write_parquet_atomic
+from shopsight.behavior.workspace import Workspace, WorkspaceError, write_parquet_atomic
 
 DECISIONS_DIR = "decisions"
 LABELS_DIR = "analyst_labels"

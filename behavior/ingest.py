@@ -31,17 +31,17 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from behavior.adapters import canonical_reader, get_adapter
-from behavior.events import (
+from shopsight.behavior.adapters import canonical_reader, get_adapter
+from shopsight.behavior.events import (
     EventDataError,
     IngestLimits,
     IngestReport,
     check_ingest_limits,
     table_files,
 )
-from behavior.features import sessionize, summarize_events
-from behavior.privacy import mask_table, protect_events
-from behavior.workspace import (
+from shopsight.behavior.features import sessionize, summarize_events
+from shopsight.behavior.privacy import mask_table, protect_events
+from shopsight.behavior.workspace import (
     LOCK_TIMEOUT_S,
     Workspace,
     WorkspaceError,

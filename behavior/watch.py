@@ -33,10 +33,10 @@ from typing import Any, Callable, Iterator
 
 import pandas as pd
 
-from behavior.decisions import decided_batches, load_decisions, write_decisions, write_user_decisions
-from behavior.ingest import ingest_file
-from behavior.privacy import mask_table
-from behavior.workspace import LOCK_TIMEOUT_S, Workspace, WorkspaceError, atomic_path, write_json_atomic
+from shopsight.behavior.decisions import decided_batches, load_decisions, write_decisions, write_user_decisions
+from shopsight.behavior.ingest import ingest_file
+from shopsight.behavior.privacy import mask_table
+from shopsight.behavior.workspace import LOCK_TIMEOUT_S, Workspace, WorkspaceError, atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class StreamWatcher:
     # --- what deciding needs ----------------------------------------------------------
     def _sync(self) -> None:
         """Load the events (again, if another writer added batches since), the latest risk model, the decided orders."""
-        from behavior.models import load_model, registry
+        from shopsight.behavior.models import load_model, registry
 
         manifest = self.ws.read_manifest()
         ids = [int(b["id"]) for b in manifest.get("batches") or []] if "batches" in manifest else [-1]
@@ -159,7 +159,7 @@ class StreamWatcher:
             self._user_last = dict(zip(users["user_id"].astype(str), users["decision"].astype(str)))
 
     def _policy(self) -> Any:
-        from behavior.models.decision import load_policy
+        from shopsight.behavior.models.decision import load_policy
 
         policy = load_policy(self.ws, self._model.card_)
         if policy is None:
@@ -203,7 +203,7 @@ class StreamWatcher:
 
     def refresh_summary(self) -> None:
         """Recompute the manifest's summary over every event (the per-batch ingest skips it to stay fast)."""
-        from behavior.features import summarize_events
+        from shopsight.behavior.features import summarize_events
 
         if self.events is not None and len(self.events):
             with self.ws.writer("watch", timeout=self.lock_timeout):

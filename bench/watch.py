@@ -48,9 +48,9 @@ WARMUP_EVENTS = 3000
 
 def prepare(source: Path, work: Path, days: float) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
     """A base workspace (events before the window, ground truth, a risk model trained on them) and the window's events."""
-    from behavior.models import train_model
-    from behavior.models.decision import risk_card
-    from behavior.workspace import Workspace
+    from shopsight.behavior.models import train_model
+    from shopsight.behavior.models.decision import risk_card
+    from shopsight.behavior.workspace import Workspace
 
     base = work / "base"
     src = Workspace.at(source)
@@ -115,7 +115,7 @@ def _lines(df: pd.DataFrame) -> list[bytes]:
 
 def replay(base: Path, tail: pd.DataFrame, run_dir: Path, *, mode: str, rate: float, poll: float, users: bool, threads: int) -> dict[str, Any]:
     """One replay into a fresh copy of the base workspace; returns per-order landing and decision times."""
-    from behavior.decisions import decisions_file, load_decisions
+    from shopsight.behavior.decisions import decisions_file, load_decisions
 
     shutil.rmtree(run_dir, ignore_errors=True)
     ws_root = run_dir / "ws"
@@ -167,7 +167,7 @@ def replay(base: Path, tail: pd.DataFrame, run_dir: Path, *, mode: str, rate: fl
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    from behavior.workspace import Workspace
+    from shopsight.behavior.workspace import Workspace
 
     ws = Workspace(ws_root)
     d = load_decisions(ws)
@@ -227,8 +227,8 @@ def main() -> None:
     args = p.parse_args()
     console = bench_console()
     base, tail, truth = prepare(args.source, args.work, args.days)
-    from behavior.models.decision import load_policy, risk_card
-    from behavior.workspace import Workspace
+    from shopsight.behavior.models.decision import load_policy, risk_card
+    from shopsight.behavior.workspace import Workspace
 
     policy = load_policy(Workspace(base), risk_card(Workspace(base)))
     runs = []

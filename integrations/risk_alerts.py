@@ -13,8 +13,8 @@ import json
 import logging
 from typing import Any, Callable, Mapping, Sequence
 
-from behavior.privacy import mask_text_bounded
-from integrations.slack_blocks import escape_mrkdwn
+from shopsight.behavior.privacy import mask_text_bounded
+from shopsight.integrations.slack_blocks import escape_mrkdwn
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def alerts_from_settings(settings: Any, ws: Any, slack: Any = None) -> Callable[
     Raises:
         SlackConfigError: an alert channel is set without a bot token.
     """
-    from integrations.slack import SlackConfigError, SlackSettings, web_client
+    from shopsight.integrations.slack import SlackConfigError, SlackSettings, web_client
 
     slack = slack or SlackSettings.from_env()
     if not slack.alert_channel:
@@ -129,7 +129,7 @@ def register_label_actions(app: Any, ws: Any, policy: Any) -> None:
         ws: the workspace the labels go to.
         policy: the app's :class:`integrations.slack.AccessPolicy`: who may label (as who may ask).
     """
-    from behavior.decisions import record_label
+    from shopsight.behavior.decisions import record_label
 
     def on_click(ack: Callable[..., Any], body: dict, client: Any) -> None:
         ack()

@@ -41,15 +41,15 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.signature import SignatureVerifier
 
-from agent.types import Answer
+from shopsight.agent.types import Answer
 
 if TYPE_CHECKING:  # Bolt is imported when an app is built, not when this module is
     from slack_bolt import App
     from slack_bolt.adapter.socket_mode import SocketModeHandler
     from slack_sdk import WebClient
 
-from integrations import slack_blocks
-from integrations.slack_charts import Chart, charts_for_tool_calls
+from shopsight.integrations import slack_blocks
+from shopsight.integrations.slack_charts import Chart, charts_for_tool_calls
 
 logger = logging.getLogger(__name__)
 
@@ -509,7 +509,7 @@ def create_app(settings: SlackSettings, answerer: Answerer, *, mode: Literal["so
     )
     app.use(_answer_each_event_once(EventDeduper()))
     if workspace is not None:
-        from integrations.risk_alerts import register_label_actions
+        from shopsight.integrations.risk_alerts import register_label_actions
 
         register_label_actions(app, workspace, settings.access_policy())
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from behavior.workspace import Workspace
+from shopsight.behavior.workspace import Workspace
 
 _CACHE: dict[str, Path] = {}
 USERS, DAYS, SEED = 800, 60, 11
 
 
 def risk_shop():
-    from behavior.synthetic import generate_shop
+    from shopsight.behavior.synthetic import generate_shop
 
     return generate_shop(users=USERS, days=DAYS, seed=SEED)
 
@@ -23,8 +23,8 @@ def risk_shop():
 def trained_risk_workspace(dest: Path) -> Workspace:
     """A copy, at ``dest``, of a workspace holding the small shop's events, labels and a trained risk model."""
     if "root" not in _CACHE:
-        from behavior.models import train_model
-        from behavior.models.common import TrainSettings
+        from shopsight.behavior.models import train_model
+        from shopsight.behavior.models.common import TrainSettings
 
         root = Path(tempfile.mkdtemp(prefix="risk-ws-cache-")) / "ws"
         ws = Workspace(root)
@@ -41,7 +41,7 @@ def trained_risk_workspace(dest: Path) -> Workspace:
 
 def card_testing_order(events: pd.DataFrame) -> str:
     """An order the card-testing-burst rule fires on."""
-    from behavior.models.rules import evaluate_rules
+    from shopsight.behavior.models.rules import evaluate_rules
 
     orders = evaluate_rules(events)["card_testing_burst"].orders
     return str(orders[orders["fired"]].index[0])

@@ -29,8 +29,8 @@ from servers import free_port, running
 from test_agent_support import EMAIL, PHONE, trained_router_into
 from typer.testing import CliRunner
 
-from behavior.workspace import Workspace
-from tools import ToolContext, default_registry, result_json
+from shopsight.behavior.workspace import Workspace
+from shopsight.tools import ToolContext, default_registry, result_json
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "test-token-7c1e9b"
@@ -42,10 +42,10 @@ CALL_TIMEOUT_S = 120
 # --- the shop --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def shop_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from behavior.demo import build_demo_workspace
-    from behavior.models import train_model
-    from behavior.models.common import TrainSettings
-    from index.store import SessionIndex
+    from shopsight.behavior.demo import build_demo_workspace
+    from shopsight.behavior.models import train_model
+    from shopsight.behavior.models.common import TrainSettings
+    from shopsight.index.store import SessionIndex
 
     ws = Workspace(tmp_path_factory.mktemp("mcp") / "ws")
     build_demo_workspace(ws, users=120, days=100, seed=7, progress=False)
@@ -215,7 +215,7 @@ def test_check_answer_catches_an_invented_number(stdio_run):
 
 
 def test_check_answer_flags_personal_data_and_unknown_tools(local_ctx):
-    from integrations.mcp_server import check_answer
+    from shopsight.integrations.mcp_server import check_answer
 
     registry = default_registry()
     leaked = check_answer(local_ctx, registry, {"answer": f"Write to {EMAIL}.", "tool_results": []})
@@ -340,8 +340,7 @@ def test_http_answers_eight_concurrent_calls_correctly(http_url, local_ctx):
 
 
 def test_refuses_a_public_address_without_a_token(shop_root, monkeypatch):
-    import cli
-
+    from shopsight import cli
     monkeypatch.delenv("SHOPSIGHT_MCP_TOKEN", raising=False)
     out = CliRunner().invoke(cli.app, ["mcp", "--http", "8999", "--host", "0.0.0.0", "--workspace", str(shop_root)])
     assert out.exit_code == 2

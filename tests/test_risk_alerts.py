@@ -10,17 +10,17 @@ import pandas as pd
 import pytest
 from fake_slack import FakeSlack, block_action, post_interaction
 
-from agent.types import Answer
-from behavior.decisions import analyst_user_labels, load_decisions, load_labels, record_label, with_analyst_labels
-from behavior.watch import StreamWatcher
-from integrations.risk_alerts import (
+from shopsight.agent.types import Answer
+from shopsight.behavior.decisions import analyst_user_labels, load_decisions, load_labels, record_label, with_analyst_labels
+from shopsight.behavior.watch import StreamWatcher
+from shopsight.integrations.risk_alerts import (
     CONFIRM_ACTION,
     FALSE_ALARM_ACTION,
     RiskAlerter,
     alert_blocks,
     alerts_from_settings,
 )
-from integrations.slack import EventsServer, SlackConfigError, SlackSettings, create_app, web_client
+from shopsight.integrations.slack import EventsServer, SlackConfigError, SlackSettings, create_app, web_client
 from risk_workspace import trained_risk_workspace
 
 SECRET = "test-signing-secret"
@@ -91,7 +91,7 @@ def test_alerts_need_a_bot_token_when_the_channel_is_set(fake_slack):
 @pytest.fixture(scope="module")
 def streamed(tmp_path_factory):
     """A workspace that watched three days of its shop with a review threshold low enough to alert, and the alerts sent."""
-    from behavior.models.decision import risk_card, set_thresholds
+    from shopsight.behavior.models.decision import risk_card, set_thresholds
 
     root = tmp_path_factory.mktemp("alerts")
     ws = trained_risk_workspace(root / "ws")
@@ -136,7 +136,7 @@ def test_a_click_on_confirm_fraud_records_the_label_and_updates_the_alert(fake_s
 
     ws_src, posts = streamed
     shutil.copytree(ws_src.root, tmp_path / "ws")
-    from behavior.workspace import Workspace
+    from shopsight.behavior.workspace import Workspace
 
     ws = Workspace(tmp_path / "ws")
     post = posts[0]
@@ -154,7 +154,7 @@ def test_a_click_on_confirm_fraud_records_the_label_and_updates_the_alert(fake_s
 
 
 def test_a_click_by_someone_not_allowed_records_nothing(fake_slack, tmp_path):
-    from behavior.workspace import Workspace
+    from shopsight.behavior.workspace import Workspace
 
     ws = Workspace(tmp_path / "ws")
     value = json.dumps({"order_id": "o1", "user_id": "u1", "decision": "review", "model": "risk@v1"})
@@ -163,8 +163,8 @@ def test_a_click_by_someone_not_allowed_records_nothing(fake_slack, tmp_path):
 
 
 def test_the_next_risk_training_reads_the_analysts_labels(tmp_path):
-    from behavior.models import train_model
-    from behavior.models.common import TrainSettings
+    from shopsight.behavior.models import train_model
+    from shopsight.behavior.models.common import TrainSettings
 
     ws = trained_risk_workspace(tmp_path / "ws")
     truth = ws.load_labels("users")

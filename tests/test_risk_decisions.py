@@ -7,9 +7,9 @@ import json
 import pandas as pd
 import pytest
 
-from behavior.decisions import record_label, write_decisions
-from tools import default_registry
-from tools.context import ToolContext
+from shopsight.behavior.decisions import record_label, write_decisions
+from shopsight.tools import default_registry
+from shopsight.tools.context import ToolContext
 
 REGISTRY = default_registry()
 
@@ -93,9 +93,9 @@ def test_personal_data_in_a_reason_is_masked(ctx, workspace):
     ("show the false alarms", {"decision": "flagged", "label": "false_alarm"}),
 ])
 def test_the_arguments_come_from_the_question(question, args):
-    from agent.router import extract_entities
-    from tools.risk_decisions import _args
-    from tools.registry import ConversationState
+    from shopsight.agent.router import extract_entities
+    from shopsight.tools.risk_decisions import _args
+    from shopsight.tools.registry import ConversationState
 
     ent = extract_entities(question, anchor=pd.Timestamp("2026-04-10", tz="UTC"))
     assert _args(ent, ConversationState(), question) == args
@@ -109,8 +109,8 @@ def test_the_arguments_come_from_the_question(question, args):
     ("which orders were blocked yesterday?", {"decision": "block", "since": "2026-04-09", "until": "2026-04-09"}),
 ])
 def test_the_router_reaches_the_tool(tmp_path, question, expected):
-    from agent.router import Router, default_embedder, load_router
-    from behavior.workspace import Workspace
+    from shopsight.agent.router import Router, default_embedder, load_router
+    from shopsight.behavior.workspace import Workspace
     from test_agent_support import trained_router_into
 
     ws = Workspace(tmp_path / "ws")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from behavior.models.decision import (
+from shopsight.behavior.models.decision import (
     HARD_RULES,
     DecisionPolicy,
     ThresholdError,
@@ -21,8 +21,8 @@ from behavior.models.decision import (
     validation_scores,
 )
 from risk_workspace import card_testing_order, trained_risk_workspace
-from tools import default_registry
-from tools.context import ToolContext
+from shopsight.tools import default_registry
+from shopsight.tools.context import ToolContext
 
 REGISTRY = default_registry()
 
@@ -103,7 +103,7 @@ def test_a_card_from_before_thresholds_has_no_policy_and_cannot_be_priced(ws):
 
 
 def test_cli_sets_and_shows_thresholds_with_their_precision(ws):
-    from cli import app
+    from shopsight.cli import app
 
     result = CliRunner().invoke(app, ["risk", "thresholds", "--review", "0.3", "--block", "0.9", "--workspace", str(ws.root)])
     assert result.exit_code == 0, result.output

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from behavior.decisions import decided_batches, load_decisions
-from behavior.ingest import identity_hashes
-from behavior.watch import StreamWatcher, WatchError, split_lines
-from behavior.workspace import Workspace
+from shopsight.behavior.decisions import decided_batches, load_decisions
+from shopsight.behavior.ingest import identity_hashes
+from shopsight.behavior.watch import StreamWatcher, WatchError, split_lines
+from shopsight.behavior.workspace import Workspace
 from risk_workspace import trained_risk_workspace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def _assert_exactly_once(ws: Workspace, base: pd.DataFrame, tail: pd.DataFrame) 
 
 
 def test_once_appends_the_stream_and_decides_every_new_order(tmp_path):
-    from cli import app
+    from shopsight.cli import app
 
     ws, base, tail = _stream_setup(tmp_path)
     stream = tmp_path / "events.csv"
@@ -149,8 +149,8 @@ def test_split_lines_keeps_rows_as_wide_as_the_header():
 _KILLER = """
 import os, signal, sys
 sys.path[:0] = [{root!r}]
-import behavior.watch as W
-from behavior.workspace import Workspace
+import shopsight.behavior.watch as W
+from shopsight.behavior.workspace import Workspace
 where, nth = sys.argv[1], int(sys.argv[2])
 calls = {{"n": 0}}
 target = {{"ingest": "ingest_file", "decisions": "write_decisions"}}[where]

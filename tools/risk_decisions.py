@@ -8,10 +8,10 @@ from typing import Any, Literal, Mapping
 
 import pandas as pd
 
-from behavior.decisions import load_decisions, load_labels
-from tools.context import ToolContext, date_range, day, mask_text, num
-from tools.registry import ConversationState, Entities, KeyFact, Route, ToolSpec, need_id, need_number
-from tools.words import count, human_date, pct
+from shopsight.behavior.decisions import load_decisions, load_labels
+from shopsight.tools.context import ToolContext, date_range, day, mask_text, num
+from shopsight.tools.registry import ConversationState, Entities, KeyFact, Route, ToolSpec, need_id, need_number
+from shopsight.tools.words import count, human_date, pct
 
 MAX_LISTED = 10
 _DECISIONS = ("allow", "review", "block")

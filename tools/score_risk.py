@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from behavior.models.decision import load_policy
-from behavior.workspace import WorkspaceError
-from tools.context import ToolContext, mask_text, no_such_order, num, unavailable
-from tools.explain import compact_explanation, explain_user, render_score, score_facts
-from tools.registry import ConversationState, Entities, KeyFact, Route, ToolSpec, need_number, need_phrase, user_args
-from tools.words import pct, words_for
+from shopsight.behavior.models.decision import load_policy
+from shopsight.behavior.workspace import WorkspaceError
+from shopsight.tools.context import ToolContext, mask_text, no_such_order, num, unavailable
+from shopsight.tools.explain import compact_explanation, explain_user, render_score, score_facts
+from shopsight.tools.registry import ConversationState, Entities, KeyFact, Route, ToolSpec, need_number, need_phrase, user_args
+from shopsight.tools.words import pct, words_for
 
 
 def score_risk(ctx: ToolContext, user_id: str | None = None, order_id: str | None = None) -> dict[str, Any]:

@@ -14,16 +14,16 @@ RANKING_NAMES: tuple[str, ...] = ("recommend",)  # models that rank items for a 
 
 # name -> (module, class); the modules are imported lazily by model_class().
 _MODEL_CLASSES: dict[str, tuple[str, str]] = {
-    "intent": ("behavior.models.intent", "IntentModel"),
-    "churn": ("behavior.models.churn", "ChurnModel"),
-    "risk": ("behavior.models.risk", "RiskModel"),
-    "recommend": ("behavior.models.recommend", "RecommendModel"),
+    "intent": ("shopsight.behavior.models.intent", "IntentModel"),
+    "churn": ("shopsight.behavior.models.churn", "ChurnModel"),
+    "risk": ("shopsight.behavior.models.risk", "RiskModel"),
+    "recommend": ("shopsight.behavior.models.recommend", "RecommendModel"),
 }
 
 
 def model_class(name: str) -> Any:
     """The model class for ``name`` (one of ``MODEL_NAMES`` or ``RANKING_NAMES``)."""
-    from behavior.models.common import ModelError
+    from shopsight.behavior.models.common import ModelError
 
     if name not in _MODEL_CLASSES:
         raise ModelError(f"unknown model '{name}': choose one of {', '.join(_MODEL_CLASSES)}")
@@ -80,8 +80,8 @@ def train_model(
 
 
 def _train_locked(ws: Any, cls: Any, name: str, progress: Any, settings: Any, events: Any, params: dict[str, Any]) -> dict[str, Any]:
-    from behavior.drift import feature_profile
-    from behavior.models.evaluation import evaluate, score_users
+    from shopsight.behavior.drift import feature_profile
+    from shopsight.behavior.models.evaluation import evaluate, score_users
 
     if events is None:
         events = ws.load_events()
@@ -91,7 +91,7 @@ def _train_locked(ws: Any, cls: Any, name: str, progress: Any, settings: Any, ev
     labels = ws.load_labels(label_table) if label_table and label_table in ws.label_names() else None
     analyst = None
     if getattr(cls, "reads_analyst_labels", False):  # risk: the analysts' clicks on alerts outrank older labels
-        from behavior.decisions import analyst_user_labels, with_analyst_labels
+        from shopsight.behavior.decisions import analyst_user_labels, with_analyst_labels
 
         analyst = analyst_user_labels(ws)
         labels = with_analyst_labels(labels, analyst)

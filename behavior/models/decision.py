@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from behavior.workspace import Workspace, WorkspaceError, write_json_atomic
+from shopsight.behavior.workspace import Workspace, WorkspaceError, write_json_atomic
 
 THRESHOLDS_FILE = "thresholds.json"
 DECISIONS: tuple[str, ...] = ("allow", "review", "block")
@@ -197,7 +197,7 @@ def policy_from(model_label: str, record: Mapping[str, Any], source: str) -> Dec
 
 def risk_card(ws: Workspace, version: str | None = None) -> dict[str, Any]:
     """The saved risk model's card (default: the latest version) without loading its weights."""
-    from behavior.models import registry
+    from shopsight.behavior.models import registry
 
     path = registry.model_dir(ws, "risk", version) / registry.CARD
     return json.loads(path.read_text())

@@ -12,16 +12,16 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import pandas as pd
 
-from behavior.models.baselines import cross_fitted_baselines, run_baselines
-from behavior.models.bgnbd import BGNBD, bgnbd_inputs
-from behavior.models.churn import ChurnModel, end_of_events
-from behavior.models.common import BehaviorModel, ModelError, NotFittedError, Progress, predict_logits
-from behavior.models.metrics import best_f1_threshold, binary_report
-from behavior.models.rules import evaluate_rules, rule_features
+from shopsight.behavior.models.baselines import cross_fitted_baselines, run_baselines
+from shopsight.behavior.models.bgnbd import BGNBD, bgnbd_inputs
+from shopsight.behavior.models.churn import ChurnModel, end_of_events
+from shopsight.behavior.models.common import BehaviorModel, ModelError, NotFittedError, Progress, predict_logits
+from shopsight.behavior.models.metrics import best_f1_threshold, binary_report
+from shopsight.behavior.models.rules import evaluate_rules, rule_features
 
 if TYPE_CHECKING:
-    from behavior.models.intent import IntentModel
-    from behavior.models.risk import RiskModel
+    from shopsight.behavior.models.intent import IntentModel
+    from shopsight.behavior.models.risk import RiskModel
 
 # The intent and risk modules are imported by their own evaluators, as ``model_class`` imports
 # them: a build that lacks one can still evaluate the others.
@@ -98,13 +98,13 @@ def _baseline_reports(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, An
 
 
 def _evaluate_recommend(model: Any, events: pd.DataFrame, labels: pd.DataFrame | None, report: Progress) -> Evaluation:
-    from behavior.models.recommend import evaluate_recommender
+    from shopsight.behavior.models.recommend import evaluate_recommender
 
     return Evaluation(card=evaluate_recommender(model, events, report))
 
 
 def _recommend_scores(model: Any, events: pd.DataFrame) -> pd.DataFrame:
-    from behavior.models.recommend import recommend_scores
+    from shopsight.behavior.models.recommend import recommend_scores
 
     return recommend_scores(model, events)
 
@@ -209,7 +209,7 @@ def _churn_scores(model: ChurnModel, events: pd.DataFrame) -> pd.DataFrame:
 
 
 def _evaluate_intent(model: IntentModel, events: pd.DataFrame, labels: pd.DataFrame | None, report: Progress) -> Evaluation:
-    from behavior.models.intent import CATEGORY_EVENT_WEIGHTS, CATEGORY_HALF_LIFE_DAYS, session_feature_names
+    from shopsight.behavior.models.intent import CATEGORY_EVENT_WEIGHTS, CATEGORY_HALF_LIFE_DAYS, session_feature_names
 
     C, H, asofs = model.cutoff_, pd.Timedelta(days=model.horizon_days), model.train_asofs_
     s = model.settings
@@ -272,7 +272,7 @@ def next_category_hit_rate(events: pd.DataFrame, asof: pd.Timestamp, horizon_day
     Compares ``intent.category_affinity`` with the baseline "the k categories the user bought
     most". Population: users with events before ``asof`` who buy in the window.
     """
-    from behavior.models.intent import category_affinity
+    from shopsight.behavior.models.intent import category_affinity
 
     past = events[events["ts"] < asof]
     fut = events[(events["event"] == "purchase") & (events["ts"] >= asof) & (events["ts"] < asof + pd.Timedelta(days=horizon_days))]
@@ -291,7 +291,7 @@ def next_category_hit_rate(events: pd.DataFrame, asof: pd.Timestamp, horizon_day
 
 
 def _intent_scores(model: IntentModel, events: pd.DataFrame) -> pd.DataFrame:
-    from behavior.models.intent import category_affinity
+    from shopsight.behavior.models.intent import category_affinity
 
     p = model.predict_proba(events)
     users = p.index
@@ -309,7 +309,7 @@ def _intent_scores(model: IntentModel, events: pd.DataFrame) -> pd.DataFrame:
 
 
 def _evaluate_risk(model: RiskModel, events: pd.DataFrame, labels: pd.DataFrame | None, report: Progress) -> Evaluation:
-    from behavior.models.risk import fraud_labels, stratified_folds
+    from shopsight.behavior.models.risk import fraud_labels, stratified_folds
 
     C, s = model.cutoff_, model.settings
     end = end_of_events(events)
@@ -394,7 +394,7 @@ def _evaluate_risk(model: RiskModel, events: pd.DataFrame, labels: pd.DataFrame 
 
 def decision_thresholds(model: RiskModel, y_train: np.ndarray | None, y_test: np.ndarray | None, p_test: np.ndarray | None) -> dict[str, Any]:
     """The card's review / block thresholds, chosen on the out-of-fold validation scores, with what they give on the test accounts."""
-    from behavior.models.decision import at_threshold, choose_thresholds, unsupervised_thresholds, validation_scores
+    from shopsight.behavior.models.decision import at_threshold, choose_thresholds, unsupervised_thresholds, validation_scores
 
     if not model.supervised_ or model.oof_logits_ is None or y_train is None:
         return unsupervised_thresholds()

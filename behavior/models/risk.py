@@ -27,9 +27,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from behavior.features import rfm_features
-from behavior.models.churn import end_of_events
-from behavior.models.common import (
+from shopsight.behavior.features import rfm_features
+from shopsight.behavior.models.churn import end_of_events
+from shopsight.behavior.models.common import (
     SEQUENCE_GLOSSARY,
     BehaviorModel,
     Calibration,
@@ -50,7 +50,7 @@ from behavior.models.common import (
     tokenize_events,
     user_evidence,
 )
-from behavior.models.glossary import (
+from shopsight.behavior.models.glossary import (
     RFM_GLOSSARY,
     Glossary,
     Group,
@@ -63,9 +63,9 @@ from behavior.models.glossary import (
     typical_values,
     worded,
 )
-from behavior.models.metrics import best_f1_threshold
-from behavior.models.reasons import build_reasons, plan_reasons
-from behavior.models.rules import (
+from shopsight.behavior.models.metrics import best_f1_threshold
+from shopsight.behavior.models.reasons import build_reasons, plan_reasons
+from shopsight.behavior.models.rules import (
     RULE_NAMES,
     RuleThresholds,
     evaluate_rules,
