@@ -551,7 +551,7 @@ def slack(
         )
     # The agent's ask(question, conversation_id=...) is the Answerer the Slack app expects.
     agent = _build_agent(workspace, backend, model)
-    app_ = create_app(settings, agent, mode=chosen)
+    app_ = create_app(settings, agent, mode=chosen, workspace=_workspace(workspace))  # risk alerts' buttons label into it
     bot = f"@{info['bot_user']} in {info['team']}"
     if chosen == "socket":
         console.print(f"{bot}: connected over Socket Mode. Ctrl-C to stop.")
@@ -1032,6 +1032,122 @@ def predict(
     console.print(table)
     for name in result["missing"]:
         console.print(f"[yellow]{name}: not trained — run `shopsight train {name} --workspace {ws.root}`.[/]")
+
+
+# --- real-time risk control: thresholds, watch, decisions (issue 20) -------------------------------
+risk_app = typer.Typer(
+    help="The risk model's decisions: the review / block thresholds in force, and setting them.\n\n"
+    "  shopsight risk thresholds\n\n"
+    "  shopsight risk thresholds --review 0.3 --block 0.9",
+    no_args_is_help=True,
+)
+app.add_typer(risk_app, name="risk")
+
+
+@risk_app.command("thresholds")
+@friendly_errors
+def risk_thresholds(
+    review: Optional[float] = typer.Option(None, "--review", help="Hold orders whose fraud probability is at least this for review."),
+    block: Optional[float] = typer.Option(None, "--block", help="Block orders whose fraud probability is at least this."),
+    version: Optional[str] = typer.Option(None, "--version", help="The risk model version (default: the latest)."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the thresholds record as JSON."),
+) -> None:
+    """Show or set the risk model's review and block thresholds, with the precision and recall each gives on validation data.
+
+    Training chooses them on the validation accounts (review: the F1-best threshold; block: the lowest with validation precision of at least 95%). Setting them writes a thresholds record in the model's version folder that names the version; `score_risk` and `shopsight watch` decide with it. Hard rules (a card-testing burst blocks) apply whatever the thresholds.
+
+    Examples:
+
+      shopsight risk thresholds
+
+      shopsight risk thresholds --review 0.3 --block 0.9
+    """
+    from shopsight.behavior.models.decision import load_policy, risk_card, set_thresholds
+
+    ws = _workspace(workspace)
+    card = risk_card(ws, version)
+    if review is not None or block is not None:
+        current = load_policy(ws, card)
+        if current is None and (review is None or block is None):
+            raise ValueError("this model has no thresholds yet: give both --review and --block")
+        with _writer(ws, "risk thresholds"):
+            set_thresholds(ws, card, review=review if review is not None else current.review,
+                           block=block if block is not None else current.block)
+    policy = load_policy(ws, card)
+    if policy is None:
+        raise ValueError(f"risk@{card.get('version')} has no decision thresholds (trained before them): retrain it with "
+                         f"`shopsight train risk --workspace {ws.root}`")
+    if as_json:
+        print(json.dumps(policy.to_dict(), indent=2))
+        return
+    table = Table(title=f"Decision thresholds of {policy.model}")
+    for col in ("decision", "when P(fraud) ≥", "validation precision", "validation recall"):
+        table.add_column(col)
+    for name, t, p, r in (("block", policy.block, policy.block_precision, policy.block_recall),
+                          ("review", policy.review, policy.review_precision, policy.review_recall)):
+        table.add_row(name, f"{t:.3f}", _fmt(p), _fmt(r))
+    console.print(table)
+    console.print(f"Source: {policy.source}.")
+    console.print("Hard rules: " + ", ".join(f"{k} forces {v}" for k, v in policy.hard_rules.items()) + ".")
+
+
+@app.command()
+@friendly_errors
+def watch(
+    path: Path = typer.Argument(..., help="A folder new event files land in (CSV followed as it grows, Parquet read once), or one CSV file being appended to."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    once: bool = typer.Option(False, "--once", help="Process what is there now and exit (for cron and tests)."),
+    poll: float = typer.Option(1.0, "--poll", min=0.01, help="Seconds between looks at PATH."),
+    users: bool = typer.Option(True, "--users/--orders-only", help="Also decide users with new events but no new order."),
+    alerts: bool = typer.Option(True, "--alerts/--no-alerts", help="Post review and block decisions to $SHOPSIGHT_SLACK_ALERT_CHANNEL (when set, with SLACK_BOT_TOKEN)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only decisions at review or above."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads for scoring (default: $SHOPSIGHT_THREADS, else 2)."),
+) -> None:
+    """Follow PATH, append new events to the workspace as they land, and decide every new order (allow / review / block).
+
+    Each poll validates the new lines (malformed ones go to workspace/rejected/ with their cause; the stream goes on), appends them through the same ingest as `shopsight ingest`, scores the new orders with the risk model and its thresholds (`shopsight risk thresholds`), writes the decisions to workspace/decisions/ (the audit trail the agent reads), then remembers its position in workspace/watch/. Killed and restarted, it decides every order exactly once. A CSV's first line is its header (the canonical columns: user_id, ts, event, …).
+
+    Examples:
+
+      shopsight watch incoming/ --workspace /tmp/shop
+
+      shopsight watch events.csv --once --workspace /tmp/shop
+    """
+    from shopsight.behavior.watch import StreamWatcher
+
+    import torch
+
+    ws = _workspace(workspace)
+    settings = _settings()
+    torch.set_num_threads(threads or settings.threads)
+    on_decisions = None
+    if alerts:
+        from shopsight.integrations.risk_alerts import alerts_from_settings
+
+        on_decisions = alerts_from_settings(settings, ws)
+    watcher = StreamWatcher(ws, path, on_decisions=on_decisions, lock_timeout=settings.lock_timeout_s, score_users=users)
+
+    def show(report) -> None:
+        if not (report.batches or report.rejected_lines or report.recovered_batches or report.skipped_ranges):
+            return
+        c = report.counts()
+        if not quiet:
+            console.print(f"batches {', '.join(map(str, report.batches)) or '-'}: {report.events_added:,} events added, "
+                          f"{report.already_stored:,} already stored, {report.rejected_lines + report.rejected_rows:,} rejected; "
+                          f"decisions: {c['allow']} allow, {c['review']} review, {c['block']} block"
+                          + (f" (recovered batches {', '.join(map(str, report.recovered_batches))})" if report.recovered_batches else ""))
+        for d in report.decisions:
+            if d["decision"] != "allow":
+                subject = f"order {d['order_id']}" if d["order_id"] else f"user {d['user_id']}"
+                colour = "red" if d["decision"] == "block" else "yellow"
+                console.print(f"  [{colour}]{d['decision']}[/] {subject} (user {d['user_id']}, P(fraud) {d['score']:.3f}): "
+                              f"{escape(str((d['reasons'] or [''])[0]))}", highlight=False)
+
+    try:
+        watcher.run(once=once, poll_seconds=poll, on_poll=show)
+    except KeyboardInterrupt:
+        console.print("Stopped; the next `shopsight watch` resumes from the checkpoint.")
 
 
 # --- the agent: ask, chat, train router (issue 5) -------------------------------------------------

@@ -206,6 +206,9 @@ def ingest_file(
     replace: bool = False,
     lock_timeout: float = LOCK_TIMEOUT_S,
     on_progress: Callable[[int, int, Path], None] | None = None,
+    source_label: str | None = None,
+    stored_events: pd.DataFrame | None = None,
+    update_summary: bool = True,
 ) -> tuple[pd.DataFrame, IngestReport]:
     """Validate ``path`` as ``fmt``, protect personal data, and append it to the workspace's events as one batch.
 
@@ -222,6 +225,13 @@ def ingest_file(
         lock_timeout: Seconds to wait for another writer of the workspace.
         on_progress: Called as ``on_progress(rows_read, rows_estimated, file)`` before each file and after
             each chunk of a canonical file (or each file of another format).
+        source_label: What the batch's manifest entry names as its source (default: the files read);
+            ``shopsight watch`` names the stream and the byte range a chunk came from.
+        stored_events: The workspace's events as the caller already holds them (``shopsight watch``
+            keeps them in memory under the writer lock), saving a read of every batch; they must be
+            what ``load_events()`` returns now.
+        update_summary: Recompute the manifest's summary over every event (False: keep the old one,
+            for a caller that refreshes it itself, as ``shopsight watch`` does every few seconds).
 
     Returns:
         The events the batch added (sessionized) and the report, with ``report.batch`` its id.
@@ -260,7 +270,7 @@ def ingest_file(
         manifest = workspace.read_manifest()
         batches = [] if replace else _batches_with_legacy(workspace, manifest)
         old_files = workspace.event_files(manifest)
-        stored = None if replace or not old_files else workspace.load_events()
+        stored = None if replace or not old_files else (workspace.load_events() if stored_events is None else stored_events)
         if replace:
             report.replaced_events = _count_rows(old_files)
         # Identity and sessions are per user: only the stored events of this batch's users can match or continue.
@@ -271,7 +281,7 @@ def ingest_file(
         batch_id = int(manifest.get("next_batch", 1 + max((b["id"] for b in batches), default=0)))
         record: dict[str, Any] = {
             "id": batch_id,
-            "source": source,
+            "source": source_label or source,
             "format": fmt,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "accepted": len(events),
@@ -286,16 +296,20 @@ def ingest_file(
             with atomic_path(workspace.root / record["rejected_file"]) as tmp:
                 report.rejected.to_csv(tmp, index=False)
         report.batch = batch_id
-        union = events if stored is None else pd.concat([stored, events], ignore_index=True)
+        if update_summary or stored is None:
+            union = events if stored is None else pd.concat([stored, events], ignore_index=True)
+            summary = summarize_events(union) if len(union) else None
+        else:
+            summary = manifest.get("summary")
         workspace.write_manifest(  # the moment the batch becomes visible
             {
                 **({} if replace else manifest),
                 "dataset": fmt,
-                "source": source,
+                "source": source_label or source,
                 "ingest": report.to_dict(),
                 "batches": [*batches, record],
                 "next_batch": batch_id + 1,
-                "summary": summarize_events(union) if len(union) else None,
+                "summary": summary,
             }
         )
         remove_unlisted_batch_files(workspace)

@@ -96,7 +96,8 @@ class SlackSettings(BaseSettings):
     ``dm`` in the channel list allows direct messages), SHOPSIGHT_SLACK_WORKERS (questions
     answered at once), SHOPSIGHT_SLACK_MAX_CHARTS, SHOPSIGHT_SLACK_MAX_QUESTION_CHARS (longer
     messages are not asked of the agent), SHOPSIGHT_SLACK_API_URL (a proxy or a test server in
-    place of https://slack.com/api/).
+    place of https://slack.com/api/), SHOPSIGHT_SLACK_ALERT_CHANNEL (the channel id `shopsight watch`
+    posts risk alerts to; the app records the analysts' clicks on them).
     """
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
@@ -110,6 +111,7 @@ class SlackSettings(BaseSettings):
     max_charts: int = Field(default=2, ge=0, le=5, alias="SHOPSIGHT_SLACK_MAX_CHARTS")
     max_question_chars: int = Field(default=MAX_QUESTION_CHARS, ge=1, le=40_000, alias="SHOPSIGHT_SLACK_MAX_QUESTION_CHARS")
     api_url: str = Field(default=DEFAULT_API_URL, alias="SHOPSIGHT_SLACK_API_URL")
+    alert_channel: str | None = Field(default=None, alias="SHOPSIGHT_SLACK_ALERT_CHANNEL")
 
     @field_validator("allowed_channels", "allowed_users", mode="before")
     @classmethod
@@ -464,13 +466,16 @@ def _incoming(event: Mapping[str, Any], body: Mapping[str, Any], context: Any, *
     )
 
 
-def create_app(settings: SlackSettings, answerer: Answerer, *, mode: Literal["socket", "http"] | None = None) -> App:
+def create_app(settings: SlackSettings, answerer: Answerer, *, mode: Literal["socket", "http"] | None = None,
+               workspace: Any = None) -> App:
     """The Bolt app answering ``app_mention`` events and direct messages with ``answerer``.
 
     Args:
         settings: Tokens, secrets, allowed channels and users, worker count.
         answerer: The agent (see :class:`Answerer`).
         mode: "http" (Events API: the signing secret is required) or "socket"; default from settings.
+        workspace: Where the analysts' clicks on risk alerts ("confirm fraud" / "false alarm") are
+            recorded; None: the buttons are not handled.
 
     Raises:
         SlackConfigError: A token or secret the mode needs is missing or malformed.
@@ -503,6 +508,10 @@ def create_app(settings: SlackSettings, answerer: Answerer, *, mode: Literal["so
         answerer, settings.access_policy(), max_charts=settings.max_charts, max_question_chars=settings.max_question_chars
     )
     app.use(_answer_each_event_once(EventDeduper()))
+    if workspace is not None:
+        from shopsight.integrations.risk_alerts import register_label_actions
+
+        register_label_actions(app, workspace, settings.access_policy())
 
     @app.event("app_mention")
     def answer_mention(event: dict, body: dict, client: Any, context: Any) -> None:

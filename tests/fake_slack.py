@@ -371,3 +371,30 @@ def message_event(
         "event_time": int(float(ts)),
         "authorizations": [{"team_id": TEAM_ID, "user_id": BOT_USER_ID, "is_bot": True}],
     }
+
+
+def post_interaction(url: str, secret: str, payload: dict[str, Any], *, timestamp: int | None = None) -> tuple[int, str]:
+    """POST an interactivity payload (a button click) as Slack does: form-encoded ``payload=<json>``, signed."""
+    from urllib.parse import urlencode
+
+    body = urlencode({"payload": json.dumps(payload)})
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    headers = {"Content-Type": "application/x-www-form-urlencoded", "X-Slack-Request-Timestamp": ts,
+               "X-Slack-Signature": sign(secret, ts, body)}
+    request = urllib.request.Request(url, data=body.encode(), headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def block_action(action_id: str, value: str, *, user: str = "U1", channel: str = "C_ALERTS", message: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A ``block_actions`` payload: ``user`` clicked the button ``action_id`` (carrying ``value``) on ``message``."""
+    return {
+        "type": "block_actions", "team": {"id": TEAM_ID}, "user": {"id": user, "team_id": TEAM_ID}, "api_app_id": "A1",
+        "token": "legacy-unused", "trigger_id": "1.2.3", "channel": {"id": channel}, "container": {"type": "message"},
+        "message": message or {"ts": "1700000001.000100", "text": "alert", "blocks": []},
+        "actions": [{"action_id": action_id, "block_id": "risk_label", "value": value, "type": "button",
+                     "action_ts": f"{time.time():.6f}"}],
+    }

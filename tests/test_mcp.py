@@ -84,6 +84,7 @@ def tool_cases(root: Path) -> dict[str, dict[str, Any]]:
         "predict_intent": {"user_id": PII_USER},
         "query_metric": {"metric": "session_conversion", "group_by": "device"},
         "recommend_items": {"user_id": PII_USER},
+        "risk_decisions": {"decision": "block"},
         "score_risk": {"user_id": PII_USER},
         "search_histories": {"query": "headphones review mail me"},
         "segment_summary": {"device": "mobile"},

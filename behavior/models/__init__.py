@@ -89,6 +89,12 @@ def _train_locked(ws: Any, cls: Any, name: str, progress: Any, settings: Any, ev
     # labels/sessions, labels/orders); real data has none.
     label_table = getattr(cls, "label_table", None)
     labels = ws.load_labels(label_table) if label_table and label_table in ws.label_names() else None
+    analyst = None
+    if getattr(cls, "reads_analyst_labels", False):  # risk: the analysts' clicks on alerts outrank older labels
+        from shopsight.behavior.decisions import analyst_user_labels, with_analyst_labels
+
+        analyst = analyst_user_labels(ws)
+        labels = with_analyst_labels(labels, analyst)
     kwargs = dict(params)
     if settings is not None:
         kwargs["settings"] = settings
@@ -98,6 +104,9 @@ def _train_locked(ws: Any, cls: Any, name: str, progress: Any, settings: Any, ev
     card["data_cutoff"] = events["ts"].max().isoformat()
     card["data_batches"] = [b["id"] for b in ws.batches()] or None
     card["feature_profile"] = feature_profile(events)  # what drift is measured against
+    if analyst is not None and len(analyst):  # what the analysts added to the labels, when they did
+        card["analyst_labels"] = {"users": int(len(analyst)), "fraud": int(analyst["is_fraud"].sum()),
+                                  "false_alarm": int((~analyst["is_fraud"].astype(bool)).sum())}
     scores = score_users(model, events, progress=progress)
     version = model.save(ws, card=card, scores=scores)
     return {"name": name, "version": version, "train_seconds": card.get("train_seconds"), "card": card}

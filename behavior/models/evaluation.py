@@ -325,6 +325,7 @@ def _evaluate_risk(model: RiskModel, events: pd.DataFrame, labels: pd.DataFrame 
     y_test = fraud_labels(labels, test_users) if has_labels else None
 
     metrics: dict[str, Any] | None = None
+    p_test: np.ndarray | None = None
     oof_report: dict[str, Any] | None = None
     anomaly_report: dict[str, Any] | None = None
     baselines: dict[str, Any] = {}
@@ -355,6 +356,7 @@ def _evaluate_risk(model: RiskModel, events: pd.DataFrame, labels: pd.DataFrame 
             report("baselines", 1.0)
     elif y_test is not None and 0 < y_test.sum() < len(y_test):  # labels too few to learn from, enough to report
         anomaly_report = binary_report(y_test, X_test["anomaly_score"].to_numpy(), threshold=model.threshold_)
+    decision = decision_thresholds(model, y_train, y_test, p_test)
     if model.supervised_:
         note = None
     elif model.train_frauds_ is None:
@@ -380,6 +382,7 @@ def _evaluate_risk(model: RiskModel, events: pd.DataFrame, labels: pd.DataFrame 
         "out_of_fold_baselines": oof_baselines,
         "calibration": {"method": "platt (temperature + bias) on the out-of-fold logits of the training accounts", **model.calibration_.to_dict()},
         "threshold": model.threshold_,
+        "decision_thresholds": decision,
         "train_seconds": round(model.train_seconds_, 2),
         "settings": s.to_dict(),
         "features": list(model.scaler_.columns),
@@ -387,6 +390,20 @@ def _evaluate_risk(model: RiskModel, events: pd.DataFrame, labels: pd.DataFrame 
         **model.typical_card(),
     }
     return Evaluation(card=card)
+
+
+def decision_thresholds(model: RiskModel, y_train: np.ndarray | None, y_test: np.ndarray | None, p_test: np.ndarray | None) -> dict[str, Any]:
+    """The card's review / block thresholds, chosen on the out-of-fold validation scores, with what they give on the test accounts."""
+    from shopsight.behavior.models.decision import at_threshold, choose_thresholds, unsupervised_thresholds, validation_scores
+
+    if not model.supervised_ or model.oof_logits_ is None or y_train is None:
+        return unsupervised_thresholds()
+    chosen = choose_thresholds(model.calibration_.apply(model.oof_logits_), y_train, review=model.threshold_,
+                               source=f"out-of-fold scores of the {len(y_train)} training accounts ({int(y_train.sum())} frauds)")
+    if p_test is not None and y_test is not None:
+        test = validation_scores(p_test, y_test)
+        chosen["test"] = {k: at_threshold(test, max(chosen[k]["threshold"], 0.01)) for k in ("review", "block")}
+    return chosen
 
 
 def _risk_baseline_validation(events: pd.DataFrame, train_users: pd.Index, y_train: np.ndarray, *, seed: int) -> np.ndarray:

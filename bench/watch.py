@@ -1,0 +1,255 @@
+"""Real-time risk benchmark: a replayed demo stream through `shopsight watch`, landing → decision written.
+
+The demo workspace's last ``--days`` of events are taken out; the risk model is trained on the
+events before them (so the replay window is new to it) with the demo's ground truth, then the
+window is replayed into a CSV file that `shopsight watch` (a separate process, as deployed)
+follows:
+
+* **paced**: events appended every 20 ms at the pace that brings ``--rate`` orders a second;
+  each order's landing time is when the line holding its first purchase row was written and
+  flushed; its decision time is when the decisions file holding it was written (its mtime).
+  Reported: p50 / p99 / max latency and the orders per second achieved.
+* **burst**: the whole window appended at once; sustained orders per second is the window's
+  orders over the time from the append to the last decision written.
+
+Precision and recall of ``review`` (review or block) and of ``block`` are measured on the demo's
+ground-truth fraud orders (``labels/orders``) of the replay window.
+
+    python bench/watch.py                      # the demo workspace at /work/ws-demo, 14 days, 50 orders/s
+    python bench/watch.py --source WS --days 7 --rate 50 --work /tmp/watch-bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import bench_console, print_table, write_result  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+COLUMNS = ["user_id", "ts", "event", "item_id", "category", "price", "quantity", "session_id", "device", "country",
+           "payment", "order_id", "ip"]
+TICK_S = 0.02
+WARMUP_EVENTS = 3000
+
+
+def prepare(source: Path, work: Path, days: float) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
+    """A base workspace (events before the window, ground truth, a risk model trained on them) and the window's events."""
+    from shopsight.behavior.models import train_model
+    from shopsight.behavior.models.decision import risk_card
+    from shopsight.behavior.workspace import Workspace
+
+    base = work / "base"
+    src = Workspace.at(source)
+    events = src.load_events()
+    cut = events["ts"].max() - pd.Timedelta(days=days)
+    tail = events[events["ts"] >= cut].sort_values(["ts", "user_id"], kind="stable")[[c for c in COLUMNS if c in events.columns]]
+    truth = pd.read_parquet(source / "labels" / "orders.parquet")
+    ws = Workspace(base)
+    try:
+        if risk_card(ws).get("decision_thresholds") and (base / "replay_cut.txt").read_text() == cut.isoformat():
+            return base, tail.reset_index(drop=True), truth
+    except Exception:
+        pass
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    shutil.copy(source / "privacy.key", base / "privacy.key")
+    ws.save_events(events[events["ts"] < cut])
+    for name in src.label_names():
+        ws.save_labels(name, src.load_labels(name))
+    t0 = time.perf_counter()
+    bench_console().print(f"training the risk model on the {int((events['ts'] < cut).sum()):,} events before {cut:%Y-%m-%d %H:%M} …")
+    train_model(ws, "risk")
+    bench_console().print(f"trained in {time.perf_counter() - t0:.0f} s")
+    (base / "replay_cut.txt").write_text(cut.isoformat())
+    return base, tail.reset_index(drop=True), truth
+
+
+def _watcher(ws_root: Path, stream: Path, poll: float, users: bool, log: Path, threads: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("SHOPSIGHT_SLACK_ALERT_CHANNEL", None)
+    args = [sys.executable, str(ROOT / "cli.py"), "watch", str(stream), "--poll", str(poll), "--no-alerts", "--quiet",
+            "--threads", str(threads), "--workspace", str(ws_root)] + ([] if users else ["--orders-only"])
+    return subprocess.Popen(args, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def _checkpoint_offset(ws_root: Path) -> int:
+    files = list((ws_root / "watch").glob("checkpoint-*.json"))
+    if not files:
+        return 0
+    try:
+        state = json.loads(files[0].read_text())
+    except ValueError:
+        return 0
+    return sum(int(f.get("offset", 0)) for f in state.get("files", {}).values())
+
+
+def _wait(cond, timeout: float, what: str, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"the watcher exited ({proc.returncode}) while waiting for {what}")
+        time.sleep(0.01)
+    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _lines(df: pd.DataFrame) -> list[bytes]:
+    text = df.to_csv(index=False, header=False, date_format="%Y-%m-%dT%H:%M:%S.%fZ")
+    return [line.encode() + b"\n" for line in text.splitlines()]
+
+
+def replay(base: Path, tail: pd.DataFrame, run_dir: Path, *, mode: str, rate: float, poll: float, users: bool, threads: int) -> dict[str, Any]:
+    """One replay into a fresh copy of the base workspace; returns per-order landing and decision times."""
+    from shopsight.behavior.decisions import decisions_file, load_decisions
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    ws_root = run_dir / "ws"
+    shutil.copytree(base, ws_root)
+    stream = run_dir / "stream.csv"
+    warm, rest = tail.iloc[:WARMUP_EVENTS], tail.iloc[WARMUP_EVENTS:].reset_index(drop=True)
+    stream.write_bytes((",".join(tail.columns) + "\n").encode() + b"".join(_lines(warm)))
+    proc = _watcher(ws_root, stream, poll, users, run_dir / "watch.log", threads)
+    try:
+        size = stream.stat().st_size
+        _wait(lambda: _checkpoint_offset(ws_root) >= size, 600, "the warm-up slice", proc)  # imports, model load, first batch
+        lines = _lines(rest)
+        first_buy: dict[str, int] = {}
+        for i, (ev, oid) in enumerate(zip(rest["event"].astype(str), rest["order_id"])):
+            if ev == "purchase" and isinstance(oid, str) and oid not in first_buy:
+                first_buy[oid] = i
+        n_orders = len(first_buy)
+        events_per_s = rate * len(rest) / max(n_orders, 1)
+        landed_at: dict[int, float] = {}  # line index -> wall time its write returned
+        fd = os.open(stream, os.O_WRONLY | os.O_APPEND)
+        t_start = time.time()
+        written = 0
+        try:
+            if mode == "burst":
+                os.write(fd, b"".join(lines))
+                now = time.time()
+                landed_at = {i: now for i in first_buy.values()}
+                written = len(lines)
+            else:
+                while written < len(lines):
+                    due = min(len(lines), int((time.time() - t_start) * events_per_s) + 1)
+                    if due > written:
+                        os.write(fd, b"".join(lines[written:due]))
+                        now = time.time()
+                        for i in range(written, due):
+                            landed_at[i] = now
+                        written = due
+                    time.sleep(TICK_S)
+        finally:
+            os.close(fd)
+        t_written = time.time()
+        size = stream.stat().st_size
+        _wait(lambda: _checkpoint_offset(ws_root) >= size, 900, "the end of the stream", proc)
+        t_done = time.time()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    from shopsight.behavior.workspace import Workspace
+
+    ws = Workspace(ws_root)
+    d = load_decisions(ws)
+    orders = d.dropna(subset=["order_id"])
+    written_at = {int(b): decisions_file(ws, int(b)).stat().st_mtime for b in orders["batch"].unique()}
+    rows = []
+    for oid, i in first_buy.items():
+        hit = orders[orders["order_id"] == oid]
+        if hit.empty:
+            continue
+        rows.append({"order_id": oid, "latency_s": written_at[int(hit["batch"].iloc[0])] - landed_at[i]})
+    lat = np.array([r["latency_s"] for r in rows]) * 1000
+    landings = [landed_at[i] for i in first_buy.values()]
+    span = max(landings) - min(landings) if mode == "paced" else 0.0
+    last_decision = max(written_at.values()) if written_at else t_done
+    return {
+        "mode": mode, "users": users, "poll_s": poll, "target_orders_per_s": rate if mode == "paced" else None,
+        "orders_in_window": n_orders, "orders_decided": int(len(rows)),
+        "decided_twice": int(orders["order_id"].duplicated().sum()),
+        "events_replayed": int(len(rest)), "batches": int(d["batch"].nunique()),
+        "latency_ms_p50": float(np.percentile(lat, 50)) if len(lat) else None,
+        "latency_ms_p99": float(np.percentile(lat, 99)) if len(lat) else None,
+        "latency_ms_max": float(lat.max()) if len(lat) else None,
+        "orders_per_s_offered": round(n_orders / span, 1) if span else None,
+        "orders_per_s_sustained": round(n_orders / max(last_decision - t_start, 1e-9), 1),
+        "seconds_writing": round(t_written - t_start, 2), "seconds_to_last_decision": round(last_decision - t_start, 2),
+        "decisions": d,
+    }
+
+
+def quality(d: pd.DataFrame, truth: pd.DataFrame, tail: pd.DataFrame) -> dict[str, Any]:
+    """Precision and recall of review-or-above and of block on the window's ground-truth fraud orders."""
+    window = set(tail.loc[tail["event"].astype(str) == "purchase", "order_id"].dropna().astype(str))
+    t = truth[truth["order_id"].astype(str).isin(window)].set_index("order_id")["is_fraud"].astype(bool)
+    orders = d.dropna(subset=["order_id"]).drop_duplicates("order_id").set_index("order_id")
+    got = orders["decision"].reindex(t.index)
+    out: dict[str, Any] = {"orders": int(len(t)), "fraud_orders": int(t.sum())}
+    for name, flagged in (("review_or_block", got.isin(["review", "block"])), ("block", got == "block")):
+        tp = int((flagged & t).sum())
+        out[name] = {"flagged": int(flagged.sum()), "true_fraud": tp,
+                     "precision": round(tp / flagged.sum(), 3) if flagged.sum() else None,
+                     "recall": round(tp / t.sum(), 3) if t.sum() else None}
+    forced = orders["forced_by"].notna() & orders.index.isin(t.index)
+    out["forced_by_rule"] = int(forced.sum())
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--source", type=Path, default=Path("/work/ws-demo"), help="A demo workspace (events, labels/orders).")
+    p.add_argument("--work", type=Path, default=Path("/tmp/shopsight-bench-watch"), help="Scratch folder (the source is never written).")
+    p.add_argument("--days", type=float, default=14.0, help="Days of the demo to replay.")
+    p.add_argument("--rate", type=float, default=50.0, help="Orders per second of the paced replay.")
+    p.add_argument("--poll", type=float, default=0.05, help="The watcher's poll interval in seconds.")
+    p.add_argument("--modes", default="paced,burst", help="Comma-separated: paced, burst, paced-orders-only.")
+    p.add_argument("--threads", type=int, default=1, help="The watcher's torch threads.")
+    args = p.parse_args()
+    console = bench_console()
+    base, tail, truth = prepare(args.source, args.work, args.days)
+    from shopsight.behavior.models.decision import load_policy, risk_card
+    from shopsight.behavior.workspace import Workspace
+
+    policy = load_policy(Workspace(base), risk_card(Workspace(base)))
+    runs = []
+    for mode in args.modes.split(","):
+        users = not mode.endswith("orders-only")
+        console.print(f"replaying {args.days:g} days ({len(tail):,} events) — {mode} …")
+        runs.append(replay(base, tail, args.work / f"run-{mode}", mode=mode.split("-")[0], rate=args.rate, poll=args.poll, users=users,
+                           threads=args.threads)
+                    | {"name": mode})
+    q = quality(runs[0]["decisions"], truth, tail)
+    rows = [{k: r[k] for k in ("name", "poll_s", "orders_decided", "decided_twice", "batches", "latency_ms_p50", "latency_ms_p99",
+                               "latency_ms_max", "orders_per_s_offered", "orders_per_s_sustained")} for r in runs]
+    print_table(f"shopsight watch: landing → decision written ({args.days:g} demo days, {q['orders']:,} orders; target p99 ≤ 200 ms at {args.rate:g} orders/s)",
+                rows, console=console)
+    print_table(f"Decisions vs the demo's ground truth ({q['fraud_orders']} fraud orders in the window; {policy.model}: review ≥ {policy.review:.3f}, block ≥ {policy.block:.3f})",
+                [{"name": k, **q[k]} for k in ("review_or_block", "block")], ["name", "flagged", "true_fraud", "precision", "recall"], console=console)
+    console.print(f"{q['forced_by_rule']} of the window's decisions were forced by a hard rule.")
+    path = write_result("watch", {"days": args.days, "rate": args.rate, "events": int(len(tail)), "watcher_threads": args.threads, "policy": policy.to_dict(),
+                                  "runs": [{k: v for k, v in r.items() if k != "decisions"} for r in runs], "quality": q})
+    console.print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""The risk_decisions tool: what was blocked or reviewed and why, counts in a window, the false alarms; the router reaching it."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from shopsight.behavior.decisions import record_label, write_decisions
+from shopsight.tools import default_registry
+from shopsight.tools.context import ToolContext
+
+REGISTRY = default_registry()
+
+
+def _decision(order, user, decision, day, *, score=0.5, forced=None, reason="fraud probability 50.0% is at or above the review threshold 30.0%"):
+    ts = pd.Timestamp(f"{day} 12:00", tz="UTC")
+    return {"order_id": order, "user_id": user, "decision": decision, "score": score, "reasons": [reason],
+            "rules": [], "forced_by": forced, "threshold": None if forced else 0.3, "expected_precision": None if forced else 0.8,
+            "model": "risk@v2", "order_ts": ts, "landed_at": ts, "decided_at": ts, "source": "watch:test", "batch": 1}
+
+
+@pytest.fixture
+def ctx(workspace):
+    from test_agent_support import tiny_context
+
+    c = tiny_context(workspace)
+    burst = {"name": "card_testing_burst", "forces": "block", "detail": "5 orders of at most 5 within 1 h", "evidence": ["o000201"]}
+    write_decisions(workspace, 1, [
+        _decision("o000201", "u00002", "block", "2026-03-10", score=0.04, forced=burst,
+                  reason="the card testing burst rule forces block whatever the model says: 5 orders of at most 5 within 1 h"),
+        _decision("o000202", "u00001", "review", "2026-03-10"),
+        _decision("o000203", "u00003", "review", "2026-03-05"),
+        _decision("o000204", "u00004", "allow", "2026-03-10", score=0.01),
+        _decision(None, "u00004", "review", "2026-03-09", reason="the bot velocity rule forces review whatever the model says"),
+    ])
+    record_label(workspace, order_id="o000202", user_id="u00001", label="false_alarm", analyst="U1")
+    record_label(workspace, order_id="o000201", user_id="u00002", label="fraud", analyst="U1")
+    return c
+
+
+def run(ctx, **args):
+    r = REGISTRY.run(ctx, "risk_decisions", args)
+    return r, REGISTRY.render("risk_decisions", args, r)
+
+
+def test_what_was_blocked_in_a_window_and_why(ctx):
+    r, text = run(ctx, decision="block", since="2026-03-10")
+    assert r["n"] == 1 and r["decisions"][0]["order_id"] == "o000201" and r["decisions"][0]["forced_by"] == "card_testing_burst"
+    assert r["by_decision"] == {"allow": 1, "review": 1, "block": 1}  # the window's decisions (the 9th and 5th are outside)
+    assert "o000201" in text and "card testing burst rule forces block" in text and "risk@v2" in text
+    facts = REGISTRY.key_facts("risk_decisions", {}, r, "what did we block today and why?")
+    assert all(f.holds(text) for f in facts)
+    assert not all(f.holds(text.replace("card testing burst", "a")) for f in facts)
+
+
+def test_how_many_went_to_review_counts_orders_and_users(ctx):
+    r, text = run(ctx, decision="review", since="2026-03-04")
+    assert r["n"] == 3 and r["n_orders"] == 2
+    assert text.startswith("Since 4 Mar 2026, 3 decisions were held for review") or "3 decisions were held for review" in text
+
+
+def test_the_false_alarms_are_the_decisions_an_analyst_marked(ctx):
+    r, text = run(ctx, label="false_alarm")
+    assert [d["order_id"] for d in r["decisions"]] == ["o000202"] and r["decisions"][0]["analyst_label"] == "false_alarm"
+    assert "marked as a false alarm" in text and "o000202" in text
+
+
+def test_without_decisions_the_tool_says_how_to_make_them(workspace):
+    from test_agent_support import tiny_context
+
+    r, text = run(tiny_context(workspace))
+    assert r["n"] == 0 and "shopsight watch" in text
+    facts = REGISTRY.key_facts("risk_decisions", {}, r, "what did we block today?")
+    assert all(f.holds(text) for f in facts)
+
+
+def test_a_bad_date_comes_back_as_a_result(ctx):
+    r = REGISTRY.run(ctx, "risk_decisions", {"since": "yesterdayish"})
+    assert "error" in r and "not a date" in r["error"]
+
+
+def test_personal_data_in_a_reason_is_masked(ctx, workspace):
+    write_decisions(workspace, 2, [_decision("o000205", "u00001", "block", "2026-03-11", reason="mail jane.doe@example.com")])
+    r, text = run(ctx, decision="block")
+    assert "jane.doe@example.com" not in json.dumps(r) and "jane.doe@example.com" not in text
+
+
+@pytest.mark.parametrize("question, args", [
+    ("what did we block today and why?", {"decision": "block", "since": "2026-04-10"}),
+    ("how many orders went to review this week?", {"decision": "review", "since": "2026-04-03"}),
+    ("show the false alarms", {"decision": "flagged", "label": "false_alarm"}),
+])
+def test_the_arguments_come_from_the_question(question, args):
+    from shopsight.agent.router import extract_entities
+    from shopsight.tools.risk_decisions import _args
+    from shopsight.tools.registry import ConversationState
+
+    ent = extract_entities(question, anchor=pd.Timestamp("2026-04-10", tz="UTC"))
+    assert _args(ent, ConversationState(), question) == args
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("question, expected", [
+    ("what did we block today and why?", {"decision": "block", "since": "2026-04-10"}),
+    ("how many orders went to review this week?", {"decision": "review", "since": "2026-04-03"}),
+    ("show the false alarms", {"decision": "flagged", "label": "false_alarm"}),
+    ("which orders were blocked yesterday?", {"decision": "block", "since": "2026-04-09", "until": "2026-04-09"}),
+])
+def test_the_router_reaches_the_tool(tmp_path, question, expected):
+    from shopsight.agent.router import Router, default_embedder, load_router
+    from shopsight.behavior.workspace import Workspace
+    from test_agent_support import trained_router_into
+
+    ws = Workspace(tmp_path / "ws")
+    trained_router_into(ws)
+    clf, version = load_router(ws)
+    router = Router(clf, default_embedder(), version=version, anchor=pd.Timestamp("2026-04-10", tz="UTC"))
+    assert [(c["name"], c["args"]) for c in router.plan(question).calls] == [("risk_decisions", expected)]
