@@ -9,7 +9,6 @@ import pytest
 
 from shopsight.behavior.decisions import record_label, write_decisions
 from shopsight.tools import default_registry
-from shopsight.tools.context import ToolContext
 
 REGISTRY = default_registry()
 
