@@ -500,7 +500,9 @@ def create_app(settings: SlackSettings, answerer: Answerer, *, mode: Literal["so
             process_before_response=False,
             listener_executor=ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="slack-answer"),
             logger=bolt_logger,
-            name="shopsight",
+            # Bolt names a logger after the app and gives it bolt_logger's level: a dotless name off
+            # the `shopsight` tree, or every shopsight.* logger would inherit WARNING.
+            name="shopsight-slack",
         )
     except BoltError as exc:
         raise SlackConfigError(f"Slack refused the bot token (SLACK_BOT_TOKEN): {exc}. See docs/slack.md.") from exc

@@ -562,3 +562,14 @@ def test_real_agent_answers_in_slack_with_model_version_and_ranking_chart(serve,
     (upload,) = fake_slack.calls_to("files.completeUploadExternal")
     assert upload["thread_ts"] == ts and json.loads(upload["files"])[0]["title"] == "Top 3 by churn"
     assert ConversationStore.for_workspace(workspace).exists(f"slack:T1:C1:{ts}")
+
+
+def test_the_bolt_app_leaves_shopsights_own_loggers_at_their_levels(serve, fake_slack):
+    # Bolt gives a logger named after the app its base logger's WARNING level; were it "shopsight",
+    # every shopsight.* logger (this bot's "401 refused" lines among them) would go quiet at INFO.
+    server = serve(ScriptedAgent())
+    status, _ = post_event(server.url, SECRET, message_event(f"<@{BOT_USER_ID}> what did u7 do?", ts=_ts(1)))
+    assert status == 200
+    fake_slack.wait_for(lambda f: f.calls_to("chat.update"))
+    assert logging.getLogger("shopsight").level == logging.NOTSET
+    assert logging.getLogger("shopsight.integrations.slack").getEffectiveLevel() == logging.getLogger().getEffectiveLevel()
