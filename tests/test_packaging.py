@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -48,8 +49,12 @@ def test_the_checkout_that_runs_is_the_code_that_is_imported():
 
 @pytest.mark.slow
 def test_the_wheel_holds_one_top_level_package_with_its_data(tmp_path):
+    # built from a copy: setuptools writes build/ and *.egg-info beside the sources it builds
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", "workspace", "results", ".pytest_cache", "tests"))
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                           "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=600, check=False)
+                           "-w", str(tmp_path), str(src)], capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (wheel,) = tmp_path.glob("shopsight-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
