@@ -20,6 +20,7 @@ import pandas as pd
 from shopsight.behavior.workspace import Workspace, WorkspaceError
 from shopsight.agent.limits import GENERAL, LOW_CONFIDENCE, Limit, limit_for
 from shopsight.tools.registry import ConversationState, Entities, Registry, Route
+from shopsight.tools.words import country_names
 
 ROUTER_NAME = "router"
 # Below this confidence a label that finds no arguments in the question gives way to the next callable one
@@ -220,6 +221,13 @@ def extract_entities(
         if re.search(rf"\b{re.escape(str(code))}\b", q):
             e.country = str(code)
             break
+    if e.country is None and countries:
+        # "revenue in France": a country's English name, for the shops that store codes (FR)
+        names = country_names()
+        for name, code in names.items():
+            if code in countries and re.search(rf"\b{re.escape(name)}\b", low):
+                e.country = code
+                break
     for dev in _DEVICES:
         if re.search(rf"\b{dev}\b", low):
             e.device = dev

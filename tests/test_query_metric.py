@@ -341,7 +341,9 @@ def test_a_comparison_says_the_change_in_points_from_the_previous_period(ctx):
 def test_money_has_thousands_separators_and_two_decimals(ctx):
     r = REGISTRY.run(ctx, "query_metric", {"metric": "revenue"})
     text = REGISTRY.render("query_metric", {}, r)
-    assert f"Revenue was {r['total']['value']:,.2f} from" in text and re.search(r"\d{1,3}(,\d{3})+\.\d{2}", text)
+    assert f"Revenue was {r['total']['value']:,.2f} from {r['total']['units']:,} orders" in text and re.search(r"\d{1,3}(,\d{3})+\.\d{2}", text)
+    orders = REGISTRY.run(ctx, "query_metric", {"metric": "orders"})
+    assert r["total"]["units"] == orders["total"]["value"] > 0  # the orders the revenue is from, not "0 orders"
 
 
 def test_key_facts_hold_for_the_rendered_answer_and_catch_a_missing_denominator(ctx):

@@ -17,6 +17,7 @@ import re
 from typing import Any
 
 from shopsight.tools.registry import ConversationState, Entities
+from shopsight.tools.words import country_names
 
 # --- the words ---------------------------------------------------------------------------------
 _MODEL_WORDS = {
@@ -62,11 +63,12 @@ _CART_TO_PURCHASE = re.compile(
     re.I,
 )
 _AOV = re.compile(r"\baov\b|\baverage\s+(?:order|basket|purchase|ticket)(?:\s+(?:value|size|amount))?\b|\bavg\.?\s+order\b|\bbasket\s+size\b|\bmean\s+order\s+value\b", re.I)
-_REVENUE = re.compile(r"\brevenue\b|\bsales\b|\bgmv\b|\bturnover\b|\btakings\b|\bincome\b|\bhow\s+much\s+(?:did\s+we\s+)?(?:sell|sold|make|made|earn)", re.I)
+_REVENUE = re.compile(r"\brevenue\b|\bsales\b|\bgmv\b|\bturnover\b|\btakings\b|\bincome\b|\bmoney\b|\bearn(?:s|ed|ing)?\b|\bbrings?\s+in\b|\bhow\s+much\s+(?:did\s+we\s+)?(?:sell|sold|make|made|earn)", re.I)
 _SPEND = re.compile(r"\b(?:spends?|spending|spent)\b", re.I)
 # What one user's profile states without a period, and a period changes: their spend and orders.
 MEASURE_OVER_PERIOD = re.compile(r"\b(?:spends?|spending|spent|revenue|orders?|ordered|purchases?|purchased|bought|buy)\b"
                                  r"|\baverage\s+order\b|\baov\b", re.I)
+MONEY_MEASURE = _REVENUE.pattern + "|" + _AOV.pattern  # "revenue in France in March" is the metric's first sentence
 _CONVERSION = re.compile(r"\bconver(?:sion|t|ts|ted|ting)\b", re.I)
 _MEAN_SCORE = re.compile(rf"\b(?:average|mean|typical|avg\.?)\s+(?:{_SOME_MODEL})\b|\b(?:{_SOME_MODEL})\s+(?:score|probability|risk)s?\s+(?:by|per|across)\b"
                          rf"|\b(?:most|highest|lowest|least|biggest)\s+(?:{_SOME_MODEL})\b", re.I)
@@ -101,7 +103,9 @@ _COHORT_OF = re.compile(
 )
 _COMPARE = re.compile(
     r"\b(?:vs\.?|versus|compared\s+(?:with|to)|against|relative\s+to|than)\s+(?:the\s+)?(?:last|previous|prior|preceding|week\s+before|month\s+before)\b"
-    r"|\bfrom\s+(?:the\s+)?(?:last|previous|prior)\s+(?:week|month|period)\b",
+    r"|\bfrom\s+(?:the\s+)?(?:last|previous|prior)\s+(?:week|month|period)\b|" + (UP_OR_DOWN := (
+        r"\b(?:go|goes|gone|went|going)\s+(?:up|down)\b|\bup\s+or\s+down\b|\b(?:rise|rose|risen|fall|fell|fallen|dropped"
+        r"|increased?|decreased?|improved?|worsened?|grown|grew)\b")),
     re.I,
 )
 _VERSUS = re.compile(r"\b(?P<a>[A-Za-z][\w&-]*)\s+(?:vs\.?|versus|against|compared\s+(?:with|to)|or)\s+(?P<b>[A-Za-z][\w&-]*)\b", re.I)
@@ -115,6 +119,8 @@ _PAY_WITH = re.compile(
 )
 # A named category the router did not know: "in the Gardening category", "category Garden".
 _CATEGORY_NAMED = re.compile(r"\b(?:the\s+)?(?P<a>[A-Za-z][\w&-]+)\s+category\b|\bcategory\s+(?:of\s+)?['\"]?(?P<b>[A-Za-z][\w&-]+)", re.I)
+_CAPITALISED_AFTER = re.compile(r"\b(?:for|in|within)\s+(?:the\s+)?(?P<name>[A-Z][a-z][\w&-]*)\b(?!\s+(?:users?|customers?|cohort)\b)")
+_DAY_NAMES = {"monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "today", "yesterday"}
 _NOT_A_CATEGORY = {"which", "what", "each", "every", "a", "the", "per", "by", "top", "one", "same", "product", "that", "this",
                    "highest", "lowest", "best", "worst", "biggest", "has", "have", "with", "is", "and", "or", "most", "least"}
 
@@ -191,7 +197,7 @@ def metric_args(ent: Entities, state: ConversationState, question: str) -> dict[
         value = getattr(ent, column)
         if value and column != group_by and column not in args:
             args[column] = [value]
-    if "category" not in args and group_by != "category" and (named := _unknown_category(q)):
+    if "category" not in args and group_by != "category" and (named := _unknown_category(q, ent)):
         args["category"] = [named]  # not a category of this shop: the tool answers with the ones it has
     payment = _payment(q)
     focus_column = None
@@ -288,10 +294,10 @@ def _metric(q: str, threshold: dict[str, Any] | None, model_named: str | None) -
             return "users"
     if _SHARE.search(q) and model_named and (_HIGH_RISK.search(q) or _LIKELY_CHURN.search(q) or _LIKELY_BUY.search(q)) and not _payment(q):
         return "score_share_above"  # "what percentage of our customers are likely to churn?"
+    if unit and unit.group("orders"):
+        return "orders"  # "what fraction of orders are paid with PayPal?" counts orders, not users
     if _payment(q) or unit and unit.group("users"):
         return "users"
-    if unit and unit.group("orders"):
-        return "orders"
     if unit and unit.group("sessions"):
         return "sessions"
     return "funnel"  # no metric named: the overview of the scope, every step with its denominator
@@ -353,14 +359,26 @@ def _payment(q: str) -> str | None:
     return None
 
 
-def _unknown_category(q: str) -> str | None:
+def _unknown_category(q: str, ent: Entities) -> str | None:
+    """A category the words name that the shop lacks ("the Gardening category", "refund rate for Electronics")."""
     m = _CATEGORY_NAMED.search(q)
-    if not m:
+    if m:
+        word = m.group("a") or m.group("b")
+        if word.lower() in _NOT_A_CATEGORY or re.fullmatch(r"(?:categor\w*|cart|sessions?|users?)", word, re.I):
+            return None
+        return word
+    if ent.country or ent.device:
         return None
-    word = m.group("a") or m.group("b")
-    if word.lower() in _NOT_A_CATEGORY or re.fullmatch(r"(?:categor\w*|cart|sessions?|users?)", word, re.I):
-        return None
-    return word
+    # a capitalised name after "for"/"in" that is no month, day, country, device or payment method:
+    # answered as a category the shop does not have, rather than silently for the whole shop
+    for m in _CAPITALISED_AFTER.finditer(q):
+        word = m.group("name")
+        low = word.lower()
+        if (low in _NOT_A_CATEGORY or low in MONTH_NAMES or low in _DAY_NAMES or low in _DEVICES or _WALLETS.fullmatch(word)
+                or low.split()[0] in MONTH_NAMES or low in country_names() or re.fullmatch(r"[A-Z]{2,3}", word)):
+            continue
+        return word
+    return None
 
 
 def _population(q: str) -> dict[str, Any]:

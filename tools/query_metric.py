@@ -29,7 +29,7 @@ from shopsight.behavior.query import (
 )
 from shopsight.behavior.workspace import Workspace, WorkspaceError
 from shopsight.tools.context import ToolContext, unavailable
-from shopsight.tools.metric_slots import DEFAULT_SCORE_LINE, MEASURE_OVER_PERIOD, MONTH_NAMES, RETENTION_MEASURE, metric_args
+from shopsight.tools.metric_slots import DEFAULT_SCORE_LINE, MEASURE_OVER_PERIOD, MONEY_MEASURE, MONTH_NAMES, RETENTION_MEASURE, UP_OR_DOWN, metric_args
 from shopsight.tools.registry import (
     MAX_RESULT_CHARS,
     ConversationState,
@@ -316,6 +316,8 @@ def _row(r: MetricRow, metric: str) -> dict[str, Any]:
     for key in ("numerator", "denominator"):
         if getattr(r, key) is not None:
             out[key] = getattr(r, key)
+    if metric == "revenue":
+        out["units"] = r.units  # the orders the revenue is from ("… from 185 orders")
     if r.share is not None:
         out["share"] = round(r.share, 6)
     if r.steps:
@@ -599,7 +601,8 @@ def _render_total(r: Mapping[str, Any]) -> str:
         text = (f"The average order value{users}{scope} is {_money(t['value'])} — revenue of {_money(t.get('numerator'))} "
                 f"over {_count(t.get('denominator'))} orders — {period}.")
     elif metric == "revenue":
-        text = f"Revenue{users}{scope} was {_money(t['value'])} from {_count(t.get('units'))} orders {period}."
+        orders = f" from {_count(t['units'])} orders" if t.get("units") is not None else ""  # the query may not count them
+        text = f"Revenue{users}{scope} was {_money(t['value'])}{orders} {period}."
     elif metric == "score_mean":
         what = _WHAT_SCORE.get(q.get("model"), q.get("model"))
         text = f"The average {what} probability{users}{scope} is {_pct(t['value'])} over {_count(t.get('denominator'))} scored users{_models(r)}."
@@ -946,7 +949,7 @@ _NEVER_CHECKOUT = r"\b(?:never|not|didn't|did\s+not|without)\s+(?:\w+\s+)?(?:che
 _SCORE_STATS = (r"\bhow\s+many\b|\bnumber\s+of\b|\bshare\b|\bpercent(?:age)?\b|\bproportion\b|\bfraction\b|\baverage\b|\bmean\b|\bmedian\b"
                 r"|\bdistribution\b|\bdeciles?\b|\b(?:order\s+value|aov|revenue|conversion)\b")
 
-_FROM_SEGMENT = re.compile("|".join((_GROUPED, _COHORTS, _THRESHOLDS, _POPULATIONS, _VERSUS_PREVIOUS, _RATES)), re.I)
+_FROM_SEGMENT = re.compile("|".join((_GROUPED, _COHORTS, _THRESHOLDS, _POPULATIONS, _VERSUS_PREVIOUS, _RATES, UP_OR_DOWN, MONEY_MEASURE)), re.I)
 _FROM_SEARCH = re.compile("|".join((_GROUPED, _COHORTS, _THRESHOLDS, _VERSUS_PREVIOUS, _RATES, _NEVER_CHECKOUT)), re.I)
 _FROM_SCORES = re.compile("|".join((_GROUPED, _COHORTS, _THRESHOLDS, _SCORE_STATS)), re.I)
 _FROM_COMPARE = re.compile(r"\b(?:mobile|desktop|tablet)\b.{0,20}\b(?:vs\.?|versus|against|compared\s+(?:with|to))\s+(?:mobile|desktop|tablet)\b"

@@ -6,6 +6,8 @@ Percentages with one decimal, money with thousands separators and a currency sig
 
 from __future__ import annotations
 
+import functools
+
 import re
 from typing import Any
 
@@ -107,3 +109,18 @@ def raw_field_names(text: str) -> list[str]:
 def quoted(text: Any) -> str:
     """Free text ready to put inside double quotes: its own double quotes become single ones."""
     return str(text or "").replace('"', "'")
+
+
+@functools.cache
+def country_names() -> dict[str, str]:
+    """Lower-case English country names (and a few everyday ones) → ISO codes, longest first.
+
+    From phonenumbers' region names (a dependency already, for masking): no second country table.
+    """
+    import phonenumbers
+    from phonenumbers.geocoder import _region_display_name
+
+    names = {_region_display_name(r, "en").lower(): r for r in phonenumbers.SUPPORTED_REGIONS}
+    names |= {"usa": "US", "america": "US", "the us": "US", "uk": "GB", "britain": "GB", "great britain": "GB",
+              "england": "GB", "holland": "NL", "korea": "KR"}
+    return dict(sorted(((k, v) for k, v in names.items() if k), key=lambda kv: -len(kv[0])))
