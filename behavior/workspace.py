@@ -38,6 +38,8 @@ from behavior.events import MUST_PROVIDE, single_chunk_strings
 DEFAULT_WORKSPACE = Path("workspace")
 MANIFEST = "manifest.json"
 LOCK_FILE = ".lock"
+# Where an ingest stages its validated chunks before the batch is written: .staging/<pid>-<random>/.
+STAGING_DIR = ".staging"
 # How long a second writer waits for the first before giving up (SHOPSIGHT_LOCK_TIMEOUT_S).
 LOCK_TIMEOUT_S = 30.0
 
@@ -454,9 +456,52 @@ def remove_unlisted_batch_files(ws: Workspace) -> list[Path]:
 
 
 def remove_leftovers(ws: Workspace) -> None:
-    """What a killed writer left: temp files of atomic writes and unlisted batch files (under the lock)."""
+    """What a killed writer left: temp files of atomic writes, unlisted batch files, and the staging
+    folders of ingests whose process is gone (under the lock)."""
     for folder in (ws.root, ws.events_dir, ws.rejected_dir):
         if folder.is_dir():
             for tmp in folder.glob(".*.tmp"):
                 tmp.unlink(missing_ok=True)
     remove_unlisted_batch_files(ws)
+    staged = ws.root / STAGING_DIR
+    if staged.is_dir():
+        for folder in staged.iterdir():
+            pid = folder.name.split("-", 1)[0]
+            if not pid.isdigit() or not _alive(int(pid)):
+                shutil.rmtree(folder, ignore_errors=True)
+        if not any(staged.iterdir()):
+            staged.rmdir()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+@contextmanager
+def staging(ws: Workspace) -> Iterator[Path]:
+    """A new folder ``.staging/<pid>-<random>`` in the workspace for an ingest's chunks, removed on exit.
+
+    A killed ingest's folder stays until the next writer removes it (:func:`remove_leftovers`),
+    which knows it is dead by its pid. In the workspace rather than /tmp: the same disk as the
+    batch file it becomes.
+
+    Raises:
+        WorkspaceError: the workspace cannot be written.
+    """
+    with writing_in(ws.root):
+        folder = ws.root / STAGING_DIR / f"{os.getpid()}-{os.urandom(4).hex()}"
+        folder.mkdir(parents=True)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            folder.parent.rmdir()  # the last one out
+        except OSError:
+            pass
