@@ -57,7 +57,7 @@ from behavior.workspace import (
 
 KEY_FILE = "privacy.key"
 REJECTED_MASKED_NOTE = "rejected rows: personal data masked (cells)"
-__all__ = ["IDENTITY", "append_batch", "batch_list", "ingest_file", "undo_batch", "workspace_key"]
+__all__ = ["IDENTITY", "append_batch", "batch_list", "ingest_database", "ingest_file", "undo_batch", "workspace_key"]
 
 
 class PrivacyKeyError(RuntimeError):
@@ -233,6 +233,49 @@ def ingest_file(
     )
 
 
+def ingest_database(
+    workspace: Workspace,
+    url: str,
+    *,
+    table: str | None = None,
+    query: str | None = None,
+    since_column: str | None = None,
+    mapping: Mapping[str, str] | None = None,
+    strict: bool = False,
+    tz: str = "UTC",
+    limits: IngestLimits | None = None,
+    replace: bool = False,
+    lock_timeout: float = LOCK_TIMEOUT_S,
+    on_progress: Callable[[int, int, str], None] | None = None,
+    return_events: bool = True,
+) -> tuple[pd.DataFrame | None, IngestReport]:
+    """Pull a PostgreSQL table or read-only query into the workspace as one batch (see ``behavior.database``).
+
+    With ``since_column`` the pull is incremental: it reads the rows at or past the watermark the
+    source's last batch stored, and its own batch stores the new one. The rows go through the same
+    validation, protection, dedupe and atomic publish as a file's; the source is stored without
+    the URL's password.
+
+    Raises:
+        DatabaseSourceError: a bad URL, a server that cannot be reached, a missing table or column, a
+            column whose type cannot be the canonical column (each naming what is wrong).
+    """
+    from behavior.database import DatabasePull, DatabaseSource, stored_watermark
+
+    source = DatabaseSource(url, table=table, query=query, since_column=since_column)
+    previous = None if replace else stored_watermark(_batches_with_legacy(workspace, workspace.read_manifest()), source)
+    pull = DatabasePull(source, previous=previous, mapping=mapping, strict=strict, tz=tz, on_progress=on_progress)
+
+    def entry(report: IngestReport) -> dict[str, Any]:
+        report.notes.update(pull.notes)
+        return {"watermark": pull.watermark} if pull.watermark else {}
+
+    return append_batch(
+        workspace, pull.parts(), source=source.name, fmt="canonical", limits=limits or IngestLimits(), strict=strict,
+        replace=replace, lock_timeout=lock_timeout, record=entry, return_events=return_events,
+    )
+
+
 def append_batch(
     workspace: Workspace,
     parts: Iterable[tuple[str, pd.DataFrame, IngestReport]],
@@ -245,7 +288,7 @@ def append_batch(
     lock_timeout: float = LOCK_TIMEOUT_S,
     name_files: bool = False,
     catalogue: Callable[[], pd.DataFrame] | None = None,
-    record: Callable[[], dict[str, Any]] | None = None,
+    record: Callable[[IngestReport], dict[str, Any]] | None = None,
     return_events: bool = True,
 ) -> tuple[pd.DataFrame | None, IngestReport]:
     """Append validated chunks, ``(part name, canonical events, its report)``, to the workspace as one batch.
@@ -259,7 +302,7 @@ def append_batch(
         name_files: The parts are different files: rejected reasons say which one.
         catalogue: Item names of this data set, saved with the batch.
         record: Extra fields for the batch's manifest entry (e.g. a database source's watermark),
-            asked once all parts are read.
+            asked with the report (to add notes to) once all parts are read.
 
     Raises:
         EventDataError: a part with no usable row, or (strict) a row repeating an earlier one.
@@ -290,7 +333,7 @@ def append_batch(
             report.rejected = rejected
             if masked_cells:
                 report.notes[REJECTED_MASKED_NOTE] = masked_cells
-        extra = record() if record is not None else {}
+        extra = record(report) if record is not None else {}
         with workspace.writer("ingest", timeout=lock_timeout):
             manifest = workspace.read_manifest()
             batches = [] if replace else _batches_with_legacy(workspace, manifest)
