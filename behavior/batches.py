@@ -17,7 +17,6 @@ NULL equal to NULL), not on hashes.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ from behavior.workspace import atomic_path
 # What makes two events the same event, whichever batch each came in.
 IDENTITY: tuple[str, ...] = ("user_id", "ts", "event", "item_id", "session_id", "order_id")
 # DuckDB's share of an ingest: its hash tables and sorts spill to the staging folder past this.
-DUCKDB_MEMORY_LIMIT = os.environ.get("SHOPSIGHT_INGEST_DUCKDB_MEMORY", "512MB")
+DUCKDB_MEMORY_LIMIT = "512MB"
 CANONICAL_ORDER = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
 
 
@@ -54,6 +53,7 @@ class StagedBatch:
     rows: int
     files: list[str]  # the source file (or query) each ``_file`` number stands for
     columns: list[str]  # canonical columns present in any chunk
+    rows_per_file: list[int]  # staged rows of each of ``files``
 
 
 def stage_chunks(folder: Path, chunks: Iterable[tuple[str, pd.DataFrame]]) -> StagedBatch:
@@ -64,13 +64,16 @@ def stage_chunks(folder: Path, chunks: Iterable[tuple[str, pd.DataFrame]]) -> St
     timestamps stop at microseconds; comparing those could merge two events).
     """
     files: list[str] = []
+    per_file: list[int] = []
     columns: dict[str, None] = {}
     rows = 0
     for n, (name, events) in enumerate(chunks):
         if name not in files:
             files.append(name)
+            per_file.append(0)
         if not len(events):
             continue
+        per_file[files.index(name)] += len(events)
         part = events.copy()
         part["ts"] = part["ts"].astype("datetime64[ns, UTC]").astype("int64")
         part["_file"] = files.index(name)
@@ -78,7 +81,8 @@ def stage_chunks(folder: Path, chunks: Iterable[tuple[str, pd.DataFrame]]) -> St
         columns.update(dict.fromkeys(c for c in events.columns))
         pq.write_table(pa.Table.from_pandas(part, preserve_index=False), folder / f"part-{n:06d}.parquet")
         rows += len(part)
-    return StagedBatch(folder=folder, rows=rows, files=files, columns=[c for c in CANONICAL_ORDER if c in columns])
+    return StagedBatch(folder=folder, rows=rows, files=files, columns=[c for c in CANONICAL_ORDER if c in columns],
+                       rows_per_file=per_file)
 
 
 @dataclass
@@ -91,7 +95,7 @@ class Deduped:
 
 
 def _connect(folder: Path, threads: int | None = None) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(str(folder / "dedupe.duckdb"))  # on disk: tables past the memory limit live there
+    con = duckdb.connect(":memory:")  # tables past the memory limit spill to temp_directory
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
     con.execute(f"SET temp_directory = '{folder / 'spill'}'")
@@ -150,33 +154,27 @@ def write_batch(
     try:
         present = set(staged.columns)
         cols = [c for c in CANONICAL_ORDER if c in present]
-        con.execute(
-            "CREATE TABLE staged AS SELECT * FROM read_parquet($parts, union_by_name = true)",
-            {"parts": str(staged.folder / "part-*.parquet")},
-        )
+        parts = {"parts": str(staged.folder / "part-*.parquet")}
+        source = "read_parquet($parts, union_by_name = true)"
         ident = ", ".join(c if c in present else "NULL" for c in IDENTITY)
-        every = ", ".join(cols)
-        # First: which rows repeat an earlier row of their file exactly; then, of the rest, which repeat
-        # an earlier row's identity. row_number over the batch order keeps the first of each.
-        con.execute(
-            f"CREATE TABLE marked AS SELECT *, "
-            f"row_number() OVER (PARTITION BY _file, {every} ORDER BY _ord) > 1 AS _repeat FROM staged"
-        )
-        con.execute("DROP TABLE staged")
-        con.execute(
-            f"CREATE TABLE firsts AS SELECT * EXCLUDE (_repeat, _same) FROM ("
-            f"SELECT *, row_number() OVER (PARTITION BY {ident} ORDER BY _ord) > 1 AS _same FROM marked WHERE NOT _repeat) "
-            f"WHERE NOT _same"
-        )
-        repeats = con.execute("SELECT _file, count(*) FROM marked WHERE _repeat GROUP BY _file ORDER BY _file").fetchall()
+        # A row repeating an earlier row of its file exactly is a duplicate: each file's rows less its distinct rows.
+        distinct = dict(con.execute(f"SELECT _file, count(*) FROM (SELECT DISTINCT _file, {', '.join(cols)} FROM {source}) "
+                                    "GROUP BY _file", parts).fetchall())
+        repeats = [(f, n - int(distinct.get(f, 0))) for f, n in enumerate(staged.rows_per_file) if n - int(distinct.get(f, 0)) > 0]
         if strict and repeats:
             file, count = repeats[0]
             raise EventDataError(
                 "a row repeats an earlier one", source=staged.files[file],
                 hint=f"{count} such rows; without --strict duplicates are counted and dropped",
             )
-        duplicates = sum(int(n) for _, n in repeats)
-        con.execute("DROP TABLE marked")
+        duplicates = sum(n for _, n in repeats)
+        # Of each identity, the first row in batch order; a full repeat is never first (its original comes
+        # before it), so the rest are the duplicates and the rows repeating an earlier row's identity.
+        con.execute(
+            f"CREATE TABLE firsts AS SELECT * EXCLUDE (_n) FROM ("
+            f"SELECT *, row_number() OVER (PARTITION BY {ident} ORDER BY _ord) AS _n FROM {source}) WHERE _n = 1",
+            parts,
+        )
         for c in IDENTITY:
             if c not in present:
                 con.execute(f"ALTER TABLE firsts ADD COLUMN {c} VARCHAR")

@@ -133,6 +133,7 @@ def source_files(path: str | Path) -> list[Path]:
 
 def _read_parts(
     adapter: Any, files: list[Path], options: dict, total_rows: int, on_progress: Callable[[int, int, Path], None] | None,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> Iterator[tuple[str, pd.DataFrame, IngestReport]]:
     """(file, events, report) for each chunk of ``files``, read one after another with ``adapter``:
     the canonical reader goes chunk by chunk, any other format a file at a time."""
@@ -148,7 +149,7 @@ def _read_parts(
                 on_progress(done, total_rows, _file)
 
         if adapter.read is canonical_reader:
-            for events, report in iter_events(file, **options, on_rows=advance):
+            for events, report in iter_events(file, **options, on_rows=advance, chunk_rows=chunk_rows):
                 yield str(file), events, report
         else:
             events, report = adapter.read(file, **options)
@@ -177,6 +178,7 @@ def ingest_file(
     lock_timeout: float = LOCK_TIMEOUT_S,
     on_progress: Callable[[int, int, Path], None] | None = None,
     return_events: bool = True,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> tuple[pd.DataFrame | None, IngestReport]:
     """Validate ``path`` as ``fmt``, protect personal data, and append it to the workspace's events as one batch.
 
@@ -196,6 +198,7 @@ def ingest_file(
         on_progress: Called as ``on_progress(rows_read, rows_estimated, file)`` before each file and after
             each chunk of a canonical file (or each file of another format).
         return_events: Read the batch's events back to return them (False: return None, and hold nothing).
+        chunk_rows: Rows read, validated, and later sessionized at once: what bounds the memory.
 
     Returns:
         The events the batch added (sessionized; None unless ``return_events``) and the report, with
@@ -216,7 +219,7 @@ def ingest_file(
     limits = limits or IngestLimits()
     chunked = adapter.read is canonical_reader
     estimate = check_ingest_limits(adapter.input_files(Path(path)) if adapter.input_files else files, limits,
-                                   chunk_rows=CHUNK_ROWS if chunked else None)
+                                   chunk_rows=chunk_rows if chunked else None)
     # tz None: the format's own default (Online Retail is UK time, most others UTC).
     options: dict = {"strict": strict, "encoding": encoding}
     if tz is not None:
@@ -227,9 +230,9 @@ def ingest_file(
         options["mapping"] = mapping
     catalogue = None if adapter.catalogue is None else (lambda: adapter.catalogue(path, encoding=encoding))
     return append_batch(
-        workspace, _read_parts(adapter, files, options, estimate.rows, on_progress), source=files_source(files), fmt=fmt,
-        limits=limits, strict=strict, replace=replace, lock_timeout=lock_timeout, name_files=len(files) > 1,
-        catalogue=catalogue, return_events=return_events,
+        workspace, _read_parts(adapter, files, options, estimate.rows, on_progress, chunk_rows), source=files_source(files),
+        fmt=fmt, limits=limits, strict=strict, replace=replace, lock_timeout=lock_timeout, name_files=len(files) > 1,
+        catalogue=catalogue, return_events=return_events, chunk_rows=chunk_rows,
     )
 
 
@@ -248,6 +251,7 @@ def ingest_database(
     lock_timeout: float = LOCK_TIMEOUT_S,
     on_progress: Callable[[int, int, str], None] | None = None,
     return_events: bool = True,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> tuple[pd.DataFrame | None, IngestReport]:
     """Pull a PostgreSQL table or read-only query into the workspace as one batch (see ``behavior.database``).
 
@@ -264,7 +268,8 @@ def ingest_database(
 
     source = DatabaseSource(url, table=table, query=query, since_column=since_column)
     previous = None if replace else stored_watermark(_batches_with_legacy(workspace, workspace.read_manifest()), source)
-    pull = DatabasePull(source, previous=previous, mapping=mapping, strict=strict, tz=tz, on_progress=on_progress)
+    pull = DatabasePull(source, previous=previous, mapping=mapping, strict=strict, tz=tz, on_progress=on_progress,
+                        chunk_rows=chunk_rows)
 
     def entry(report: IngestReport) -> dict[str, Any]:
         report.notes.update(pull.notes)
@@ -272,7 +277,7 @@ def ingest_database(
 
     return append_batch(
         workspace, pull.parts(), source=source.name, fmt="canonical", limits=limits or IngestLimits(), strict=strict,
-        replace=replace, lock_timeout=lock_timeout, record=entry, return_events=return_events,
+        replace=replace, lock_timeout=lock_timeout, record=entry, return_events=return_events, chunk_rows=chunk_rows,
     )
 
 
@@ -290,6 +295,7 @@ def append_batch(
     catalogue: Callable[[], pd.DataFrame] | None = None,
     record: Callable[[IngestReport], dict[str, Any]] | None = None,
     return_events: bool = True,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> tuple[pd.DataFrame | None, IngestReport]:
     """Append validated chunks, ``(part name, canonical events, its report)``, to the workspace as one batch.
 
@@ -343,7 +349,7 @@ def append_batch(
                 report.replaced_events = _count_rows(old_files)
             batch_id = int(manifest.get("next_batch", 1 + max((b["id"] for b in batches), default=0)))
             file = f"events/batch-{batch_id:06d}.parquet"
-            done = write_batch(staged, stored_files, workspace.root / file, strict=strict)
+            done = write_batch(staged, stored_files, workspace.root / file, strict=strict, chunk_rows=chunk_rows)
             report.duplicates += done.duplicates  # repeats across a file's chunks (those within one are counted already)
             report.already_stored = done.already_stored
             report.rows_kept = done.kept  # read = kept + duplicates + already stored + rejected

@@ -123,7 +123,7 @@ def postgres_server(*, user: str = "shop", password: str = "s3cret-pw", database
         prefix = ["runuser", "-u", "postgres", "--"]
 
     def run(*cmd: str) -> None:
-        done = subprocess.run([*prefix, *cmd], capture_output=True, text=True, timeout=timeout_s)
+        done = subprocess.run([*prefix, *cmd], capture_output=True, text=True, timeout=timeout_s, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stdout[-1500:]}{done.stderr[-1500:]}")
 
@@ -134,8 +134,8 @@ def postgres_server(*, user: str = "shop", password: str = "s3cret-pw", database
             run(str(bin_dir / "initdb"), "-D", str(data), "-U", user, f"--pwfile={pwfile}", "--auth-local=trust",
                 "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync")
             options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off -c full_page_writes=off"
+            started = True  # from here on, stop it whatever happens (pg_ctl may time out with the server up)
             run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", str(int(timeout_s)), "start")
-            started = True
             run(str(bin_dir / "psql"), "-h", str(root), "-p", str(port), "-U", user, "-d", "postgres", "-q",
                 "-c", f"CREATE DATABASE {database}")
         except RuntimeError as exc:
@@ -145,5 +145,5 @@ def postgres_server(*, user: str = "shop", password: str = "s3cret-pw", database
     finally:
         if started:
             subprocess.run([*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                           capture_output=True, timeout=timeout_s)
+                           capture_output=True, timeout=timeout_s, check=False)
         shutil.rmtree(root, ignore_errors=True)

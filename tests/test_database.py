@@ -11,12 +11,22 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from servers import (  # tests/ is on sys.path
+    PostgresServer,
+    free_port,
+    postgres_bin,
+    postgres_server,
+)
 from typer.testing import CliRunner
 
-from behavior.database import DatabasePull, DatabaseSource, DatabaseSourceError, mask_url
+from behavior.database import (
+    DatabasePull,
+    DatabaseSource,
+    DatabaseSourceError,
+    mask_url,
+)
 from behavior.ingest import batch_list, ingest_database, undo_batch
 from behavior.workspace import Workspace
-from servers import PostgresServer, free_port, postgres_bin, postgres_server  # tests/ is on sys.path
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -118,7 +128,7 @@ def test_rows_are_read_through_a_server_side_cursor_in_chunks(pg: PostgresServer
     pull = DatabasePull(DatabaseSource(pg.url(), table=table, since_column="id"), chunk_rows=20,
                         on_progress=lambda done, total, name: seen.append((done, total)))
     parts = pull.parts()
-    name, events, report = next(parts)
+    _, events, _ = next(parts)
     with psycopg.connect(pg.url()) as conn:  # while the pull is paused: its backend is FETCHing from a cursor
         state = conn.execute("SELECT query, state FROM pg_stat_activity WHERE application_name = 'shopsight ingest'").fetchone()
     assert state[0].startswith("FETCH FORWARD 20 FROM") and state[1] == "idle in transaction"
@@ -152,7 +162,7 @@ def test_a_bad_source_is_one_clear_error_line(pg: PostgresServer, tmp_path: Path
         "refused": "cannot connect: connection failed",
         "password": 'password authentication failed for user "shop"',
         "table": "table nope: no table nope in the database (tables: events_1, events_2,",
-        "since": f"no column 'inserted' for --since-column (columns: id, user_id, ts, event, item_id, price, quantity)",
+        "since": "no column 'inserted' for --since-column (columns: id, user_id, ts, event, item_id, price, quantity)",
         "type": f"table {odd}, column 'ts': column 'ts' is bool; ts must be a timestamp",
         "missing": f"table {odd}, column 'event': missing required column 'event' (found: user_id, ts)",
     }[case]
