@@ -42,6 +42,8 @@ from behavior.workspace import atomic_path
 IDENTITY: tuple[str, ...] = ("user_id", "ts", "event", "item_id", "session_id", "order_id")
 # DuckDB's share of an ingest: its hash tables and sorts spill to the staging folder past this.
 DUCKDB_MEMORY_LIMIT = "512MB"
+# Stored events stream into DuckDB this many rows at a time (its Arrow scan holds a few batches per thread).
+STORED_BATCH_ROWS = 65_536
 CANONICAL_ORDER = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
 
 
@@ -95,7 +97,7 @@ class Deduped:
 
 
 def _connect(folder: Path, threads: int | None = None) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(":memory:")  # tables past the memory limit spill to temp_directory
+    con = duckdb.connect(str(folder / "dedupe.duckdb"))  # on disk: the batch's tables need not fit the memory cap
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
     con.execute(f"SET temp_directory = '{folder / 'spill'}'")
@@ -116,7 +118,7 @@ def stored_reader(files: list[Path], columns: tuple[str, ...]) -> pa.RecordBatch
         for path in files:
             pf = pq.ParquetFile(path)
             have = [c for c in columns if c in pf.schema_arrow.names]
-            for batch in pf.iter_batches(batch_size=CHUNK_ROWS, columns=have):
+            for batch in pf.iter_batches(batch_size=STORED_BATCH_ROWS, columns=have):
                 arrays = []
                 for c in columns:
                     if c not in have:
@@ -170,11 +172,10 @@ def write_batch(
         duplicates = sum(n for _, n in repeats)
         # Of each identity, the first row in batch order; a full repeat is never first (its original comes
         # before it), so the rest are the duplicates and the rows repeating an earlier row's identity.
-        con.execute(
-            f"CREATE TABLE firsts AS SELECT * EXCLUDE (_n) FROM ("
-            f"SELECT *, row_number() OVER (PARTITION BY {ident} ORDER BY _ord) AS _n FROM {source}) WHERE _n = 1",
-            parts,
-        )
+        # (A hash aggregate and a semi-join: both spill past the memory cap, where a window over 10M rows did not.)
+        con.execute(f"CREATE TABLE keep AS SELECT min(_ord) AS _ord FROM {source} GROUP BY {ident}", parts)
+        con.execute(f"CREATE TABLE firsts AS SELECT * FROM {source} s SEMI JOIN keep k ON s._ord = k._ord", parts)
+        con.execute("DROP TABLE keep")
         for c in IDENTITY:
             if c not in present:
                 con.execute(f"ALTER TABLE firsts ADD COLUMN {c} VARCHAR")

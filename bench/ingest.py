@@ -22,6 +22,7 @@ Each row shows events/s and the process's peak RSS: with memory bounded by the c
 the peak stays flat as the folder grows.
 
     python bench/ingest.py --folder 1000000,3000000,10000000
+    python bench/ingest.py --folder 10000000 --chunk-rows 100000 --duckdb-memory 256MB   # the bound's two knobs
 """
 
 from __future__ import annotations
@@ -185,19 +186,21 @@ def write_folder(directory: Path, events: int, file_events: int, seed: int) -> t
     return folder, directory / "next-day.parquet"
 
 
-def measure_folder(folder: Path, next_file: Path, workspace: Path, step: str) -> dict:
+def measure_folder(folder: Path, next_file: Path, workspace: Path, step: str, chunk_rows: int, duckdb_memory: str) -> dict:
     """One step of the folder benchmark in this process: ingest ``folder`` as one batch into the empty
     ``workspace`` (step "folder"), or append ``next_file`` to it (step "append")."""
+    import behavior.batches
     from behavior.events import IngestLimits
     from behavior.ingest import ingest_file
     from behavior.workspace import Workspace
 
+    behavior.batches.DUCKDB_MEMORY_LIMIT = duckdb_memory
     ws = Workspace(workspace)
     source = folder if step == "folder" else next_file
     cpu0 = _cpu_seconds()
     t0 = time.perf_counter()
-    kwargs = {"return_events": False} if "return_events" in ingest_file.__code__.co_varnames else {}
-    _, report = ingest_file(ws, source, limits=IngestLimits(max_rows=10**9, max_memory_mb=10**6), **kwargs)
+    _, report = ingest_file(ws, source, limits=IngestLimits(max_rows=10**9, max_memory_mb=10**6), return_events=False,
+                            chunk_rows=chunk_rows)
     seconds = time.perf_counter() - t0
     read = report.rows_read
     return {"step": step, "rows_read": int(read), "added": int(report.rows_kept), "already_stored": int(report.already_stored),
@@ -222,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated folder sizes in events, e.g. 1000000,3000000,10000000: ingest each "
                              "folder of Parquet files as one batch, then append a day to it (peak memory per size)")
     parser.add_argument("--file-events", type=int, default=1_000_000, help="events per Parquet file of a --folder (default 1,000,000)")
+    parser.add_argument("--chunk-rows", type=int, default=None, help="rows read, validated and sessionized at once (default: CHUNK_ROWS)")
+    parser.add_argument("--duckdb-memory", default=None, help="DuckDB's memory cap during an ingest (default: behavior.batches' 512MB)")
     parser.add_argument("--folder-worker", nargs=4, help=argparse.SUPPRESS)  # internal: folder, next file, workspace, step
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # internal: measure one file
     parser.add_argument("--append-worker", type=Path, help=argparse.SUPPRESS)  # internal: append a folder's files
@@ -230,9 +235,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker is not None:
         print(json.dumps(measure_one(args.worker, profile=args.profile)))
         return 0
+    if args.folder_worker is not None or args.folder:
+        from behavior.batches import DUCKDB_MEMORY_LIMIT
+        from behavior.events import CHUNK_ROWS
+
+        args.chunk_rows = args.chunk_rows or CHUNK_ROWS
+        args.duckdb_memory = args.duckdb_memory or DUCKDB_MEMORY_LIMIT
     if args.folder_worker is not None:
         folder, next_file, workspace, step = args.folder_worker
-        print(json.dumps(measure_folder(Path(folder), Path(next_file), Path(workspace), step)))
+        print(json.dumps(measure_folder(Path(folder), Path(next_file), Path(workspace), step, args.chunk_rows, args.duckdb_memory)))
         return 0
     if args.folder:
         return folder_main(args)
@@ -284,8 +295,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def folder_main(args: argparse.Namespace) -> int:
     """``--folder``: per size, ingest a folder of Parquet files as one batch, then append a day; print and save."""
-    from behavior.events import CHUNK_ROWS
-
     console = bench_console()
     sizes = [int(x.replace("_", "")) for x in args.folder.split(",") if x.strip()]
     rows = []
@@ -297,15 +306,17 @@ def folder_main(args: argparse.Namespace) -> int:
             for step in ("folder", "append"):
                 with console.status(f"{size:,} events: {step}…"):
                     result = run_isolated([str(Path(__file__).resolve()), "--folder-worker", str(folder), str(next_file),
-                                           str(Path(tmp) / "ws"), step])
+                                           str(Path(tmp) / "ws"), step, "--chunk-rows", str(args.chunk_rows),
+                                           "--duckdb-memory", args.duckdb_memory])
                 rows.append({"events": size, "files": len(list(folder.iterdir())), "folder_mb": round(folder_mb, 1), **result})
-    print_table(f"Ingest a folder of Parquet files as one batch, then append a day (chunks of {CHUNK_ROWS:,} rows)", rows,
+    print_table(f"Ingest a folder of Parquet files as one batch, then append a day (chunks of {args.chunk_rows:,} rows, "
+                f"DuckDB capped at {args.duckdb_memory})", rows,
                 ["events", "files", "folder_mb", "step", "rows_read", "added", "already_stored", "seconds", "events_per_s",
                  "cpu_seconds", "peak_rss_mb"], console=console)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     console.print(f"Load average now {load:.1f} on {os.cpu_count()} cores.")
     path = write_result("ingest_folder", {"sizes": sizes, "file_events": args.file_events, "seed": args.seed,
-                                          "chunk_rows": CHUNK_ROWS, "results": rows})
+                                          "chunk_rows": args.chunk_rows, "duckdb_memory": args.duckdb_memory, "results": rows})
     console.print(f"Wrote {path}")
     return 0
 
