@@ -21,6 +21,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -372,7 +373,8 @@ class Workspace:
                             "SHOPSIGHT_LOCK_TIMEOUT_S"
                         ) from None
                     time.sleep(0.05)
-            holder = {"pid": os.getpid(), "command": command, "argv": " ".join(sys.argv), "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            holder = {"pid": os.getpid(), "command": command, "argv": masked_argv(sys.argv),
+                      "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(holder).encode(), 0)
             _HELD[key] = 1
@@ -433,6 +435,15 @@ class Workspace:
         manifest.update(fields)
         self.write_manifest(manifest)
         return manifest
+
+
+# The password of a URL in a command line (`ingest --from postgresql://shop:PASSWORD@db/shop`).
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s]+):[^@\s]*@")
+
+
+def masked_argv(argv: list[str]) -> str:
+    """The command line as the lock file and "is being written by" messages show it: URL passwords left out."""
+    return " ".join(_URL_PASSWORD.sub(r"\1@", arg) for arg in argv)
 
 
 # Roots whose writer lock this process holds, with the depth of nesting (the lock is per process).

@@ -203,3 +203,11 @@ def test_decimal_prices_and_integer_ids_arrive_as_canonical_types(pg: PostgresSe
     events = workspace.load_events()
     assert events.loc[0, ["user_id", "price", "quantity"]].tolist() == ["42", 19.99, 2]
     assert events.loc[0, "ts"] == pd.Timestamp("2026-03-04 09:12:00", tz="UTC") and report.naive_timestamps_as == "UTC"
+
+
+def test_the_writer_lock_names_the_command_without_the_urls_password(workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.argv", ["shopsight", "ingest", "--from", "postgresql://shop:s3cret@db:5432/shop", "--table", "events"])
+    with workspace.writer("ingest"):
+        held = workspace.lock_path.read_text()
+        assert "s3cret" not in held and "postgresql://shop@db:5432/shop" in held
+        assert "postgresql://shop@db:5432/shop" in (workspace.lock_holder() or "")
