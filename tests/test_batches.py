@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -589,14 +590,19 @@ def test_two_ingests_of_the_same_file_at_once_store_it_once(tmp_path: Path) -> N
     rows = [f"u{u},2026-03-0{1 + d}T{h:02d}:10:00Z,view,i{h},Audio,1,1,," for u in range(50) for d in range(4) for h in range(24)]
     path = _csv(tmp_path, "same.csv", rows)
     ws = Workspace(tmp_path / "ws")
-    procs = [
-        subprocess.Popen([sys.executable, "cli.py", "ingest", str(path), "--workspace", str(ws.root), "--json"], cwd=REPO,
-                         env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
+    with ws.writer("test"):  # held until both have staged the file: then both publish after reading it, for sure
+        procs = [
+            subprocess.Popen([sys.executable, "cli.py", "ingest", str(path), "--workspace", str(ws.root), "--json"], cwd=REPO,
+                             env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
+        deadline = time.monotonic() + 60
+        while len(list((ws.root / ".staging").glob("*/part-*.parquet"))) < 2:
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "the ingests did not both stage"
+            time.sleep(0.02)
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    # Both staged the file before either held the lock; the second to publish found the first's rows stored.
+    # The second to publish found the first's rows stored, though it had read them before the first published.
     reports = sorted((json.loads(out)["report"] for out, _ in outs), key=lambda r: r["batch"])
     assert [(r["rows_kept"], r["already_stored"]) for r in reports] == [(len(rows), 0), (0, len(rows))]
     events = ws.load_events()
