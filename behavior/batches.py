@@ -28,15 +28,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from behavior.events import (
+from shopsight.behavior.events import (
     CHUNK_ROWS,
     OPTIONAL_COLUMNS,
     REQUIRED_COLUMNS,
     STRING_COLUMNS,
     EventDataError,
 )
-from behavior.features import made_sessions, sessionize
-from behavior.workspace import atomic_path
+from shopsight.behavior.features import made_sessions, sessionize
+from shopsight.behavior.workspace import atomic_path
 
 # What makes two events the same event, whichever batch each came in.
 IDENTITY: tuple[str, ...] = ("user_id", "ts", "event", "item_id", "session_id", "order_id")

@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import pandas as pd
 
-from behavior.events import (
+from shopsight.behavior.events import (
     CHUNK_ROWS,
     MUST_PROVIDE,
     EventDataError,

@@ -30,9 +30,9 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from behavior.adapters import canonical_reader, get_adapter
-from behavior.batches import IDENTITY, stage_chunks, summarize_files, write_batch
-from behavior.events import (
+from shopsight.behavior.adapters import canonical_reader, get_adapter
+from shopsight.behavior.batches import IDENTITY, stage_chunks, summarize_files, write_batch
+from shopsight.behavior.events import (
     CHUNK_ROWS,
     REQUIRED_COLUMNS,
     EventDataError,
@@ -45,8 +45,8 @@ from behavior.events import (
     table_files,
     to_canonical,
 )
-from behavior.privacy import mask_table, protect_events
-from behavior.workspace import (
+from shopsight.behavior.privacy import mask_table, protect_events
+from shopsight.behavior.workspace import (
     LOCK_TIMEOUT_S,
     Workspace,
     WorkspaceError,
@@ -264,7 +264,7 @@ def ingest_database(
         DatabaseSourceError: a bad URL, a server that cannot be reached, a missing table or column, a
             column whose type cannot be the canonical column (each naming what is wrong).
     """
-    from behavior.database import DatabasePull, DatabaseSource, stored_watermark
+    from shopsight.behavior.database import DatabasePull, DatabaseSource, stored_watermark
 
     source = DatabaseSource(url, table=table, query=query, since_column=since_column)
     previous = None if replace else stored_watermark(_batches_with_legacy(workspace, workspace.read_manifest()), source)

@@ -34,7 +34,7 @@ from typing import Any, Iterator
 import pandas as pd
 import pyarrow.parquet as pq
 
-from behavior.events import MUST_PROVIDE, single_chunk_strings
+from shopsight.behavior.events import MUST_PROVIDE, single_chunk_strings
 
 DEFAULT_WORKSPACE = Path("workspace")
 MANIFEST = "manifest.json"

@@ -48,7 +48,7 @@ EVENTS_PER_USER = 88
 
 def make_inputs(directory: Path, events: int, seed: int) -> dict[str, Path]:
     """Write ``events`` canonical events (no session_id column) as CSV and Parquet; return the paths."""
-    from behavior.synthetic import generate_shop
+    from shopsight.behavior.synthetic import generate_shop
 
     users = max(10, math.ceil(events * 1.05 / EVENTS_PER_USER))
     shop = generate_shop(users=users, seed=seed)
@@ -65,8 +65,8 @@ def make_inputs(directory: Path, events: int, seed: int) -> dict[str, Path]:
 
 def measure_one(path: Path, profile: bool = False) -> dict:
     """Ingest ``path`` into a temporary workspace; time it and read this process's peak memory."""
-    from behavior.ingest import ingest_file
-    from behavior.workspace import Workspace
+    from shopsight.behavior.ingest import ingest_file
+    from shopsight.behavior.workspace import Workspace
 
     before = rss_mb()
     cpu0 = _cpu_seconds()
@@ -117,8 +117,8 @@ def make_batches(directory: Path, source: Path, batches: int) -> Path:
 
 def measure_appends(folder: Path) -> dict:
     """Append each Parquet file of ``folder`` as one batch into one temporary workspace, timing each."""
-    from behavior.ingest import ingest_file
-    from behavior.workspace import Workspace
+    from shopsight.behavior.ingest import ingest_file
+    from shopsight.behavior.workspace import Workspace
 
     steps = []
     with tempfile.TemporaryDirectory(prefix="bench-append-ws-") as tmp:
@@ -190,9 +190,9 @@ def measure_folder(folder: Path, next_file: Path, workspace: Path, step: str, ch
     """One step of the folder benchmark in this process: ingest ``folder`` as one batch into the empty
     ``workspace`` (step "folder"), or append ``next_file`` to it (step "append")."""
     import behavior.batches
-    from behavior.events import IngestLimits
-    from behavior.ingest import ingest_file
-    from behavior.workspace import Workspace
+    from shopsight.behavior.events import IngestLimits
+    from shopsight.behavior.ingest import ingest_file
+    from shopsight.behavior.workspace import Workspace
 
     behavior.batches.DUCKDB_MEMORY_LIMIT = duckdb_memory
     ws = Workspace(workspace)
@@ -236,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure_one(args.worker, profile=args.profile)))
         return 0
     if args.folder_worker is not None or args.folder:
-        from behavior.batches import DUCKDB_MEMORY_LIMIT
-        from behavior.events import CHUNK_ROWS
+        from shopsight.behavior.batches import DUCKDB_MEMORY_LIMIT
+        from shopsight.behavior.events import CHUNK_ROWS
 
         args.chunk_rows = args.chunk_rows or CHUNK_ROWS
         args.duckdb_memory = args.duckdb_memory or DUCKDB_MEMORY_LIMIT

@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from behavior.events import EventDataError, read_events, read_table
-from behavior.features import sessionize
-from behavior.ingest import batch_list, ingest_file, undo_batch
-from behavior.workspace import Workspace, WorkspaceBusyError, WorkspaceError
+from shopsight.behavior.events import EventDataError, read_events, read_table
+from shopsight.behavior.features import sessionize
+from shopsight.behavior.ingest import batch_list, ingest_file, undo_batch
+from shopsight.behavior.workspace import Workspace, WorkspaceBusyError, WorkspaceError
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = "user_id,ts,event,item_id,category,price,quantity,session_id,order_id"
@@ -114,7 +114,7 @@ def test_a_workspace_from_before_batches_is_read_and_kept_as_batch_0(tmp_path: P
 
 
 def test_the_query_engine_reads_every_batch(tmp_path: Path, workspace: Workspace) -> None:
-    from behavior.query import QueryEngine
+    from shopsight.behavior.query import QueryEngine
 
     ingest_file(workspace, _csv(tmp_path, "day1.csv", DAY1))
     with QueryEngine(workspace) as engine:
@@ -146,8 +146,8 @@ def test_the_batches_command_lists_and_undoes(tmp_path: Path, workspace: Workspa
 # batch file (1), its rejected rows (2), the manifest that publishes them (3).
 KILLED_INGEST = """
 import os, signal, sys
-from behavior.ingest import ingest_file
-from behavior.workspace import Workspace
+from shopsight.behavior.ingest import ingest_file
+from shopsight.behavior.workspace import Workspace
 
 root, path, when, nth = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 real, calls = os.replace, [0]
@@ -205,7 +205,7 @@ def test_an_ingest_killed_after_publishing_is_complete(tmp_path: Path) -> None:
 
 HOLDER = """
 import sys, time
-from behavior.workspace import Workspace
+from shopsight.behavior.workspace import Workspace
 
 with Workspace.at(sys.argv[1]).writer("holder"):
     print("held", flush=True)
@@ -322,7 +322,7 @@ def test_a_glob_matching_nothing_is_one_error_line(tmp_path: Path) -> None:
 
 
 def _app():
-    from cli import app
+    from shopsight.cli import app
 
     return app
 
@@ -333,7 +333,7 @@ def _app():
 def test_models_show_the_events_and_days_since_each_models_data_cutoff(tmp_path: Path, workspace: Workspace) -> None:
     import torch
 
-    from behavior.models import registry
+    from shopsight.behavior.models import registry
 
     ingest_file(workspace, _csv(tmp_path, "day1.csv", DAY1))
     card = {"metrics": {}, "data_cutoff": workspace.load_events()["ts"].max().isoformat()}  # 2026-03-04 10:00
@@ -358,8 +358,8 @@ def test_models_show_the_events_and_days_since_each_models_data_cutoff(tmp_path:
 def test_a_trained_model_card_stores_its_data_cutoff(tmp_path: Path, workspace: Workspace) -> None:
     from test_index import make_events
 
-    from behavior.models import registry, train_model
-    from behavior.models.common import TrainSettings
+    from shopsight.behavior.models import registry, train_model
+    from shopsight.behavior.models.common import TrainSettings
 
     make_events(users=40, seed=1).to_parquet(tmp_path / "shop.parquet")
     ingest_file(workspace, tmp_path / "shop.parquet")
@@ -384,8 +384,8 @@ def test_an_optional_column_one_batch_lacks_reads_as_missing(tmp_path: Path, wor
 
 WRITE_BATCHES = """
 import sys
-from behavior.ingest import ingest_file, undo_batch
-from behavior.workspace import Workspace
+from shopsight.behavior.ingest import ingest_file, undo_batch
+from shopsight.behavior.workspace import Workspace
 
 ws = Workspace.at(sys.argv[1])
 for path in sys.argv[2:]:
@@ -412,7 +412,7 @@ def test_a_reader_sees_each_batch_whole_or_not_at_all(tmp_path: Path) -> None:
 
 
 def test_the_demo_replaces_earlier_batches_with_its_one_file(tmp_path: Path, workspace: Workspace) -> None:
-    from behavior.demo import build_demo_workspace
+    from shopsight.behavior.demo import build_demo_workspace
 
     ingest_file(workspace, _csv(tmp_path, "day1.csv", DAY1))
     build_demo_workspace(workspace, users=20, days=14, progress=False)
@@ -427,8 +427,8 @@ def test_the_demo_replaces_earlier_batches_with_its_one_file(tmp_path: Path, wor
 def test_psi_is_zero_for_the_same_users_and_large_for_a_shifted_population() -> None:
     from test_index import make_events
 
-    from behavior.drift import drift_report, feature_profile, psi, verdict
-    from behavior.features import user_features
+    from shopsight.behavior.drift import drift_report, feature_profile, psi, verdict
+    from shopsight.behavior.features import user_features
 
     events = make_events(users=200, seed=3)
     profile = feature_profile(events)
@@ -446,7 +446,7 @@ def test_psi_is_zero_for_the_same_users_and_large_for_a_shifted_population() -> 
 def test_train_if_stale_retrains_only_after_newer_events(tmp_path: Path, workspace: Workspace) -> None:
     from test_index import make_events
 
-    from behavior.models.registry import latest_version
+    from shopsight.behavior.models.registry import latest_version
 
     events = make_events(users=40, seed=1)
     events.to_parquet(tmp_path / "shop.parquet")
@@ -471,7 +471,7 @@ def test_an_answer_from_a_model_older_than_the_newest_events_says_so_in_one_line
     from test_agent import call, make_agent
     from test_agent_support import tiny_context
 
-    from behavior.workspace import write_json_atomic
+    from shopsight.behavior.workspace import write_json_atomic
 
     ctx = tiny_context(workspace)
     card = workspace.models_dir / "churn" / "v1" / "card.json"
@@ -491,7 +491,7 @@ def test_an_answer_from_a_model_older_than_the_newest_events_says_so_in_one_line
 def test_the_index_embeds_only_the_sessions_a_new_batch_adds_or_extends(tmp_path: Path, workspace: Workspace) -> None:
     from test_index import RecordingEmbedder
 
-    from index.store import SessionIndex
+    from shopsight.index.store import SessionIndex
 
     ingest_file(workspace, _csv(tmp_path, "day1.csv", DAY1))
     recorder = RecordingEmbedder()
@@ -547,9 +547,9 @@ def test_strict_refuses_a_row_repeating_one_of_an_earlier_chunk(tmp_path: Path, 
 # second chunk (before the lock), or while finding stored events under the lock.
 KILLED_MIDWAY = """
 import os, signal, sys
-import behavior.batches as batches
-from behavior.ingest import ingest_file
-from behavior.workspace import Workspace
+import shopsight.behavior.batches as batches
+from shopsight.behavior.ingest import ingest_file
+from shopsight.behavior.workspace import Workspace
 
 root, path, where = sys.argv[1:4]
 if where == "staging":

@@ -19,14 +19,14 @@ from servers import (  # tests/ is on sys.path
 )
 from typer.testing import CliRunner
 
-from behavior.database import (
+from shopsight.behavior.database import (
     DatabasePull,
     DatabaseSource,
     DatabaseSourceError,
     mask_url,
 )
-from behavior.ingest import batch_list, ingest_database, undo_batch
-from behavior.workspace import Workspace
+from shopsight.behavior.ingest import batch_list, ingest_database, undo_batch
+from shopsight.behavior.workspace import Workspace
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -138,7 +138,7 @@ def test_rows_are_read_through_a_server_side_cursor_in_chunks(pg: PostgresServer
 
 
 def test_the_cli_pulls_a_table_and_never_prints_the_password(pg: PostgresServer, tmp_path: Path) -> None:
-    from cli import app
+    from shopsight.cli import app
 
     table = _table(pg, FIRST)
     args = ["ingest", "--from", pg.url(), "--table", table, "--since-column", "ts", "--workspace", str(tmp_path / "ws")]
@@ -151,7 +151,7 @@ def test_the_cli_pulls_a_table_and_never_prints_the_password(pg: PostgresServer,
 
 @pytest.mark.parametrize("case", ["scheme", "refused", "password", "table", "since", "type", "missing"])
 def test_a_bad_source_is_one_clear_error_line(pg: PostgresServer, tmp_path: Path, case: str) -> None:
-    from cli import app
+    from shopsight.cli import app
 
     table = _table(pg, FIRST)
     odd = _table(pg, [], {"type": "user_id text, ts boolean, event text", "missing": "user_id text, ts timestamptz"}[case]) \

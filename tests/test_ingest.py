@@ -12,10 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from behavior.events import IngestLimitError, IngestLimits, estimate_ingest
-from behavior.ingest import KEY_FILE, PrivacyKeyError, ingest_file, workspace_key
-from behavior.privacy import pseudonym
-from behavior.workspace import Workspace
+from shopsight.behavior.events import IngestLimitError, IngestLimits, estimate_ingest
+from shopsight.behavior.ingest import KEY_FILE, PrivacyKeyError, ingest_file, workspace_key
+from shopsight.behavior.privacy import pseudonym
+from shopsight.behavior.workspace import Workspace
 
 HEADER = "user_id,ts,event,item_id,category,price,quantity,session_id,device,text"
 ROWS = [
@@ -190,8 +190,8 @@ def test_limits_come_from_the_environment_and_flags_win() -> None:
 
 
 def test_a_format_is_checked_on_the_files_it_reads_not_its_whole_folder(tmp_path: Path) -> None:
-    from behavior.adapters import get_adapter
-    from behavior.events import check_ingest_limits
+    from shopsight.behavior.adapters import get_adapter
+    from shopsight.behavior.events import check_ingest_limits
 
     adapter = get_adapter("completejourney")
     folder = tmp_path / "cj"
