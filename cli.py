@@ -196,6 +196,10 @@ def ingest(
     max_rows: Optional[int] = typer.Option(None, "--max-rows", min=1, help="Refuse a file with more rows (default 20,000,000; $SHOPSIGHT_INGEST_MAX_ROWS).", show_default=False),
     max_memory_mb: Optional[int] = typer.Option(None, "--max-memory-mb", min=1, help="Refuse a file estimated to need more memory (default 4096; $SHOPSIGHT_INGEST_MAX_MEMORY_MB).", show_default=False),
     max_text_chars: Optional[int] = typer.Option(None, "--max-text-chars", min=1, help="Cut longer free-text fields, counted in the report (default 2000; $SHOPSIGHT_INGEST_MAX_TEXT_CHARS).", show_default=False),
+    from_url: Optional[str] = typer.Option(None, "--from", help="Read from a PostgreSQL database instead of a file: postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE (the password is never printed or stored).", show_default=False),
+    table: Optional[str] = typer.Option(None, "--table", help="With --from: the table to read (schema.table for another schema).", show_default=False),
+    query: Optional[str] = typer.Option(None, "--query", help="With --from: a SELECT to read instead of a table; runs in a READ ONLY transaction.", show_default=False),
+    since_column: Optional[str] = typer.Option(None, "--since-column", help="With --from: pull incrementally: only rows whose COLUMN is at or past the last pull's watermark (kept per source in the manifest).", show_default=False),
     workspace: Optional[Path] = WorkspaceOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the ingest report as JSON."),
 ) -> None:
@@ -219,12 +223,25 @@ def ingest(
       shopsight ingest online_retail_II.csv --format online_retail
 
       shopsight ingest --format cdnow          (uses the copy shipped by PyPI `lifetimes`)
+
+      shopsight ingest --from postgresql://shop@127.0.0.1:5432/shop --table events --since-column ts
+
+      (a database table; run it again to pull only the rows at or past the last pull's ts: the rows at
+      that exact ts are read again and dropped as already stored, so none is lost or stored twice)
+
+      shopsight ingest --from postgresql://shop@db/shop --query "select * from events where shop_id = 3"
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from shopsight.behavior.events import parse_mapping
-    from shopsight.behavior.ingest import ingest_file
+    from shopsight.behavior.ingest import ingest_database, ingest_file
 
+    if from_url is None and (table or query or since_column):
+        raise typer.BadParameter("--table, --query and --since-column go with --from postgresql://…", param_hint="--from")
+    if from_url is not None and file is not None:
+        raise typer.BadParameter(f"give a FILE or --from, not both (FILE was {file!r})", param_hint="--from")
+    if from_url is not None and fmt != "canonical":
+        raise typer.BadParameter("a database's rows are read as canonical columns (rename with --map), not --format", param_hint="--format")
     ws = _workspace(workspace)
     settings = _settings(ingest_max_rows=max_rows, ingest_max_memory_mb=max_memory_mb, ingest_max_text_chars=max_text_chars)
     with Progress(
@@ -233,13 +250,21 @@ def ingest(
     ) as bar:
         task = bar.add_task("read", total=None, name="")
 
-        def on_progress(done: int, total: int, path: Path) -> None:
-            bar.update(task, completed=done, total=max(total, done), name=path.name)
+        def on_progress(done: int, total: int, where: Path | str) -> None:
+            bar.update(task, completed=done, total=max(total, done), name=where.name if isinstance(where, Path) else where)
 
-        events, report = ingest_file(
-            ws, file, fmt=fmt, mapping=parse_mapping(map_), strict=strict, tz=tz, encoding=encoding,
-            limits=settings.ingest_limits(), replace=replace, lock_timeout=settings.lock_timeout_s, on_progress=on_progress,
-        )
+        if from_url is not None:
+            _, report = ingest_database(
+                ws, from_url, table=table, query=query, since_column=since_column, mapping=parse_mapping(map_), strict=strict,
+                tz=tz or "UTC", limits=settings.ingest_limits(), replace=replace, lock_timeout=settings.lock_timeout_s,
+                on_progress=on_progress, return_events=False,
+            )
+        else:
+            _, report = ingest_file(
+                ws, file, fmt=fmt, mapping=parse_mapping(map_), strict=strict, tz=tz, encoding=encoding,
+                limits=settings.ingest_limits(), replace=replace, lock_timeout=settings.lock_timeout_s, on_progress=on_progress,
+                return_events=False,
+            )
     manifest = ws.read_manifest()
     if as_json:
         print(json.dumps({"report": report.to_dict(), "summary": manifest.get("summary")}, indent=2))
@@ -250,7 +275,10 @@ def ingest(
     batch = next((b for b in manifest.get("batches", []) if b["id"] == report.batch), {})
     if batch.get("rejected_file"):
         console.print(f"Rejected rows with their reasons are in {ws.root / batch['rejected_file']}.")
-    console.print(f"Batch {report.batch}: {len(events):,} new events. Undo it with `shopsight batches undo {report.batch}`.")
+    mark = batch.get("watermark")
+    if mark:
+        console.print(f"Watermark of {mark['column']}: {mark['value']} (the next pull reads from there).")
+    console.print(f"Batch {report.batch}: {report.rows_kept:,} new events. Undo it with `shopsight batches undo {report.batch}`.")
     if manifest.get("summary"):
         _print_summary(manifest["summary"], f"Workspace {ws.root}")
 

@@ -287,9 +287,16 @@ def estimate_ingest(path: str | Path, limits: IngestLimits | None = None) -> Ing
     return _estimate_csv(path, budget)
 
 
-def check_ingest_limits(path: str | Path | Sequence[str | Path], limits: IngestLimits) -> IngestEstimate:
+def check_ingest_limits(
+    path: str | Path | Sequence[str | Path], limits: IngestLimits, *, chunk_rows: int | None = None,
+) -> IngestEstimate:
     """Refuse ``path`` (one file or folder, or the files a format reads together) before it
     is read if it is over ``limits``' rows or memory budget.
+
+    Args:
+        chunk_rows: The input is read and validated this many rows at a time, one file after
+            another (the canonical format): the memory it needs is then that of its largest chunk
+            (a file's text spread evenly over its chunks), not of the whole input. None: read whole.
 
     Raises:
         IngestLimitError: naming the file, what it would take, the limit, and the
@@ -297,9 +304,18 @@ def check_ingest_limits(path: str | Path | Sequence[str | Path], limits: IngestL
     """
     paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
     estimate = IngestEstimate(0, 0, 0)
+    largest_chunk = IngestEstimate(0, 0, 0)
     for one in paths:
-        part = estimate_ingest(one, limits)
-        estimate = IngestEstimate(estimate.rows + part.rows, max(estimate.columns, part.columns), estimate.text_bytes + part.text_bytes)
+        files = table_files(sorted(one.iterdir())) if one.is_dir() and chunk_rows else [one]
+        for file in files:
+            # Read in chunks, a file's size is no reason to stop counting early: its chunks are what must fit.
+            part = estimate_ingest(file, None if chunk_rows else limits)
+            estimate = IngestEstimate(estimate.rows + part.rows, max(estimate.columns, part.columns), estimate.text_bytes + part.text_bytes)
+            if chunk_rows and part.rows > chunk_rows:
+                share = chunk_rows / part.rows
+                part = IngestEstimate(chunk_rows, part.columns, int(part.text_bytes * share))
+            if part.memory_mb > largest_chunk.memory_mb:
+                largest_chunk = part
     source = ", ".join(map(str, paths))
     if estimate.rows > limits.max_rows:
         raise IngestLimitError(
@@ -307,14 +323,16 @@ def check_ingest_limits(path: str | Path | Sequence[str | Path], limits: IngestL
             source=source,
             hint=f"raise it with {IngestLimits.ENV['max_rows']}={_round_up(estimate.rows)}, or split the file",
         )
-    if estimate.memory_mb > limits.max_memory_mb:
+    needs = largest_chunk if chunk_rows else estimate
+    if needs.memory_mb > limits.max_memory_mb:
+        chunked = f" (read {chunk_rows:,} rows at a time: one chunk of {needs.rows:,} rows" if chunk_rows and needs.rows == chunk_rows else ""
         raise IngestLimitError(
             f"{estimate.rows:,} rows x {estimate.columns} columns with {estimate.text_bytes / 1e6:,.0f} MB of text "
-            f"would take about {estimate.memory_mb:,.0f} MB of memory to ingest, over the ingest memory budget "
-            f"of {limits.max_memory_mb:,} MB",
+            f"would take about {needs.memory_mb:,.0f} MB of memory to ingest{chunked + ')' if chunked else ''}, "
+            f"over the ingest memory budget of {limits.max_memory_mb:,} MB",
             source=source,
             hint=(
-                f"raise it with {IngestLimits.ENV['max_memory_mb']}={_round_up(int(estimate.memory_mb) + 1)} "
+                f"raise it with {IngestLimits.ENV['max_memory_mb']}={_round_up(int(needs.memory_mb) + 1)} "
                 "if this machine has the memory, or split the file"
             ),
         )
@@ -810,6 +828,33 @@ def _from_epoch(values: pd.Series) -> pd.Series:
     return pd.to_datetime(values, unit=unit, utc=True, errors="coerce")
 
 
+def iter_events(
+    path: str | Path,
+    *,
+    mapping: Mapping[str, str] | None = None,
+    strict: bool = False,
+    tz: str = "UTC",
+    encoding: str = "utf-8",
+    chunk_rows: int = CHUNK_ROWS,
+    on_rows: Callable[[int], None] | None = None,
+) -> Iterator[tuple[pd.DataFrame, IngestReport]]:
+    """A canonical-format CSV or Parquet file, validated ``chunk_rows`` rows at a time: (events, report) per chunk.
+
+    Each chunk is validated on its own (errors still name the file's row), so the raw text and
+    validation's temporaries never hold more than one chunk; ``on_rows(n)`` is called after each.
+    Duplicates within a chunk are dropped and counted; a row repeating one of an *earlier chunk*
+    is left for the caller to find (:func:`read_events` here, the ingest's batch dedupe there).
+    """
+    offset = 2  # row 1 is the header
+    for raw in iter_table(path, encoding=encoding, chunk_rows=chunk_rows):
+        events, report = validate_events(raw, source=str(path), mapping=mapping, strict=strict, tz=tz,
+                                         row_offset=offset, allow_empty=True)
+        offset += len(raw)
+        if on_rows is not None:
+            on_rows(len(raw))
+        yield events, report
+
+
 def read_events(
     path: str | Path,
     *,
@@ -820,21 +865,16 @@ def read_events(
     chunk_rows: int = CHUNK_ROWS,
     on_rows: Callable[[int], None] | None = None,
 ) -> tuple[pd.DataFrame, IngestReport]:
-    """Read a canonical-format CSV or Parquet file (after optional column mapping), ``chunk_rows`` rows at a time.
+    """Read a canonical-format CSV or Parquet file (after optional column mapping) whole, validated chunk by chunk.
 
-    Each chunk is validated on its own (errors still name the file's row), so the raw text and
-    validation's temporaries never hold more than one chunk; ``on_rows(n)`` is called after each.
+    The file's events in one frame (sorted by user, time), duplicates across chunks dropped and
+    counted too. Ingest streams the chunks instead (:func:`iter_events`), never holding the file.
     """
     parts, reports = [], []
-    offset = 2  # row 1 is the header
-    for raw in iter_table(path, encoding=encoding, chunk_rows=chunk_rows):
-        events, report = validate_events(raw, source=str(path), mapping=mapping, strict=strict, tz=tz,
-                                         row_offset=offset, allow_empty=True)
+    for events, report in iter_events(path, mapping=mapping, strict=strict, tz=tz, encoding=encoding,
+                                      chunk_rows=chunk_rows, on_rows=on_rows):
         parts.append(events)
         reports.append(report)
-        offset += len(raw)
-        if on_rows is not None:
-            on_rows(len(raw))
     report = IngestReport.combine(reports, str(path))
     if len(parts) == 1:
         events = parts[0]

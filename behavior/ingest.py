@@ -23,23 +23,28 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
 from shopsight.behavior.adapters import canonical_reader, get_adapter
+from shopsight.behavior.batches import IDENTITY, stage_chunks, summarize_files, write_batch
 from shopsight.behavior.events import (
+    CHUNK_ROWS,
+    REQUIRED_COLUMNS,
     EventDataError,
     IngestLimits,
     IngestReport,
+    _no_usable_rows,
     check_ingest_limits,
+    iter_events,
+    single_chunk_strings,
     table_files,
+    to_canonical,
 )
-from shopsight.behavior.features import sessionize, summarize_events
 from shopsight.behavior.privacy import mask_table, protect_events
 from shopsight.behavior.workspace import (
     LOCK_TIMEOUT_S,
@@ -47,15 +52,12 @@ from shopsight.behavior.workspace import (
     WorkspaceError,
     atomic_path,
     remove_unlisted_batch_files,
-    write_parquet_atomic,
+    staging,
 )
 
 KEY_FILE = "privacy.key"
 REJECTED_MASKED_NOTE = "rejected rows: personal data masked (cells)"
-# What makes two events the same event, whichever batch each came in.
-IDENTITY: tuple[str, ...] = ("user_id", "ts", "event", "item_id", "session_id", "order_id")
-# A stand-in for a missing value in identity hashes (NUL bytes are refused inside fields).
-_ABSENT = "\x00"
+__all__ = ["IDENTITY", "append_batch", "batch_list", "ingest_database", "ingest_file", "undo_batch", "workspace_key"]
 
 
 class PrivacyKeyError(RuntimeError):
@@ -129,48 +131,12 @@ def source_files(path: str | Path) -> list[Path]:
     return [p]
 
 
-def identity_hashes(events: pd.DataFrame, *, with_session: bool | np.ndarray = True) -> np.ndarray:
-    """One 64-bit hash per event of its identity (user, time, event, item, session, order).
-
-    Args:
-        with_session: False (or False per row): leave the session out, for rows whose source
-            gave none (their session id is made later, so it cannot identify them yet).
-    """
-    n = len(events)
-    parts: dict[str, Any] = {}
-    for col in IDENTITY:
-        if col == "ts":
-            parts[col] = pd.to_datetime(events["ts"], utc=True).astype("datetime64[ns, UTC]").astype("int64").to_numpy()
-        elif col in events.columns:
-            parts[col] = events[col].astype("string").fillna(_ABSENT).astype(object).to_numpy()
-        else:
-            parts[col] = np.full(n, _ABSENT, dtype=object)
-    keep = np.broadcast_to(np.asarray(with_session, dtype=bool), (n,))
-    parts["session_id"] = np.where(keep, parts["session_id"], _ABSENT)
-    return pd.util.hash_pandas_object(pd.DataFrame(parts), index=False).to_numpy()
-
-
-def drop_stored(events: pd.DataFrame, stored: pd.DataFrame | None) -> tuple[pd.DataFrame, int]:
-    """``events`` less those already in ``stored`` or earlier in ``events`` itself, and how many that was.
-
-    A row whose source gave a session id is matched on all six identity columns; a row without
-    one on the other five (its session id is made after this, from the stored sessions).
-    """
-    given = events["session_id"].notna().to_numpy()
-    mine = identity_hashes(events, with_session=given)
-    seen = pd.Series(mine).duplicated().to_numpy()
-    if stored is not None and len(stored):
-        full = identity_hashes(stored)
-        sessionless = identity_hashes(stored, with_session=False)
-        seen = seen | np.where(given, np.isin(mine, full), np.isin(mine, sessionless))
-    return events[~seen].reset_index(drop=True), int(seen.sum())
-
-
-def _read_all(
+def _read_parts(
     adapter: Any, files: list[Path], options: dict, total_rows: int, on_progress: Callable[[int, int, Path], None] | None,
-) -> tuple[pd.DataFrame, IngestReport, str]:
-    """Read ``files`` one after another with ``adapter``; the canonical reader goes chunk by chunk."""
-    parts, reports = [], []
+    chunk_rows: int = CHUNK_ROWS,
+) -> Iterator[tuple[str, pd.DataFrame, IngestReport]]:
+    """(file, events, report) for each chunk of ``files``, read one after another with ``adapter``:
+    the canonical reader goes chunk by chunk, any other format a file at a time."""
     done = 0
     for file in files:
         if on_progress is not None:
@@ -182,15 +148,20 @@ def _read_all(
             if on_progress is not None:
                 on_progress(done, total_rows, _file)
 
-        chunked = {"on_rows": advance} if adapter.read is canonical_reader else {}
-        events, report = adapter.read(file, **options, **chunked)
-        if not chunked:
+        if adapter.read is canonical_reader:
+            for events, report in iter_events(file, **options, on_rows=advance, chunk_rows=chunk_rows):
+                yield str(file), events, report
+        else:
+            events, report = adapter.read(file, **options)
             advance(report.rows_read)
-        parts.append(events)
-        reports.append(report)
-    source = str(files[0]) if len(files) == 1 else f"{len(files)} files: {', '.join(f.name for f in files[:5])}{' …' if len(files) > 5 else ''}"
-    events = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
-    return events, IngestReport.combine(reports, source, name_files=True), source
+            yield str(file), events, report
+
+
+def files_source(files: list[Path]) -> str:
+    """How a batch's source reads in the manifest: the file, or how many files and the first names."""
+    if len(files) == 1:
+        return str(files[0])
+    return f"{len(files)} files: {', '.join(f.name for f in files[:5])}{' …' if len(files) > 5 else ''}"
 
 
 def ingest_file(
@@ -206,10 +177,11 @@ def ingest_file(
     replace: bool = False,
     lock_timeout: float = LOCK_TIMEOUT_S,
     on_progress: Callable[[int, int, Path], None] | None = None,
+    return_events: bool = True,
+    chunk_rows: int = CHUNK_ROWS,
     source_label: str | None = None,
-    stored_events: pd.DataFrame | None = None,
     update_summary: bool = True,
-) -> tuple[pd.DataFrame, IngestReport]:
+) -> tuple[pd.DataFrame | None, IngestReport]:
     """Validate ``path`` as ``fmt``, protect personal data, and append it to the workspace's events as one batch.
 
     ``path`` may be a file, a folder of CSV/Parquet files, a glob (``'exports/*.csv'``), or None
@@ -218,6 +190,8 @@ def ingest_file(
     nothing. Rows that could not be used are written to ``rejected/batch-<id>.csv`` with their
     reason (masked), so nothing is lost. Labels from an earlier data set are removed. What
     protection changed (masked fields, cut texts, pseudonymized ids) is counted in ``report.notes``.
+    Canonical files are read in chunks of ``CHUNK_ROWS`` rows and never held whole (see
+    ``behavior.batches``); other formats are read a file at a time.
 
     Args:
         limits: Row, memory and text-length bounds; default ``IngestLimits()`` (the CLI passes the settings').
@@ -225,16 +199,16 @@ def ingest_file(
         lock_timeout: Seconds to wait for another writer of the workspace.
         on_progress: Called as ``on_progress(rows_read, rows_estimated, file)`` before each file and after
             each chunk of a canonical file (or each file of another format).
+        return_events: Read the batch's events back to return them (False: return None, and hold nothing).
+        chunk_rows: Rows read, validated, and later sessionized at once: what bounds the memory.
         source_label: What the batch's manifest entry names as its source (default: the files read);
             ``shopsight watch`` names the stream and the byte range a chunk came from.
-        stored_events: The workspace's events as the caller already holds them (``shopsight watch``
-            keeps them in memory under the writer lock), saving a read of every batch; they must be
-            what ``load_events()`` returns now.
         update_summary: Recompute the manifest's summary over every event (False: keep the old one,
             for a caller that refreshes it itself, as ``shopsight watch`` does every few seconds).
 
     Returns:
-        The events the batch added (sessionized) and the report, with ``report.batch`` its id.
+        The events the batch added (sessionized; None unless ``return_events``) and the report, with
+        ``report.batch`` its id.
 
     Raises:
         IngestLimitError: before reading, when the input is over a row or memory limit.
@@ -249,7 +223,9 @@ def ingest_file(
     # reads each CSV/Parquet file of a folder or glob in turn, into the one batch.
     files = [Path(path)] if adapter.input_files else source_files(path)
     limits = limits or IngestLimits()
-    estimate = check_ingest_limits(adapter.input_files(Path(path)) if adapter.input_files else files, limits)
+    chunked = adapter.read is canonical_reader
+    estimate = check_ingest_limits(adapter.input_files(Path(path)) if adapter.input_files else files, limits,
+                                   chunk_rows=chunk_rows if chunked else None)
     # tz None: the format's own default (Online Retail is UK time, most others UTC).
     options: dict = {"strict": strict, "encoding": encoding}
     if tz is not None:
@@ -258,70 +234,184 @@ def ingest_file(
         if fmt != "canonical":
             raise ValueError(f"--map applies to --format canonical only; the '{fmt}' reader knows its own columns")
         options["mapping"] = mapping
-    events, report, source = _read_all(adapter, files, options, estimate.rows, on_progress)
-    events, privacy_notes = protect_events(events, key=workspace_key(workspace), max_text_chars=limits.max_text_chars)
-    report.notes.update(privacy_notes)
-    if report.rejected is not None and len(report.rejected):
-        rejected, masked_cells = mask_table(report.rejected.astype("string"))
-        report.rejected = rejected
-        if masked_cells:
-            report.notes[REJECTED_MASKED_NOTE] = masked_cells
-    with workspace.writer("ingest", timeout=lock_timeout):
-        manifest = workspace.read_manifest()
-        batches = [] if replace else _batches_with_legacy(workspace, manifest)
-        old_files = workspace.event_files(manifest)
-        stored = None if replace or not old_files else (workspace.load_events() if stored_events is None else stored_events)
-        if replace:
-            report.replaced_events = _count_rows(old_files)
-        # Identity and sessions are per user: only the stored events of this batch's users can match or continue.
-        theirs = None if stored is None else stored[stored["user_id"].isin(events["user_id"].unique())]
-        events, report.already_stored = drop_stored(events, None if theirs is None else theirs[_present(theirs, IDENTITY)])
-        report.rows_kept = len(events)  # read = kept + duplicates + already stored + rejected
-        events = sessionize(events, after=None if theirs is None else theirs[["user_id", "ts", "session_id"]])
-        batch_id = int(manifest.get("next_batch", 1 + max((b["id"] for b in batches), default=0)))
-        record: dict[str, Any] = {
-            "id": batch_id,
-            "source": source_label or source,
-            "format": fmt,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "accepted": len(events),
-            "rejected": report.rows_rejected,
-            "duplicate": report.duplicates + report.already_stored,
-        }
-        if len(events):
-            record["file"] = f"events/batch-{batch_id:06d}.parquet"
-            write_parquet_atomic(workspace.root / record["file"], events)
+    catalogue = None if adapter.catalogue is None else (lambda: adapter.catalogue(path, encoding=encoding))
+    return append_batch(
+        workspace, _read_parts(adapter, files, options, estimate.rows, on_progress, chunk_rows), source=source_label or files_source(files),
+        fmt=fmt, limits=limits, strict=strict, replace=replace, lock_timeout=lock_timeout, name_files=len(files) > 1,
+        catalogue=catalogue, return_events=return_events, chunk_rows=chunk_rows, update_summary=update_summary,
+    )
+
+
+def ingest_database(
+    workspace: Workspace,
+    url: str,
+    *,
+    table: str | None = None,
+    query: str | None = None,
+    since_column: str | None = None,
+    mapping: Mapping[str, str] | None = None,
+    strict: bool = False,
+    tz: str = "UTC",
+    limits: IngestLimits | None = None,
+    replace: bool = False,
+    lock_timeout: float = LOCK_TIMEOUT_S,
+    on_progress: Callable[[int, int, str], None] | None = None,
+    return_events: bool = True,
+    chunk_rows: int = CHUNK_ROWS,
+) -> tuple[pd.DataFrame | None, IngestReport]:
+    """Pull a PostgreSQL table or read-only query into the workspace as one batch (see ``behavior.database``).
+
+    With ``since_column`` the pull is incremental: it reads the rows at or past the watermark the
+    source's last batch stored, and its own batch stores the new one. The rows go through the same
+    validation, protection, dedupe and atomic publish as a file's; the source is stored without
+    the URL's password.
+
+    Raises:
+        DatabaseSourceError: a bad URL, a server that cannot be reached, a missing table or column, a
+            column whose type cannot be the canonical column (each naming what is wrong).
+    """
+    from shopsight.behavior.database import DatabasePull, DatabaseSource, stored_watermark
+
+    source = DatabaseSource(url, table=table, query=query, since_column=since_column)
+    previous = None if replace else stored_watermark(_batches_with_legacy(workspace, workspace.read_manifest()), source)
+    pull = DatabasePull(source, previous=previous, mapping=mapping, strict=strict, tz=tz, on_progress=on_progress,
+                        chunk_rows=chunk_rows)
+
+    def entry(report: IngestReport) -> dict[str, Any]:
+        report.notes.update(pull.notes)
+        return {"watermark": pull.watermark} if pull.watermark else {}
+
+    return append_batch(
+        workspace, pull.parts(), source=source.name, fmt="canonical", limits=limits or IngestLimits(), strict=strict,
+        replace=replace, lock_timeout=lock_timeout, record=entry, return_events=return_events, chunk_rows=chunk_rows,
+    )
+
+
+def append_batch(
+    workspace: Workspace,
+    parts: Iterable[tuple[str, pd.DataFrame, IngestReport]],
+    *,
+    source: str,
+    fmt: str,
+    limits: IngestLimits,
+    strict: bool = False,
+    replace: bool = False,
+    lock_timeout: float = LOCK_TIMEOUT_S,
+    name_files: bool = False,
+    catalogue: Callable[[], pd.DataFrame] | None = None,
+    record: Callable[[IngestReport], dict[str, Any]] | None = None,
+    return_events: bool = True,
+    chunk_rows: int = CHUNK_ROWS,
+    update_summary: bool = True,
+) -> tuple[pd.DataFrame | None, IngestReport]:
+    """Append validated chunks, ``(part name, canonical events, its report)``, to the workspace as one batch.
+
+    The one way events get in, from files and databases alike: each chunk is protected and staged
+    as it arrives (outside the lock), then, under the writer lock, deduplicated against the stored
+    events, sessionized and published (``behavior.batches``).
+
+    Args:
+        source: The batch's source as the manifest and ``shopsight batches`` show it (no secrets in it).
+        name_files: The parts are different files: rejected reasons say which one.
+        catalogue: Item names of this data set, saved with the batch.
+        record: Extra fields for the batch's manifest entry (e.g. a database source's watermark),
+            asked with the report (to add notes to) once all parts are read.
+        update_summary: Recompute the manifest's summary over every event file (False: keep the old one
+            where there is one).
+
+    Raises:
+        EventDataError: a part with no usable row, or (strict) a row repeating an earlier one.
+    """
+    key = workspace_key(workspace)
+    reports: dict[str, list[IngestReport]] = {}
+    notes: dict[str, int] = {}
+
+    def protected() -> Iterator[tuple[str, pd.DataFrame]]:
+        for name, events, report in parts:
+            reports.setdefault(name, []).append(report)
+            events, privacy_notes = protect_events(events, key=key, max_text_chars=limits.max_text_chars)
+            for note, count in privacy_notes.items():
+                notes[note] = notes.get(note, 0) + count
+            yield name, events
+
+    with staging(workspace) as folder:
+        staged = stage_chunks(folder, protected())
+        per_part = [IngestReport.combine(rs, name) for name, rs in reports.items()]
+        for part in per_part:
+            if part.rows_kept == 0:
+                raise _no_usable_rows(part, part.source)
+        report = IngestReport.combine(per_part, source, name_files=name_files)
+        report.source = source
+        report.notes.update(notes)
         if report.rejected is not None and len(report.rejected):
-            record["rejected_file"] = f"rejected/batch-{batch_id:06d}.csv"
-            with atomic_path(workspace.root / record["rejected_file"]) as tmp:
-                report.rejected.to_csv(tmp, index=False)
-        report.batch = batch_id
-        if update_summary or stored is None:
-            union = events if stored is None else pd.concat([stored, events], ignore_index=True)
-            summary = summarize_events(union) if len(union) else None
-        else:
-            summary = manifest.get("summary")
-        workspace.write_manifest(  # the moment the batch becomes visible
-            {
-                **({} if replace else manifest),
-                "dataset": fmt,
-                "source": source_label or source,
-                "ingest": report.to_dict(),
-                "batches": [*batches, record],
-                "next_batch": batch_id + 1,
-                "summary": summary,
+            rejected, masked_cells = mask_table(report.rejected.astype("string"))
+            report.rejected = rejected
+            if masked_cells:
+                report.notes[REJECTED_MASKED_NOTE] = masked_cells
+        extra = record(report) if record is not None else {}
+        with workspace.writer("ingest", timeout=lock_timeout):
+            manifest = workspace.read_manifest()
+            batches = [] if replace else _batches_with_legacy(workspace, manifest)
+            old_files = workspace.event_files(manifest)
+            stored_files = [] if replace else old_files
+            if replace:
+                report.replaced_events = _count_rows(old_files)
+            batch_id = int(manifest.get("next_batch", 1 + max((b["id"] for b in batches), default=0)))
+            file = f"events/batch-{batch_id:06d}.parquet"
+            done = write_batch(staged, stored_files, workspace.root / file, strict=strict, chunk_rows=chunk_rows)
+            report.duplicates += done.duplicates  # repeats across a file's chunks (those within one are counted already)
+            report.already_stored = done.already_stored
+            report.rows_kept = done.kept  # read = kept + duplicates + already stored + rejected
+            entry: dict[str, Any] = {
+                "id": batch_id,
+                "source": source,
+                "format": fmt,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "accepted": done.kept,
+                "rejected": report.rows_rejected,
+                "duplicate": report.duplicates + report.already_stored,
+                **extra,
             }
-        )
-        remove_unlisted_batch_files(workspace)
-        # Item names belong to the data set: a catalogue from an earlier one (another format) would misname items.
-        if adapter.catalogue is not None:
-            workspace.save_catalogue(adapter.catalogue(path, encoding=encoding))
-        elif (replace or stored is None or manifest.get("dataset") != fmt) and workspace.catalogue_path.exists():
-            workspace.catalogue_path.unlink()
-        # Ground truth belongs to the events it was generated with; new events make it wrong.
-        if workspace.labels_dir.exists() and len(events):
-            shutil.rmtree(workspace.labels_dir)
-    return events, report
+            if done.kept:
+                entry["file"] = file
+            if report.rejected is not None and len(report.rejected):
+                entry["rejected_file"] = f"rejected/batch-{batch_id:06d}.csv"
+                with atomic_path(workspace.root / entry["rejected_file"]) as tmp:
+                    report.rejected.to_csv(tmp, index=False)
+            report.batch = batch_id
+            visible = [*stored_files, *([workspace.root / file] if done.kept else [])]
+            # Canonical rows appended to a data set (a day's export, `shopsight watch`) are more of it; a
+            # file of another public format, or --replace, starts another data set.
+            dataset = manifest.get("dataset")
+            same_dataset = bool(old_files) and not replace and (fmt == dataset or (fmt == "canonical" and dataset is not None))
+            workspace.write_manifest(  # the moment the batch becomes visible
+                {
+                    **({} if replace else manifest),
+                    "dataset": dataset if same_dataset else fmt,
+                    "source": source,
+                    "ingest": report.to_dict(),
+                    "batches": [*batches, entry],
+                    "next_batch": batch_id + 1,
+                    "summary": summarize_files(visible) if update_summary or not manifest.get("summary") else manifest["summary"],
+                }
+            )
+            remove_unlisted_batch_files(workspace)
+            # Item names belong to the data set: a catalogue from an earlier one (another format) would misname items.
+            if catalogue is not None:
+                workspace.save_catalogue(catalogue())
+            elif not same_dataset and workspace.catalogue_path.exists():
+                workspace.catalogue_path.unlink()
+            # Ground truth belongs to the data set it was generated with: another data set (or --replace)
+            # makes it wrong. More events of the same one leave it true for the users and orders it lists
+            # (risk training reads an unlisted user as not fraud, as it reads any user the labels omit).
+            if workspace.labels_dir.exists() and done.kept and not same_dataset:
+                shutil.rmtree(workspace.labels_dir)
+    if not return_events:
+        return None, report
+    if done.kept:
+        return single_chunk_strings(pd.read_parquet(workspace.root / file)), report
+    return to_canonical(pd.DataFrame({c: pd.Series(dtype="float64" if c in ("price", "quantity") else "string") for c in REQUIRED_COLUMNS}
+                                     | {"ts": pd.Series(dtype="datetime64[ns, UTC]")})), report
 
 
 def undo_batch(workspace: Workspace, batch_id: int, *, lock_timeout: float = LOCK_TIMEOUT_S) -> dict[str, Any]:
@@ -340,7 +430,7 @@ def undo_batch(workspace: Workspace, batch_id: int, *, lock_timeout: float = LOC
         kept = [b for b in batches if b is not record]
         manifest = {**manifest, "batches": kept, "next_batch": int(manifest.get("next_batch", int(batch_id) + 1))}
         files = workspace.event_files(manifest)
-        manifest["summary"] = summarize_events(workspace.read_event_files(files)) if files else None
+        manifest["summary"] = summarize_files(files)
         workspace.write_manifest(manifest)
         remove_unlisted_batch_files(workspace)  # its events file and its rejected rows
     return record

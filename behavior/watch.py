@@ -330,8 +330,8 @@ class StreamWatcher:
 
     def _ingest(self, file: Path, label: str, report: PollReport) -> None:
         landed = pd.Timestamp.now(tz="UTC")
-        new, rep = ingest_file(self.ws, file, fmt="canonical", source_label=label, stored_events=self.events,
-                               update_summary=False, lock_timeout=self.lock_timeout)
+        new, rep = ingest_file(self.ws, file, fmt="canonical", source_label=label, update_summary=False,
+                               lock_timeout=self.lock_timeout)
         report.rejected_rows += rep.rows_rejected
         report.already_stored += rep.already_stored + rep.duplicates
         manifest_ids = [int(b["id"]) for b in self.ws.read_manifest().get("batches") or []]

@@ -21,6 +21,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -38,6 +39,8 @@ from shopsight.behavior.events import MUST_PROVIDE, single_chunk_strings
 DEFAULT_WORKSPACE = Path("workspace")
 MANIFEST = "manifest.json"
 LOCK_FILE = ".lock"
+# Where an ingest stages its validated chunks before the batch is written: .staging/<pid>-<random>/.
+STAGING_DIR = ".staging"
 # How long a second writer waits for the first before giving up (SHOPSIGHT_LOCK_TIMEOUT_S).
 LOCK_TIMEOUT_S = 30.0
 
@@ -370,7 +373,8 @@ class Workspace:
                             "SHOPSIGHT_LOCK_TIMEOUT_S"
                         ) from None
                     time.sleep(0.05)
-            holder = {"pid": os.getpid(), "command": command, "argv": " ".join(sys.argv), "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            holder = {"pid": os.getpid(), "command": command, "argv": masked_argv(sys.argv),
+                      "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(holder).encode(), 0)
             _HELD[key] = 1
@@ -433,6 +437,15 @@ class Workspace:
         return manifest
 
 
+# The password of a URL in a command line (`ingest --from postgresql://shop:PASSWORD@db/shop`).
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s]+):[^@\s]*@")
+
+
+def masked_argv(argv: list[str]) -> str:
+    """The command line as the lock file and "is being written by" messages show it: URL passwords left out."""
+    return " ".join(_URL_PASSWORD.sub(r"\1@", arg) for arg in argv)
+
+
 # Roots whose writer lock this process holds, with the depth of nesting (the lock is per process).
 _HELD: dict[str, int] = {}
 
@@ -454,9 +467,52 @@ def remove_unlisted_batch_files(ws: Workspace) -> list[Path]:
 
 
 def remove_leftovers(ws: Workspace) -> None:
-    """What a killed writer left: temp files of atomic writes and unlisted batch files (under the lock)."""
+    """What a killed writer left: temp files of atomic writes, unlisted batch files, and the staging
+    folders of ingests whose process is gone (under the lock)."""
     for folder in (ws.root, ws.events_dir, ws.rejected_dir):
         if folder.is_dir():
             for tmp in folder.glob(".*.tmp"):
                 tmp.unlink(missing_ok=True)
     remove_unlisted_batch_files(ws)
+    staged = ws.root / STAGING_DIR
+    if staged.is_dir():
+        for folder in staged.iterdir():
+            pid = folder.name.split("-", 1)[0]
+            if not pid.isdigit() or not _alive(int(pid)):
+                shutil.rmtree(folder, ignore_errors=True)
+        if not any(staged.iterdir()):
+            staged.rmdir()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+@contextmanager
+def staging(ws: Workspace) -> Iterator[Path]:
+    """A new folder ``.staging/<pid>-<random>`` in the workspace for an ingest's chunks, removed on exit.
+
+    A killed ingest's folder stays until the next writer removes it (:func:`remove_leftovers`),
+    which knows it is dead by its pid. In the workspace rather than /tmp: the same disk as the
+    batch file it becomes.
+
+    Raises:
+        WorkspaceError: the workspace cannot be written.
+    """
+    with writing_in(ws.root):
+        folder = ws.root / STAGING_DIR / f"{os.getpid()}-{os.urandom(4).hex()}"
+        folder.mkdir(parents=True)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            folder.parent.rmdir()  # the last one out
+        except OSError:
+            pass

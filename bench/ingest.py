@@ -13,6 +13,16 @@ With ``--batches N`` the events are cut by time into N Parquet files in one fold
 one after another into one workspace (each a batch), in one fresh process: each append's seconds,
 events per second and the process's peak memory so far, so the cost of appending to a growing
 workspace shows (each append reads the stored events to find duplicates and continue sessions).
+
+With ``--folder 1000000,3000000,10000000`` it writes, per size, a folder of day-ordered Parquet
+files (``--file-events`` each, no session ids, users spread over every file so sessions span
+files) and, each in a fresh process: ingests the folder as one batch into an empty workspace,
+then appends one more day file (new events plus some already stored) to that full workspace.
+Each row shows events/s and the process's peak RSS: with memory bounded by the chunk size,
+the peak stays flat as the folder grows.
+
+    python bench/ingest.py --folder 1000000,3000000,10000000
+    python bench/ingest.py --folder 10000000 --chunk-rows 100000 --duckdb-memory 256MB   # the bound's two knobs
 """
 
 from __future__ import annotations
@@ -126,6 +136,78 @@ def measure_appends(folder: Path) -> dict:
             "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
+def write_folder(directory: Path, events: int, file_events: int, seed: int) -> tuple[Path, Path]:
+    """Write ``events`` canonical events as day-ordered Parquet files of ``file_events`` rows (no session
+    ids) in ``directory``/folder, and one more day's file (``directory``/next-day.parquet: 10% new
+    events, the rest copies of the last file's) to append after; return both paths.
+
+    Vectorized generation (the shop simulator takes minutes for 10M events): about one event per
+    user per hour of activity, ~88 events per user, the mix of a real shop's events.
+    """
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    folder = directory / "folder"
+    folder.mkdir(parents=True)
+    users = max(10, events // EVENTS_PER_USER)
+    start = pd.Timestamp("2026-01-01", tz="UTC").value
+    span_ns = 120 * 86_400 * 10**9
+    kinds = np.array(["view", "add_to_cart", "purchase", "search", "login", "remove_from_cart"])
+    weights = np.array([0.70, 0.12, 0.05, 0.08, 0.04, 0.01])
+    cats = np.array(["Audio", "Phones", "Books", "Garden", "Toys", "Kitchen", "Sports", "Beauty"])
+
+    def frame(n: int, t0: int, t1: int) -> pd.DataFrame:
+        ts = np.sort(rng.integers(t0, t1, n))
+        uid = rng.integers(0, users, n)
+        ev = kinds[rng.choice(len(kinds), n, p=weights)]
+        item = rng.integers(0, 20_000, n)
+        order = np.where(ev == "purchase", np.char.add("o", rng.integers(0, 10**9, n).astype(str)), None)
+        return pd.DataFrame({
+            "user_id": pd.array(np.char.add("u", np.char.zfill(uid.astype(str), 7)), dtype="string"),
+            "ts": pd.to_datetime(ts, utc=True),
+            "event": pd.array(ev, dtype="string"),
+            "item_id": pd.array(np.char.add("i", item.astype(str)), dtype="string"),
+            "category": pd.array(cats[item % len(cats)], dtype="string"),
+            "price": np.round(rng.gamma(2.0, 20.0, n), 2),
+            "quantity": np.where(ev == "purchase", rng.integers(1, 4, n), 1),
+            "order_id": pd.array(order, dtype="string"),
+        })
+
+    files = max(1, math.ceil(events / file_events))
+    step = span_ns // files
+    for i in range(files):
+        n = min(file_events, events - i * file_events)
+        frame(n, start + i * step, start + (i + 1) * step).to_parquet(folder / f"day-{i:04d}.parquet", index=False)
+    last = pd.read_parquet(folder / f"day-{files - 1:04d}.parquet")
+    fresh = frame(max(1, file_events // 10), start + files * step, start + files * step + 86_400 * 10**9)
+    nxt = pd.concat([last.sample(n=min(len(last), file_events - len(fresh)), random_state=seed), fresh], ignore_index=True)
+    nxt.to_parquet(directory / "next-day.parquet", index=False)
+    return folder, directory / "next-day.parquet"
+
+
+def measure_folder(folder: Path, next_file: Path, workspace: Path, step: str, chunk_rows: int, duckdb_memory: str) -> dict:
+    """One step of the folder benchmark in this process: ingest ``folder`` as one batch into the empty
+    ``workspace`` (step "folder"), or append ``next_file`` to it (step "append")."""
+    import behavior.batches
+    from shopsight.behavior.events import IngestLimits
+    from shopsight.behavior.ingest import ingest_file
+    from shopsight.behavior.workspace import Workspace
+
+    behavior.batches.DUCKDB_MEMORY_LIMIT = duckdb_memory
+    ws = Workspace(workspace)
+    source = folder if step == "folder" else next_file
+    cpu0 = _cpu_seconds()
+    t0 = time.perf_counter()
+    _, report = ingest_file(ws, source, limits=IngestLimits(max_rows=10**9, max_memory_mb=10**6), return_events=False,
+                            chunk_rows=chunk_rows)
+    seconds = time.perf_counter() - t0
+    read = report.rows_read
+    return {"step": step, "rows_read": int(read), "added": int(report.rows_kept), "already_stored": int(report.already_stored),
+            "seconds": round(seconds, 2), "events_per_s": round(read / seconds, 1),
+            "cpu_seconds": round(_cpu_seconds() - cpu0, 2), "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -139,6 +221,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="profile each ingest (cProfile, top 30 by cumulative time, on stderr); slows the run")
     parser.add_argument("--batches", type=int, default=0,
                         help="also append the events as this many day-ordered Parquet files, one batch each")
+    parser.add_argument("--folder", type=str, default="",
+                        help="comma-separated folder sizes in events, e.g. 1000000,3000000,10000000: ingest each "
+                             "folder of Parquet files as one batch, then append a day to it (peak memory per size)")
+    parser.add_argument("--file-events", type=int, default=1_000_000, help="events per Parquet file of a --folder (default 1,000,000)")
+    parser.add_argument("--chunk-rows", type=int, default=None, help="rows read, validated and sessionized at once (default: CHUNK_ROWS)")
+    parser.add_argument("--duckdb-memory", default=None, help="DuckDB's memory cap during an ingest (default: behavior.batches' 512MB)")
+    parser.add_argument("--folder-worker", nargs=4, help=argparse.SUPPRESS)  # internal: folder, next file, workspace, step
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # internal: measure one file
     parser.add_argument("--append-worker", type=Path, help=argparse.SUPPRESS)  # internal: append a folder's files
     args = parser.parse_args(argv)
@@ -146,6 +235,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker is not None:
         print(json.dumps(measure_one(args.worker, profile=args.profile)))
         return 0
+    if args.folder_worker is not None or args.folder:
+        from shopsight.behavior.batches import DUCKDB_MEMORY_LIMIT
+        from shopsight.behavior.events import CHUNK_ROWS
+
+        args.chunk_rows = args.chunk_rows or CHUNK_ROWS
+        args.duckdb_memory = args.duckdb_memory or DUCKDB_MEMORY_LIMIT
+    if args.folder_worker is not None:
+        folder, next_file, workspace, step = args.folder_worker
+        print(json.dumps(measure_folder(Path(folder), Path(next_file), Path(workspace), step, args.chunk_rows, args.duckdb_memory)))
+        return 0
+    if args.folder:
+        return folder_main(args)
     if args.append_worker is not None:
         print(json.dumps(measure_appends(args.append_worker)))
         return 0
@@ -188,6 +289,34 @@ def main(argv: list[str] | None = None) -> int:
         {"events": args.events, "seed": args.seed, "generate_seconds": round(generate_s, 2), "results": rows,
          "csv_over_parquet_seconds": ratio, **({"appends": appends} if appends is not None else {})},
     )
+    console.print(f"Wrote {path}")
+    return 0
+
+
+def folder_main(args: argparse.Namespace) -> int:
+    """``--folder``: per size, ingest a folder of Parquet files as one batch, then append a day; print and save."""
+    console = bench_console()
+    sizes = [int(x.replace("_", "")) for x in args.folder.split(",") if x.strip()]
+    rows = []
+    for size in sizes:
+        with tempfile.TemporaryDirectory(prefix="bench-folder-") as tmp:
+            with console.status(f"Writing {size:,} events as Parquet files of {args.file_events:,}…"):
+                folder, next_file = write_folder(Path(tmp), size, args.file_events, args.seed)
+            folder_mb = sum(f.stat().st_size for f in folder.iterdir()) / 2**20
+            for step in ("folder", "append"):
+                with console.status(f"{size:,} events: {step}…"):
+                    result = run_isolated([str(Path(__file__).resolve()), "--folder-worker", str(folder), str(next_file),
+                                           str(Path(tmp) / "ws"), step, "--chunk-rows", str(args.chunk_rows),
+                                           "--duckdb-memory", args.duckdb_memory])
+                rows.append({"events": size, "files": len(list(folder.iterdir())), "folder_mb": round(folder_mb, 1), **result})
+    print_table(f"Ingest a folder of Parquet files as one batch, then append a day (chunks of {args.chunk_rows:,} rows, "
+                f"DuckDB capped at {args.duckdb_memory})", rows,
+                ["events", "files", "folder_mb", "step", "rows_read", "added", "already_stored", "seconds", "events_per_s",
+                 "cpu_seconds", "peak_rss_mb"], console=console)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    console.print(f"Load average now {load:.1f} on {os.cpu_count()} cores.")
+    path = write_result("ingest_folder", {"sizes": sizes, "file_events": args.file_events, "seed": args.seed,
+                                          "chunk_rows": args.chunk_rows, "duckdb_memory": args.duckdb_memory, "results": rows})
     console.print(f"Wrote {path}")
     return 0
 

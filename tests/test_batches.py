@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -504,3 +505,124 @@ def test_the_index_embeds_only_the_sessions_a_new_batch_adds_or_extends(tmp_path
     assert (stats.embedded, stats.unchanged, stats.sessions) == (3, 1, 4)
     assert len(recorder.texts) - texts_before == 3
     assert sorted(h.session_id for h in index.user_history("u1")) == ["u1-s1", "u1-s2"]
+    # Once: a build with no new batch embeds nothing, and one that adds an unrelated user embeds only that user's session.
+    assert (index.build().embedded, len(recorder.texts)) == (0, texts_before + 3)
+    ingest_file(workspace, _csv(tmp_path, "day3.csv", ["u9,2026-03-06T10:00:00Z,view,i1,Audio,1,1,,"]))
+    assert (index.build().embedded, len(recorder.texts)) == (1, texts_before + 4)
+
+
+# --- bounded memory: the chunked pipeline gives what reading whole gives --------------------------
+
+
+def test_an_ingest_in_chunks_stores_what_an_ingest_read_whole_stores(tmp_path: Path) -> None:
+    # u1's rows run across chunk boundaries (sessionized in one piece), a full repeat and an identity
+    # repeat (same event, another price) sit in later chunks than their originals, and day 2 continues
+    # day 1's stored sessions.
+    rows = [*DAY1, *DAY2, "u1,2026-03-04T09:12:00Z,view,i1,Audio,118.00,1,,",
+            "u1,2026-03-04T09:12:00Z,view,i1,Audio,1.00,1,,", "u4,2026-03-05T11:00:00Z,view,i9,Toys,5,1,u4-app-1,"]
+    day1, path = _csv(tmp_path, "day1.csv", DAY1), _csv(tmp_path, "all.csv", rows)
+    results = {}
+    for chunk_rows in (2, 3, 1000):
+        ws = Workspace(tmp_path / f"ws{chunk_rows}")
+        ingest_file(ws, day1, chunk_rows=chunk_rows)
+        _, report = ingest_file(ws, path, chunk_rows=chunk_rows)
+        results[chunk_rows] = (ws.load_events(), report.to_dict() | {"batch": None, "source": None}, ws.read_manifest()["summary"])
+    for chunk_rows in (2, 3):
+        pd.testing.assert_frame_equal(results[chunk_rows][0], results[1000][0])
+        assert results[chunk_rows][1:] == results[1000][1:]
+    events, report, _ = results[1000]
+    assert (report["rows_read"], report["rows_kept"], report["duplicates"], report["already_stored"], report["rows_rejected"]) == (12, 4, 2, 5, 1)  # repeats: day 2's first row and the 09:12 view
+    assert len(events) == 8 and not events.duplicated(["user_id", "ts", "event", "item_id"]).any()
+    assert events.loc[(events["user_id"] == "u1") & (events["ts"] == pd.Timestamp("2026-03-04T09:12:00Z")), "price"].tolist() == [118.0]
+
+
+def test_strict_refuses_a_row_repeating_one_of_an_earlier_chunk(tmp_path: Path, workspace: Workspace) -> None:
+    path = _csv(tmp_path, "day1.csv", [*DAY1, DAY1[0]])
+    with pytest.raises(EventDataError, match="day1.csv: a row repeats an earlier one"):
+        ingest_file(workspace, path, strict=True, chunk_rows=2)
+    assert not workspace.exists() and not (workspace.root / ".staging").exists()
+
+
+# Kills an ingest of a file read in 2-row chunks in the middle of its new steps: while staging its
+# second chunk (before the lock), or while finding stored events under the lock.
+KILLED_MIDWAY = """
+import os, signal, sys
+import shopsight.behavior.batches as batches
+from shopsight.behavior.ingest import ingest_file
+from shopsight.behavior.workspace import Workspace
+
+root, path, where = sys.argv[1:4]
+if where == "staging":
+    real, calls = batches.pq.write_table, [0]
+    def write_table(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    batches.pq.write_table = write_table
+else:
+    def drop_stored(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+    batches._drop_stored = drop_stored
+ingest_file(Workspace.at(root), path, chunk_rows=2)
+"""
+
+
+@pytest.mark.parametrize("where", ["staging", "dedupe"])
+def test_an_ingest_killed_while_staging_or_deduplicating_leaves_the_workspace_as_before(tmp_path: Path, where: str) -> None:
+    day1, day2 = _csv(tmp_path, "day1.csv", DAY1), _csv(tmp_path, "day2.csv", DAY2)
+    ws = Workspace(tmp_path / "ws")
+    ingest_file(ws, day1)
+    before, manifest = ws.load_events(), ws.read_manifest()
+    killed = _run(["-c", KILLED_MIDWAY, str(ws.root), str(day2), where])
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    pd.testing.assert_frame_equal(ws.load_events(), before)
+    assert ws.read_manifest() == manifest
+    assert any(name.startswith(".staging/") for name in _files(ws))  # its staged chunks are still there
+    with ws.writer("test", timeout=5):  # the lock died with it; the next writer clears what it left
+        pass
+    assert _files(ws) == ["events/batch-000001.parquet", "manifest.json"]
+    ingest_file(ws, day2)
+    assert len(ws.load_events()) == 7
+
+
+def test_two_ingests_of_the_same_file_at_once_store_it_once(tmp_path: Path) -> None:
+    rows = [f"u{u},2026-03-0{1 + d}T{h:02d}:10:00Z,view,i{h},Audio,1,1,," for u in range(50) for d in range(4) for h in range(24)]
+    path = _csv(tmp_path, "same.csv", rows)
+    ws = Workspace(tmp_path / "ws")
+    with ws.writer("test"):  # held until both have staged the file: then both publish after reading it, for sure
+        procs = [
+            subprocess.Popen([sys.executable, "cli.py", "ingest", str(path), "--workspace", str(ws.root), "--json"], cwd=REPO,
+                             env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
+        deadline = time.monotonic() + 60
+        while len(list((ws.root / ".staging").glob("*/part-*.parquet"))) < 2:
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "the ingests did not both stage"
+            time.sleep(0.02)
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    # The second to publish found the first's rows stored, though it had read them before the first published.
+    reports = sorted((json.loads(out)["report"] for out, _ in outs), key=lambda r: r["batch"])
+    assert [(r["rows_kept"], r["already_stored"]) for r in reports] == [(len(rows), 0), (0, len(rows))]
+    events = ws.load_events()
+    assert len(events) == len(rows) and not events.duplicated().any()
+    assert not (ws.root / ".staging").exists()
+
+
+def test_more_events_of_the_same_data_set_keep_its_ground_truth_and_item_names(tmp_path: Path) -> None:
+    from shopsight.behavior.demo import build_demo_workspace
+
+    ws = Workspace(tmp_path / "demo")
+    build_demo_workspace(ws, users=60, days=20, seed=3, progress=False)
+    labels, catalogue = ws.label_names(), pd.read_parquet(ws.catalogue_path)
+    assert labels and len(catalogue)
+    # a day of canonical rows appended (a daily export, `shopsight watch`) is more of the demo
+    _, report = ingest_file(ws, _csv(tmp_path, "more.csv", DAY1))
+    assert report.rows_kept == 4
+    assert ws.read_manifest()["dataset"] == "demo"
+    assert ws.label_names() == labels and pd.read_parquet(ws.catalogue_path).equals(catalogue)
+    # --replace starts another data set: the demo's truth and item names would be wrong for it
+    ingest_file(ws, _csv(tmp_path, "other.csv", DAY2), replace=True)
+    assert ws.read_manifest()["dataset"] == "canonical"
+    assert ws.label_names() == [] and not ws.catalogue_path.exists()

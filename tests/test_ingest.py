@@ -130,8 +130,9 @@ def _bomb_parquet(path: Path, rows: int, text_bytes: int = 1000) -> Path:
 def test_a_small_parquet_file_that_expands_past_the_memory_budget_is_refused_before_reading(
     tmp_path: Path, workspace: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The red-team file: 2M rows x 1 KB of text in a few MB of Parquet (6.3 GB when read).
-    path = _bomb_parquet(tmp_path / "bomb.parquet", 2_000_000)
+    # The red-team file: 2M rows x 5 KB of text in a few MB of Parquet. Ingest reads it 250,000 rows
+    # at a time, so what must fit is one chunk: 1.25 GB of text, about 5 GB once read.
+    path = _bomb_parquet(tmp_path / "bomb.parquet", 2_000_000, text_bytes=5000)
     assert path.stat().st_size < 10_000_000
 
     def never(*args: object, **kwargs: object) -> None:

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from shopsight.behavior.decisions import decided_batches, load_decisions
-from shopsight.behavior.ingest import identity_hashes
+from shopsight.behavior.batches import IDENTITY
 from shopsight.behavior.watch import StreamWatcher, WatchError, split_lines
 from shopsight.behavior.workspace import Workspace
 from risk_workspace import trained_risk_workspace
@@ -40,6 +40,15 @@ def _orders(tail: pd.DataFrame) -> set[str]:
     return set(tail.loc[tail["event"] == "purchase", "order_id"].dropna().astype(str))
 
 
+def _identities(events: pd.DataFrame) -> list[tuple]:
+    """Each event's identity (user, time, event, item, session, order), sorted: equal lists are the same events."""
+    frame = events[[c for c in IDENTITY if c in events]].copy()
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True).astype("int64")
+    for c in frame.columns.drop("ts"):
+        frame[c] = frame[c].astype("string").fillna("")
+    return sorted(frame.itertuples(index=False, name=None))
+
+
 def _assert_exactly_once(ws: Workspace, base: pd.DataFrame, tail: pd.DataFrame) -> pd.DataFrame:
     """Every order of the stream decided once; every event of base and stream stored once."""
     d = load_decisions(ws)
@@ -49,7 +58,7 @@ def _assert_exactly_once(ws: Workspace, base: pd.DataFrame, tail: pd.DataFrame) 
     stored = ws.load_events()
     want = pd.concat([base[COLUMNS], tail], ignore_index=True)
     assert len(stored) == len(want)
-    assert sorted(identity_hashes(stored)) == sorted(identity_hashes(want))
+    assert _identities(stored) == _identities(want)
     return d
 
 
