@@ -408,9 +408,9 @@ def citations(calls: Sequence[ToolCall]) -> Citations:
     for c in calls:
         cite = c.result.get("citations", {}) if isinstance(c.result, dict) else {}
         sessions += [s for s in cite.get("sessions", []) if s not in sessions]
-        model = cite.get("model")
-        if model and model not in models:
-            models.append(model)
+        for model in [cite.get("model"), *(cite.get("models") or [])]:  # a tool may rest on several models
+            if model and model not in models:
+                models.append(str(model))
     return Citations(tuple(sessions), tuple(models))
 
 

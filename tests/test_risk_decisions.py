@@ -57,7 +57,7 @@ def test_what_was_blocked_in_a_window_and_why(ctx):
 def test_how_many_went_to_review_counts_orders_and_users(ctx):
     r, text = run(ctx, decision="review", since="2026-03-04")
     assert r["n"] == 3 and r["n_orders"] == 2
-    assert text.startswith("Since 4 Mar 2026, 3 decisions were held for review") or "3 decisions were held for review" in text
+    assert text.startswith("Since 4 Mar 2026, risk control held for review 3 (2 orders and 1 user)")
 
 
 def test_the_false_alarms_are_the_decisions_an_analyst_marked(ctx):
@@ -117,3 +117,25 @@ def test_the_router_reaches_the_tool(tmp_path, question, expected):
     clf, version = load_router(ws)
     router = Router(clf, default_embedder(), version=version, anchor=pd.Timestamp("2026-04-10", tz="UTC"))
     assert [(c["name"], c["args"]) for c in router.plan(question).calls] == [("risk_decisions", expected)]
+
+
+def test_an_order_says_what_risk_control_decided_when_it_arrived(workspace):
+    from test_agent_support import tiny_context
+
+    c = tiny_context(workspace)
+    ev = workspace.load_events()
+    order = str(ev.loc[ev["event"] == "purchase", "order_id"].dropna().iloc[0])
+    buyer = str(ev.loc[ev["order_id"] == order, "user_id"].iloc[0])
+    plain = REGISTRY.render("get_order", {"order_id": order}, REGISTRY.run(c, "get_order", {"order_id": order}))
+    assert "risk control decided" not in plain  # nothing decided yet: nothing said
+    write_decisions(workspace, 1, [_decision(order, buyer, "block", "2026-03-10", score=0.75,
+                                             reason="fraud probability 75.0% is at or above the block threshold 57.5%")])
+    r = REGISTRY.run(c, "get_order", {"order_id": order})
+    text = REGISTRY.render("get_order", {"order_id": order}, r)
+    assert r["decision"] == {"decision": "block", "score": 0.75, "model": "risk@v2",
+                             "reason": "fraud probability 75.0% is at or above the block threshold 57.5%"}
+    assert "When it arrived, risk control decided block (risk@v2: fraud probability 75.0% is at or above the block threshold 57.5%)" in text
+    from shopsight.agent.guard import citations
+    from shopsight.agent.types import ToolCall
+
+    assert "risk@v2" in citations([ToolCall("get_order", {"order_id": order}, r)]).models

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Mapping
 
@@ -64,8 +65,30 @@ def get_order(ctx: ToolContext, order_id: str) -> dict[str, Any]:
             cites["model"] = result["risk_model"]
     except WorkspaceError:
         pass  # no risk model trained: the order's facts stand on their own
+    decided = recorded_decision(ctx, order_id)
+    if decided:
+        result["decision"] = decided
+        if decided["model"] != cites.get("model"):
+            cites["models"] = [decided["model"]]  # the version that decided, beside the one that scores now
     result["citations"] = cites
     return result
+
+
+def recorded_decision(ctx: ToolContext, order_id: str) -> dict[str, Any] | None:
+    """What risk control decided when the order arrived (``shopsight watch``), or None."""
+    from shopsight.behavior.decisions import load_decisions
+
+    try:
+        d = load_decisions(ctx.workspace)
+    except WorkspaceError:
+        return None
+    rows = d[d["order_id"].astype("string") == order_id] if len(d) else d
+    if not len(rows):
+        return None
+    row = rows.iloc[-1]
+    reasons = json.loads(row["reasons"]) if isinstance(row.get("reasons"), str) else list(row.get("reasons") or [])
+    return {"decision": str(row["decision"]), "score": num(row["score"], 4), "model": str(row["model"]),
+            "reason": mask_text(str(reasons[0])) if reasons else None}
 
 
 def render(args: Mapping[str, Any], r: Mapping[str, Any]) -> str:
@@ -77,8 +100,12 @@ def render(args: Mapping[str, Any], r: Mapping[str, Any]) -> str:
             f"{money(r.get('amount'))}: {count(r.get('n_items'), 'item')} (session {r.get('session_id')})"
             + (f"; {paid}" if paid else "") + f". Items: {items}.")
     text += " It was refunded." if r.get("refunded") else " It was not refunded."
+    d = r.get("decision")
+    if d:
+        text += (f" When it arrived, risk control decided {d['decision']} ({d['model']}"
+                 + (f": {d['reason']}" if d.get("reason") else f", fraud probability {pct(d['score'])}") + ").")
     if r.get("risk_probability") is not None:
-        text += f" Its fraud-risk probability is {pct(r['risk_probability'])}."
+        text += f" {'Scored now, on its own, its' if d else 'Its'} fraud-risk probability is {pct(r['risk_probability'])}."
     return text
 
 

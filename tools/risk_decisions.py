@@ -109,6 +109,7 @@ def _row(r: pd.Series) -> dict[str, Any]:
     return out
 
 
+_VERB = {"block": "blocked", "review": "held for review", "allow": "allowed", "flagged": "held for review or blocked"}
 _WHAT = {"block": "blocked", "review": "held for review", "allow": "allowed", "flagged": "held for review or blocked", "any": "decided"}
 
 
@@ -121,7 +122,7 @@ def render(args: Mapping[str, Any], r: Mapping[str, Any]) -> str:
     label = {"false_alarm": " that an analyst marked as a false alarm", "fraud": " that an analyst confirmed as fraud",
              "unlabelled": " not yet labelled by an analyst"}.get(str(r.get("label")), "")
     n = int(r.get("n", 0))
-    text = f"{window}, {count(n, 'decision')}{label} {'was' if n == 1 else 'were'} {what}"
+    text = f"{window}, risk control {_VERB.get(str(r.get('decision')), 'decided on')} {_subjects(n, r.get('n_orders'))}{label}"
     b = r.get("by_decision") or {}
     text += f" (of all decisions then: {b.get('block', 0)} blocked, {b.get('review', 0)} held for review, {b.get('allow', 0)} allowed)."
     listed = r.get("decisions") or []
@@ -129,9 +130,9 @@ def render(args: Mapping[str, Any], r: Mapping[str, Any]) -> str:
         items = []
         for d in listed:
             subject = f"order {d['order_id']} (user {d['user_id']})" if d.get("order_id") else f"user {d['user_id']}"
-            item = f"{subject} on {human_date(d['day'])}: {d['decision']}, fraud probability {pct(d['score'])}"
-            if d.get("reason"):
-                item += f", because {d['reason']}"
+            item = f"{subject} on {human_date(d['day'])}: {d['decision']}"
+            # the reason states the probability it rests on; without one, the probability is the reason
+            item += f", because {d['reason']}" if d.get("reason") else f", fraud probability {pct(d['score'])}"
             if d.get("analyst_label"):
                 item += f" [analyst: {d['analyst_label'].replace('_', ' ')}]"
             items.append(item)
@@ -140,6 +141,16 @@ def render(args: Mapping[str, Any], r: Mapping[str, Any]) -> str:
     if r.get("models"):
         text += f" (Decided by {', '.join(r['models'])}.)"
     return text
+
+
+def _subjects(n: int, n_orders: Any) -> str:
+    """"2 orders and 1 user" (a user is decided on when their behaviour changed without an order)."""
+    if not n:
+        return "no orders or users"
+    if not isinstance(n_orders, int):
+        return count(n, "order or user", "orders or users")
+    said = [count(k, noun) for k, noun in ((n_orders, "order"), (n - n_orders, "user")) if k]
+    return said[0] if len(said) == 1 else f"{n:,} ({' and '.join(said)})"
 
 
 def _window(r: Mapping[str, Any]) -> str:
