@@ -109,8 +109,7 @@ def _row(r: pd.Series) -> dict[str, Any]:
     return out
 
 
-_VERB = {"block": "blocked", "review": "held for review", "allow": "allowed", "flagged": "held for review or blocked"}
-_WHAT = {"block": "blocked", "review": "held for review", "allow": "allowed", "flagged": "held for review or blocked", "any": "decided"}
+_WHAT = {"block": "blocked", "review": "held for review", "allow": "allowed", "flagged": "held for review or blocked", "any": "decided on"}
 
 
 def render(args: Mapping[str, Any], r: Mapping[str, Any]) -> str:
@@ -118,11 +117,10 @@ def render(args: Mapping[str, Any], r: Mapping[str, Any]) -> str:
     if r.get("note"):
         return "No risk decisions are recorded yet: `shopsight watch PATH` decides orders as they arrive."
     window = _window(r)
-    what = _WHAT.get(str(r.get("decision")), "decided")
     label = {"false_alarm": " that an analyst marked as a false alarm", "fraud": " that an analyst confirmed as fraud",
              "unlabelled": " not yet labelled by an analyst"}.get(str(r.get("label")), "")
     n = int(r.get("n", 0))
-    text = f"{window}, risk control {_VERB.get(str(r.get('decision')), 'decided on')} {_subjects(n, r.get('n_orders'))}{label}"
+    text = f"{window}, risk control {_WHAT.get(str(r.get('decision')), 'decided on')} {_subjects(n, r.get('n_orders'))}{label}"
     b = r.get("by_decision") or {}
     text += f" (of all decisions then: {b.get('block', 0)} blocked, {b.get('review', 0)} held for review, {b.get('allow', 0)} allowed)."
     listed = r.get("decisions") or []
