@@ -37,6 +37,7 @@ _MONTH = r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|a
 _MONTHS = {m: i for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
 _HUMAN_DATE = re.compile(rf"\b(\d{{1,2}})\s+({_MONTH})\b\.?(?:,?\s+(\d{{4}}))?", re.I)
 _ISO_DATE = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})")
+_YEAR = re.compile(r"(?<![\w.@-])(?:19|20)\d{2}(?![\w.,]\d)")
 _QUOTED = re.compile(r'"([^"]{3,})"')
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 _FILLER = re.compile(
@@ -183,6 +184,10 @@ def check_grounding(answer: str, calls: Sequence[ToolCall], question: str = "", 
         ok = iso in src.days if not iso.startswith("-") else any(d.endswith(iso) for d in src.days)
         if not ok:
             unsupported.append(written)
+    # a year is no quantity, but an invented one is an invented fact ("the 2022-2023 customer"): it must be
+    # the year of some date the tools returned, or one the question names
+    years = {d[:4] for d in src.days if not d.startswith("-")} | set(_YEAR.findall(question))
+    unsupported += [y for y in dict.fromkeys(_YEAR.findall(_ISO_DATE.sub(" ", claimed))) if y not in years]
     for name in vocabulary:  # as the workspace writes it ("Home" the category, not "at home")
         if re.search(rf"\b{re.escape(str(name))}\b", claimed) and str(name).lower() not in src.words:
             unsupported.append(str(name))

@@ -271,3 +271,18 @@ def test_two_tools_about_one_user_say_their_shared_evidence_once():
     text = render_answer(calls)
     assert text.count("Evidence: 4 Mar 2026 (u00042-s0007): 3 views in Audio.") == 1
     assert check(text, calls, "q").ok, check(text, calls, "q")
+
+
+def test_an_invented_year_is_unsupported_and_a_year_the_data_has_is_not():
+    from shopsight.agent.guard import check_grounding
+    from shopsight.agent.types import ToolCall
+
+    calls = [ToolCall("get_user_profile", {"user_id": "u00421"},
+                      {"user_id": "u00421", "sessions": 6, "orders": 0, "spent": 0.0, "first_seen": "2026-02-16",
+                       "last_seen": "2026-05-01", "citations": {"sessions": ["u00421-s0004"]}})]
+    invented = check_grounding("The 2022-2023 user u00421 has 6 sessions, first seen 16 Feb 2026.", calls)
+    assert "2022" in invented.unsupported
+    fine = check_grounding("User u00421 has had 6 sessions in 2026, first seen 16 Feb 2026.", calls)
+    assert "2026" not in fine.unsupported
+    asked = check_grounding("In 2025 user u00421 had no sessions; 6 sessions since 16 Feb 2026.", calls, question="what did u00421 do in 2025?")
+    assert "2025" not in asked.unsupported
