@@ -913,6 +913,66 @@ def train(
 
 @app.command()
 @friendly_errors
+def score(
+    workspace: Optional[Path] = WorkspaceOpt,
+    engine: str = typer.Option("local", help="local (one process, the table held once) | spark (PySpark; needs Java 17+)."),
+    events: Optional[str] = typer.Option(None, "--events", help="Parquet file, folder of shards or glob to score (default: the workspace's events)."),
+    master: Optional[str] = typer.Option(None, "--master", help="Spark master URL (default $SPARK_MASTER, else local[2]); --engine spark only."),
+    users_per_group: int = typer.Option(5000, min=1, help="Users scored per call (a Spark group, a local chunk): bounds the working memory."),
+    threads: int = typer.Option(1, min=1, help="Torch CPU threads per process (per Spark Python worker)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the published run's manifest as JSON."),
+) -> None:
+    """Score every user with the latest intent, churn and risk models; publish per-user score tables.
+
+    Writes, per model, a score table (the columns of the training-time scores.parquet) and a
+    feature table (the model's inputs) as Parquet part files under
+    WORKSPACE/scores/run-<id>/<model>@<version>/, then points scores/current.json at the run.
+    top_users, the query tool and the agent read the published table of each model's latest
+    version. A failed run publishes nothing: the previous scores stay current.
+
+    The two engines run the same per-user code and give the same scores (to 1e-6).
+
+    Examples:
+
+      shopsight score                                  (the workspace's events, one process)
+
+      shopsight score --engine spark --events 'shards/*.parquet'
+
+      SPARK_MASTER=spark://head:7077 shopsight score --engine spark
+    """
+    ws = _workspace(workspace)
+    if engine not in ("local", "spark"):
+        raise ValueError(f"unknown engine '{engine}': choose local or spark")
+    if master and engine != "spark":
+        raise ValueError("--master is for --engine spark")
+    with _writer(ws, "score"):
+        if engine == "spark":
+            from behavior.spark import score_spark
+
+            say = (lambda step: None) if as_json else (lambda step: err_console.print(f"[dim]spark: {step}…[/]"))
+            manifest = score_spark(ws, events, master=master, users_per_group=users_per_group, threads=threads, report=say)
+        else:
+            import torch
+
+            from behavior.scoring import score_local
+
+            torch.set_num_threads(threads)
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            with Progress(TextColumn("Scoring users"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          console=err_console, transient=True, disable=as_json) as bar:
+                task = bar.add_task("users", total=None)
+                manifest = score_local(ws, events, chunk_users=users_per_group,
+                                       progress=lambda done, total: bar.update(task, completed=done, total=total))
+    if as_json:
+        print(json.dumps(manifest, indent=2, default=str))
+        return
+    console.print(f"Scored {manifest['users']:,} users as of {manifest['asof'][:10]} with {', '.join(manifest['tables'].values())} "
+                  f"({manifest['engine']}); published {ws.root / 'scores' / manifest['run']}.")
+
+
+@app.command()
+@friendly_errors
 def models(
     workspace: Optional[Path] = WorkspaceOpt,
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
