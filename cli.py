@@ -667,6 +667,9 @@ def index_build(
     batch_size: Optional[int] = typer.Option(None, min=1, help="Sessions embedded and stored per batch, the unit an interrupted build resumes from (default: 1024).", show_default=False),
     threads: Optional[int] = typer.Option(None, min=1, help="Cores for embedding, one batch of texts each (default: every usable core)."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Delete the index and embed every session again, e.g. when it is corrupted; the old index stays until the new one is complete."),
+    engine: str = typer.Option("local", help="local | spark (embed in Spark executors into the Chroma server; needs --chroma-url or $SHOPSIGHT_CHROMA_URL, and Java 17+)."),
+    events: Optional[str] = typer.Option(None, "--events", help="--engine spark: a Parquet file, folder or glob to index (default: the workspace's events)."),
+    master: Optional[str] = typer.Option(None, "--master", help="--engine spark: Spark master URL (default $SPARK_MASTER, else local[2])."),
     as_json: bool = typer.Option(False, "--json", help="Print the build counts as JSON."),
 ) -> None:
     """Embed new or changed sessions into the index; skip unchanged ones, drop removed ones.
@@ -679,7 +682,28 @@ def index_build(
       shopsight index build --workspace /tmp/shop
 
       shopsight index build --rebuild --workspace /tmp/shop      (replace a corrupted index)
+
+      SHOPSIGHT_CHROMA_URL=http://127.0.0.1:8000 shopsight index build --engine spark --events 'shards/*.parquet'
     """
+    if engine not in ("local", "spark"):
+        raise ValueError(f"unknown engine '{engine}': choose local or spark")
+    if engine == "spark":
+        if rebuild:
+            raise ValueError("--rebuild is for --engine local; on a server, delete the collection and build again")
+        from index.spark import build_index_spark
+
+        ws = _workspace(workspace)
+        say = (lambda step: None) if as_json else (lambda step: err_console.print(f"[dim]spark: {step}…[/]"))
+        with _writer(ws, "index build"):
+            stats = build_index_spark(ws, chroma_url or _settings().chroma_url, events=events, master=master,
+                                      batch_size=batch_size or 1024, report=say)
+        if as_json:
+            print(json.dumps(stats.to_dict(), indent=2))
+            return
+        _print_build(stats)
+        return
+    if events or master:
+        raise ValueError("--events and --master are for --engine spark")
     index = _session_index(workspace, chroma_url, batch_size, threads)
     with _writer(index.workspace, "index build"):
         stats = _build_index(index, show_progress=not as_json, rebuild=rebuild)

@@ -78,15 +78,18 @@ class ScoringModels:
 # --- one group of users -------------------------------------------------------------------
 
 
-def canonical_group(events: pd.DataFrame) -> pd.DataFrame:
-    """A group's events in the canonical dtypes and :data:`ROW_ORDER`, sessionized where ids are missing.
+def canonical_group(events: pd.DataFrame, order: Sequence[str] = ROW_ORDER) -> pd.DataFrame:
+    """A group's events in the canonical dtypes and sorted by ``order``, sessionized where ids are missing.
 
     Engines hand rows over differently (Spark: strings of another storage, times as nanoseconds,
     rows in shuffle order); after this every engine's frame of the same events is the same frame.
+    ``order`` may name columns beyond the canonical ones (Spark's file and row position, which
+    put rows in the order ``Workspace.load_events`` gives); they are dropped after sorting.
     """
     from behavior.features import sessionize
 
-    df = events[[c for c in CANONICAL_COLUMNS if c in events.columns]].copy()
+    keys = [c for c in order if c in events.columns]
+    df = events[list(dict.fromkeys([*[c for c in CANONICAL_COLUMNS if c in events.columns], *keys]))].copy()
     for col in STRING_COLUMNS:
         if col in df.columns:
             df[col] = df[col].astype("string")
@@ -102,8 +105,8 @@ def canonical_group(events: pd.DataFrame) -> pd.DataFrame:
     df["price"] = pd.to_numeric(df["price"], errors="coerce").astype("float64") if "price" in df.columns else np.nan
     df["quantity"] = (pd.to_numeric(df["quantity"], errors="coerce").fillna(1).round().astype("int64")
                       if "quantity" in df.columns else np.int64(1))
-    order = [c for c in ROW_ORDER if c in df.columns]
-    df = df.sort_values(order, kind="stable", na_position="last").reset_index(drop=True)
+    df = df.sort_values(keys, kind="stable", na_position="last").reset_index(drop=True)
+    df = df.drop(columns=[c for c in keys if c not in CANONICAL_COLUMNS])
     if df["session_id"].isna().any():
         df = sessionize(df)
     return df

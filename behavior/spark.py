@@ -86,8 +86,14 @@ def spark_session(master: str | None = None, *, app: str = "shopsight", conf: di
     return spark
 
 
-def read_events(spark: Any, files: list[Path]) -> Any:
+FILE_ORDER = ("user_id", "ts", "_file", "_row")  # Workspace.load_events' order: by user and time, ties in file then row order
+
+
+def read_events(spark: Any, files: list[Path], *, positions: bool = False) -> Any:
     """The shards as one Spark DataFrame of the canonical columns they have, ``ts`` as int64 nanoseconds.
+
+    ``positions``: add ``_file`` (the file's place in ``files``) and ``_row`` (the row's in its
+    file), so that a group can be put in the order the local engine reads (:data:`FILE_ORDER`).
 
     Raises:
         ScoringError: from :func:`behavior.scoring.check_shards` (unreadable shard, missing column,
@@ -97,7 +103,13 @@ def read_events(spark: Any, files: list[Path]) -> Any:
 
     schema = check_shards(files)
     df = spark.read.parquet(*[str(f) for f in files])
-    df = df.select(*[c for c in CANONICAL_COLUMNS if c in schema.names])
+    extra = []
+    if positions:
+        rank = F.create_map(*[x for i, f in enumerate(files) for x in (F.lit(Path(f).resolve().as_uri()), F.lit(i))])
+        path = F.col("_metadata.file_path")
+        extra = [F.coalesce(rank[path], rank[F.regexp_replace(path, "^file:/+", "file:///")]).alias("_file"),
+                 F.col("_metadata.row_index").alias("_row")]
+    df = df.select(*[c for c in CANONICAL_COLUMNS if c in schema.names], *extra)
     ts_type = schema.field("ts").type
     if pa.types.is_timestamp(ts_type) and ts_type.unit == "ns":
         pass  # read as int64 nanoseconds (spark.sql.legacy.parquet.nanosAsLong)

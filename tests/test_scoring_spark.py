@@ -346,3 +346,17 @@ def _processes() -> dict[int, tuple[int, str, int]]:
         fields = stat[stat.rindex(")") + 2:].split()
         out[int(entry.name)] = (int(fields[1]), cmd, int(fields[11]) + int(fields[12]))
     return out
+
+
+def test_the_cli_names_a_bad_events_path_in_one_line(shop, both, tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    before = published_state(shop)
+    result = CliRunner().invoke(app, ["score", "--workspace", str(shop.root), "--events", str(tmp_path / "missing")])
+    assert result.exit_code == 2
+    assert "Error:" in result.output and "missing: no such file or folder" in result.output.replace("\n", "")
+    bad_engine = CliRunner().invoke(app, ["score", "--workspace", str(shop.root), "--engine", "dask"])
+    assert bad_engine.exit_code == 2 and "unknown engine 'dask'" in bad_engine.output
+    assert published_state(shop) == before
