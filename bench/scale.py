@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import RESULTS_DIR, bench_console, print_table, run_isolated, write_result  # noqa: E402
+from bench.common import RESULTS_DIR, BenchmarkError, bench_console, print_table, run_isolated, write_result  # noqa: E402
 
 STAGES = ("ingest", "score", "query")
 ENGINES = ("local", "spark")
@@ -108,9 +108,16 @@ def worker(stage: str, engine: str, users: int, workdir: Path) -> dict[str, Any]
         shutil.rmtree(ws_dir, ignore_errors=True)
         shutil.copytree(workdir / "models-ws" / "models", ws.models_dir)
 
+        from behavior.events import IngestLimits, estimate_ingest
+
+        # the default 4 GB budget refuses 100k users; the bench measures what the ingest really takes
+        limits = IngestLimits(max_memory_mb=int(MEMORY_LIMIT_GB * 1024), max_rows=500_000_000)
+        estimate = estimate_ingest(shop / "events.parquet")
+
         def run() -> dict[str, Any]:
-            events, report = ingest_file(ws, shop / "events.parquet")
-            return {"events": int(report.rows_kept), "table_mb": round(events.memory_usage(deep=True).sum() / 2**20, 1)}
+            events, report = ingest_file(ws, shop / "events.parquet", limits=limits)
+            return {"events": int(report.rows_kept), "table_mb": round(events.memory_usage(deep=True).sum() / 2**20, 1),
+                    "ingest_estimate_mb": round(float(getattr(estimate, "memory_mb", 0.0)), 1)}
 
         return measured(run)
     if stage == "ingest":
@@ -228,8 +235,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for (stage, engine) in sorted({(r["stage"], r["engine"]) for r in rows}):
-        pts = sorted((r["users"], r) for r in rows if r["stage"] == stage and r["engine"] == engine)
+    for (stage, engine) in sorted({(r["stage"], r["engine"]) for r in rows if r.get("seconds")}):
+        pts = sorted(((r["users"], r) for r in rows if r["stage"] == stage and r["engine"] == engine and r.get("seconds")), key=lambda x: x[0])
         style = "-o" if engine == "local" else "--s"
         axes[0].plot([u for u, _ in pts], [r["seconds"] for _, r in pts], style, label=f"{stage} ({engine})")
         axes[1].plot([u for u, _ in pts], [r["peak_mb"] / 1024 for _, r in pts], style, label=f"{stage} ({engine})")
@@ -254,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     ap.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "shopsight-scale")
     ap.add_argument("--model-users", type=int, default=2000)
+    ap.add_argument("--report-only", action="store_true", help="Print and plot bench/results/scale.json again; measure nothing.")
     ap.add_argument("--worker", nargs=3, metavar=("STAGE", "ENGINE", "USERS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -261,37 +269,51 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(worker(stage, engine, int(users), args.workdir)))
         return 0
     console = bench_console()
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    generated = prepare(args.workdir, args.users, args.model_users)
     path = RESULTS_DIR / "scale.json"
     old = json.loads(path.read_text()).get("rows", []) if path.exists() else []
+    generated: dict[int, float] = {}
+    if args.report_only:
+        args.users, old_generated = [], json.loads(path.read_text()).get("generated_seconds", {}) if path.exists() else {}
+        generated = old_generated
+    else:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        generated = prepare(args.workdir, args.users, args.model_users)
     rows = [r for r in old if not (r["users"] in args.users and r["engine"] in args.engines and r["stage"] in args.stages)]
     for n in args.users:
         for engine in args.engines:
             for stage in args.stages:
                 console.print(f"[dim]{n:,} users: {stage} ({engine})…[/]")
-                r = run_isolated([str(Path(__file__).resolve()), "--worker", stage, engine, str(n), "--workdir", str(args.workdir)])
+                try:
+                    r = run_isolated([str(Path(__file__).resolve()), "--worker", stage, engine, str(n), "--workdir", str(args.workdir)])
+                except BenchmarkError as exc:  # recorded, not hidden: the table says which stage did not finish
+                    console.print(f"  [red]failed:[/] {exc}")
+                    rows.append({"users": n, "engine": engine, "stage": stage, "seconds": None, "peak_mb": None, "error": str(exc)[:300]})
+                    continue
                 rows.append({"users": n, "engine": engine, "stage": stage, **r})
                 console.print(f"  {r['seconds']} s, peak {r['peak_mb']:,} MB")
+                write_result("scale", {"rows": rows, "partial": True})  # a long run keeps what it measured
     rows.sort(key=lambda r: (r["users"], r["engine"], STAGES.index(r["stage"])))
     print_table("cost against users (wall time; peak memory of the process tree)", rows,
-                ["users", "engine", "stage", "seconds", "peak_mb", "before_mb", "events", "table_mb", "spark_startup_s"])
+                ["users", "engine", "stage", "seconds", "peak_mb", "before_mb", "events", "table_mb", "ingest_estimate_mb", "spark_startup_s", "error"])
     slopes = []
     for stage in STAGES:
         for engine in ENGINES:
-            pts = [(r["users"], r) for r in rows if r["stage"] == stage and r["engine"] == engine]
+            pts = [(r["users"], r) for r in rows if r["stage"] == stage and r["engine"] == engine and r.get("seconds")]
             if len(pts) >= 2:
                 slopes.append({"stage": stage, "engine": engine, "time_slope": slope([(u, r["seconds"]) for u, r in pts]),
                                "memory_slope": slope([(u, r["peak_mb"]) for u, r in pts])})
     print_table("log-log slope of cost against users (1 = linear)", slopes)
     fits = {}
-    for s in slopes:
-        if s["engine"] == "local" and s["memory_slope"]:
-            pts = sorted((r["users"], r["peak_mb"]) for r in rows if r["stage"] == s["stage"] and r["engine"] == "local")
-            u, mb = pts[-1]
-            fits[s["stage"]] = int(u * (MEMORY_LIMIT_GB * 1024 / mb) ** (1 / s["memory_slope"]))
+    for stage in STAGES:  # peak = fixed + per-user cost, fitted on the two largest sizes; where it meets 24 GB
+        pts = sorted((r["users"], r["peak_mb"]) for r in rows if r["stage"] == stage and r["engine"] == "local" and r.get("peak_mb"))
+        if len(pts) >= 2 and pts[-1][0] > pts[-2][0]:
+            (u1, m1), (u2, m2) = pts[-2], pts[-1]
+            per_user = (m2 - m1) / (u2 - u1)
+            fits[stage] = {"mb_per_1k_users": round(per_user * 1000, 1), "fixed_mb": round(m2 - per_user * u2),
+                           "users_at_24gb": int(u2 + (MEMORY_LIMIT_GB * 1024 - m2) / per_user) if per_user > 0 else None}
     if fits:
-        console.print("local peak memory reaches 24 GB at about: " + ", ".join(f"{k} {v:,} users" for k, v in fits.items()))
+        print_table("local peak memory: fixed + per-user (fitted on the two largest sizes), and where it reaches 24 GB",
+                    [{"stage": k, **v} for k, v in fits.items()])
     png = RESULTS_DIR / "scale.png"
     plot(rows, png)
     out = write_result("scale", {"rows": rows, "slopes": slopes, "local_24gb_users": fits, "generated_seconds": generated, "png": str(png)})

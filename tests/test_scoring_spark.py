@@ -306,7 +306,11 @@ def run_engine(ws: Workspace, engine: str, spark, events) -> dict:
 
 
 class WorkerKiller(threading.Thread):
-    """Kills (SIGKILL) the first PySpark Python worker seen using CPU: a forked child of ``pyspark.daemon``."""
+    """Kills (SIGKILL) the first PySpark Python worker seen using CPU: a forked child of ``pyspark.daemon``.
+
+    Only among this test process's own descendants (its JVM, the JVM's daemon, the daemon's
+    workers): other programs on the machine may run Spark too.
+    """
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
@@ -320,7 +324,7 @@ class WorkerKiller(threading.Thread):
     def run(self) -> None:
         seen: dict[int, int] = {}
         while not self._done.is_set() and not self.killed:
-            procs = _processes()
+            procs = _descendants(_processes(), os.getpid())
             daemons = {pid for pid, (ppid, cmd, _) in procs.items() if "pyspark.daemon" in cmd and "pyspark.daemon" not in procs.get(ppid, (0, "", 0))[1]}
             for pid, (ppid, cmd, cpu) in procs.items():
                 if ppid in daemons:
@@ -330,6 +334,15 @@ class WorkerKiller(threading.Thread):
                         break
                     seen[pid] = cpu
             time.sleep(0.2)
+
+
+def _descendants(procs: dict[int, tuple[int, str, int]], root: int) -> dict[int, tuple[int, str, int]]:
+    """The processes started (directly or not) by ``root``."""
+    mine, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, (ppid, _, _) in procs.items() if ppid in frontier and pid not in mine}
+        mine |= frontier
+    return {pid: procs[pid] for pid in mine}
 
 
 def _processes() -> dict[int, tuple[int, str, int]]:
