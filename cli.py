@@ -837,14 +837,15 @@ def train_targets(target: str) -> list[str]:
 
 
 def _train_with_progress(
-    ws, names: list[str], *, settings, show: bool, horizon: Optional[int] = None, keep_going: bool = False
+    ws, names: list[str], *, settings, show: bool, horizon: Optional[int] = None, keep_going: bool = False,
+    events=None, card_extra: Optional[dict] = None,
 ) -> list[dict]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from behavior.models import train_model
     from behavior.models.common import ModelError
 
-    events = ws.load_events()
+    events = ws.load_events() if events is None else events
     results = []
     with Progress(
         TextColumn("[bold]{task.fields[model]}[/] {task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
@@ -858,7 +859,7 @@ def _train_with_progress(
 
             params = {"horizon_days": horizon} if (horizon and name == "churn") else {}
             try:
-                results.append(train_model(ws, name, progress=progress, settings=settings, events=events, **params))
+                results.append(train_model(ws, name, progress=progress, settings=settings, events=events, card_extra=card_extra, **params))
             except ModelError as exc:
                 if not keep_going:
                     raise
@@ -880,6 +881,10 @@ def train(
     threads: int = typer.Option(1, min=1, help="Torch CPU threads (1 is fastest on a busy 2-core machine)."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Maximum training epochs (early stopping may end sooner)."),
     if_stale: bool = typer.Option(False, "--if-stale", help="Train only the models never trained or with events newer than their latest version's data cutoff."),
+    engine: str = typer.Option("local", help="local | spark: draw --sample users on Spark (all their events) and train on them here."),
+    sample: Optional[int] = typer.Option(None, "--sample", min=1, help="--engine spark: how many users to train on (a deterministic draw by --seed)."),
+    events: Optional[str] = typer.Option(None, "--events", help="--engine spark: a Parquet file, folder or glob to draw from (default: the workspace's events)."),
+    master: Optional[str] = typer.Option(None, "--master", help="--engine spark: Spark master URL (default $SPARK_MASTER, else local[2])."),
     as_json: bool = typer.Option(False, "--json", help="Print the model cards as JSON."),
 ) -> None:
     """Train models on a time-based split, compare them with baselines, and save a new version of each.
@@ -892,6 +897,10 @@ def train(
       shopsight train churn --horizon 30 --workspace /tmp/shop
 
       shopsight train --if-stale        (after new batches: retrain what they made stale)
+
+      shopsight train churn --engine spark --sample 200000 --events 'shards/*.parquet'
+      (the users are drawn on Spark and written as Parquet shards in WORKSPACE/training/; the
+      models train here on those users' events, with the same time-based split)
     """
     from behavior.models import metric_rows, ranking_rows
     from behavior.models.common import TrainSettings
@@ -914,10 +923,25 @@ def train(
                 print("[]")
             return
     settings = TrainSettings(seed=seed, threads=threads, **({"epochs": epochs} if epochs else {}))
+    if engine not in ("local", "spark"):
+        raise ValueError(f"unknown engine '{engine}': choose local or spark")
+    if engine == "local" and (sample or events or master):
+        raise ValueError("--sample, --events and --master are for --engine spark")
+    if engine == "spark" and not sample:
+        raise ValueError("--engine spark trains on a sample of users: give --sample N")
+    train_events, card_extra = None, None
     # "all" trains every model the data allows: one that cannot be trained (Complete Journey has no
     # sessions without a purchase for session intent) is reported, and the others are still trained
     with _writer(ws, "train"):
-        results = _train_with_progress(ws, names, settings=settings, show=not as_json, horizon=horizon, keep_going=target == "all")
+        if engine == "spark":
+            from behavior.spark import read_sample, sample_users
+
+            folder = sample_users(ws, sample, events, seed=seed, master=master)
+            train_events = read_sample(folder)
+            card_extra = {"training_sample": {"users": int(sample), "seed": seed, "engine": "spark", "shards": str(folder),
+                                              "events": int(len(train_events)), "source": events or f"workspace {ws.root}"}}
+        results = _train_with_progress(ws, names, settings=settings, show=not as_json, horizon=horizon, keep_going=target == "all",
+                                       events=train_events, card_extra=card_extra)
     failed = [r for r in results if r.get("error")]
     if as_json:
         print(json.dumps(results, indent=2, default=str))

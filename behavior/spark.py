@@ -283,3 +283,59 @@ def _run(action: Callable[[], Any], files: list[Path]) -> Any:
         where = f" while reading {named}" if named else ""
         raise ScoringError(f"the Spark job failed{where} after {TASK_RETRIES} attempts per task: {first[:400]}; "
                            "nothing was published (the previous scores stay current) — fix the cause and run `shopsight score` again") from exc
+
+
+def sample_users(
+    ws: Workspace,
+    n_users: int,
+    events: str | Path | None = None,
+    *,
+    seed: int = 0,
+    master: str | None = None,
+    spark: Any = None,
+) -> Path:
+    """Write every event of ``n_users`` users drawn on Spark to Parquet shards in ``ws``; return their folder.
+
+    The draw is deterministic: the users with the smallest hash of (id, ``seed``). Each user
+    keeps all of their events, so the models' time-based split (cutoffs from the events' time
+    span) and their per-user labels work on the sample as on the whole table. The folder,
+    ``training/sample-<n>-seed<seed>/``, is written beside and renamed into place when complete.
+
+    Raises:
+        ScoringError: bad events path or shard; fewer users than asked; the Spark job failed.
+    """
+    from pyspark.sql import functions as F
+
+    from behavior.workspace import staging_folder, swap_in_folder
+
+    files = event_files(ws, events)
+    spark = spark or spark_session(master)
+    df = read_events(spark, files, positions=True)
+    users = df.select("user_id").distinct().withColumn("_h", F.xxhash64("user_id", F.lit(seed)))
+    chosen = users.orderBy("_h", "user_id").limit(n_users).select("user_id")
+    have = int(_run(lambda: chosen.count(), files))
+    if have < n_users:
+        raise ScoringError(f"--sample {n_users:,}: the events hold only {have:,} users; ask for at most that many")
+    target = ws.root / "training" / f"sample-{n_users}-seed{seed}"
+    staging = staging_folder(target)
+    try:
+        sample = df.join(F.broadcast(chosen), "user_id") if n_users <= 1_000_000 else df.join(chosen, "user_id")
+        _run(lambda: sample.repartition(max(1, math.ceil(n_users / 50_000)), "user_id").write.mode("overwrite").parquet(str(staging / "events")), files)
+        swap_in_folder(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target / "events"
+
+
+def read_sample(folder: Path) -> pd.DataFrame:
+    """A sample's shards (:func:`sample_users`) as the canonical event table, in ``load_events``' order."""
+    import pyarrow.parquet as pq
+
+    from behavior.scoring import canonical_group
+
+    parts = sorted(folder.glob("*.parquet"))
+    if not parts:
+        raise ScoringError(f"{folder} holds no sample shards: draw it again with `shopsight train --engine spark --sample N`")
+    table = pd.concat([pq.read_table(p).to_pandas() for p in parts], ignore_index=True)
+    return canonical_group(table, order=FILE_ORDER)

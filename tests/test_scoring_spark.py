@@ -373,3 +373,34 @@ def test_the_cli_names_a_bad_events_path_in_one_line(shop, both, tmp_path):
     bad_engine = CliRunner().invoke(app, ["score", "--workspace", str(shop.root), "--engine", "dask"])
     assert bad_engine.exit_code == 2 and "unknown engine 'dask'" in bad_engine.output
     assert published_state(shop) == before
+
+
+# --- training on a sample of users drawn on Spark ----------------------------------------------
+
+
+def test_a_spark_sample_holds_every_event_of_its_users_and_trains_as_they_do_locally(shop, both, spark, tmp_path):
+    from behavior.models import train_model
+    from behavior.models.common import TrainSettings
+    from behavior.spark import read_sample, sample_users
+
+    ws = Workspace(tmp_path / "ws3")
+    shutil.copytree(shop.root, ws.root, ignore=shutil.ignore_patterns("scores", "models"))
+    folder = sample_users(ws, 300, spark=spark, seed=3)
+    assert folder.parent.name == "sample-300-seed3"
+    sample = read_sample(folder)
+    users = sorted(sample["user_id"].unique())
+    assert len(users) == 300
+    assert sorted(read_sample(sample_users(ws, 300, spark=spark, seed=3))["user_id"].unique()) == users  # deterministic
+    assert sorted(read_sample(sample_users(ws, 300, spark=spark, seed=4))["user_id"].unique()) != users
+    full = ws.load_events()
+    mine = full[full["user_id"].isin(users)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(sample[list(mine.columns)], mine, check_dtype=False)
+
+    settings = TrainSettings(epochs=2, hidden=16, emb_dim=8, max_len=32, max_seconds=30)
+    on_spark = train_model(ws, "churn", events=sample, settings=settings, card_extra={"training_sample": {"users": 300}})
+    local = train_model(ws, "churn", events=mine, settings=settings)
+    assert on_spark["card"]["training_sample"] == {"users": 300}
+    assert on_spark["card"]["split"] == local["card"]["split"]  # the same time-based split
+    assert on_spark["card"]["metrics"] == local["card"]["metrics"]
+    with pytest.raises(ScoringError, match="only 2,000 users"):
+        sample_users(ws, 5000, spark=spark)
