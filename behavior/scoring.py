@@ -255,6 +255,8 @@ def read_events(files: Sequence[Path], schema: pa.Schema) -> pd.DataFrame:
     Converted shard by shard into the frame (an Arrow table of every shard converted at once
     would be a second copy while it lasts).
     """
+    from behavior.events import single_chunk_strings
+
     frames = []
     for path in files:
         try:
@@ -263,9 +265,11 @@ def read_events(files: Sequence[Path], schema: pa.Schema) -> pd.DataFrame:
             raise ScoringError(f"cannot read the events shard {path}: {exc}; replace or remove it and run again (nothing was scored)") from exc
         frames.append(table.to_pandas(self_destruct=True, split_blocks=True))
         del table
+    # one chunk per string column, as Workspace.load_events gives: the rules take many small subsets
+    # of rows, and a take on a many-chunk pyarrow column costs time in the whole column's length
     if len(frames) == 1:
-        return frames[0]
-    return pd.concat(frames, ignore_index=True, copy=False)
+        return single_chunk_strings(frames[0])
+    return single_chunk_strings(pd.concat(frames, ignore_index=True))
 
 
 # --- a run: staging, parts, publishing ----------------------------------------------------

@@ -67,6 +67,8 @@ def spark_session(master: str | None = None, *, app: str = "shopsight", conf: di
     if m:
         master = f"local[{m.group(1)},{TASK_RETRIES}]"
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # executors run this interpreter (and its packages)
+    if master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # every port the JVM opens on loopback, not the host's address
     builder = (
         SparkSession.builder.master(master).appName(app)
         .config("spark.sql.session.timeZone", "UTC")
