@@ -37,13 +37,13 @@ WorkspaceOpt = typer.Option(
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from agent.backends import BackendError
-    from behavior.events import EventDataError
-    from behavior.workspace import WorkspaceError
-    from prompts import PromptError
+    from shopsight.agent.backends import BackendError
+    from shopsight.behavior.events import EventDataError
+    from shopsight.behavior.workspace import WorkspaceError
+    from shopsight.prompts import PromptError
 
-    from index.embedder import EmbedderError
-    from index.store import SessionIndexError
+    from shopsight.index.embedder import EmbedderError
+    from shopsight.index.store import SessionIndexError
 
     return (EventDataError, WorkspaceError, SessionIndexError, EmbedderError, BackendError, PromptError,
             ValueError, FileNotFoundError, KeyError)
@@ -51,11 +51,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def _settings(**overrides: Any):
     """The one Settings object: CLI flags (given here) beat environment variables beat defaults."""
-    from agent.settings import Settings
+    from shopsight.agent.settings import Settings
 
     settings = Settings.from_env(**overrides)
     if settings.embed_precision != "auto":  # the embedder is process-wide: tell it once, before it loads
-        from index.embedder import set_default_precision
+        from shopsight.index.embedder import set_default_precision
 
         set_default_precision(settings.embed_precision)
     return settings
@@ -76,7 +76,7 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         except OSError as exc:
-            from behavior.workspace import NOT_WRITABLE
+            from shopsight.behavior.workspace import NOT_WRITABLE
 
             # Permissions and read-only disks are the user's to fix (a file or folder of theirs);
             # any other OSError is unexpected and keeps its traceback.
@@ -92,7 +92,7 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _workspace(path: Optional[Path]):
-    from behavior.workspace import Workspace
+    from shopsight.behavior.workspace import Workspace
 
     return Workspace.at(path or _settings().home)
 
@@ -146,7 +146,7 @@ def demo(
 
     Example: shopsight demo --users 2000 --workspace /tmp/shop
     """
-    from behavior.demo import build_demo_workspace
+    from shopsight.behavior.demo import build_demo_workspace
 
     ws = _workspace(workspace)
     summary = build_demo_workspace(ws, users=users, days=days, seed=seed, progress=not as_json)
@@ -156,7 +156,7 @@ def demo(
         if not as_json:
             _print_build(built_index)
     if not no_train:  # the three models on the new events (issue 3); `shopsight train` retrains
-        from behavior.models.common import TrainSettings
+        from shopsight.behavior.models.common import TrainSettings
 
         trained = _train_with_progress(ws, train_targets("all"), settings=TrainSettings(), show=not as_json, keep_going=True)
         summary["models"] = [
@@ -220,8 +220,8 @@ def ingest(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from behavior.events import parse_mapping
-    from behavior.ingest import ingest_file
+    from shopsight.behavior.events import parse_mapping
+    from shopsight.behavior.ingest import ingest_file
 
     ws = _workspace(workspace)
     settings = _settings(ingest_max_rows=max_rows, ingest_max_memory_mb=max_memory_mb, ingest_max_text_chars=max_text_chars)
@@ -279,7 +279,7 @@ def batches(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from behavior.ingest import batch_list
+    from shopsight.behavior.ingest import batch_list
 
     ws = _workspace(workspace)
     rows = batch_list(ws)
@@ -311,7 +311,7 @@ def batches_undo(
 
     Example: shopsight batches undo 3 --workspace /tmp/shop
     """
-    from behavior.ingest import undo_batch
+    from shopsight.behavior.ingest import undo_batch
 
     ws = _workspace(workspace)
     record = undo_batch(ws, batch_id, lock_timeout=_settings().lock_timeout_s)
@@ -335,7 +335,7 @@ def datasets(as_json: bool = typer.Option(False, "--json", help="Print as JSON."
 
       shopsight ingest online_retail_II.csv --format online_retail
     """
-    from behavior.adapters import ADAPTERS
+    from shopsight.behavior.adapters import ADAPTERS
 
     rows = []
     for a in ADAPTERS.values():
@@ -396,11 +396,11 @@ def eval_run(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from evals.backends import make_answerer, system_prompt_text
-    from evals.report import TOTALS, format_total, write_report
-    from evals.roles import RoleResolver
-    from evals.runner import run_eval_set, threshold_failures
-    from evals.schema import load_eval_set
+    from shopsight.evals.backends import make_answerer, system_prompt_text
+    from shopsight.evals.report import TOTALS, format_total, write_report
+    from shopsight.evals.roles import RoleResolver
+    from shopsight.evals.runner import run_eval_set, threshold_failures
+    from shopsight.evals.schema import load_eval_set
 
     ws = _workspace(workspace)
     eval_set = load_eval_set(set_path).select(tags=tag or None, ids=case or None, limit=limit)
@@ -466,7 +466,7 @@ def eval_diff(
 
     Example: shopsight eval diff workspace/runs/evals/RUN_A workspace/runs/evals/RUN_B
     """
-    from evals.report import TOTALS, diff_reports, format_total, load_report
+    from shopsight.evals.report import TOTALS, diff_reports, format_total, load_report
 
     d = diff_reports(load_report(a), load_report(b))
     if as_json:
@@ -521,7 +521,7 @@ def slack(
 
       shopsight slack --mode http --host 0.0.0.0 --port 3000
     """
-    from integrations.slack import EventsServer, SlackSettings, check_connection, create_app, run_socket_mode
+    from shopsight.integrations.slack import EventsServer, SlackSettings, check_connection, create_app, run_socket_mode
 
     if mode not in (None, "socket", "http"):
         raise ValueError(f"--mode must be socket or http, not {mode!r}")
@@ -588,8 +588,8 @@ def mcp(
 
     How an agent should use the tools: SKILL.md.
     """
-    from integrations.mcp_server import TOKEN_ENV, check_http_access, open_handlers, serve_http, serve_stdio
-    from tools import ToolContext
+    from shopsight.integrations.mcp_server import TOKEN_ENV, check_http_access, open_handlers, serve_http, serve_stdio
+    from shopsight.tools import ToolContext
 
     settings = _settings(home=workspace)
     token = settings.mcp_token
@@ -629,7 +629,7 @@ ChromaUrlOpt = typer.Option(
 
 
 def _session_index(workspace: Optional[Path], chroma_url: Optional[str], batch_size: Optional[int] = None, threads: Optional[int] = None):
-    from index.store import BUILD_BATCH, SessionIndex
+    from shopsight.index.store import BUILD_BATCH, SessionIndex
 
     return SessionIndex(
         _workspace(workspace), chroma_url=chroma_url or _settings().chroma_url, batch_size=batch_size or BUILD_BATCH, embed_threads=threads
@@ -690,7 +690,7 @@ def index_build(
     if engine == "spark":
         if rebuild:
             raise ValueError("--rebuild is for --engine local; on a server, delete the collection and build again")
-        from index.spark import build_index_spark
+        from shopsight.index.spark import build_index_spark
 
         ws = _workspace(workspace)
         say = (lambda step: None) if as_json else (lambda step: err_console.print(f"[dim]spark: {step}…[/]"))
@@ -829,7 +829,7 @@ def _print_ranking_rows(title: str, rows: list[dict]) -> None:
 
 def train_targets(target: str) -> list[str]:
     """The model names a `shopsight train TARGET` trains; raises ValueError naming the valid targets."""
-    from behavior.models import available_models
+    from shopsight.behavior.models import available_models
 
     if target not in TRAIN_TARGETS:
         raise ValueError(f"unknown train target '{target}': choose one of {', '.join(TRAIN_TARGETS)}")
@@ -842,8 +842,8 @@ def _train_with_progress(
 ) -> list[dict]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from behavior.models import train_model
-    from behavior.models.common import ModelError
+    from shopsight.behavior.models import train_model
+    from shopsight.behavior.models.common import ModelError
 
     events = ws.load_events() if events is None else events
     results = []
@@ -902,8 +902,8 @@ def train(
       (the users are drawn on Spark and written as Parquet shards in WORKSPACE/training/; the
       models train here on those users' events, with the same time-based split)
     """
-    from behavior.models import metric_rows, ranking_rows
-    from behavior.models.common import TrainSettings
+    from shopsight.behavior.models import metric_rows, ranking_rows
+    from shopsight.behavior.models.common import TrainSettings
 
     if target == "router":  # the local backend's question router (issue 5): no events needed
         _train_router(workspace, as_json)
@@ -911,7 +911,7 @@ def train(
     names = train_targets(target)
     ws = _workspace(workspace)
     if if_stale:
-        from behavior.models.registry import stale_models
+        from shopsight.behavior.models.registry import stale_models
 
         stale = stale_models(ws, names)
         for name in names:
@@ -934,7 +934,7 @@ def train(
     # sessions without a purchase for session intent) is reported, and the others are still trained
     with _writer(ws, "train"):
         if engine == "spark":
-            from behavior.spark import read_sample, sample_users
+            from shopsight.behavior.spark import read_sample, sample_users
 
             folder = sample_users(ws, sample, events, seed=seed, master=master)
             train_events = read_sample(folder)
@@ -995,14 +995,14 @@ def score(
         raise ValueError("--master is for --engine spark")
     with _writer(ws, "score"):
         if engine == "spark":
-            from behavior.spark import score_spark
+            from shopsight.behavior.spark import score_spark
 
             say = (lambda step: None) if as_json else (lambda step: err_console.print(f"[dim]spark: {step}…[/]"))
             manifest = score_spark(ws, events, master=master, users_per_group=users_per_group, threads=threads, report=say)
         else:
             import torch
 
-            from behavior.scoring import score_local
+            from shopsight.behavior.scoring import score_local
 
             torch.set_num_threads(threads)
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -1035,8 +1035,8 @@ def models(
 
     Example: shopsight models --workspace /tmp/shop
     """
-    from behavior.models import metric_rows, ranking_rows
-    from behavior.models.registry import add_freshness, list_models
+    from shopsight.behavior.models import metric_rows, ranking_rows
+    from shopsight.behavior.models.registry import add_freshness, list_models
 
     ws = _workspace(workspace)
     rows = add_freshness(ws, list_models(ws))
@@ -1087,9 +1087,9 @@ def _worst_drift(drift: Optional[dict]) -> str:
 
 def predict_user(ws, user_id: str) -> dict[str, Any]:
     """Every trained model's explanation for one user; models not trained are listed in ``missing``."""
-    from behavior.models import MODEL_NAMES, load_model
-    from behavior.models.common import ModelError
-    from behavior.models.registry import latest_version
+    from shopsight.behavior.models import MODEL_NAMES, load_model
+    from shopsight.behavior.models.common import ModelError
+    from shopsight.behavior.models.registry import latest_version
 
     trained = [n for n in MODEL_NAMES if latest_version(ws, n)]
     if not trained:
@@ -1146,7 +1146,7 @@ ModelOpt = typer.Option(None, "--model", help="Model name for the openai backend
 
 
 def _build_agent(workspace: Optional[Path], backend: Optional[str], model: Optional[str], threads: Optional[int] = None):
-    from agent.loop import build_agent
+    from shopsight.agent.loop import build_agent
 
     settings = _settings(backend=backend, model=model, threads=threads, home=workspace)
     ws = _workspace(settings.home)
@@ -1165,7 +1165,7 @@ def _print_tool_calls(answer) -> None:
 
 def _print_query_tables(answer) -> None:
     """Each grouped metric-query result of an answer as a table (the rows the answer lists)."""
-    from tools.query_metric import metric_title, result_table
+    from shopsight.tools.query_metric import metric_title, result_table
 
     for call in answer.tool_calls:
         table = result_table(call.result) if call.name == "query_metric" else None
@@ -1182,7 +1182,7 @@ def _print_query_tables(answer) -> None:
 
 def _write_chart(answer, path: Path) -> None:
     """Write the chart of the answer's first chartable tool result to ``path`` (PNG), or say there is none."""
-    from integrations.slack_charts import charts_for_tool_calls
+    from shopsight.integrations.slack_charts import charts_for_tool_calls
 
     charts = charts_for_tool_calls(answer.tool_calls, limit=1)
     if not charts:
@@ -1337,9 +1337,9 @@ def _streamed_answer(agent, question: str, cid: Optional[str]):
 
 
 def _demo_ask(ws) -> None:
-    from agent.router import load_router
-    from agent.samples import sample_questions
-    from behavior.workspace import WorkspaceError
+    from shopsight.agent.router import load_router
+    from shopsight.agent.samples import sample_questions
+    from shopsight.behavior.workspace import WorkspaceError
 
     try:
         load_router(ws)
@@ -1355,7 +1355,7 @@ def _demo_ask(ws) -> None:
 
 
 def _train_router(workspace: Optional[Path], as_json: bool) -> None:
-    from agent.router import default_embedder, train_router
+    from shopsight.agent.router import default_embedder, train_router
 
     ws = _workspace(workspace)
     with err_console.status("Training the question router (MiniLM embeddings + a small torch head)…"):

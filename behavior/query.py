@@ -57,7 +57,7 @@ from typing import Any, Literal, Mapping, get_args
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from behavior.workspace import Workspace, WorkspaceError
+from shopsight.behavior.workspace import Workspace, WorkspaceError
 
 Metric = Literal[
     "users",
@@ -699,7 +699,7 @@ class QueryEngine:
         return out
 
     def _model_ref(self, name: str, *, required: bool = True, field: str = "model") -> _ModelRef | None:
-        from behavior.models.registry import latest_version, score_path
+        from shopsight.behavior.models.registry import latest_version, score_path
 
         version = latest_version(self.ws, name)
         path = score_path(self.ws, name, version) if version else None

@@ -26,8 +26,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from behavior.events import MUST_PROVIDE, OPTIONAL_COLUMNS, REQUIRED_COLUMNS, STRING_COLUMNS
-from behavior.workspace import Workspace, WorkspaceError, write_json_atomic, writing_in
+from shopsight.behavior.events import MUST_PROVIDE, OPTIONAL_COLUMNS, REQUIRED_COLUMNS, STRING_COLUMNS
+from shopsight.behavior.workspace import Workspace, WorkspaceError, write_json_atomic, writing_in
 
 SCORES_DIR = "scores"
 CURRENT = "current.json"
@@ -58,7 +58,7 @@ class ScoringModels:
     @classmethod
     def load(cls, ws: Workspace, names: Sequence[str] | None = None) -> "ScoringModels":
         """The latest version of each of ``names`` (default: intent, churn, risk); ``ModelError`` naming the one not trained."""
-        from behavior.models import MODEL_NAMES, load_model
+        from shopsight.behavior.models import MODEL_NAMES, load_model
 
         return cls({n: load_model(ws, n) for n in (names or MODEL_NAMES)})
 
@@ -69,7 +69,7 @@ class ScoringModels:
 
     @property
     def risk_thresholds(self) -> Any:
-        from behavior.models.rules import RuleThresholds
+        from shopsight.behavior.models.rules import RuleThresholds
 
         risk = self.models.get("risk")
         return risk.thresholds if risk is not None else RuleThresholds()
@@ -86,7 +86,7 @@ def canonical_group(events: pd.DataFrame, order: Sequence[str] = ROW_ORDER) -> p
     ``order`` may name columns beyond the canonical ones (Spark's file and row position, which
     put rows in the order ``Workspace.load_events`` gives); they are dropped after sorting.
     """
-    from behavior.features import sessionize
+    from shopsight.behavior.features import sessionize
 
     keys = [c for c in order if c in events.columns]
     df = events[list(dict.fromkeys([*[c for c in CANONICAL_COLUMNS if c in events.columns], *keys]))].copy()
@@ -126,8 +126,8 @@ def score_group(
     them from the table it holds, Spark from a join). Columns: ``user_id``, then per model
     ``<model>.s.<score column>`` and ``<model>.f.<feature>``; one row per user, sorted by id.
     """
-    from behavior.models.evaluation import score_table
-    from behavior.models.rules import evaluate_rules_for_users
+    from shopsight.behavior.models.evaluation import score_table
+    from shopsight.behavior.models.rules import evaluate_rules_for_users
 
     events = canonical_group(events)
     users = pd.Index(sorted(events["user_id"].dropna().unique()), name="user_id")
@@ -174,7 +174,7 @@ def _part_of(wide: pd.DataFrame, name: str, kind: str) -> pd.DataFrame:
 
 def end_of(ts_max: pd.Timestamp) -> pd.Timestamp:
     """``end_of_events`` of a table whose last event is at ``ts_max`` (an engine finds the max itself)."""
-    from behavior.models.churn import end_of_events
+    from shopsight.behavior.models.churn import end_of_events
 
     return end_of_events(pd.DataFrame({"ts": pd.Series([pd.Timestamp(ts_max)], dtype="datetime64[ns, UTC]")}))
 
@@ -255,7 +255,7 @@ def read_events(files: Sequence[Path], schema: pa.Schema) -> pd.DataFrame:
     Converted shard by shard into the frame (an Arrow table of every shard converted at once
     would be a second copy while it lasts).
     """
-    from behavior.events import single_chunk_strings
+    from shopsight.behavior.events import single_chunk_strings
 
     frames = []
     for path in files:
@@ -420,7 +420,7 @@ def score_local(
     Returns:
         The published run's manifest (``current.json``).
     """
-    from behavior.models.rules import _linked_accounts_for
+    from shopsight.behavior.models.rules import _linked_accounts_for
 
     models = ScoringModels.load(ws)
     files = event_files(ws, events)

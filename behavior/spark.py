@@ -25,7 +25,7 @@ from typing import Any, Callable
 import pandas as pd
 import pyarrow as pa
 
-from behavior.scoring import (
+from shopsight.behavior.scoring import (
     CANONICAL_COLUMNS,
     FEATURE_PART,
     SCORE_PART,
@@ -39,8 +39,8 @@ from behavior.scoring import (
     normalize_wide,
     score_group,
 )
-from behavior.scoring import _source
-from behavior.workspace import Workspace
+from shopsight.behavior.scoring import _source
+from shopsight.behavior.workspace import Workspace
 
 DEFAULT_MASTER = "local[2]"
 TASK_RETRIES = 4  # attempts per task, local mode too: a lost Python worker is retried, not fatal
@@ -212,7 +212,7 @@ def _shared_identifiers(df: Any, n_users: int, n_groups: int, thresholds: Any) -
     """
     from pyspark.sql import functions as F
 
-    from behavior.models.rules import LINK_COLUMNS, common_cap
+    from shopsight.behavior.models.rules import LINK_COLUMNS, common_cap
 
     cap = common_cap(thresholds, n_users)
     parts = [df.where(F.col(c).isNotNull()).select("user_id", F.lit(c).alias("col"), F.col(c).alias("value"))
@@ -235,7 +235,7 @@ def _group_scorer(models: ScoringModels, asof: pd.Timestamp, thresholds: Any, co
     def score(events: pd.DataFrame, shared: pd.DataFrame) -> pd.DataFrame:
         import torch
 
-        from behavior.models.rules import linked_accounts_shared
+        from shopsight.behavior.models.rules import linked_accounts_shared
 
         torch.set_num_threads(threads)
         if events.empty:
@@ -254,7 +254,7 @@ def _sample_output(df: Any, models: ScoringModels, asof: pd.Timestamp, threshold
     """``score_group`` on a few users' events, on the driver: what the output columns and their types are."""
     from pyspark.sql import functions as F
 
-    from behavior.models.rules import _linked_accounts_for
+    from shopsight.behavior.models.rules import _linked_accounts_for
 
     few = [r["user_id"] for r in df.select("user_id").distinct().orderBy("user_id").limit(20).collect()]
     rows = df.where(F.col("user_id").isin(few)).drop(BUCKET).toPandas()
@@ -308,7 +308,7 @@ def sample_users(
     """
     from pyspark.sql import functions as F
 
-    from behavior.workspace import staging_folder, swap_in_folder
+    from shopsight.behavior.workspace import staging_folder, swap_in_folder
 
     files = event_files(ws, events)
     spark = spark or spark_session(master)
@@ -334,7 +334,7 @@ def read_sample(folder: Path) -> pd.DataFrame:
     """A sample's shards (:func:`sample_users`) as the canonical event table, in ``load_events``' order."""
     import pyarrow.parquet as pq
 
-    from behavior.scoring import canonical_group
+    from shopsight.behavior.scoring import canonical_group
 
     parts = sorted(folder.glob("*.parquet"))
     if not parts:

@@ -99,16 +99,16 @@ def worker(stage: str, engine: str, users: int, workdir: Path) -> dict[str, Any]
     torch.set_num_threads(1)  # two cores shared with Spark's two workers or other processes
     shop = workdir / f"shop-{users}"
     ws_dir = workdir / f"ws-{users}-{engine}"
-    from behavior.workspace import Workspace
+    from shopsight.behavior.workspace import Workspace
 
     ws = Workspace(ws_dir)
     if stage == "ingest" and engine == "local":
-        from behavior.ingest import ingest_file
+        from shopsight.behavior.ingest import ingest_file
 
         shutil.rmtree(ws_dir, ignore_errors=True)
         shutil.copytree(workdir / "models-ws" / "models", ws.models_dir)
 
-        from behavior.events import IngestLimits, estimate_ingest
+        from shopsight.behavior.events import IngestLimits, estimate_ingest
 
         # the default 4 GB budget refuses 100k users; the bench measures what the ingest really takes
         limits = IngestLimits(max_memory_mb=int(MEMORY_LIMIT_GB * 1024), max_rows=500_000_000)
@@ -123,7 +123,7 @@ def worker(stage: str, engine: str, users: int, workdir: Path) -> dict[str, Any]
     if stage == "ingest":
         from pyspark.sql import functions as F
 
-        from behavior.spark import read_events, spark_session
+        from shopsight.behavior.spark import read_events, spark_session
 
         shutil.rmtree(ws_dir, ignore_errors=True)
         shutil.copytree(workdir / "models-ws" / "models", ws.models_dir)
@@ -138,8 +138,8 @@ def worker(stage: str, engine: str, users: int, workdir: Path) -> dict[str, Any]
 
         return measured(run)
     if stage == "score" and engine == "local":
-        from behavior.models import load_model
-        from behavior.scoring import score_local
+        from shopsight.behavior.models import load_model
+        from shopsight.behavior.scoring import score_local
 
         if not ws.models_dir.is_dir():  # a size too big to ingest locally: the models alone, the events read from the file
             shutil.copytree(workdir / "models-ws" / "models", ws.models_dir)
@@ -148,7 +148,7 @@ def worker(stage: str, engine: str, users: int, workdir: Path) -> dict[str, Any]
         # the events file itself, as the Spark engine reads it (and a size whose ingest would not fit still scores)
         return measured(lambda: {"users": score_local(ws, shop / "events.parquet", chunk_users=5000)["users"]})
     if stage == "score":
-        from behavior.spark import score_spark, spark_session
+        from shopsight.behavior.spark import score_spark, spark_session
 
         t0 = time.perf_counter()
         spark = spark_session("local[2]")
@@ -160,7 +160,7 @@ def worker(stage: str, engine: str, users: int, workdir: Path) -> dict[str, Any]
 
         return measured(run)
     if stage == "query" and engine == "local":
-        from behavior.query import QueryEngine
+        from shopsight.behavior.query import QueryEngine
 
         def run() -> dict[str, Any]:
             engine_ = QueryEngine(ws)
@@ -176,8 +176,8 @@ def worker(stage: str, engine: str, users: int, workdir: Path) -> dict[str, Any]
     if stage == "query":
         from pyspark.sql import functions as F
 
-        from behavior.models.registry import score_path
-        from behavior.spark import read_events, spark_session
+        from shopsight.behavior.models.registry import score_path
+        from shopsight.behavior.spark import read_events, spark_session
 
         spark = spark_session("local[2]")
 
@@ -196,14 +196,14 @@ def worker(stage: str, engine: str, users: int, workdir: Path) -> dict[str, Any]
 
 def prepare(workdir: Path, users: list[int], model_users: int) -> dict[int, float]:
     """The models (trained once on ``model_users``) and each size's events; returns generation seconds."""
-    from behavior.synthetic import write_shop
+    from shopsight.behavior.synthetic import write_shop
 
     models_ws = workdir / "models-ws"
     if not (models_ws / "models").is_dir():
-        from behavior.demo import build_demo_workspace
-        from behavior.models import train_model
-        from behavior.models.common import TrainSettings
-        from behavior.workspace import Workspace
+        from shopsight.behavior.demo import build_demo_workspace
+        from shopsight.behavior.models import train_model
+        from shopsight.behavior.models.common import TrainSettings
+        from shopsight.behavior.workspace import Workspace
 
         ws = Workspace(models_ws)
         build_demo_workspace(ws, users=model_users, days=120, seed=7, progress=False)

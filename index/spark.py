@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from index.store import _PAGE, BUILD_BATCH, BuildStats, SessionIndex, SessionIndexError
+from shopsight.index.store import _PAGE, BUILD_BATCH, BuildStats, SessionIndex, SessionIndexError
 
 _WORKER_INDEX: dict[tuple[str, str, int], SessionIndex] = {}  # one client and one loaded MiniLM per Python worker
 
@@ -52,8 +52,8 @@ def build_index_spark(
     """
     from pyspark.sql import functions as F
 
-    from behavior.scoring import event_files
-    from behavior.spark import BUCKET, _bucket_of, _run, read_events, spark_session
+    from shopsight.behavior.scoring import event_files
+    from shopsight.behavior.spark import BUCKET, _bucket_of, _run, read_events, spark_session
 
     if not chroma_url:
         raise SessionIndexError("a Spark index build writes to a Chroma server: set SHOPSIGHT_CHROMA_URL or pass --chroma-url "
@@ -90,9 +90,9 @@ def build_index_spark(
 
 def _group_embedder(root: str, chroma_url: str, batch_size: int, catalogue: pd.DataFrame | None) -> Callable[[pd.DataFrame], pd.DataFrame]:
     def embed(events: pd.DataFrame) -> pd.DataFrame:
-        from behavior.scoring import canonical_group
-        from behavior.spark import BUCKET, FILE_ORDER
-        from behavior.workspace import Workspace
+        from shopsight.behavior.scoring import canonical_group
+        from shopsight.behavior.spark import BUCKET, FILE_ORDER
+        from shopsight.behavior.workspace import Workspace
 
         key = (root, chroma_url, batch_size)
         if key not in _WORKER_INDEX:

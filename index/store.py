@@ -35,8 +35,8 @@ from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
 
-from behavior.privacy import mask_pii
-from behavior.workspace import (
+from shopsight.behavior.privacy import mask_pii
+from shopsight.behavior.workspace import (
     Workspace,
     is_writable,
     staging_folder,
@@ -45,10 +45,10 @@ from behavior.workspace import (
     write_parquet_atomic,
     writing_in,
 )
-from index.documents import CATEGORY_SEP, session_documents
+from shopsight.index.documents import CATEGORY_SEP, session_documents
 
 if TYPE_CHECKING:  # pragma: no cover
-    from index.embedder import MiniLMEmbedder
+    from shopsight.index.embedder import MiniLMEmbedder
 
 COLLECTION = "shopsight_sessions"
 CATEGORY_KEY_PREFIX = "cat:"
@@ -200,7 +200,7 @@ class SessionIndex:
 
     def embedder(self) -> "MiniLMEmbedder":
         if self._embedder is None:
-            from index.embedder import get_embedder
+            from shopsight.index.embedder import get_embedder
 
             self._embedder = get_embedder()
             if self.embed_threads is not None:
@@ -280,7 +280,7 @@ class SessionIndex:
     def collection(self) -> Any:
         """The chromadb collection, created on first use with cosine distance."""
         if self._collection is None:
-            from index.embedder import MiniLMEmbeddingFunction
+            from shopsight.index.embedder import MiniLMEmbeddingFunction
 
             client = self._connect()
             with self._chroma_errors():
@@ -425,7 +425,7 @@ class SessionIndex:
 
     def _upsert(self, todo: pd.DataFrame, stats: BuildStats, progress: ProgressCallback | None) -> None:
         """Embed and upsert ``todo`` (``session_documents`` rows) a batch at a time: each finished batch is kept."""
-        from index.embedder import usable_cores
+        from shopsight.index.embedder import usable_cores
 
         col = self.collection()
         total = len(todo)

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from behavior.workspace import Workspace
-from index.store import SessionIndex, SessionIndexError
+from shopsight.behavior.workspace import Workspace
+from shopsight.index.store import SessionIndex, SessionIndexError
 from servers import free_port, running  # tests/ is on sys.path (no __init__.py)
 
 pytestmark = pytest.mark.slow
@@ -21,7 +21,7 @@ pytest.importorskip("pyspark")
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory) -> Workspace:
-    from behavior.demo import build_demo_workspace
+    from shopsight.behavior.demo import build_demo_workspace
 
     ws = Workspace(tmp_path_factory.mktemp("index-spark") / "ws")
     build_demo_workspace(ws, users=20, days=60, seed=7, progress=False)
@@ -47,7 +47,7 @@ def chroma_server(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def spark():
-    from behavior.spark import spark_session
+    from shopsight.behavior.spark import spark_session
 
     session = spark_session("local[2]", conf={"spark.sql.shuffle.partitions": "4"})
     yield session
@@ -60,7 +60,7 @@ def contents(index: SessionIndex) -> dict[str, tuple]:
 
 
 def test_the_spark_index_holds_the_documents_of_the_local_build(shop, spark, chroma_server):
-    from index.spark import build_index_spark
+    from shopsight.index.spark import build_index_spark
 
     local = SessionIndex(shop)
     local.build()
@@ -87,7 +87,7 @@ def test_the_spark_index_holds_the_documents_of_the_local_build(shop, spark, chr
 
 
 def test_sessions_gone_from_the_events_are_removed_from_the_server(shop, spark, chroma_server):
-    from index.spark import build_index_spark
+    from shopsight.index.spark import build_index_spark
 
     server = SessionIndex(shop, chroma_url=chroma_server)
     server.collection().upsert(ids=["ghost-s1"], embeddings=[[0.1] * 384], documents=["gone"], metadatas=[{"user_id": "ghost", "content_hash": "x"}])
@@ -97,7 +97,7 @@ def test_sessions_gone_from_the_events_are_removed_from_the_server(shop, spark, 
 
 
 def test_a_spark_build_needs_a_server(shop, spark):
-    from index.spark import build_index_spark
+    from shopsight.index.spark import build_index_spark
 
     with pytest.raises(SessionIndexError, match="SHOPSIGHT_CHROMA_URL"):
         build_index_spark(shop, None, spark=spark)

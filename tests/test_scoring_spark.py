@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from behavior.scoring import ScoreRun, ScoringError, current_run, published_table, read_table, score_local
-from behavior.workspace import Workspace
+from shopsight.behavior.scoring import ScoreRun, ScoringError, current_run, published_table, read_table, score_local
+from shopsight.behavior.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 pyspark = pytest.importorskip("pyspark")
@@ -34,9 +34,9 @@ USERS = 2000
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory) -> Workspace:
-    from behavior.demo import build_demo_workspace
-    from behavior.models import train_model
-    from behavior.models.common import TrainSettings
+    from shopsight.behavior.demo import build_demo_workspace
+    from shopsight.behavior.models import train_model
+    from shopsight.behavior.models.common import TrainSettings
 
     ws = Workspace(tmp_path_factory.mktemp("score") / "ws")
     build_demo_workspace(ws, users=USERS, days=100, seed=7, progress=False)
@@ -49,7 +49,7 @@ def shop(tmp_path_factory) -> Workspace:
 
 @pytest.fixture(scope="module")
 def spark():
-    from behavior.spark import spark_session
+    from shopsight.behavior.spark import spark_session
 
     session = spark_session("local[2]", conf={"spark.sql.shuffle.partitions": "4"})
     yield session
@@ -76,7 +76,7 @@ def both(shop: Workspace, spark) -> dict[str, dict]:
     torch.set_num_threads(1)
     local_manifest = score_local(shop, chunk_users=700)
     local = tables(shop)
-    from behavior.spark import score_spark
+    from shopsight.behavior.spark import score_spark
 
     spark_manifest = score_spark(shop, spark=spark, users_per_group=400)
     return {"local": {"manifest": local_manifest, "tables": local}, "spark": {"manifest": spark_manifest, "tables": tables(shop)}}
@@ -115,8 +115,8 @@ def test_spark_features_equal_local_features_column_by_column(both, name):
 
 def test_local_engine_matches_the_training_time_scores(shop, both):
     """Scoring in chunks of users gives what scoring the whole table at once gives (score_users)."""
-    from behavior.models import load_model
-    from behavior.models.evaluation import score_users
+    from shopsight.behavior.models import load_model
+    from shopsight.behavior.models.evaluation import score_users
 
     events = shop.load_events()
     for name in MODELS:
@@ -136,10 +136,10 @@ def test_manifests_name_each_model_version_and_engine(both):
 
 def test_readers_use_the_published_tables(shop, both):
     """top_users, the metric query (DuckDB) and load_scores read the Spark run's part files."""
-    from behavior.models.registry import load_scores, score_path
-    from behavior.query import QueryEngine
-    from tools.context import ToolContext
-    from tools.top_users import top_users
+    from shopsight.behavior.models.registry import load_scores, score_path
+    from shopsight.behavior.query import QueryEngine
+    from shopsight.tools.context import ToolContext
+    from shopsight.tools.top_users import top_users
 
     spark_churn = both["spark"]["tables"]["churn"][0]
     path = score_path(shop, "churn")
@@ -248,7 +248,7 @@ def test_a_run_short_of_users_is_refused_not_published(shop, both):
 
 def test_a_failed_spark_job_publishes_nothing(shop, both, spark, tmp_path, monkeypatch):
     """A task that keeps failing (every attempt) ends in one clear error; the previous run stays current."""
-    import behavior.spark as spark_mod
+    import shopsight.behavior.spark as spark_mod
     from pyspark import cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the executors cannot import this test module
@@ -263,7 +263,7 @@ def test_a_failed_spark_job_publishes_nothing(shop, both, spark, tmp_path, monke
 
 def test_a_killed_python_worker_is_retried_and_the_scores_are_whole(shop, both, spark, tmp_path):
     """SIGKILL one executor Python worker while it scores: the task is retried and the run is complete and correct."""
-    from behavior.spark import score_spark
+    from shopsight.behavior.spark import score_spark
 
     ws = Workspace(tmp_path / "ws2")
     shutil.copytree(shop.models_dir, ws.models_dir)
@@ -300,7 +300,7 @@ def failing_scorer(*args, **kwargs):
 def run_engine(ws: Workspace, engine: str, spark, events) -> dict:
     if engine == "local":
         return score_local(ws, events)
-    from behavior.spark import score_spark
+    from shopsight.behavior.spark import score_spark
 
     return score_spark(ws, events, spark=spark)
 
@@ -364,7 +364,7 @@ def _processes() -> dict[int, tuple[int, str, int]]:
 def test_the_cli_names_a_bad_events_path_in_one_line(shop, both, tmp_path):
     from typer.testing import CliRunner
 
-    from cli import app
+    from shopsight.cli import app
 
     before = published_state(shop)
     result = CliRunner().invoke(app, ["score", "--workspace", str(shop.root), "--events", str(tmp_path / "missing")])
@@ -379,9 +379,9 @@ def test_the_cli_names_a_bad_events_path_in_one_line(shop, both, tmp_path):
 
 
 def test_a_spark_sample_holds_every_event_of_its_users_and_trains_as_they_do_locally(shop, both, spark, tmp_path):
-    from behavior.models import train_model
-    from behavior.models.common import TrainSettings
-    from behavior.spark import read_sample, sample_users
+    from shopsight.behavior.models import train_model
+    from shopsight.behavior.models.common import TrainSettings
+    from shopsight.behavior.spark import read_sample, sample_users
 
     ws = Workspace(tmp_path / "ws3")
     shutil.copytree(shop.root, ws.root, ignore=shutil.ignore_patterns("scores", "models"))

@@ -14,16 +14,16 @@ RANKING_NAMES: tuple[str, ...] = ("recommend",)  # models that rank items for a 
 
 # name -> (module, class); the modules are imported lazily by model_class().
 _MODEL_CLASSES: dict[str, tuple[str, str]] = {
-    "intent": ("behavior.models.intent", "IntentModel"),
-    "churn": ("behavior.models.churn", "ChurnModel"),
-    "risk": ("behavior.models.risk", "RiskModel"),
-    "recommend": ("behavior.models.recommend", "RecommendModel"),
+    "intent": ("shopsight.behavior.models.intent", "IntentModel"),
+    "churn": ("shopsight.behavior.models.churn", "ChurnModel"),
+    "risk": ("shopsight.behavior.models.risk", "RiskModel"),
+    "recommend": ("shopsight.behavior.models.recommend", "RecommendModel"),
 }
 
 
 def model_class(name: str) -> Any:
     """The model class for ``name`` (one of ``MODEL_NAMES`` or ``RANKING_NAMES``)."""
-    from behavior.models.common import ModelError
+    from shopsight.behavior.models.common import ModelError
 
     if name not in _MODEL_CLASSES:
         raise ModelError(f"unknown model '{name}': choose one of {', '.join(_MODEL_CLASSES)}")
@@ -84,8 +84,8 @@ def train_model(
 
 def _train_locked(ws: Any, cls: Any, name: str, progress: Any, settings: Any, events: Any, params: dict[str, Any],
                   card_extra: dict[str, Any]) -> dict[str, Any]:
-    from behavior.drift import feature_profile
-    from behavior.models.evaluation import evaluate, score_users
+    from shopsight.behavior.drift import feature_profile
+    from shopsight.behavior.models.evaluation import evaluate, score_users
 
     if events is None:
         events = ws.load_events()

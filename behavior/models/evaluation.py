@@ -12,16 +12,16 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import pandas as pd
 
-from behavior.models.baselines import cross_fitted_baselines, run_baselines
-from behavior.models.bgnbd import BGNBD, bgnbd_inputs
-from behavior.models.churn import ChurnModel, end_of_events
-from behavior.models.common import BehaviorModel, ModelError, NotFittedError, Progress, predict_logits
-from behavior.models.metrics import best_f1_threshold, binary_report
-from behavior.models.rules import evaluate_rules, rule_features
+from shopsight.behavior.models.baselines import cross_fitted_baselines, run_baselines
+from shopsight.behavior.models.bgnbd import BGNBD, bgnbd_inputs
+from shopsight.behavior.models.churn import ChurnModel, end_of_events
+from shopsight.behavior.models.common import BehaviorModel, ModelError, NotFittedError, Progress, predict_logits
+from shopsight.behavior.models.metrics import best_f1_threshold, binary_report
+from shopsight.behavior.models.rules import evaluate_rules, rule_features
 
 if TYPE_CHECKING:
-    from behavior.models.intent import IntentModel
-    from behavior.models.risk import RiskModel
+    from shopsight.behavior.models.intent import IntentModel
+    from shopsight.behavior.models.risk import RiskModel
 
 # The intent and risk modules are imported by their own evaluators, as ``model_class`` imports
 # them: a build that lacks one can still evaluate the others.
@@ -112,13 +112,13 @@ def _baseline_reports(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, An
 
 
 def _evaluate_recommend(model: Any, events: pd.DataFrame, labels: pd.DataFrame | None, report: Progress) -> Evaluation:
-    from behavior.models.recommend import evaluate_recommender
+    from shopsight.behavior.models.recommend import evaluate_recommender
 
     return Evaluation(card=evaluate_recommender(model, events, report))
 
 
 def _recommend_scores(model: Any, events: pd.DataFrame, asof: pd.Timestamp, rules: dict | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from behavior.models.recommend import recommend_scores
+    from shopsight.behavior.models.recommend import recommend_scores
 
     return recommend_scores(model, events), pd.DataFrame(index=pd.Index([], name="user_id"))  # ranks items: no per-user inputs to report
 
@@ -222,7 +222,7 @@ def _churn_scores(model: ChurnModel, events: pd.DataFrame, asof: pd.Timestamp, r
 
 
 def _evaluate_intent(model: IntentModel, events: pd.DataFrame, labels: pd.DataFrame | None, report: Progress) -> Evaluation:
-    from behavior.models.intent import CATEGORY_EVENT_WEIGHTS, CATEGORY_HALF_LIFE_DAYS, session_feature_names
+    from shopsight.behavior.models.intent import CATEGORY_EVENT_WEIGHTS, CATEGORY_HALF_LIFE_DAYS, session_feature_names
 
     C, H, asofs = model.cutoff_, pd.Timedelta(days=model.horizon_days), model.train_asofs_
     s = model.settings
@@ -285,7 +285,7 @@ def next_category_hit_rate(events: pd.DataFrame, asof: pd.Timestamp, horizon_day
     Compares ``intent.category_affinity`` with the baseline "the k categories the user bought
     most". Population: users with events before ``asof`` who buy in the window.
     """
-    from behavior.models.intent import category_affinity
+    from shopsight.behavior.models.intent import category_affinity
 
     past = events[events["ts"] < asof]
     fut = events[(events["event"] == "purchase") & (events["ts"] >= asof) & (events["ts"] < asof + pd.Timedelta(days=horizon_days))]
@@ -304,7 +304,7 @@ def next_category_hit_rate(events: pd.DataFrame, asof: pd.Timestamp, horizon_day
 
 
 def _intent_scores(model: IntentModel, events: pd.DataFrame, asof: pd.Timestamp, rules: dict | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from behavior.models.intent import category_affinity
+    from shopsight.behavior.models.intent import category_affinity
 
     p, feats = model.predict_proba_at(events, asof)
     users = p.index
@@ -324,7 +324,7 @@ def _intent_scores(model: IntentModel, events: pd.DataFrame, asof: pd.Timestamp,
 
 
 def _evaluate_risk(model: RiskModel, events: pd.DataFrame, labels: pd.DataFrame | None, report: Progress) -> Evaluation:
-    from behavior.models.risk import fraud_labels, stratified_folds
+    from shopsight.behavior.models.risk import fraud_labels, stratified_folds
 
     C, s = model.cutoff_, model.settings
     end = end_of_events(events)

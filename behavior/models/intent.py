@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from behavior.features import rfm_features, top_categories
-from behavior.models.churn import end_of_events, population
-from behavior.models.common import (
+from shopsight.behavior.features import rfm_features, top_categories
+from shopsight.behavior.models.churn import end_of_events, population
+from shopsight.behavior.models.common import (
     SEQUENCE_GLOSSARY,
     BehaviorModel,
     Calibration,
@@ -43,7 +43,7 @@ from behavior.models.common import (
     tokenize_events,
     user_evidence,
 )
-from behavior.models.glossary import (
+from shopsight.behavior.models.glossary import (
     RFM_GLOSSARY,
     Glossary,
     Group,
@@ -60,9 +60,9 @@ from behavior.models.glossary import (
     value,
     worded,
 )
-from behavior.models.metrics import best_f1_threshold
-from behavior.models.reasons import build_reasons, plan_reasons
-from behavior.models.rules import rows_of_users
+from shopsight.behavior.models.metrics import best_f1_threshold
+from shopsight.behavior.models.reasons import build_reasons, plan_reasons
+from shopsight.behavior.models.rules import rows_of_users
 
 # Events at or after which a session's outcome is (nearly) known: never shown to the session model.
 OUTCOME_EVENTS: tuple[str, ...] = ("checkout", "purchase")

@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 if TYPE_CHECKING:  # torch is imported when weights are saved or loaded as tensors, not with this module
     import torch
 
-from behavior.workspace import Workspace, WorkspaceError, writing_in
+from shopsight.behavior.workspace import Workspace, WorkspaceError, writing_in
 
 SPEC_SCHEMA_VERSION = 1  # a spec of another schema is refused at load: retrain
 WEIGHTS = "weights.safetensors"
@@ -208,7 +208,7 @@ def score_path(ws: Workspace, name: str, version: str | None = None) -> Path:
     ``scores/run-…/<name>@<version>/scores/``) when there is one, else the ``scores.parquet``
     written at training time. Raises ``ModelError`` if the model or version does not exist.
     """
-    from behavior.scoring import published_table
+    from shopsight.behavior.scoring import published_table
 
     folder = model_dir(ws, name, version)
     return published_table(ws, name, folder.name) or folder / SCORES
@@ -218,7 +218,7 @@ def load_scores(ws: Workspace, name: str, version: str | None = None) -> pd.Data
     """The per-user scores (``user_id``, ``probability``, …): :func:`score_path`'s table."""
     path = score_path(ws, name, version)
     if path.is_dir():
-        from behavior.scoring import read_table
+        from shopsight.behavior.scoring import read_table
 
         return read_table(path)
     if not path.exists():
@@ -277,8 +277,8 @@ def add_freshness(ws: Workspace, rows: list[dict[str, Any]]) -> list[dict[str, A
         return rows
     profiled = [r for r in rows if r.get("feature_profile")]
     if profiled:
-        from behavior.drift import drift_report
-        from behavior.features import user_features
+        from shopsight.behavior.drift import drift_report
+        from shopsight.behavior.features import user_features
 
         events = ws.load_events()
         table = user_features(events)

@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from behavior.events import arrow_strings
+from shopsight.behavior.events import arrow_strings
 
 RULE_NAMES: tuple[str, ...] = (
     "velocity",
@@ -853,7 +853,7 @@ def rule_glossary(thresholds: RuleThresholds = RuleThresholds()) -> Any:
     which the risk model uses as features. Built per thresholds so the words match the windows
     and amounts the rules judged with.
     """
-    from behavior.models.glossary import (
+    from shopsight.behavior.models.glossary import (
         Glossary,
         RuleSaid,
         RuleTerm,
@@ -868,7 +868,7 @@ def rule_glossary(thresholds: RuleThresholds = RuleThresholds()) -> Any:
         where,
         worded,
     )
-    from behavior.privacy import mask_pii
+    from shopsight.behavior.privacy import mask_pii
 
     t = thresholds
     burst_w, velo_w = _window_words(t.card_testing_window), _window_words(t.velocity_window)
