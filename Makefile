@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup postgres bench clean-venv
+.PHONY: demo test setup postgres java bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,12 @@ postgres:
 demo: $(STAMP)
 	$(BIN)/shopsight demo
 
+## Spark (`shopsight score --engine spark`, its tests) needs a Java runtime: Debian's headless JRE where none is on PATH.
+java:
+	@command -v java >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openjdk-17-jre-headless)
+
 ## Run the whole test suite (the slow, real-model tests included).
-test: $(STAMP) postgres
+test: $(STAMP) postgres java
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

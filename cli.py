@@ -697,6 +697,9 @@ def index_build(
     batch_size: Optional[int] = typer.Option(None, min=1, help="Sessions embedded and stored per batch, the unit an interrupted build resumes from (default: 1024).", show_default=False),
     threads: Optional[int] = typer.Option(None, min=1, help="Cores for embedding, one batch of texts each (default: every usable core)."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Delete the index and embed every session again, e.g. when it is corrupted; the old index stays until the new one is complete."),
+    engine: str = typer.Option("local", help="local | spark (embed in Spark executors into the Chroma server; needs --chroma-url or $SHOPSIGHT_CHROMA_URL, and Java 17+)."),
+    events: Optional[str] = typer.Option(None, "--events", help="--engine spark: a Parquet file, folder or glob to index (default: the workspace's events)."),
+    master: Optional[str] = typer.Option(None, "--master", help="--engine spark: Spark master URL (default $SPARK_MASTER, else local[2])."),
     as_json: bool = typer.Option(False, "--json", help="Print the build counts as JSON."),
 ) -> None:
     """Embed new or changed sessions into the index; skip unchanged ones, drop removed ones.
@@ -709,7 +712,28 @@ def index_build(
       shopsight index build --workspace /tmp/shop
 
       shopsight index build --rebuild --workspace /tmp/shop      (replace a corrupted index)
+
+      SHOPSIGHT_CHROMA_URL=http://127.0.0.1:8000 shopsight index build --engine spark --events 'shards/*.parquet'
     """
+    if engine not in ("local", "spark"):
+        raise ValueError(f"unknown engine '{engine}': choose local or spark")
+    if engine == "spark":
+        if rebuild:
+            raise ValueError("--rebuild is for --engine local; on a server, delete the collection and build again")
+        from shopsight.index.spark import build_index_spark
+
+        ws = _workspace(workspace)
+        say = (lambda step: None) if as_json else (lambda step: err_console.print(f"[dim]spark: {step}…[/]"))
+        with _writer(ws, "index build"):
+            stats = build_index_spark(ws, chroma_url or _settings().chroma_url, events=events, master=master,
+                                      batch_size=batch_size or 1024, report=say)
+        if as_json:
+            print(json.dumps(stats.to_dict(), indent=2))
+            return
+        _print_build(stats)
+        return
+    if events or master:
+        raise ValueError("--events and --master are for --engine spark")
     index = _session_index(workspace, chroma_url, batch_size, threads)
     with _writer(index.workspace, "index build"):
         stats = _build_index(index, show_progress=not as_json, rebuild=rebuild)
@@ -843,14 +867,15 @@ def train_targets(target: str) -> list[str]:
 
 
 def _train_with_progress(
-    ws, names: list[str], *, settings, show: bool, horizon: Optional[int] = None, keep_going: bool = False
+    ws, names: list[str], *, settings, show: bool, horizon: Optional[int] = None, keep_going: bool = False,
+    events=None, card_extra: Optional[dict] = None,
 ) -> list[dict]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from shopsight.behavior.models import train_model
     from shopsight.behavior.models.common import ModelError
 
-    events = ws.load_events()
+    events = ws.load_events() if events is None else events
     results = []
     with Progress(
         TextColumn("[bold]{task.fields[model]}[/] {task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
@@ -864,7 +889,7 @@ def _train_with_progress(
 
             params = {"horizon_days": horizon} if (horizon and name == "churn") else {}
             try:
-                results.append(train_model(ws, name, progress=progress, settings=settings, events=events, **params))
+                results.append(train_model(ws, name, progress=progress, settings=settings, events=events, card_extra=card_extra, **params))
             except ModelError as exc:
                 if not keep_going:
                     raise
@@ -886,6 +911,10 @@ def train(
     threads: int = typer.Option(1, min=1, help="Torch CPU threads (1 is fastest on a busy 2-core machine)."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Maximum training epochs (early stopping may end sooner)."),
     if_stale: bool = typer.Option(False, "--if-stale", help="Train only the models never trained or with events newer than their latest version's data cutoff."),
+    engine: str = typer.Option("local", help="local | spark: draw --sample users on Spark (all their events) and train on them here."),
+    sample: Optional[int] = typer.Option(None, "--sample", min=1, help="--engine spark: how many users to train on (a deterministic draw by --seed)."),
+    events: Optional[str] = typer.Option(None, "--events", help="--engine spark: a Parquet file, folder or glob to draw from (default: the workspace's events)."),
+    master: Optional[str] = typer.Option(None, "--master", help="--engine spark: Spark master URL (default $SPARK_MASTER, else local[2])."),
     as_json: bool = typer.Option(False, "--json", help="Print the model cards as JSON."),
 ) -> None:
     """Train models on a time-based split, compare them with baselines, and save a new version of each.
@@ -898,6 +927,10 @@ def train(
       shopsight train churn --horizon 30 --workspace /tmp/shop
 
       shopsight train --if-stale        (after new batches: retrain what they made stale)
+
+      shopsight train churn --engine spark --sample 200000 --events 'shards/*.parquet'
+      (the users are drawn on Spark and written as Parquet shards in WORKSPACE/training/; the
+      models train here on those users' events, with the same time-based split)
     """
     from shopsight.behavior.models import metric_rows, ranking_rows
     from shopsight.behavior.models.common import TrainSettings
@@ -920,10 +953,25 @@ def train(
                 print("[]")
             return
     settings = TrainSettings(seed=seed, threads=threads, **({"epochs": epochs} if epochs else {}))
+    if engine not in ("local", "spark"):
+        raise ValueError(f"unknown engine '{engine}': choose local or spark")
+    if engine == "local" and (sample or events or master):
+        raise ValueError("--sample, --events and --master are for --engine spark")
+    if engine == "spark" and not sample:
+        raise ValueError("--engine spark trains on a sample of users: give --sample N")
+    train_events, card_extra = None, None
     # "all" trains every model the data allows: one that cannot be trained (Complete Journey has no
     # sessions without a purchase for session intent) is reported, and the others are still trained
     with _writer(ws, "train"):
-        results = _train_with_progress(ws, names, settings=settings, show=not as_json, horizon=horizon, keep_going=target == "all")
+        if engine == "spark":
+            from shopsight.behavior.spark import read_sample, sample_users
+
+            folder = sample_users(ws, sample, events, seed=seed, master=master)
+            train_events = read_sample(folder)
+            card_extra = {"training_sample": {"users": int(sample), "seed": seed, "engine": "spark", "shards": str(folder),
+                                              "events": int(len(train_events)), "source": events or f"workspace {ws.root}"}}
+        results = _train_with_progress(ws, names, settings=settings, show=not as_json, horizon=horizon, keep_going=target == "all",
+                                       events=train_events, card_extra=card_extra)
     failed = [r for r in results if r.get("error")]
     if as_json:
         print(json.dumps(results, indent=2, default=str))
@@ -939,6 +987,66 @@ def train(
             _print_metric_rows(f"{r['name']} {r['version']}: model vs baselines on the test cutoff (trained in {_fmt(r['train_seconds'], 1)} s)", metric_rows(card))
     if failed:
         raise typer.Exit(code=1)
+
+
+@app.command()
+@friendly_errors
+def score(
+    workspace: Optional[Path] = WorkspaceOpt,
+    engine: str = typer.Option("local", help="local (one process, the table held once) | spark (PySpark; needs Java 17+)."),
+    events: Optional[str] = typer.Option(None, "--events", help="Parquet file, folder of shards or glob to score (default: the workspace's events)."),
+    master: Optional[str] = typer.Option(None, "--master", help="Spark master URL (default $SPARK_MASTER, else local[2]); --engine spark only."),
+    users_per_group: int = typer.Option(5000, min=1, help="Users scored per call (a Spark group, a local chunk): bounds the working memory."),
+    threads: int = typer.Option(1, min=1, help="Torch CPU threads per process (per Spark Python worker)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the published run's manifest as JSON."),
+) -> None:
+    """Score every user with the latest intent, churn and risk models; publish per-user score tables.
+
+    Writes, per model, a score table (the columns of the training-time scores.parquet) and a
+    feature table (the model's inputs) as Parquet part files under
+    WORKSPACE/scores/run-<id>/<model>@<version>/, then points scores/current.json at the run.
+    top_users, the query tool and the agent read the published table of each model's latest
+    version. A failed run publishes nothing: the previous scores stay current.
+
+    The two engines run the same per-user code and give the same scores (to 1e-6).
+
+    Examples:
+
+      shopsight score                                  (the workspace's events, one process)
+
+      shopsight score --engine spark --events 'shards/*.parquet'
+
+      SPARK_MASTER=spark://head:7077 shopsight score --engine spark
+    """
+    ws = _workspace(workspace)
+    if engine not in ("local", "spark"):
+        raise ValueError(f"unknown engine '{engine}': choose local or spark")
+    if master and engine != "spark":
+        raise ValueError("--master is for --engine spark")
+    with _writer(ws, "score"):
+        if engine == "spark":
+            from shopsight.behavior.spark import score_spark
+
+            say = (lambda step: None) if as_json else (lambda step: err_console.print(f"[dim]spark: {step}…[/]"))
+            manifest = score_spark(ws, events, master=master, users_per_group=users_per_group, threads=threads, report=say)
+        else:
+            import torch
+
+            from shopsight.behavior.scoring import score_local
+
+            torch.set_num_threads(threads)
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            with Progress(TextColumn("Scoring users"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          console=err_console, transient=True, disable=as_json) as bar:
+                task = bar.add_task("users", total=None)
+                manifest = score_local(ws, events, chunk_users=users_per_group,
+                                       progress=lambda done, total: bar.update(task, completed=done, total=total))
+    if as_json:
+        print(json.dumps(manifest, indent=2, default=str))
+        return
+    console.print(f"Scored {manifest['users']:,} users as of {manifest['asof'][:10]} with {', '.join(manifest['tables'].values())} "
+                  f"({manifest['engine']}); published {ws.root / 'scores' / manifest['run']}.")
 
 
 @app.command()

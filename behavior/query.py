@@ -483,7 +483,12 @@ class CompiledQuery:
 class _ModelRef:
     name: str
     version: str
-    scores_path: Path
+    scores_path: Path  # a Parquet file, or a folder of part files (`shopsight score`)
+
+    @property
+    def scan(self) -> str:
+        """What DuckDB's read_parquet reads: the file, or every part file of the folder."""
+        return str(self.scores_path / "*.parquet") if self.scores_path.is_dir() else str(self.scores_path)
 
     @property
     def cite(self) -> str:
@@ -694,10 +699,10 @@ class QueryEngine:
         return out
 
     def _model_ref(self, name: str, *, required: bool = True, field: str = "model") -> _ModelRef | None:
-        from shopsight.behavior.models.registry import SCORES, latest_version
+        from shopsight.behavior.models.registry import latest_version, score_path
 
         version = latest_version(self.ws, name)
-        path = self.ws.models_dir / name / version / SCORES if version else None
+        path = score_path(self.ws, name, version) if version else None
         if path is None or not path.exists():
             if not required:
                 return None
@@ -799,7 +804,7 @@ class QueryEngine:
                 bounds.append(f"probability >= {p(sf.min)}")
             if sf.max is not None:
                 bounds.append(f"probability <= {p(sf.max)}")
-            path = p(str(models[sf.model].scores_path))
+            path = p(models[sf.model].scan)
             conds.append(f"user_id IN (SELECT user_id FROM read_parquet({path}) WHERE {' AND '.join(bounds) or 'TRUE'})")
         user_conds = list(conds)
         if q.metric != "retention":  # for retention the dates choose cohorts, not sessions
@@ -876,7 +881,7 @@ class QueryEngine:
         if q.metric in SCORE_METRICS:
             assert q.model is not None
             ctes.append(
-                f"us AS (SELECT u.*, sc.probability AS prob FROM u LEFT JOIN read_parquet({p(str(models[q.model].scores_path))}) sc "
+                f"us AS (SELECT u.*, sc.probability AS prob FROM u LEFT JOIN read_parquet({p(models[q.model].scan)}) sc "
                 "ON sc.user_id = u.unit)"
             )
             src = "us"
@@ -897,7 +902,7 @@ class QueryEngine:
             return ("f.method" if gb == "payment" else "NULL"), ""
         if gb == "score_band":
             assert q.band_model is not None
-            path = p(str(models[q.band_model].scores_path))
+            path = p(models[q.band_model].scan)
             if q.bands == "deciles":
                 ctes.append(
                     "bands AS (SELECT user_id, printf('D%02d [%.3f, %.3f]', d, min(prob) OVER (PARTITION BY d), max(prob) OVER (PARTITION BY d)) AS band "

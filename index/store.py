@@ -420,9 +420,15 @@ class SessionIndex:
         for a in range(0, len(removed), _PAGE):
             with self._chroma_errors():
                 col.delete(ids=removed[a : a + _PAGE])
-        total = len(todo)
+        self._upsert(todo, stats, progress)
+        return stats, docs, load_seconds
+
+    def _upsert(self, todo: pd.DataFrame, stats: BuildStats, progress: ProgressCallback | None) -> None:
+        """Embed and upsert ``todo`` (``session_documents`` rows) a batch at a time: each finished batch is kept."""
         from shopsight.index.embedder import usable_cores
 
+        col = self.collection()
+        total = len(todo)
         if progress is not None:
             progress(0, total)
         for a in range(0, total, self.batch_size):
@@ -441,7 +447,32 @@ class SessionIndex:
             stats.batches += 1
             if progress is not None:
                 progress(stats.embedded, total)
-        return stats, docs, load_seconds
+
+    def upsert_sessions(self, events: pd.DataFrame, catalogue: pd.DataFrame | None = None) -> tuple[BuildStats, pd.DataFrame]:
+        """One group's part of a build: embed and upsert those sessions of ``events`` whose content changed.
+
+        Reads only these sessions' stored hashes (by id), so many processes can each take a group
+        of users (``index/spark.py`` runs it in Spark executors); removing sessions that are gone
+        is the caller's, who sees every id. Returns the counts and the documents (id, content_hash,
+        …, and ``embedded``: whether this call embedded it).
+        """
+        docs = session_documents(events, catalogue)
+        stored = self.hashes_of(docs["id"].tolist())
+        changed = np.array([stored.get(i) != h for i, h in zip(docs["id"], docs["content_hash"])], dtype=bool)
+        stats = BuildStats(sessions=len(docs), unchanged=int((~changed).sum()), removed=0, target=self.target)
+        self._upsert(docs[changed], stats, None)
+        return stats, docs.assign(embedded=changed)
+
+    def hashes_of(self, ids: list[str]) -> dict[str, str]:
+        """Stored content hash of each of ``ids`` that the collection holds."""
+        col = self.collection()
+        hashes: dict[str, str] = {}
+        for a in range(0, len(ids), _PAGE):
+            with self._chroma_errors():
+                page = col.get(ids=ids[a : a + _PAGE], include=["metadatas"])
+            for sid, meta in zip(page["ids"], page["metadatas"] or []):
+                hashes[sid] = str((meta or {}).get("content_hash", ""))
+        return hashes
 
     def _finish_build(self, stats: BuildStats, docs: pd.DataFrame, started: float) -> None:
         """Write the sidecar and the build report once the store holds every session."""

@@ -54,6 +54,7 @@ def train_model(
     progress: Any = None,
     settings: Any = None,
     events: Any = None,
+    card_extra: dict[str, Any] | None = None,
     **params: Any,
 ) -> dict[str, Any]:
     """Fit model ``name`` on the workspace's events, evaluate it, score every user, and save a version.
@@ -66,7 +67,9 @@ def train_model(
         name: one of ``MODEL_NAMES`` or ``RANKING_NAMES``.
         progress: optional ``progress(stage, fraction)`` callback.
         settings: optional ``TrainSettings`` (seed, threads, epochs, …).
-        events: the workspace's events if already loaded (saves a read when training several).
+        events: the workspace's events if already loaded (saves a read when training several), or
+            the events to train on instead (a sample of users drawn on Spark: ``behavior.spark.sample_users``).
+        card_extra: entries added to the model card (e.g. ``training_sample``: who the model saw).
         **params: model hyperparameters (e.g. ``horizon_days``).
 
     Returns:
@@ -76,10 +79,11 @@ def train_model(
     """
     cls = model_class(name)
     with ws.writer("train"):
-        return _train_locked(ws, cls, name, progress, settings, events, params)
+        return _train_locked(ws, cls, name, progress, settings, events, params, card_extra or {})
 
 
-def _train_locked(ws: Any, cls: Any, name: str, progress: Any, settings: Any, events: Any, params: dict[str, Any]) -> dict[str, Any]:
+def _train_locked(ws: Any, cls: Any, name: str, progress: Any, settings: Any, events: Any, params: dict[str, Any],
+                  card_extra: dict[str, Any]) -> dict[str, Any]:
     from shopsight.behavior.drift import feature_profile
     from shopsight.behavior.models.evaluation import evaluate, score_users
 
@@ -107,6 +111,7 @@ def _train_locked(ws: Any, cls: Any, name: str, progress: Any, settings: Any, ev
     if analyst is not None and len(analyst):  # what the analysts added to the labels, when they did
         card["analyst_labels"] = {"users": int(len(analyst)), "fraud": int(analyst["is_fraud"].sum()),
                                   "false_alarm": int((~analyst["is_fraud"].astype(bool)).sum())}
+    card.update(card_extra)
     scores = score_users(model, events, progress=progress)
     version = model.save(ws, card=card, scores=scores)
     return {"name": name, "version": version, "train_seconds": card.get("train_seconds"), "card": card}

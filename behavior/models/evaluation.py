@@ -73,12 +73,26 @@ def score_users(model: BehaviorModel, events: pd.DataFrame, *, progress: Progres
     anomaly score and the rules fired), ``asof``. Works on a fitted or a loaded model.
     """
     model._check_fitted()
-    _, scorer = _by_name(model)
     report = progress or (lambda stage, frac: None)
     report("scores", 0.0)
-    scores = scorer(model, events)
+    scores, _ = score_table(model, events)
     report("scores", 1.0)
     return scores
+
+
+def score_table(
+    model: BehaviorModel, events: pd.DataFrame, *, asof: pd.Timestamp | None = None, rules: dict | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(scores, features) of every user in ``events`` as of ``asof``: the one scoring function.
+
+    ``score_users`` runs it on a whole table; ``behavior/scoring.py`` runs it per group of users
+    (locally and in Spark executors), passing the ``asof`` of the whole table and, for risk, the
+    rules' verdicts (``linked_accounts`` needs accounts outside the group). ``features`` is the
+    model's input row per user (index user_id), in the scores' order.
+    """
+    model._check_fitted()
+    _, scorer = _by_name(model)
+    return scorer(model, events, end_of_events(events) if asof is None else asof, rules)
 
 
 def _by_name(model: BehaviorModel) -> tuple[Callable[..., Evaluation], Callable[[Any, pd.DataFrame], pd.DataFrame]]:
@@ -103,10 +117,10 @@ def _evaluate_recommend(model: Any, events: pd.DataFrame, labels: pd.DataFrame |
     return Evaluation(card=evaluate_recommender(model, events, report))
 
 
-def _recommend_scores(model: Any, events: pd.DataFrame) -> pd.DataFrame:
+def _recommend_scores(model: Any, events: pd.DataFrame, asof: pd.Timestamp, rules: dict | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     from shopsight.behavior.models.recommend import recommend_scores
 
-    return recommend_scores(model, events)
+    return recommend_scores(model, events), pd.DataFrame(index=pd.Index([], name="user_id"))  # ranks items: no per-user inputs to report
 
 
 # --- churn ----------------------------------------------------------------------------------
@@ -188,8 +202,7 @@ def bgnbd_report(
     return rep
 
 
-def _churn_scores(model: ChurnModel, events: pd.DataFrame) -> pd.DataFrame:
-    asof = end_of_events(events)
+def _churn_scores(model: ChurnModel, events: pd.DataFrame, asof: pd.Timestamp, rules: dict | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     users = pd.Index(sorted(events["user_id"].unique()), name="user_id")
     feats, seqs = model._features_at(events, asof, users)
     p = model._predict_arrays(feats, seqs)
@@ -202,7 +215,7 @@ def _churn_scores(model: ChurnModel, events: pd.DataFrame) -> pd.DataFrame:
         "monetary": feats["monetary"].to_numpy(),
         "days_since_last_event": feats["days_since_last_event"].to_numpy(),
         "asof": asof,
-    })
+    }), feats
 
 
 # --- intent ---------------------------------------------------------------------------------
@@ -290,19 +303,21 @@ def next_category_hit_rate(events: pd.DataFrame, asof: pd.Timestamp, horizon_day
     return {"k": k, "n_buyers": int(len(bought)), "affinity_hit_rate": hit(top), "most_bought_hit_rate": hit(most)}
 
 
-def _intent_scores(model: IntentModel, events: pd.DataFrame) -> pd.DataFrame:
+def _intent_scores(model: IntentModel, events: pd.DataFrame, asof: pd.Timestamp, rules: dict | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     from shopsight.behavior.models.intent import category_affinity
 
-    p = model.predict_proba(events)
+    p, feats = model.predict_proba_at(events, asof)
     users = p.index
-    top = category_affinity(events).groupby("user_id").head(1).set_index("user_id")["category"]
+    # ages counted back from ``asof`` of the whole table, not from this group's last event: a
+    # user's shares are then the same numbers whichever users are scored beside them
+    top = category_affinity(events, asof).groupby("user_id").head(1).set_index("user_id")["category"]
     return pd.DataFrame({
         "user_id": users.astype(str),
         "probability": p.to_numpy(),
         "intent": p.to_numpy() >= model.user_threshold_,
         "next_category": top.reindex(users.astype(str)).to_numpy(),
-        "asof": end_of_events(events),
-    })
+        "asof": asof,
+    }), feats
 
 
 # --- risk -----------------------------------------------------------------------------------
@@ -424,10 +439,10 @@ def _risk_baseline_validation(events: pd.DataFrame, train_users: pd.Index, y_tra
     return val
 
 
-def _risk_scores(model: RiskModel, events: pd.DataFrame) -> pd.DataFrame:
-    asof = end_of_events(events)
+def _risk_scores(model: RiskModel, events: pd.DataFrame, asof: pd.Timestamp, rules: dict | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     users = pd.Index(sorted(events["user_id"].astype(str).unique()), name="user_id")
-    rules = evaluate_rules(events, model.thresholds)
+    if rules is None:
+        rules = evaluate_rules(events, model.thresholds)
     feats, seqs = model._inputs(events, asof, users, rules)
     p, anomaly = model._probabilities(feats, seqs)
     fired = rule_features(rules).filter(like="_fired").reindex(feats.index)
@@ -440,4 +455,4 @@ def _risk_scores(model: RiskModel, events: pd.DataFrame) -> pd.DataFrame:
         "anomaly_score": anomaly,
         "rules_fired": fired_names,
         "asof": asof,
-    })
+    }), feats.assign(anomaly_score=anomaly)

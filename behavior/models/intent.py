@@ -641,10 +641,15 @@ class IntentModel(BehaviorModel):
         Unknown user ids raise ``KeyError`` naming them.
         """
         self._check_fitted()
+        return self.predict_proba_at(events, end_of_events(events), user_ids)[0]
+
+    def predict_proba_at(self, events: pd.DataFrame, asof: pd.Timestamp, user_ids: Sequence[str] | None = None) -> tuple[pd.Series, pd.DataFrame]:
+        """``predict_proba`` as of ``asof`` (events before it), with the feature rows it read (index user_id)."""
+        self._check_fitted()
         users = _users(events, user_ids)
-        feats, seqs = self._user_inputs(events, users, end_of_events(events))
+        feats, seqs = self._user_inputs(events, users, asof)
         p = self.user_calibration_.apply(predict_logits(self.net_, seqs, self.user_scaler_.transform(feats)))
-        return pd.Series(p, index=users, name="p_intent")
+        return pd.Series(p, index=users, name="p_intent"), feats
 
     def predict_sessions(self, events: pd.DataFrame, session_ids: Sequence[str] | None = None) -> pd.Series:
         """P(purchase in the session) from each session's events before its first checkout/purchase.

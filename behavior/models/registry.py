@@ -201,11 +201,28 @@ def load(ws: Workspace, name: str, version: str | None = None, *, arrays: str = 
     return SavedModel(state_dict, spec, card)
 
 
+def score_path(ws: Workspace, name: str, version: str | None = None) -> Path:
+    """Where the per-user scores of ``name@version`` (default: latest) are read from.
+
+    The table `shopsight score` published for that version (a folder of Parquet part files,
+    ``scores/run-…/<name>@<version>/scores/``) when there is one, else the ``scores.parquet``
+    written at training time. Raises ``ModelError`` if the model or version does not exist.
+    """
+    from shopsight.behavior.scoring import published_table
+
+    folder = model_dir(ws, name, version)
+    return published_table(ws, name, folder.name) or folder / SCORES
+
+
 def load_scores(ws: Workspace, name: str, version: str | None = None) -> pd.DataFrame:
-    """The per-user scores written at training time (``user_id``, ``probability``, …)."""
-    path = model_dir(ws, name, version) / SCORES
+    """The per-user scores (``user_id``, ``probability``, …): :func:`score_path`'s table."""
+    path = score_path(ws, name, version)
+    if path.is_dir():
+        from shopsight.behavior.scoring import read_table
+
+        return read_table(path)
     if not path.exists():
-        raise ModelError(f"no scores saved with the '{name}' model {path.parent.name}; retrain with `shopsight train {name}`")
+        raise ModelError(f"no scores saved with the '{name}' model {path.parent.name}; retrain with `shopsight train {name}` or run `shopsight score`")
     return pd.read_parquet(path)
 
 

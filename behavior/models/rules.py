@@ -405,15 +405,14 @@ def linked_accounts(
     the users around one account (see ``evaluate_rules_for_users``); default: the users here.
     """
     users = _empty_users(_all_users(events))
-    n_users = population or max(len(users), 1)
-    common_cap = max(int(thresholds.linked_max_share * n_users), thresholds.linked_min_common)
+    cap = common_cap(thresholds, population or max(len(users), 1))
     pairs: list[pd.DataFrame] = []
     for col in identity_columns:
         if col not in events.columns:
             continue
         sub = events.loc[events[col].notna(), ["user_id", col, "session_id"]].drop_duplicates(["user_id", col])
         n_per_id = sub.groupby(col)["user_id"].nunique()
-        specific = n_per_id[(n_per_id > 1) & (n_per_id <= common_cap)].index
+        specific = n_per_id[(n_per_id > 1) & (n_per_id <= cap)].index
         sub = sub[sub[col].isin(specific)]
         if not sub.empty:
             pairs.append(sub.assign(_key=col + ":" + sub[col].astype(str))[["user_id", "_key"]])
@@ -537,19 +536,23 @@ def evaluate_rules_for_users(
     *,
     rows: np.ndarray | None = None,
     orders: pd.DataFrame | None = None,
+    linked: RuleResult | None = None,
 ) -> dict[str, RuleResult]:
     """Every rule for a few ``users`` without judging the whole table: the fast path of explain/predict.
 
     Per-user rules see only these users' events; ``linked_accounts`` also sees the rows of
     every identifier they share with other accounts (only the identifiers that are not
     common), so the verdicts equal those of ``evaluate_rules(events)``. ``rows``:
-    ``rows_of_users(events, users)`` if already computed; ``orders``: ``order_table`` of those rows.
+    ``rows_of_users(events, users)`` if already computed; ``orders``: ``order_table`` of those rows;
+    ``linked``: the ``linked_accounts`` verdicts of these users if already found (Spark finds who
+    shares an identifier with a join, :func:`linked_accounts_shared`).
     """
     users = [str(u) for u in users]
     is_mine = rows_of_users(events, users) if rows is None else rows
     mine = events[is_mine]
     out = _run_rules(mine, thresholds, [n for n in RULE_NAMES if n != "linked_accounts"], orders)
-    linked = _linked_accounts_for(events, mine, thresholds)
+    if linked is None:
+        linked = _linked_accounts_for(events, mine, thresholds)
     out["linked_accounts"] = RuleResult(linked.name, linked.threshold, linked.users.reindex(pd.Index(users, name="user_id")), None)
     return {name: out[name] for name in RULE_NAMES}
 
@@ -670,21 +673,24 @@ def _distinct_users(user_col: pd.Series, rows: np.ndarray, enough: int) -> int:
         step *= 8
 
 
+def common_cap(thresholds: RuleThresholds, n_users: int) -> int:
+    """The most users an identifier may have and still link accounts: more, and it is common
+    (a carrier NAT, "mobile"): ``linked_max_share`` of the ``n_users``, at least ``linked_min_common``."""
+    return max(int(thresholds.linked_max_share * n_users), thresholds.linked_min_common)
+
+
 def _linked_accounts_for(events: pd.DataFrame, mine: pd.DataFrame, thresholds: RuleThresholds) -> RuleResult:
     """``linked_accounts`` for the users of ``mine``, reading only the rows of their specific identifiers.
 
-    An identifier links accounts when 2..cap users share it (cap: ``linked_max_share`` of all
-    users, at least ``linked_min_common``). A generic one ("mobile") has thousands of users:
-    counting stops once past the cap, and all users are counted only when that is needed.
-    Value, evidence and detail are then those of :func:`linked_accounts` over ``events``
-    (the tests hold the two to the same verdicts).
+    An identifier links accounts when 2..cap users share it (:func:`common_cap` of all users).
+    A generic one ("mobile") has thousands of users: counting stops once past the cap, and all
+    users are counted only when that is needed. Value, evidence and detail are then those of
+    :func:`linked_accounts` over ``events`` (the tests hold the two to the same verdicts).
     """
-    identity_columns = ("ip", "device")  # linked_accounts' defaults
-    cols = [c for c in identity_columns if c in events.columns]
-    users = _empty_users(_all_users(mine))
+    cols = [c for c in LINK_COLUMNS if c in events.columns]
     user_col = events["user_id"]
     n_all: int | None = None
-    shared: dict[tuple[str, object], np.ndarray] = {}  # (column, specific identifier) -> its rows in events
+    shared: dict[tuple[str, object], np.ndarray] = {}  # (column, specific identifier) -> the users holding it
     for col in cols:
         values = list(mine[col].dropna().unique())
         if not values:
@@ -694,36 +700,72 @@ def _linked_accounts_for(events: pd.DataFrame, mine: pd.DataFrame, thresholds: R
             if n > thresholds.linked_min_common:
                 if n_all is None:
                     n_all = _n_distinct(user_col)
-                cap = max(int(thresholds.linked_max_share * n_all), thresholds.linked_min_common)
+                cap = common_cap(thresholds, n_all)
                 n = _distinct_users(user_col, rows, cap)
                 if n > cap:
                     continue  # common: the rule ignores it
             if n > 1:
-                shared[(col, value)] = rows
+                shared[(col, value)] = user_col.iloc[rows].dropna().unique()
+    return linked_accounts_shared(mine, shared, thresholds)
+
+
+LINK_COLUMNS: tuple[str, ...] = ("ip", "device")  # linked_accounts' identity columns, in evidence order
+
+
+def linked_accounts_shared(
+    mine: pd.DataFrame, shared: dict[tuple[str, object], Sequence[str]], thresholds: RuleThresholds = RuleThresholds()
+) -> RuleResult:
+    """``linked_accounts`` for the users of ``mine`` (all their events), given who holds each identifier.
+
+    ``shared`` maps each specific identifier ``(column, value)`` that one of these users has
+    (2..:func:`common_cap` users hold it) to the ids of every user holding it; identifiers not
+    in it are ignored. Whoever finds them (:func:`_linked_accounts_for` over one table, or a
+    join on Spark: ``behavior/spark.py``), the verdicts are those of :func:`linked_accounts`.
+    """
+    cols = [c for c in LINK_COLUMNS if c in mine.columns]
+    users = _empty_users(_all_users(mine))
+    shared = {k: v for k, v in shared.items() if k[0] in cols}
     if not shared:
         return RuleResult("linked_accounts", float(thresholds.linked_users), users, None)
-    own_user = mine["user_id"].to_numpy(dtype=object, na_value=None)
+    # Numpy over the rows that hold a shared identifier, grouped by user: a pass over every row
+    # per user cost more than the rest of scoring a few thousand users.
+    user_code = users.index.get_indexer(mine["user_id"].astype(object))
     own_session = mine["session_id"].to_numpy(dtype=object, na_value=None)
-    own_value = {col: mine[col].to_numpy(dtype=object, na_value=None) for col in cols}
+    hits: dict[str, np.ndarray] = {}  # per column: each row's position among the column's shared values, -1 for none
+    for col in cols:
+        values = [v for c, v in shared if c == col]
+        if values:
+            at = pd.Index(values).get_indexer(mine[col].astype(object))
+            hits[col] = np.where(at >= 0, at, -1)
     value = users["value"].to_numpy(dtype="float64").copy()
     evidence, detail = list(users["evidence"]), list(users["detail"])
-    for j, user in enumerate(users.index):
-        mine_rows = own_user == user
-        keys = [k for k in shared if (own_value[k[0]][mine_rows] == k[1]).any()]
-        if not keys:
-            continue
-        others = set()
-        for k in keys:
-            others.update(user_col.iloc[shared[k]].dropna().unique())
+    per_col_values = {col: [v for c, v in shared if c == col] for col in hits}
+    holders = {col: [shared[(col, v)] for v in per_col_values[col]] for col in hits}
+    rows_with = np.zeros(len(mine), dtype=bool)
+    for at in hits.values():
+        rows_with |= at >= 0
+    rows_with &= user_code >= 0
+    idx = np.flatnonzero(rows_with)
+    idx = idx[np.argsort(user_code[idx], kind="stable")]  # by user, each user's rows in row order
+    owners, starts = np.unique(user_code[idx], return_index=True)
+    for j, mine_rows in zip(owners, np.split(idx, starts[1:])):
+        user = users.index[j]
+        others: set[str] = set()
+        kinds = set()
+        sessions = []
+        for col, at in hits.items():  # as the rule: sessions on a shared ip (in row order), then on a shared device
+            mine_at = at[mine_rows]
+            used = mine_rows[mine_at >= 0]
+            if not len(used):
+                continue
+            kinds.add(col)
+            for k in np.unique(mine_at[mine_at >= 0]):
+                others.update(str(u) for u in holders[col][k] if u is not None and not pd.isna(u))
+            sessions += [str(x) for x in own_session[used]]
         others.discard(user)
         value[j] = float(len(others))
-        # As the rule: this user's sessions on a shared ip (in row order), then on a shared device.
-        sessions = []
-        for col in cols:
-            hit = mine_rows & np.isin(own_value[col], [v for c, v in keys if c == col])
-            sessions += [str(x) for x in own_session[hit]]
         evidence[j] = list(dict.fromkeys(sessions))[:20]
-        detail[j] = f"shares {'/'.join(sorted({c for c, _ in keys}))} with {len(others)} other accounts"
+        detail[j] = f"shares {'/'.join(sorted(kinds))} with {len(others)} other accounts"
     users["value"], users["evidence"], users["detail"] = value, evidence, detail
     users["fired"] = value >= thresholds.linked_users
     return RuleResult("linked_accounts", float(thresholds.linked_users), users, None)

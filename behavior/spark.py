@@ -1,0 +1,343 @@
+"""`shopsight score --engine spark`: every user's features and scores on PySpark, with the local engine's code.
+
+Spark does the data movement only: it reads the Parquet shards, finds the whole table's "as of"
+time and user count, hashes users into groups, and finds which accounts share a specific device
+or IP (the one rule that reads other accounts). Each group's events then go to
+``behavior.scoring.score_group`` in an executor (``cogroup(...).applyInPandas``), the function
+the local engine runs, and the wide result is split into one table per model, written in the
+run's staging folder and published as the local engine's are. Nothing else is re-implemented.
+
+Local mode needs only Java (17+) and the ``pyspark`` package; ``--master URL`` (or
+``SPARK_MASTER``) runs on a cluster whose executors have this package and the same Python
+(``PYSPARK_PYTHON``) and can read the events and the workspace paths.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import pyarrow as pa
+
+from shopsight.behavior.scoring import (
+    CANONICAL_COLUMNS,
+    FEATURE_PART,
+    SCORE_PART,
+    SEP,
+    ScoreRun,
+    ScoringError,
+    ScoringModels,
+    check_shards,
+    end_of,
+    event_files,
+    normalize_wide,
+    score_group,
+)
+from shopsight.behavior.scoring import _source
+from shopsight.behavior.workspace import Workspace
+
+DEFAULT_MASTER = "local[2]"
+TASK_RETRIES = 4  # attempts per task, local mode too: a lost Python worker is retried, not fatal
+BUCKET = "_bucket"
+
+
+def spark_session(master: str | None = None, *, app: str = "shopsight", conf: dict[str, str] | None = None) -> Any:
+    """A SparkSession for scoring: UTC, Parquet nanosecond times read as numbers, loopback-only in local mode.
+
+    ``master``: a Spark master URL; default ``$SPARK_MASTER``, else ``local[2]``. A ``local[N]``
+    master becomes ``local[N,4]`` so that a task whose Python worker dies is tried again.
+
+    Raises:
+        ScoringError: pyspark is not installed, or Java is missing.
+    """
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as exc:
+        raise ScoringError("the Spark engine needs pyspark: `pip install 'pyspark>=4.0,<4.4'` (or use --engine local)") from exc
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        raise ScoringError("the Spark engine needs Java 17 or newer on PATH (Debian: `apt-get install openjdk-17-jre-headless`), or use --engine local")
+    master = master or os.environ.get("SPARK_MASTER") or DEFAULT_MASTER
+    m = re.fullmatch(r"local\[(\d+|\*)\]", master)
+    if m:
+        master = f"local[{m.group(1)},{TASK_RETRIES}]"
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # executors run this interpreter (and its packages)
+    if master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # every port the JVM opens on loopback, not the host's address
+    builder = (
+        SparkSession.builder.master(master).appName(app)
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.legacy.parquet.nanosAsLong", "true")  # pandas writes ns times; Spark reads them only as numbers
+        .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")  # UTC-adjusted, as pandas writes them
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.task.maxFailures", str(TASK_RETRIES))
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+    )
+    if master.startswith("local"):
+        builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
+    for k, v in (conf or {}).items():
+        builder = builder.config(k, v)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+FILE_ORDER = ("user_id", "ts", "_file", "_row")  # Workspace.load_events' order: by user and time, ties in file then row order
+
+
+def read_events(spark: Any, files: list[Path], *, positions: bool = False) -> Any:
+    """The shards as one Spark DataFrame of the canonical columns they have, ``ts`` as int64 nanoseconds.
+
+    ``positions``: add ``_file`` (the file's place in ``files``) and ``_row`` (the row's in its
+    file), so that a group can be put in the order the local engine reads (:data:`FILE_ORDER`).
+
+    Raises:
+        ScoringError: from :func:`behavior.scoring.check_shards` (unreadable shard, missing column,
+            two shards with different types), naming the files.
+    """
+    from pyspark.sql import functions as F
+
+    schema = check_shards(files)
+    df = spark.read.parquet(*[str(f) for f in files])
+    extra = []
+    if positions:
+        rank = F.create_map(*[x for i, f in enumerate(files) for x in (F.lit(Path(f).resolve().as_uri()), F.lit(i))])
+        path = F.col("_metadata.file_path")
+        extra = [F.coalesce(rank[path], rank[F.regexp_replace(path, "^file:/+", "file:///")]).alias("_file"),
+                 F.col("_metadata.row_index").alias("_row")]
+    df = df.select(*[c for c in CANONICAL_COLUMNS if c in schema.names], *extra)
+    ts_type = schema.field("ts").type
+    if pa.types.is_timestamp(ts_type) and ts_type.unit == "ns":
+        pass  # read as int64 nanoseconds (spark.sql.legacy.parquet.nanosAsLong)
+    elif pa.types.is_timestamp(ts_type) or pa.types.is_date(ts_type):
+        df = df.withColumn("ts", F.unix_micros(F.col("ts").cast("timestamp")) * F.lit(1000))
+    else:
+        raise ScoringError(f"column 'ts' of {files[0]} is {ts_type}, not a timestamp: ingest the source with `shopsight ingest`, which parses times")
+    return df
+
+
+def score_spark(
+    ws: Workspace,
+    events: str | Path | None = None,
+    *,
+    master: str | None = None,
+    spark: Any = None,
+    users_per_group: int = 5000,
+    threads: int = 1,
+    report: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Score every user on Spark and publish the tables in ``ws`` (see the module docstring).
+
+    Args:
+        ws: the workspace whose latest intent, churn and risk models score, and where the tables go.
+        events: a Parquet file, folder or glob (default: the workspace's events).
+        master: Spark master URL (default ``$SPARK_MASTER``, else ``local[2]``); ignored with ``spark``.
+        spark: a running SparkSession to use (tests share one).
+        users_per_group: users per ``score_group`` call in an executor (its memory: their events).
+        threads: torch threads per Python worker.
+        report: called with each step's name (the CLI shows them).
+
+    Returns:
+        The published run's manifest (``scores/current.json``).
+
+    Raises:
+        ScoringError: bad events path or shard; the Spark job failed (after its retries). Nothing is published.
+    """
+    say = report or (lambda step: None)
+    models = ScoringModels.load(ws)
+    files = event_files(ws, events)
+    spark = spark or spark_session(master)
+    from pyspark.sql import functions as F
+
+    df = read_events(spark, files)
+    say("counting users")
+    stats = _run(lambda: df.agg(F.max("ts").alias("ts"), F.countDistinct("user_id").alias("users"),
+                                F.sum(F.col("user_id").isNull().cast("long")).alias("no_user")).collect()[0], files)
+    if not stats["users"]:
+        raise ScoringError(f"no events to score in {events or ws.root}")
+    if stats["no_user"]:
+        raise ScoringError(f"{stats['no_user']:,} events have no user_id in {events or ws.root}: ingest them through `shopsight ingest`, which rejects them")
+    n_users = int(stats["users"])
+    asof = end_of(pd.Timestamp(int(stats["ts"]), unit="ns", tz="UTC"))
+    n_groups = max(1, math.ceil(n_users / max(users_per_group, 1)))
+    thresholds = models.risk_thresholds
+    shared = _shared_identifiers(df, n_users, n_groups, thresholds)
+    df = df.withColumn(BUCKET, _bucket_of(n_groups))
+
+    sample = _sample_output(df, models, asof, thresholds)
+    out_schema = _spark_schema(spark, sample)
+    columns = list(sample.columns)
+    score = _group_scorer(models, asof, thresholds, columns, threads)
+    wide = df.groupBy(BUCKET).cogroup(shared.groupBy(BUCKET)).applyInPandas(score, out_schema)
+
+    run = ScoreRun.start(ws, models.refs, "spark")
+    run.extra = {"master": spark.sparkContext.master, "groups": n_groups}
+    try:
+        say("scoring users")
+        wide_dir = run.staging / "_wide"
+        _run(lambda: wide.write.mode("errorifexists").parquet(str(wide_dir)), files)
+        say("writing tables")
+        staged = spark.read.parquet(str(wide_dir))
+        for name, ref in models.refs.items():
+            for kind, tag in ((SCORE_PART, "s"), (FEATURE_PART, "f")):
+                prefix = f"{name}{SEP}{tag}{SEP}"
+                cols = [F.col("user_id")] + [F.col(f"`{c}`").alias(c[len(prefix):]) for c in columns if c.startswith(prefix)]
+                target = run.table_dir(name, kind)
+                _run(lambda: staged.select(*cols).write.parquet(str(target)), files)
+        shutil.rmtree(wide_dir)
+        return run.publish(users=n_users, asof=asof, source=_source(ws, events, files))
+    except BaseException:
+        run.abandon()
+        raise
+
+
+def _bucket_of(n_groups: int) -> Any:
+    """The group a user's rows go to: a hash of the id (the same for the events and the identifiers)."""
+    from pyspark.sql import functions as F
+
+    return F.pmod(F.xxhash64("user_id"), F.lit(n_groups))
+
+
+def _shared_identifiers(df: Any, n_users: int, n_groups: int, thresholds: Any) -> Any:
+    """Per group of users: each specific device/IP one of its users has, with every user holding it.
+
+    Columns ``_bucket, col, value, holders``. Specific = held by 2..``common_cap`` users, as
+    ``linked_accounts`` decides; a common identifier ("mobile") is dropped before any list is built.
+    """
+    from pyspark.sql import functions as F
+
+    from shopsight.behavior.models.rules import LINK_COLUMNS, common_cap
+
+    cap = common_cap(thresholds, n_users)
+    parts = [df.where(F.col(c).isNotNull()).select("user_id", F.lit(c).alias("col"), F.col(c).alias("value"))
+             for c in LINK_COLUMNS if c in df.columns]
+    if not parts:
+        return df.sparkSession.createDataFrame([], f"{BUCKET} long, col string, value string, holders array<string>")
+    ids = parts[0]
+    for p in parts[1:]:
+        ids = ids.unionByName(p)
+    ids = ids.distinct().withColumn(BUCKET, _bucket_of(n_groups))
+    counts = ids.groupBy("col", "value").agg(F.count("*").alias("n")).where((F.col("n") > 1) & (F.col("n") <= cap))
+    specific = ids.join(counts.select("col", "value"), ["col", "value"])
+    holders = specific.groupBy("col", "value").agg(F.sort_array(F.collect_list("user_id")).alias("holders"))
+    return specific.select(BUCKET, "col", "value").distinct().join(holders, ["col", "value"]).select(BUCKET, "col", "value", "holders")
+
+
+def _group_scorer(models: ScoringModels, asof: pd.Timestamp, thresholds: Any, columns: list[str], threads: int) -> Callable[..., pd.DataFrame]:
+    """The function each executor runs on one group: its events and its shared identifiers in, wide rows out."""
+
+    def score(events: pd.DataFrame, shared: pd.DataFrame) -> pd.DataFrame:
+        import torch
+
+        from shopsight.behavior.models.rules import linked_accounts_shared
+
+        torch.set_num_threads(threads)
+        if events.empty:
+            return pd.DataFrame({c: [] for c in columns})
+        holders = {(str(r.col), str(r.value)): list(r.holders) for r in shared.itertuples(index=False)}
+        wide = score_group(models, events.drop(columns=[BUCKET]), asof, lambda group: linked_accounts_shared(group, holders, thresholds))
+        missing = [c for c in columns if c not in wide.columns]
+        if missing:  # a model added a column the schema (from the driver's sample) lacks: fail loudly, not silently
+            raise ScoringError(f"a group's scores lack the columns {missing}: the models' output changed between users")
+        return wide[columns]
+
+    return score
+
+
+def _sample_output(df: Any, models: ScoringModels, asof: pd.Timestamp, thresholds: Any) -> pd.DataFrame:
+    """``score_group`` on a few users' events, on the driver: what the output columns and their types are."""
+    from pyspark.sql import functions as F
+
+    from shopsight.behavior.models.rules import _linked_accounts_for
+
+    few = [r["user_id"] for r in df.select("user_id").distinct().orderBy("user_id").limit(20).collect()]
+    rows = df.where(F.col("user_id").isin(few)).drop(BUCKET).toPandas()
+    return normalize_wide(score_group(models, rows, asof, lambda group: _linked_accounts_for(group, group, thresholds)))
+
+
+def _spark_schema(spark: Any, sample: pd.DataFrame) -> Any:
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    return from_arrow_schema(pa.Schema.from_pandas(sample, preserve_index=False))
+
+
+def _run(action: Callable[[], Any], files: list[Path]) -> Any:
+    """Run a Spark action; a failed job becomes a ScoringError naming the shard when Spark names one."""
+    try:
+        return action()
+    except ScoringError:
+        raise
+    except Exception as exc:  # Py4JJavaError, PythonException, AnalysisException …: Spark's own classes
+        text = str(exc)
+        named = next((str(f) for f in files if str(f) in text or f.name in text), None)
+        inner = re.search(r"ScoringError: ([^\n]+)", text)
+        if inner:
+            raise ScoringError(inner.group(1)) from exc
+        # the executor's own exception (the last "SomethingError: why" line of its traceback), else Spark's first line
+        raised = re.findall(r"^\s*((?:[\w.]+\.)?\w+(?:Error|Exception|Exit): .+)$", text, re.M)
+        first = raised[-1].strip() if raised else next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+        where = f" while reading {named}" if named else ""
+        raise ScoringError(f"the Spark job failed{where} after {TASK_RETRIES} attempts per task: {first[:400]}; "
+                           "nothing was published (the previous scores stay current) — fix the cause and run `shopsight score` again") from exc
+
+
+def sample_users(
+    ws: Workspace,
+    n_users: int,
+    events: str | Path | None = None,
+    *,
+    seed: int = 0,
+    master: str | None = None,
+    spark: Any = None,
+) -> Path:
+    """Write every event of ``n_users`` users drawn on Spark to Parquet shards in ``ws``; return their folder.
+
+    The draw is deterministic: the users with the smallest hash of (id, ``seed``). Each user
+    keeps all of their events, so the models' time-based split (cutoffs from the events' time
+    span) and their per-user labels work on the sample as on the whole table. The folder,
+    ``training/sample-<n>-seed<seed>/``, is written beside and renamed into place when complete.
+
+    Raises:
+        ScoringError: bad events path or shard; fewer users than asked; the Spark job failed.
+    """
+    from pyspark.sql import functions as F
+
+    from shopsight.behavior.workspace import staging_folder, swap_in_folder
+
+    files = event_files(ws, events)
+    spark = spark or spark_session(master)
+    df = read_events(spark, files, positions=True)
+    users = df.select("user_id").distinct().withColumn("_h", F.xxhash64("user_id", F.lit(seed)))
+    chosen = users.orderBy("_h", "user_id").limit(n_users).select("user_id")
+    have = int(_run(lambda: chosen.count(), files))
+    if have < n_users:
+        raise ScoringError(f"--sample {n_users:,}: the events hold only {have:,} users; ask for at most that many")
+    target = ws.root / "training" / f"sample-{n_users}-seed{seed}"
+    staging = staging_folder(target)
+    try:
+        sample = df.join(F.broadcast(chosen), "user_id") if n_users <= 1_000_000 else df.join(chosen, "user_id")
+        _run(lambda: sample.repartition(max(1, math.ceil(n_users / 50_000)), "user_id").write.mode("overwrite").parquet(str(staging / "events")), files)
+        swap_in_folder(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target / "events"
+
+
+def read_sample(folder: Path) -> pd.DataFrame:
+    """A sample's shards (:func:`sample_users`) as the canonical event table, in ``load_events``' order."""
+    import pyarrow.parquet as pq
+
+    from shopsight.behavior.scoring import canonical_group
+
+    parts = sorted(folder.glob("*.parquet"))
+    if not parts:
+        raise ScoringError(f"{folder} holds no sample shards: draw it again with `shopsight train --engine spark --sample N`")
+    table = pd.concat([pq.read_table(p).to_pandas() for p in parts], ignore_index=True)
+    return canonical_group(table, order=FILE_ORDER)
