@@ -321,7 +321,14 @@ def _repeats_and_filler(answer: str) -> list[str]:
             problems.append(f"filler with no facts ({s[:60]})")
     if _degenerate(answer):
         problems.append("a readable answer (the draft repeats itself)")
+    if _cut_off(answer):
+        problems.append("an end (the draft stops mid-way, a bracket left open)")
     return list(dict.fromkeys(problems))
+
+
+def _cut_off(answer: str) -> bool:
+    """A draft that stops mid-list ("… 6. u04975 (100.0%), 7. u02646 (") when the writer ran out of tokens."""
+    return answer.count("(") > answer.count(")") or answer.count("[") > answer.count("]")
 
 
 def standing(calls: Sequence[ToolCall]) -> list[ToolCall]:

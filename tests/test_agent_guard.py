@@ -286,3 +286,12 @@ def test_an_invented_year_is_unsupported_and_a_year_the_data_has_is_not():
     assert "2026" not in fine.unsupported
     asked = check_grounding("In 2025 user u00421 had no sessions; 6 sessions since 16 Feb 2026.", calls, question="what did u00421 do in 2025?")
     assert "2025" not in asked.unsupported
+
+
+def test_a_draft_cut_off_mid_list_is_a_problem():
+    from shopsight.agent.guard import _repeats_and_filler
+
+    cut = "The top 10 of 5,000 scored users: 1. u04495 (100.0%), 6. u04975 (100.0%), 7. u02646 ("
+    assert any("stops mid-way" in p for p in _repeats_and_filler(cut))
+    whole = "The top 2 of 5,000 scored users: 1. u04495 (100.0%), 2. u03847 (97.8%)."
+    assert not any("stops mid-way" in p for p in _repeats_and_filler(whole))
