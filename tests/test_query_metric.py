@@ -624,3 +624,7 @@ def test_one_users_measure_names_the_user_and_no_orders_is_no_revenue(ctx, ws):
     nothing = REGISTRY.run(ctx, "query_metric", {"metric": "revenue", "user_ids": [never]})
     assert REGISTRY.render("query_metric", {}, nothing).startswith(f"No orders by {never} over all the data")
     assert "so no revenue" in REGISTRY.render("query_metric", {}, nothing)
+    # an answer about one user's orders must name the user ("5 orders in April" alone is about whom?)
+    facts = REGISTRY.key_facts("query_metric", {}, orders, "how many orders did they place?")
+    assert all(f.holds(text) for f in facts)
+    assert not all(f.holds(f"{n:,} orders over all the data.") for f in facts)

@@ -839,6 +839,13 @@ def _need_group(value: Any, what: str) -> list[KeyFact]:
 
 
 def key_facts(args: Mapping[str, Any], r: Mapping[str, Any], question: str) -> list[KeyFact]:
+    """The measure's facts (below) and, for a measure of a few named users, who they are."""
+    ids = list((r.get("query") or {}).get("user_ids") or [])
+    named = [f for u in ids for f in need_id(u, "user")] if len(ids) <= 3 else []
+    return _measure_facts(args, r, question) + named
+
+
+def _measure_facts(args: Mapping[str, Any], r: Mapping[str, Any], question: str) -> list[KeyFact]:
     """The headline value with its denominator; for groups the leading group and its value."""
     t, rows, metric = r.get("total") or {}, r.get("rows") or [], str(r.get("metric"))
     if r.get("metric") == "retention":
