@@ -68,7 +68,9 @@ _SPEND = re.compile(r"\b(?:spends?|spending|spent)\b", re.I)
 # What one user's profile states without a period, and a period changes: their spend and orders.
 MEASURE_OVER_PERIOD = re.compile(r"\b(?:spends?|spending|spent|revenue|orders?|ordered|purchases?|purchased|bought|buy)\b"
                                  r"|\baverage\s+order\b|\baov\b", re.I)
-MONEY_MEASURE = _REVENUE.pattern + "|" + _AOV.pattern  # "revenue in France in March" is the metric's first sentence
+# "revenue in France in March" is the metric's first sentence; a segment question naming other measures
+# too ("sessions, conversion and revenue?") or the order value stays the segment's overview
+MONEY_MEASURE = rf"^(?!.*\b(?:conver\w*|sessions?|funnel|carts?|aov|average\s+order)\b).*?(?:{_REVENUE.pattern})"
 _CONVERSION = re.compile(r"\bconver(?:sion|t|ts|ted|ting)\b", re.I)
 _MEAN_SCORE = re.compile(rf"\b(?:average|mean|typical|avg\.?)\s+(?:{_SOME_MODEL})\b|\b(?:{_SOME_MODEL})\s+(?:score|probability|risk)s?\s+(?:by|per|across)\b"
                          rf"|\b(?:most|highest|lowest|least|biggest)\s+(?:{_SOME_MODEL})\b", re.I)
