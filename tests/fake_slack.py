@@ -334,6 +334,12 @@ def post_event(
     if retry_num is not None:
         headers["X-Slack-Retry-Num"] = str(retry_num)
         headers["X-Slack-Retry-Reason"] = "http_timeout"
+    return _post(url, body, headers)
+
+
+
+def _post(url: str, body: str, headers: dict[str, str]) -> tuple[int, str]:
+    """POST ``body`` to the app as Slack would; (status, response text), an HTTP error's too."""
     request = urllib.request.Request(url, data=body.encode(), headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
@@ -381,12 +387,7 @@ def post_interaction(url: str, secret: str, payload: dict[str, Any], *, timestam
     ts = str(int(time.time()) if timestamp is None else timestamp)
     headers = {"Content-Type": "application/x-www-form-urlencoded", "X-Slack-Request-Timestamp": ts,
                "X-Slack-Signature": sign(secret, ts, body)}
-    request = urllib.request.Request(url, data=body.encode(), headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+    return _post(url, body, headers)
 
 
 def block_action(action_id: str, value: str, *, user: str = "U1", channel: str = "C_ALERTS", message: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -377,7 +377,7 @@ def _unknown_category(q: str, ent: Entities) -> str | None:
         word = m.group("name")
         low = word.lower()
         if (low in _NOT_A_CATEGORY or low in MONTH_NAMES or low in _DAY_NAMES or low in _DEVICES or _WALLETS.fullmatch(word)
-                or low.split()[0] in MONTH_NAMES or low in country_names() or re.fullmatch(r"[A-Z]{2,3}", word)):
+                or low in country_names()):
             continue
         return word
     return None
