@@ -252,6 +252,11 @@ def _slots(question: str, **entities: Any) -> dict[str, Any]:
     ("funnel on mobile", {"device": "mobile"}, {"metric": "funnel", "device": ["mobile"]}),
     ("average churn probability of desktop users", {"device": "desktop"}, {"metric": "score_mean", "model": "churn", "device": ["desktop"]}),
     ("which country spends the most?", {}, {"metric": "revenue", "group_by": "country"}),
+    ("what's the refund rate for Electronics?", {}, {"metric": "refund_rate", "category": ["Electronics"]}),
+    ("refund rate in April for Mobile", {"device": "mobile", "since": "2026-04-01", "until": "2026-04-30"},
+     {"metric": "refund_rate", "device": ["mobile"], "since": "2026-04-01", "until": "2026-04-30"}),
+    ("revenue for PayPal in April", {"since": "2026-04-01", "until": "2026-04-30"},
+     {"metric": "revenue", "payment": ["paypal"], "since": "2026-04-01", "until": "2026-04-30"}),
     ("how much did u00042 spend in March?", {"user_ids": ["u00042"], "since": "2026-03-01", "until": "2026-03-31"},
      {"metric": "revenue", "user_ids": ["u00042"], "since": "2026-03-01", "until": "2026-03-31"}),
 ])

@@ -147,6 +147,8 @@ def test_entities_dates_ids_categories_limits():
     assert (e.since, e.until, e.device) == ("2026-01-02", "2026-02-01", "tablet")
     e = extract_entities("revenue in March", anchor=anchor)
     assert (e.since, e.until) == ("2026-03-01", "2026-03-31")
+    e = extract_entities("revenue in France in March", anchor=anchor, countries=["US", "FR"])
+    assert (e.country, e.since) == ("FR", "2026-03-01")
     e = extract_entities("since may", anchor=anchor)
     assert e.since == "2025-05-01"  # a month after "today" means last year's
     e = extract_entities("who browsed books but did not buy", anchor=anchor, categories=["books"])
