@@ -993,8 +993,10 @@ def train(
 @friendly_errors
 def score(
     workspace: Optional[Path] = WorkspaceOpt,
-    engine: str = typer.Option("local", help="local (one process, the table held once) | spark (PySpark; needs Java 17+)."),
+    engine: str = typer.Option("local", help="local (one process) | spark (PySpark; needs Java 17+)."),
     events: Optional[str] = typer.Option(None, "--events", help="Parquet file, folder of shards or glob to score (default: the workspace's events)."),
+    memory: str = typer.Option("auto", "--memory", help="--engine local: table (hold the event table once) | stream (DuckDB partitions "
+                               "the events by user on disk; one group in memory) | auto (stream past 512 MB of Parquet)."),
     master: Optional[str] = typer.Option(None, "--master", help="Spark master URL (default $SPARK_MASTER, else local[2]); --engine spark only."),
     users_per_group: int = typer.Option(5000, min=1, help="Users scored per call (a Spark group, a local chunk): bounds the working memory."),
     threads: int = typer.Option(1, min=1, help="Torch CPU threads per process (per Spark Python worker)."),
@@ -1014,6 +1016,8 @@ def score(
 
       shopsight score                                  (the workspace's events, one process)
 
+      shopsight score --events 'shards/*.parquet' --memory stream   (a shop bigger than the memory)
+
       shopsight score --engine spark --events 'shards/*.parquet'
 
       SPARK_MASTER=spark://head:7077 shopsight score --engine spark
@@ -1023,6 +1027,8 @@ def score(
         raise ValueError(f"unknown engine '{engine}': choose local or spark")
     if master and engine != "spark":
         raise ValueError("--master is for --engine spark")
+    if memory != "auto" and engine != "local":
+        raise ValueError("--memory is for --engine local (Spark holds groups in its executors)")
     with _writer(ws, "score"):
         if engine == "spark":
             from shopsight.behavior.spark import score_spark
@@ -1040,7 +1046,7 @@ def score(
             with Progress(TextColumn("Scoring users"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                           console=err_console, transient=True, disable=as_json) as bar:
                 task = bar.add_task("users", total=None)
-                manifest = score_local(ws, events, chunk_users=users_per_group,
+                manifest = score_local(ws, events, chunk_users=users_per_group, memory=memory,
                                        progress=lambda done, total: bar.update(task, completed=done, total=total))
     if as_json:
         print(json.dumps(manifest, indent=2, default=str))

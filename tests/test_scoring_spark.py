@@ -70,16 +70,20 @@ def tables(ws: Workspace) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
 
 @pytest.fixture(scope="module")
 def both(shop: Workspace, spark) -> dict[str, dict]:
-    """Each engine's published tables on the shop's events (local first, then Spark)."""
+    """Each engine's published tables on the shop's events: local holding the table, local streaming
+    groups of users from disk, then Spark."""
     import torch
 
     torch.set_num_threads(1)
-    local_manifest = score_local(shop, chunk_users=700)
+    local_manifest = score_local(shop, chunk_users=700, memory="table")
     local = tables(shop)
+    stream_manifest = score_local(shop, chunk_users=600, memory="stream")
+    stream = tables(shop)
     from shopsight.behavior.spark import score_spark
 
     spark_manifest = score_spark(shop, spark=spark, users_per_group=400)
-    return {"local": {"manifest": local_manifest, "tables": local}, "spark": {"manifest": spark_manifest, "tables": tables(shop)}}
+    return {"local": {"manifest": local_manifest, "tables": local}, "stream": {"manifest": stream_manifest, "tables": stream},
+            "spark": {"manifest": spark_manifest, "tables": tables(shop)}}
 
 
 def assert_same_column(a: pd.Series, b: pd.Series, what: str) -> None:
@@ -94,9 +98,11 @@ def assert_same_column(a: pd.Series, b: pd.Series, what: str) -> None:
 # --- equivalence ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("other", ["spark", "stream"])
 @pytest.mark.parametrize("name", MODELS)
-def test_spark_scores_equal_local_scores_per_user(both, name):
-    local, spark = both["local"]["tables"][name][0], both["spark"]["tables"][name][0]
+def test_spark_scores_equal_local_scores_per_user(both, name, other):
+    """Spark, and the local engine streaming groups from disk, give the scores of the local engine holding the table."""
+    local, spark = both["local"]["tables"][name][0], both[other]["tables"][name][0]
     assert len(local) == len(spark) == USERS
     assert list(local.columns) == list(spark.columns)
     assert "probability" in local.columns and local["probability"].between(0, 1).all()
@@ -104,9 +110,10 @@ def test_spark_scores_equal_local_scores_per_user(both, name):
         assert_same_column(local[col], spark[col], f"{name} scores, column {col}")
 
 
+@pytest.mark.parametrize("other", ["spark", "stream"])
 @pytest.mark.parametrize("name", MODELS)
-def test_spark_features_equal_local_features_column_by_column(both, name):
-    local, spark = both["local"]["tables"][name][1], both["spark"]["tables"][name][1]
+def test_spark_features_equal_local_features_column_by_column(both, name, other):
+    local, spark = both["local"]["tables"][name][1], both[other]["tables"][name][1]
     assert len(local) == len(spark) == USERS
     assert list(local.columns) == list(spark.columns) and len(local.columns) > 5
     for col in local.columns:
@@ -127,11 +134,11 @@ def test_local_engine_matches_the_training_time_scores(shop, both):
 
 
 def test_manifests_name_each_model_version_and_engine(both):
-    for engine in ("local", "spark"):
+    for engine in ("local", "stream", "spark"):
         m = both[engine]["manifest"]
-        assert m["engine"] == engine and m["users"] == USERS
+        assert m["engine"] == ("local" if engine == "stream" else engine) and m["users"] == USERS
         assert m["tables"] == {n: f"{n}@v1" for n in MODELS}
-    assert both["local"]["manifest"]["asof"] == both["spark"]["manifest"]["asof"]
+    assert both["local"]["manifest"]["asof"] == both["spark"]["manifest"]["asof"] == both["stream"]["manifest"]["asof"]
 
 
 def test_readers_use_the_published_tables(shop, both):
@@ -186,7 +193,7 @@ def shards(ws: Workspace, folder: Path, users: int | None = None, n: int = 2) ->
     return out
 
 
-@pytest.mark.parametrize("engine", ["local", "spark"])
+@pytest.mark.parametrize("engine", ["local", "stream", "spark"])
 def test_a_bad_events_path_is_named(shop, both, spark, tmp_path, engine):
     before = published_state(shop)
     for bad in (tmp_path / "nope", tmp_path / "none-*.parquet"):
@@ -198,7 +205,7 @@ def test_a_bad_events_path_is_named(shop, both, spark, tmp_path, engine):
     assert published_state(shop) == before
 
 
-@pytest.mark.parametrize("engine", ["local", "spark"])
+@pytest.mark.parametrize("engine", ["local", "stream", "spark"])
 def test_an_unreadable_shard_is_named_and_nothing_is_published(shop, both, spark, tmp_path, engine):
     before = published_state(shop)
     folder = tmp_path / "shards"
@@ -211,7 +218,7 @@ def test_an_unreadable_shard_is_named_and_nothing_is_published(shop, both, spark
     assert not list((shop.root / "scores").glob(".run-*")), "the staging folder was left behind"
 
 
-@pytest.mark.parametrize("engine", ["local", "spark"])
+@pytest.mark.parametrize("engine", ["local", "stream", "spark"])
 def test_shards_with_different_schemas_are_named(shop, both, spark, tmp_path, engine):
     before = published_state(shop)
     folder = tmp_path / "shards"
@@ -225,13 +232,33 @@ def test_shards_with_different_schemas_are_named(shop, both, spark, tmp_path, en
     assert published_state(shop) == before
 
 
-@pytest.mark.parametrize("engine", ["local", "spark"])
+@pytest.mark.parametrize("engine", ["local", "stream", "spark"])
 def test_a_shard_without_user_ids_is_named(shop, both, spark, tmp_path, engine):
     folder = tmp_path / "shards"
     _, second = shards(shop, folder, users=50)
     pq.write_table(pq.read_table(second).drop_columns(["user_id"]), second)
     with pytest.raises(ScoringError, match=f"{second} lacks the column user_id"):
         run_engine(shop, engine, spark, folder)
+
+
+def test_the_local_engine_streams_past_the_size_and_leaves_no_partition_behind(shop, both, monkeypatch):
+    """auto holds the table for small files and streams past STREAM_ABOVE_BYTES; a stream's partitions go with it."""
+    import shopsight.behavior.scoring as scoring
+
+    chosen = []
+    real = scoring._score_streamed
+    monkeypatch.setattr(scoring, "_score_streamed", lambda *a, **k: chosen.append("stream") or real(*a, **k))
+    score_local(shop)
+    assert chosen == []  # 2,000 users' files are far below the default
+    monkeypatch.setattr(scoring, "STREAM_ABOVE_BYTES", 0)
+    seen = []
+    manifest = score_local(shop, chunk_users=900, progress=lambda done, total: seen.append((done, total)))
+    assert chosen == ["stream"] and manifest["users"] == USERS
+    assert seen[-1] == (USERS, USERS) and len(seen) == 3  # ceil(2000 / 900) groups, each reported
+    run = shop.root / "scores" / manifest["run"]
+    assert not (run / "_events").exists() and not list((shop.root / "scores").glob(".run-*"))
+    with pytest.raises(ScoringError, match="unknown memory mode 'disk'"):
+        score_local(shop, memory="disk")
 
 
 def test_a_run_short_of_users_is_refused_not_published(shop, both):
@@ -298,8 +325,8 @@ def failing_scorer(*args, **kwargs):
 
 
 def run_engine(ws: Workspace, engine: str, spark, events) -> dict:
-    if engine == "local":
-        return score_local(ws, events)
+    if engine in ("local", "stream"):
+        return score_local(ws, events, memory="table" if engine == "local" else "stream")
     from shopsight.behavior.spark import score_spark
 
     return score_spark(ws, events, spark=spark)
