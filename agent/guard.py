@@ -370,7 +370,8 @@ def render_answer(calls: Sequence[ToolCall], registry: Registry | None = None) -
     """A deterministic answer from the tool calls of a turn (each tool renders its own result).
 
     Several subjects scored by one model (a comparison) get a first sentence that sets them side
-    by side before each one's details.
+    by side before each one's details; more than two get one sentence each (the first reason), and
+    the full explanation of one is one question away.
     """
     if not calls:
         return "I could not answer that from the shop's data."
@@ -379,7 +380,17 @@ def render_answer(calls: Sequence[ToolCall], registry: Registry | None = None) -
     lead = _comparison_lead(kept, registry)
     said: set[str] = set()
     parts = [lead] if lead else []
+    scored = [c for c in kept if _scored(c, registry)]
+    brief = bool(lead) and len(scored) > 2
+    if brief:
+        from shopsight.tools.explain import brief_scores
+
+        ranked = sorted(scored, key=lambda c: (-float(c.result["probability"]), str(c.result.get("order_id") or c.result.get("user_id"))))
+        parts.append("The main reason for each: " + brief_scores([c.result for c in ranked])
+                     + " Ask about one of them for the full explanation.")
     for c in kept:  # two tools about one user cite the same sessions: a sentence said once is not said again
+        if brief and c in scored:
+            continue
         fresh = []
         for sentence in _SENTENCE.split(registry.render(c.name, c.args, c.result).strip()):
             key = _sentence_key(sentence)
@@ -397,11 +408,15 @@ _COMPARED = {"churn": ("more likely to churn than", "the most likely to churn"),
              "risk": ("a bigger fraud risk than", "the biggest fraud risk")}
 
 
+def _scored(c: ToolCall, registry: Registry) -> bool:
+    return (not c.failed and registry.has(c.name) and bool(registry.get(c.name).metric)
+            and isinstance(c.result.get("probability"), (int, float)))
+
+
 def _comparison_lead(calls: Sequence[ToolCall], registry: Registry) -> str:
     from shopsight.tools.words import pct
 
-    scored = [c for c in calls if not c.failed and registry.has(c.name) and registry.get(c.name).metric
-              and isinstance(c.result.get("probability"), (int, float))]
+    scored = [c for c in calls if _scored(c, registry)]
     metrics = {registry.get(c.name).metric for c in scored}
     subjects = [str(c.result.get("order_id") or c.result.get("user_id")) for c in scored]
     if len(metrics) != 1 or len(set(subjects)) < 2:
@@ -409,8 +424,22 @@ def _comparison_lead(calls: Sequence[ToolCall], registry: Registry) -> str:
     metric = metrics.pop()
     ranked = sorted(zip(subjects, [float(c.result["probability"]) for c in scored]), key=lambda t: (-t[1], t[0]))
     more, most = _COMPARED.get(str(metric), (f"higher on {metric} than", f"the highest on {metric}"))
-    head = f"{ranked[0][0]} is {most}" if len(ranked) > 2 else f"{ranked[0][0]} is {more} {ranked[1][0]}"
-    return f"{head}: " + " vs ".join(f"{who} {pct(p)}" for who, p in ranked) + "."
+    shown = [pct(p) for _, p in ranked]
+    if len(set(shown)) == 1:  # "u02123 is the most likely" of five at 98.6% each would be a distinction the numbers lack
+        return f"{_listed([who for who, _ in ranked])} are {_EQUAL.get(str(metric), f'equal on {metric}')}: {shown[0]} each."
+    tied = [who for (who, _), s in zip(ranked, shown) if s == shown[0]]
+    if len(tied) > 1:
+        head = f"{_listed(tied)} are tied as {most}"
+    else:
+        head = f"{ranked[0][0]} is {most}" if len(ranked) > 2 else f"{ranked[0][0]} is {more} {ranked[1][0]}"
+    return f"{head}: " + " vs ".join(f"{who} {s}" for (who, _), s in zip(ranked, shown)) + "."
+
+
+_EQUAL = {"churn": "equally likely to churn", "intent": "equally likely to buy soon", "risk": "an equal fraud risk"}
+
+
+def _listed(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def citations(calls: Sequence[ToolCall]) -> Citations:

@@ -215,6 +215,40 @@ def test_a_comparison_names_every_subject():
     assert check(lead, calls, question).ok
 
 
+def _churned(u: str, p: float, days: int, session: int) -> ToolCall:
+    reason = {"sentence": f"no activity at all in the past three months: last seen {days} days ago (typical for active customers: 8.2 days)",
+              "without": 0.86}
+    return ToolCall("predict_churn", {"user_id": u}, {
+        "model": "churn@v1", "user_id": u, "probability": p, "horizon_days": 30, "reasons": [reason, {"sentence": "has never bought anything"}],
+        "evidence": [{"session_id": f"{u}-s{session:04d}", "day": "2026-01-05", "counts": {"view": 4}}]})
+
+
+def test_many_subjects_get_one_sentence_each_in_ranked_order():
+    """Five users' churn: the ranking, then each one's first reason and session; not five full explanations."""
+    calls = [_churned(u, p, d, s) for u, p, d, s in
+             (("u00005", 0.42, 40, 2), ("u00001", 0.986, 120, 1), ("u00003", 0.71, 99, 5), ("u00002", 0.90, 119, 1))]
+    text = render_answer(calls)
+    assert text.startswith("u00001 is the most likely to churn: u00001 98.6% vs u00002 90.0% vs u00003 71.0% vs u00005 42.0%.")
+    briefs = text.split("The main reason for each: ")[1]
+    assert [briefs.index(u) for u in ("u00001", "u00002", "u00003", "u00005")] == sorted(briefs.index(u) for u in ("u00001", "u00002", "u00003", "u00005"))
+    assert ("u00001 98.6% (last seen 120 days ago; session u00001-s0001), u00002 90.0% (last seen 119 days ago; session u00002-s0001), "
+            "u00003 71.0% (last seen 99 days ago; session u00003-s0005) and u00005 42.0% (last seen 40 days ago; session u00005-s0002): "
+            "no activity at all in the past three months.") in briefs  # one reason said once, each user's detail beside them
+    assert "typical for active customers" not in text and "has never bought anything" not in text  # the full form's details
+    assert "Ask about one of them for the full explanation." in text
+    assert len(text) < 700
+    assert check(text, calls, "what about their churn?").ok
+    two = render_answer(calls[:2])  # two subjects keep their full explanations
+    assert "has never bought anything" in two and "The main reason for each" not in two
+
+
+def test_tied_scores_are_not_ranked_as_if_they_differed():
+    same = [_churned(u, 0.9861, 120, 1) for u in ("u00004", "u00002", "u00003")]
+    assert render_answer(same).startswith("u00002, u00003 and u00004 are equally likely to churn: 98.6% each.")
+    top_two = [_churned("u00009", 0.9861, 120, 1), _churned("u00008", 0.9859, 120, 1), _churned("u00007", 0.5, 30, 1)]
+    assert render_answer(top_two).startswith("u00009 and u00008 are tied as the most likely to churn: u00009 98.6% vs u00008 98.6% vs u00007 50.0%.")
+
+
 def test_ids_of_any_format_must_come_from_a_result():
     call = ToolCall("get_user_profile", {"user_id": "CUST-0042"}, {"user_id": "CUST-0042", "sessions": 3, "orders": 1,
                                                                    "first_seen": "2026-01-02"})

@@ -7,7 +7,7 @@ Not a tool module (it defines no ``TOOL``): ``predict_intent``, ``predict_churn`
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from shopsight.behavior.workspace import WorkspaceError
 from shopsight.tools.context import ToolContext, day, mask_text, no_such_user, num, unavailable
@@ -200,6 +200,33 @@ def render_score(args: Mapping[str, Any], r: Mapping[str, Any]) -> str:
                  for rules, lines in groups.items()]
         text += " Evidence: " + "; ".join(shown) + "."
     return text
+
+
+def brief_scores(results: Sequence[Mapping[str, Any]]) -> str:
+    """Several subjects scored by one model, one clause each: the probability, the first reason and its session.
+
+    Subjects whose first reason is the same kind ("no activity at all in the past three months:
+    last seen 120 days ago") share one sentence, each with its own detail, so the same words are
+    not said five times. A comparison of many reads as a list; the full explanation of one
+    (``render_score``) is one question away.
+    """
+    groups: dict[str, list[str]] = {}
+    for r in results:
+        subject = str(r.get("order_id") or r.get("user_id"))
+        p = r.get("probability")
+        reasons = reason_sentences(r)
+        # the reason without its brackets (the typical value, the estimate without it)
+        reason = re.sub(r" \((?:typical|without this)[^()]*(?:\([^()]*\)[^()]*)*\)", "", reasons[0]) if reasons else ""
+        head, _, detail = reason.partition(": ")
+        sessions = [e["session_id"] for e in r.get("evidence") or [] if e.get("session_id") not in (None, "None")]
+        cited = f"session {sessions[0]}" if sessions and not re.search(rf"\b{re.escape(subject)}-s\d+", reason) else ""
+        inner = "; ".join(x for x in (detail, cited) if x)
+        groups.setdefault(head, []).append(f"{subject} {pct(p) if isinstance(p, (int, float)) else 'unscored'}" + (f" ({inner})" if inner else ""))
+    sentences = []
+    for head, who in groups.items():
+        listed = who[0] if len(who) == 1 else ", ".join(who[:-1]) + " and " + who[-1]
+        sentences.append(f"{listed}: {head}." if head else f"{listed}.")
+    return " ".join(sentences)
 
 
 def score_facts(args: Mapping[str, Any], r: Mapping[str, Any], question: str) -> list[KeyFact]:
