@@ -628,6 +628,13 @@ class Router:
             # "the second one" names a position in the last ranking: resolve it to that user
             ent.user_ids = [state.ranked_at(ent.ordinal)]
             resolved_position = True
+        if not ent.user_ids and not ent.order_ids and state.last_ranked and not resolved_position:
+            # "how many of those are on mobile?" after a ranking: a measure of every user it ranked
+            of_ranked = next((r.label for r, _ in self.registry.routes() if r.of_ranked is not None and r.of_ranked.search(question)), None)
+            if of_ranked:
+                ent.user_ids = list(state.last_ranked)
+                return Plan(label=of_ranked, confidence=1.0, calls=self._calls_for(of_ranked, ent, state, question), entities=ent,
+                            seconds=time.perf_counter() - t0)
         referred = (not ent.user_ids and not ent.order_ids and len(state.last_user_ids) == 1
                     and _PERSON_REF.search(question) is not None and not _RANKING_WORDS.search(question))
         if (not ent.user_ids and not ent.order_ids and not state.last_user_ids and state.last_ranked

@@ -633,3 +633,17 @@ def test_one_users_measure_names_the_user_and_no_orders_is_no_revenue(ctx, ws):
     facts = REGISTRY.key_facts("query_metric", {}, orders, "how many orders did they place?")
     assert all(f.holds(text) for f in facts)
     assert not all(f.holds(f"{n:,} orders over all the data.") for f in facts)
+
+
+def test_a_count_of_chosen_users_says_of_them(ctx, ws):
+    """Users counted among chosen ones (a ranking's): "k of the n chosen users (…) bought something", not "by n users"."""
+    ev = ws.load_events()
+    buyers = set(ev.loc[ev["event"] == "purchase", "user_id"])
+    ids = sorted(set(ev["user_id"]))[:8]
+    r = REGISTRY.run(ctx, "query_metric", {"metric": "users", "user_ids": ids, "did": ["purchase"]})
+    k = len(buyers & set(ids))
+    text = REGISTRY.render("query_metric", {}, r)
+    assert r["total"]["value"] == k
+    assert text.startswith(f"{k} of the 8 chosen users ({', '.join(ids[:3])}, …) (") and "bought something" in text
+    two = REGISTRY.render("query_metric", {}, REGISTRY.run(ctx, "query_metric", {"metric": "users", "user_ids": ids[:2]}))
+    assert two.startswith(f"2 of {ids[0]} and {ids[1]} had a session over all the data")

@@ -397,6 +397,22 @@ def test_their_after_a_ranking_is_the_ranked_users_not_the_user_asked_about_befo
 
 @pytest.mark.slow
 @pytest.mark.parametrize("question,expected", [
+    ("how many of those are on mobile?", {"metric": "users", "device": ["mobile"]}),
+    ("what share of them have ever bought something?", {"metric": "users", "did": ["purchase"]}),
+    ("which of them are from DE?", {"metric": "users", "country": ["DE"], "examples": 10}),
+    ("how much have these customers spent?", {"metric": "revenue"}),
+])
+def test_a_measure_of_those_after_a_ranking_covers_every_ranked_user(router, question, expected):
+    """"how many of those…" after a ranking counts among the users it ranked (all of them), not the whole shop."""
+    ranked = [f"u0000{i}" for i in (3, 1, 2, 4, 7, 5, 6, 8)]
+    state = state_from_calls([{"name": "top_users", "args": {"metric": "churn"}, "result": {"users": [{"user_id": u} for u in ranked]}}])
+    assert names(router.plan(question, state)) == [("query_metric", {**expected, "user_ids": ranked})]
+    # without a ranking before it, the same words are a shop-wide question
+    assert "user_ids" not in (names(router.plan(question)) or [("", {})])[0][1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("question,expected", [
     ("How much did u00042 spend in March?",
      {"metric": "revenue", "user_ids": ["u00042"], "since": "2026-03-01", "until": "2026-03-31"}),
     ("How many orders did u00042 place in March?",

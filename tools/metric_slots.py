@@ -138,6 +138,12 @@ _STEPS_NOT = (
     ("cart", re.compile(rf"\b{_NEVER}\s+(?:\w+\s+)?(?:add(?:ed|ing)?\s+(?:\w+\s+){{0,3}}?to\s+(?:the\s+)?(?:cart|basket))\b", re.I)),
 )
 
+# "how many of those are on mobile?", "what share of them paid with PayPal?": a measure of the users just ranked.
+OF_RANKED = re.compile(
+    r"\b(?:how\s+many|what\s+(?:share|fraction|percent(?:age)?|proportion|part)|which|what\s+number|how\s+much)\s+of\s+"
+    r"(?:those|these|them|(?:those|these|the)\s+(?:users|customers|shoppers|accounts|people))\b"
+    r"|\b(?:these|those|the\s+same)\s+(?:users|customers|shoppers|accounts|people)\b", re.I)
+
 DEFAULT_SCORE_LINE = 0.5  # "likely to churn", "likely to buy": the score at or above one half
 
 
@@ -152,6 +158,9 @@ def metric_args(ent: Entities, state: ConversationState, question: str) -> dict[
     model_named = _model_named(q)
     threshold = _threshold(q)
     metric = _metric(q, threshold, model_named)
+    of_ranked = OF_RANKED.search(q)
+    if of_ranked and metric == "funnel":
+        metric = "users"  # "how many of those are on mobile?" counts the users just ranked
     args: dict[str, Any] = {"metric": metric}
 
     # score metrics read a model: the threshold's, else the one the words name
@@ -222,7 +231,7 @@ def metric_args(ent: Entities, state: ConversationState, question: str) -> dict[
             args["did"] = did
         if did_not:
             args["did_not"] = did_not
-        if metric == "users" and _FIND.search(q) and not group_by and not focus_column:
+        if metric == "users" and (_FIND.search(q) or (of_ranked and of_ranked.group(0).lower().startswith("which"))) and not group_by and not focus_column:
             args["examples"] = 10  # "find users who…": name a handful, not just count them
     return args
 

@@ -29,7 +29,8 @@ from shopsight.behavior.query import (
 )
 from shopsight.behavior.workspace import Workspace, WorkspaceError
 from shopsight.tools.context import ToolContext, unavailable
-from shopsight.tools.metric_slots import DEFAULT_SCORE_LINE, MEASURE_OVER_PERIOD, MONEY_MEASURE, MONTH_NAMES, RETENTION_MEASURE, UP_OR_DOWN, metric_args
+from shopsight.tools.metric_slots import (DEFAULT_SCORE_LINE, MEASURE_OVER_PERIOD, MONEY_MEASURE, MONTH_NAMES, OF_RANKED, RETENTION_MEASURE,
+                                           UP_OR_DOWN, metric_args)
 from shopsight.tools.registry import (
     MAX_RESULT_CHARS,
     ConversationState,
@@ -622,7 +623,19 @@ def _render_total(r: Mapping[str, Any]) -> str:
         steps, group = _steps_words(q, sessions=unit == "sessions"), _users_group(r)
         population = r.get("population") or {}
         pop = population.get("units")
-        if pop:
+        ids = list(q.get("user_ids") or [])
+        if unit == "users" and ids:  # the users counted are the ones chosen: "1 of the 10 chosen users (…) bought something"
+            scope = _scope({k: v for k, v in q.items() if k != "user_ids"})
+            whom = " and ".join(ids) if len(ids) <= 3 else f"the {len(ids)} chosen users ({', '.join(ids[:3])}, …)"
+            if pop:
+                if pop != len(ids):  # some of them had no session in the scope: the share is of those who had one
+                    whom, scope = f"the {_count(pop)} of {whom} with a session{scope}", ""
+                names = _populations(r)
+                predicate = steps if population.get("without") == "steps" else (f"are {' and '.join(names)}" if names else "are in the score range")
+                text = f"{_count(t['value'])} of {whom}{scope} ({_pct(population.get('share'))}) {predicate}, {period}."
+            else:
+                text = f"{_count(t['value'])} of {whom} had a session{scope} {period}."
+        elif pop:
             window = "" if period.startswith("over all") else f" {period}"
             if population.get("without") == "steps":  # the steps narrowed them; a score population stays in the base
                 counted = f"{group or 'users'} with a session" if unit == "users" else f"sessions{_of_users(r)}"
@@ -975,6 +988,7 @@ TOOL = ToolSpec(
             args=metric_args,
             one_user="profile",  # "the average order value of u00218" asks about that user
             over_period=MEASURE_OVER_PERIOD,
+            of_ranked=OF_RANKED,
             claims=(("segment", _FROM_SEGMENT), ("search", _FROM_SEARCH), ("top_churn", _FROM_SCORES), ("top_risk", _FROM_SCORES),
                     ("top_intent", _FROM_SCORES), ("churn", _FROM_SCORES), ("risk", _FROM_SCORES), ("intent", _FROM_SCORES),
                     ("compare", _FROM_COMPARE)),

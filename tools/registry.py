@@ -128,6 +128,8 @@ class Route:
         select_words: For "tell me about the first one": the words that pick this label.
         select_default: The label "the first one" gets when no words pick another.
         many_users: The label takes several users ("compare u1 and u2").
+        of_ranked: Wording that asks a measure of the last ranking's users ("how many of those are
+            on mobile?"): after a ranking, such a question goes to this label with every ranked user.
         one_user: The label a question of this label goes to when it names exactly one user and
             no order ("the average order value of u00218" is that user's profile, not the shop's).
         over_period: Wording that brings a question of the ``one_user`` label back to this one when
@@ -148,6 +150,7 @@ class Route:
     many_users: bool = False
     one_user: str | None = None
     over_period: re.Pattern[str] | None = None
+    of_ranked: re.Pattern[str] | None = None
 
 
 def user_args(ent: Entities, state: ConversationState, question: str) -> dict[str, Any] | None:
