@@ -42,6 +42,9 @@ from shopsight.behavior.workspace import atomic_path
 IDENTITY: tuple[str, ...] = ("user_id", "ts", "event", "item_id", "session_id", "order_id")
 # DuckDB's share of an ingest: its hash tables and sorts spill to the staging folder past this.
 DUCKDB_MEMORY_LIMIT = "512MB"
+# Staged rows deduplicated in one pass at most: past it, the rows go in passes by a hash of the user id (a
+# repeat is always of the same user). DuckDB 1.5's hash aggregate did not spill enough for 88M rows in 1 GB.
+DEDUPE_ROWS_PER_PASS = 8_000_000
 # Stored events stream into DuckDB this many rows at a time (its Arrow scan holds a few batches per thread).
 STORED_BATCH_ROWS = 65_536
 CANONICAL_ORDER = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
@@ -159,9 +162,15 @@ def write_batch(
         parts = {"parts": str(staged.folder / "part-*.parquet")}
         source = "read_parquet($parts, union_by_name = true)"
         ident = ", ".join(c if c in present else "NULL" for c in IDENTITY)
+        # Repeats are of one user: big batches go in passes over a hash of the user id, each pass's groups fitting the cap.
+        passes = max(1, -(-staged.rows // DEDUPE_ROWS_PER_PASS))
+        slices = [""] if passes == 1 else [f" WHERE coalesce(hash(user_id) % {passes}, 0) = {i}" for i in range(passes)]
         # A row repeating an earlier row of its file exactly is a duplicate: each file's rows less its distinct rows.
-        distinct = dict(con.execute(f"SELECT _file, count(*) FROM (SELECT DISTINCT _file, {', '.join(cols)} FROM {source}) "
-                                    "GROUP BY _file", parts).fetchall())
+        distinct: dict[int, int] = {}
+        for where in slices:
+            for f, n in con.execute(f"SELECT _file, count(*) FROM (SELECT DISTINCT _file, {', '.join(cols)} FROM {source}{where}) "
+                                    "GROUP BY _file", parts).fetchall():
+                distinct[f] = distinct.get(f, 0) + int(n)
         repeats = [(f, n - int(distinct.get(f, 0))) for f, n in enumerate(staged.rows_per_file) if n - int(distinct.get(f, 0)) > 0]
         if strict and repeats:
             file, count = repeats[0]
@@ -173,9 +182,11 @@ def write_batch(
         # Of each identity, the first row in batch order; a full repeat is never first (its original comes
         # before it), so the rest are the duplicates and the rows repeating an earlier row's identity.
         # (A hash aggregate and a semi-join: both spill past the memory cap, where a window over 10M rows did not.)
-        con.execute(f"CREATE TABLE keep AS SELECT min(_ord) AS _ord FROM {source} GROUP BY {ident}", parts)
-        con.execute(f"CREATE TABLE firsts AS SELECT * FROM {source} s SEMI JOIN keep k ON s._ord = k._ord", parts)
-        con.execute("DROP TABLE keep")
+        for i, where in enumerate(slices):
+            into = "CREATE TABLE firsts AS" if i == 0 else "INSERT INTO firsts"
+            con.execute(f"CREATE TABLE keep AS SELECT min(_ord) AS _ord FROM {source}{where} GROUP BY {ident}", parts)
+            con.execute(f"{into} SELECT * FROM (SELECT * FROM {source}{where}) s SEMI JOIN keep k ON s._ord = k._ord", parts)
+            con.execute("DROP TABLE keep")
         for c in IDENTITY:
             if c not in present:
                 con.execute(f"ALTER TABLE firsts ADD COLUMN {c} VARCHAR")

@@ -626,3 +626,23 @@ def test_more_events_of_the_same_data_set_keep_its_ground_truth_and_item_names(t
     ingest_file(ws, _csv(tmp_path, "other.csv", DAY2), replace=True)
     assert ws.read_manifest()["dataset"] == "canonical"
     assert ws.label_names() == [] and not ws.catalogue_path.exists()
+
+
+def test_a_batch_deduplicated_in_passes_by_user_gives_what_one_pass_gives(tmp_path: Path, monkeypatch) -> None:
+    """Past DEDUPE_ROWS_PER_PASS rows the dedupe runs per hash slice of the user id: the same rows, counts and sessions."""
+    import shopsight.behavior.batches as batches
+
+    # repeats within the file (a full repeat; an identity repeat with another price) and across the two ingests
+    rows = [*DAY1, *DAY2, DAY1[0], DAY2[1].replace(",1,", ",2,", 1), "u9,2026-03-05T10:00:00Z,view,i2,Audio,5.00,1,,"]
+    path = _csv(tmp_path, "all.csv", rows)
+    results = {}
+    for name, per_pass in (("one", 10**9), ("passes", 2)):
+        monkeypatch.setattr(batches, "DEDUPE_ROWS_PER_PASS", per_pass)
+        ws = Workspace(tmp_path / name)
+        _, first = ingest_file(ws, _csv(tmp_path, f"day1-{name}.csv", DAY1))
+        _, second = ingest_file(ws, path)
+        results[name] = (ws.load_events(), [(r.rows_read, r.rows_kept, r.duplicates, r.already_stored) for r in (first, second)])
+    one, passes = results["one"], results["passes"]
+    pd.testing.assert_frame_equal(passes[0], one[0])
+    assert passes[1] == one[1]
+    assert one[1][1][2] >= 1 and one[1][1][3] >= len(DAY1) - 1  # the file's own repeats and day 1's rows were found
