@@ -48,6 +48,24 @@ LIMITS: tuple[Limit, ...] = (
         ("why is [user id] likely to churn? (each score comes with its reasons)", "top users by churn risk"),
     ),
     Limit(
+        "time of day and weekday",
+        re.compile(r"\b(?:which|what)\s+(?:day\s+of\s+(?:the\s+)?week|weekdays?|time\s+of\s+(?:the\s+)?day|hours?\s+of\s+(?:the\s+)?day)\b"
+                   r"|\b(?:by|per|each|across)\s+(?:weekday|day\s+of\s+(?:the\s+)?week|hour(?:\s+of\s+(?:the\s+)?day)?|time\s+of\s+day)\b"
+                   r"|\b(?:busiest|peak|quietest)\s+(?:hours?|weekdays?|day\s+of\s+(?:the\s+)?week|time)\b"
+                   r"|\b(?:mondays?|tuesdays?|wednesdays?|thursdays?|fridays?|saturdays?|sundays?|weekends?)\s+(?:vs\.?|versus|or|compared)\b", re.I),
+        "I can't split the shop's activity by weekday or hour of the day yet: my time splits are by day, week and month",
+        ("daily orders over the last 4 weeks", "weekly conversion rate since March"),
+    ),
+    Limit(
+        "new and repeat buyers",
+        re.compile(r"\b(?:repeat|returning|first[- ]time|one[- ]time|new)\s+(?:vs\.?\s+(?:repeat|returning)\s+)?(?:buyers?|customers?|shoppers?|purchasers?)\b"
+                   r"(?=.{0,40}\b(?:revenue|sales|orders?|share|spend|spent|aov|order\s+value|how\s+much|vs\.?|versus|compared)\b)"
+                   r"|\b(?:revenue|sales|orders?|share|spend|aov|order\s+value)\b.{0,40}\b(?:repeat|returning|first[- ]time|one[- ]time)\s+(?:buyers?|customers?|shoppers?|purchasers?)\b",
+                   re.I),
+        "I can't split revenue or orders between first-time and repeat buyers yet",
+        ("retention of the January cohort (who came back and bought again)", "revenue by country since March"),
+    ),
+    Limit(
         "code",
         re.compile(r"\b(?:write|give|generate|show)\b.{0,20}\b(?:sql|query|code|script|python)\b|\bsql\b", re.I),
         "I don't write or run SQL or code: I answer with fixed, read-only analyses of the shop's data",

@@ -42,7 +42,7 @@ What counts as what — the rules, in the order they are applied (an earlier kin
     the first having at least two digits (``07700 900123``, ``06 12 34 56 78``,
     ``415-5550132``, ``555 0134``, ``(11) 96123-4567``, ``6123 4567``) — except dates
     (``2026-03-04``, ``04/03/2026``), year lists (``2019-2024``), decimals
-    (``12345.67``), US ZIP+4 (``94105-1234``), ISBNs (978/979), a count written with
+    (``12345.67``), a year before a bracketed count (``March 2026 (475 users)``), US ZIP+4 (``94105-1234``), ISBNs (978/979), a count written with
     thousands separators after a single digit (``1 299 000``), and any number next to a
     currency sign or code (``$ 1 299 000``, ``12 345 678 EUR``);
   - a **phone** written as one bare run of 7-15 digits *only when a cue word comes right
@@ -650,6 +650,8 @@ def _window_kind(r: _Run, i: int, j: int, ctx: _RunContext) -> PiiKind | None:
             return None  # a ratio, a date or a fraction; only "030/1234567" is a phone
     if window_lens.count(4) == n and first[:2] in ("19", "20") and all("1900" <= g <= "2099" for g in groups[i:j]):
         return None  # years
+    if window_lens[0] == 4 and "1900" <= first <= "2099" and "(" in inner[0] and ")" not in inner[0]:
+        return None  # a year before a bracketed count: "February 2026 (475 users)" (no phone opens a bracket after four digits)
     if (
         window_lens[0] == 1
         and first != "0"

@@ -321,10 +321,23 @@ def test_orders_are_found_and_a_near_miss_is_suggested():
     ("Which marketing campaign drove the most sales?", "marketing attribution"),
     ("How accurate is the churn model overall?", "model quality"),
     ("Write me a SQL query that lists every user.", "code"),
+    ("which weekday do people buy the most?", "time of day and weekday"),
+    ("what time of day do mobile users convert best?", "time of day and weekday"),
+    ("revenue by hour of day", "time of day and weekday"),
+    ("what share of revenue comes from repeat buyers?", "new and repeat buyers"),
+    ("do first-time customers spend more than returning ones?", "new and repeat buyers"),
 ])
 def test_questions_no_tool_answers_get_an_honest_limit(router, question, key):
     plan = router.plan(question)
     assert plan.calls == [] and plan.label == "limit" and plan.limit.key == key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("question", ["daily orders over the last 2 weeks", "weekly conversion rate since March",
+                                      "find returning customers who never bought Audio", "revenue from Audio since March"])
+def test_the_limits_leave_the_splits_we_have_alone(router, question):
+    plan = router.plan(question)
+    assert plan.label != "limit" and plan.calls
 
 
 @pytest.mark.slow
