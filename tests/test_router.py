@@ -410,6 +410,19 @@ def test_their_after_a_ranking_is_the_ranked_users_not_the_user_asked_about_befo
 
 @pytest.mark.slow
 @pytest.mark.parametrize("question,expected", [
+    ("are tablet users more likely to churn than desktop users?",
+     {"metric": "score_mean", "model": "churn", "group_by": "device", "device": ["tablet", "desktop"]}),
+    ("are US customers riskier than DE customers?", {"metric": "score_mean", "model": "risk", "group_by": "country", "country": ["US", "DE"]}),
+    ("do mobile shoppers buy more often than desktop ones?",
+     {"metric": "session_conversion", "group_by": "device", "device": ["mobile", "desktop"]}),
+])
+def test_two_groups_set_side_by_side_with_than_are_compared_on_the_measure_asked(router, question, expected):
+    """Not a request for a user id, not head counts: each group's average score or conversion."""
+    assert names(router.plan(question)) == [("query_metric", expected)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("question,expected", [
     ("how many of those are on mobile?", {"metric": "users", "device": ["mobile"]}),
     ("what share of them have ever bought something?", {"metric": "users", "did": ["purchase"]}),
     ("which of them are from DE?", {"metric": "users", "country": ["DE"], "examples": 10}),

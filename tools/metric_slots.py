@@ -112,6 +112,18 @@ _COMPARE = re.compile(
 )
 _VERSUS = re.compile(r"\b(?P<a>[A-Za-z][\w&-]*)\s+(?:vs\.?|versus|against|compared\s+(?:with|to)|or)\s+(?P<b>[A-Za-z][\w&-]*)\b", re.I)
 _DEVICES = ("mobile", "desktop", "tablet", "app")
+# Two groups compared on a score: "more likely to churn", "riskier", "more likely to buy".
+_COMPARATIVE = re.compile(r"\b(?:more|less)\s+likely\s+to\s+(?P<churn>churn|leave|lapse|stop\s+buying)\b"
+                          r"|\b(?:more|less)\s+likely\s+to\s+(?P<intent>buy|purchase|order|convert)\b"
+                          r"|\b(?P<risk>riskier|more\s+risky|less\s+risky|(?:higher|lower|bigger|smaller)\s+(?:fraud\s+)?risk)\b", re.I)
+_BUY_MORE = re.compile(r"\b(?:buy|purchase|order|convert|check\s+out)s?\s+(?:more|less)\s+(?:often|frequently)\b"
+                       r"|\bconverts?\s+(?:better|worse)\b|\b(?:buy|purchase|order)s?\s+more\b", re.I)
+# "are tablet users more likely to churn than desktop users?": two groups set side by side with "than"
+_GROUP_WORD = r"(?:mobile|desktop|tablet|app|(?-i:[A-Z]{2}))"
+THAN_GROUP = (rf"\b{_GROUP_WORD}\s+(?:users|customers|shoppers|buyers|accounts|sessions|orders)\b.{{0,50}}?\bthan\s+"
+              rf"(?:(?:those|users|customers|shoppers|ones)\s+(?:on|from|in|using)\s+)?(?:the\s+)?{_GROUP_WORD}\b")
+_VERSUS_THAN = re.compile(rf"\b(?P<a>{_GROUP_WORD})\s+(?:users|customers|shoppers|buyers|accounts|sessions|orders)\b.{{0,50}}?\bthan\s+"
+                          rf"(?:(?:those|users|customers|shoppers|ones)\s+(?:on|from|in|using)\s+)?(?:the\s+)?(?P<b>{_GROUP_WORD})\b", re.I)
 # Payment methods named anywhere are unambiguous; others only after "pay(s) with …".
 _WALLETS = re.compile(r"\b(paypal|apple[ _]pay|google[ _]pay|amex|american express|visa|mastercard|klarna|afterpay|promo(?:\s+codes?)?|vouchers?)\b", re.I)
 _PAY_WITH = re.compile(
@@ -158,6 +170,12 @@ def metric_args(ent: Entities, state: ConversationState, question: str) -> dict[
     model_named = _model_named(q)
     threshold = _threshold(q)
     metric = _metric(q, threshold, model_named)
+    compared = _COMPARATIVE.search(q)
+    if compared and _versus(q) and not threshold:
+        # "are tablet users more likely to churn than desktop users?": each group's average probability, not a count
+        metric, model_named = "score_mean", next(k for k, v in compared.groupdict().items() if v)
+    elif _BUY_MORE.search(q) and _versus(q) and metric in ("users", "funnel"):
+        metric = "session_conversion"  # "do mobile shoppers buy more often than desktop ones?": conversion, not head counts
     of_ranked = OF_RANKED.search(q)
     if of_ranked and metric == "funnel":
         metric = "users"  # "how many of those are on mobile?" counts the users just ranked
@@ -337,7 +355,7 @@ def _group_by(q: str, metric: str, ent: Entities) -> tuple[str | None, tuple[str
 
 def _versus(q: str) -> tuple[str, list[str]] | None:
     """"mobile vs desktop": group by device over just those two."""
-    for m in _VERSUS.finditer(q):
+    for m in [*_VERSUS.finditer(q), *_VERSUS_THAN.finditer(q)]:
         a, b = m.group("a").lower(), m.group("b").lower()
         if a in _DEVICES and b in _DEVICES and a != b:
             return "device", [a, b]

@@ -29,7 +29,7 @@ from shopsight.behavior.query import (
 )
 from shopsight.behavior.workspace import Workspace, WorkspaceError
 from shopsight.tools.context import ToolContext, unavailable
-from shopsight.tools.metric_slots import (DEFAULT_SCORE_LINE, MEASURE_OVER_PERIOD, MONEY_MEASURE, MONTH_NAMES, OF_RANKED, RETENTION_MEASURE,
+from shopsight.tools.metric_slots import (DEFAULT_SCORE_LINE, MEASURE_OVER_PERIOD, MONEY_MEASURE, MONTH_NAMES, OF_RANKED, RETENTION_MEASURE, THAN_GROUP,
                                            UP_OR_DOWN, metric_args)
 from shopsight.tools.registry import (
     MAX_RESULT_CHARS,
@@ -969,9 +969,9 @@ _NEVER_CHECKOUT = r"\b(?:never|not|didn't|did\s+not|without)\s+(?:\w+\s+)?(?:che
 _SCORE_STATS = (r"\bhow\s+many\b|\bnumber\s+of\b|\bshare\b|\bpercent(?:age)?\b|\bproportion\b|\bfraction\b|\baverage\b|\bmean\b|\bmedian\b"
                 r"|\bdistribution\b|\bdeciles?\b|\b(?:order\s+value|aov|revenue|conversion)\b")
 
-_FROM_SEGMENT = re.compile("|".join((_GROUPED, _COHORTS, _THRESHOLDS, _POPULATIONS, _VERSUS_PREVIOUS, _RATES, UP_OR_DOWN, MONEY_MEASURE)), re.I)
+_FROM_SEGMENT = re.compile("|".join((_GROUPED, _COHORTS, _THRESHOLDS, _POPULATIONS, _VERSUS_PREVIOUS, _RATES, UP_OR_DOWN, MONEY_MEASURE, THAN_GROUP)), re.I)
 _FROM_SEARCH = re.compile("|".join((_GROUPED, _COHORTS, _THRESHOLDS, _VERSUS_PREVIOUS, _RATES, _NEVER_CHECKOUT)), re.I)
-_FROM_SCORES = re.compile("|".join((_GROUPED, _COHORTS, _THRESHOLDS, _SCORE_STATS)), re.I)
+_FROM_SCORES = re.compile("|".join((_GROUPED, _COHORTS, _THRESHOLDS, _SCORE_STATS, THAN_GROUP)), re.I)
 _FROM_COMPARE = re.compile(r"\b(?:mobile|desktop|tablet)\b.{0,20}\b(?:vs\.?|versus|against|compared\s+(?:with|to))\s+(?:mobile|desktop|tablet)\b"
                            r"|\bthis\s+(?:week|month)\b.{0,40}\b(?:vs\.?|versus|compared\s+(?:with|to)|against)\s+(?:the\s+)?(?:last|previous)\b"
                            rf"|{_GROUPED}", re.I)
