@@ -165,12 +165,14 @@ class UserHistories:
 
 
 class _StoreWorker:
-    """A child process that runs :func:`store_landed` jobs one at a time (spawned: no state shared but the workspace)."""
+    """A child process that runs :func:`store_landed` jobs one at a time; its own interpreter, so a store never holds
+    the decision loop's GIL. Forked when the watcher starts (before it loads any state; a spawned child would
+    import ``cli.py`` again as its main module), so it starts at once; it shares nothing but the workspace."""
 
     def __init__(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
+        ctx = multiprocessing.get_context("fork")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_store_worker_loop, args=(child,), name="shopsight-watch-store", daemon=True)
+        self._proc = ctx.Process(target=_store_worker_loop, args=(child, self._conn), name="shopsight-watch-store", daemon=True)
         self._proc.start()
         child.close()
         self.busy = False
@@ -203,7 +205,8 @@ class _StoreWorker:
                 self._proc.terminate()
 
 
-def _store_worker_loop(conn: Any) -> None:
+def _store_worker_loop(conn: Any, parents_end: Any) -> None:
+    parents_end.close()  # forked with it: closed here, the watcher's exit (or death) reads as the end of the pipe
     while True:
         try:
             job = conn.recv()
