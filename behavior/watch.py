@@ -44,11 +44,13 @@ latest event judged) beside the wall clock it was made at (``decided_at``).
 from __future__ import annotations
 
 import csv
+import gc
 import hashlib
 import io
 import json
 import logging
 import multiprocessing
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -207,6 +209,7 @@ class _StoreWorker:
 
 def _store_worker_loop(conn: Any, parents_end: Any) -> None:
     parents_end.close()  # forked with it: closed here, the watcher's exit (or death) reads as the end of the pipe
+    os.nice(10)  # on 2 cores the store's DuckDB threads would take the core the decisions need: it runs when they wait
     while True:
         try:
             job = conn.recv()
@@ -336,6 +339,10 @@ class StreamWatcher:
             self.journal.drop_through(folded)
             self._fold_stored_batches(report)
             self._started = True
+        # The state is millions of long-lived objects (the identity tuples above all): left to the collector, each
+        # full collection walks them all, a pause of hundreds of ms in the middle of a poll. Frozen, it skips them.
+        gc.collect()
+        gc.freeze()
         if self.on_decisions is not None:
             late = [r["row"] for r in self._journaled if int(r["seq"]) > alerted]
             if late:
