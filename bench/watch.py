@@ -18,6 +18,12 @@ follows:
 Precision and recall of ``review`` (review or block) and of ``block`` are measured on the demo's
 ground-truth fraud orders (``labels/orders``) of the replay window.
 
+Measured (README, "Real-time risk control"; `--modes paced-orders-only`, 2 shared cores): main's
+batch-per-poll watcher p50 694 ms / p99 1,132 ms (load 0.6-2.4); the journal-first watcher with its
+store in a child process p50 84-108 ms / p99 429-605 ms at load < 2, p50 155-196 ms / p99
+655-1,186 ms at load 4-6. The 200 ms p99 target is not met: a poll of ~100 lines costs ~100 ms of
+one core (deciding ~48 ms, validating ~33 ms, making the stored rows ~8 ms).
+
     python bench/watch.py                      # the demo workspace at /work/ws-demo, 14 days, 50 orders/s
     python bench/watch.py --source WS --days 7 --rate 50 --work /tmp/watch-bench
 """
