@@ -1245,10 +1245,11 @@ def watch(
     alerts: bool = typer.Option(True, "--alerts/--no-alerts", help="Post review and block decisions to $SHOPSIGHT_SLACK_ALERT_CHANNEL (when set, with SLACK_BOT_TOKEN)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only decisions at review or above."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads for scoring (default: $SHOPSIGHT_THREADS, else 2)."),
+    store_every: float = typer.Option(5.0, "--store-every", min=0.0, help="Seconds between stores of the landed events into the workspace (one batch per file each time, in a child process; decisions do not wait for it)."),
 ) -> None:
     """Follow PATH, append new events to the workspace as they land, and decide every new order (allow / review / block).
 
-    Each poll validates the new lines (malformed ones go to workspace/rejected/ with their cause; the stream goes on), appends them through the same ingest as `shopsight ingest`, scores the new orders with the risk model and its thresholds (`shopsight risk thresholds`), writes the decisions to workspace/decisions/ (the audit trail the agent reads), then remembers its position in workspace/watch/. Killed and restarted, it decides every order exactly once. A CSV's first line is its header (the canonical columns: user_id, ts, event, …).
+    Each poll validates the new lines (malformed ones go to workspace/rejected/ with their cause; the stream goes on), scores each new order from its buyer's history as of the order (the risk model and its thresholds, `shopsight risk thresholds`), and writes the decision at once to a journal in workspace/watch/ (fsynced). Every few seconds (--store-every) a child process appends the landed events through the same ingest as `shopsight ingest`, folds the journal into workspace/decisions/ (the audit trail the agent reads, which also reads the journal), and remembers the position. Killed and restarted, it decides every order exactly once and stores every event once. A CSV's first line is its header (the canonical columns: user_id, ts, event, …).
 
     Examples:
 
@@ -1268,10 +1269,12 @@ def watch(
         from shopsight.integrations.risk_alerts import alerts_from_settings
 
         on_decisions = alerts_from_settings(settings, ws)
-    watcher = StreamWatcher(ws, path, on_decisions=on_decisions, lock_timeout=settings.lock_timeout_s, score_users=users)
+    watcher = StreamWatcher(ws, path, on_decisions=on_decisions, lock_timeout=settings.lock_timeout_s, score_users=users,
+                            flush_every=store_every)
 
     def show(report) -> None:
-        if not (report.batches or report.rejected_lines or report.recovered_batches or report.skipped_ranges):
+        if not (report.batches or report.events_added or report.decisions or report.rejected_lines or report.recovered_batches
+                or report.skipped_ranges):
             return
         c = report.counts()
         if not quiet:

@@ -17,12 +17,13 @@ NULL equal to NULL), not on hashes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -236,7 +237,9 @@ def _stored_sessions(con: duckdb.DuckDBPyConnection, stored_files: list[Path]) -
         part = batch.to_pandas()
         if len(part):
             part["ts"] = pd.to_datetime(part["ts"], utc=True)
-            partial.append(made_sessions(part).reset_index())
+            made = made_sessions(part)
+            if len(made):  # (none when the stored sessions all came from the source)
+                partial.append(made.reset_index())
     con.unregister("stored_rows")
     if not partial:
         return None
@@ -287,14 +290,89 @@ def _whole_users(reader: pa.RecordBatchReader) -> Iterator[pd.DataFrame]:
         yield carry
 
 
-def _sessionized(chunk: pd.DataFrame, cols: list[str], prior: pd.DataFrame | None) -> pa.Table:
-    """One chunk (whole users, sorted) in the canonical dtypes, with session ids made where the source gave none."""
+def as_stored(chunk: pd.DataFrame, after: pd.DataFrame | None) -> pd.DataFrame:
+    """Rows (whole users, each user's in time order, ties in batch order) as a batch file stores them: the
+    canonical dtypes, session ids made where the source gave none, continuing ``after`` (the users' stored
+    rows, or one row per user standing for their stored sessions).
+
+    The one way stored rows are made: :func:`write_batch` calls it per chunk, ``shopsight watch`` per poll
+    (:func:`new_rows`) to decide from the rows exactly as they will be stored.
+    """
     chunk["ts"] = pd.to_datetime(chunk["ts"], utc=True).astype("datetime64[ns, UTC]")
     for col in STRING_COLUMNS:
         if col in chunk.columns:
             chunk[col] = chunk[col].astype("string")
     chunk["price"] = chunk["price"].astype("float64")
     chunk["quantity"] = chunk["quantity"].astype("int64")
+    return sessionize(chunk, after=after)
+
+
+def _identity_tuples(events: pd.DataFrame, columns: tuple[str, ...]) -> list[tuple]:
+    """Each row's identity on ``columns`` as a tuple (``ts`` as integer nanoseconds, a missing value as None):
+    the equality :func:`write_batch` tests in SQL (``IS NOT DISTINCT FROM``), in Python."""
+    arrays = []
+    for c in columns:
+        if c not in events.columns:
+            arrays.append([None] * len(events))
+        elif c == "ts":
+            arrays.append(pd.to_datetime(events["ts"], utc=True).astype("datetime64[ns, UTC]").astype("int64").tolist())
+        else:
+            arrays.append(events[c].astype(object).where(events[c].notna(), None).tolist())
+    return list(zip(*arrays))
+
+
+_FIVE = tuple(c for c in IDENTITY if c != "session_id")
+
+
+class KnownIdentities:
+    """The identities of every event stored or about to be (``shopsight watch``'s landed rows), as :func:`write_batch`
+    matches them: on all of :data:`IDENTITY`, and on the five without the session for a row that has none."""
+
+    def __init__(self, events: pd.DataFrame | None = None) -> None:
+        self.six: set[tuple] = set()
+        self.five: set[tuple] = set()
+        if events is not None:
+            self.add(events)
+
+    def add(self, events: pd.DataFrame) -> None:
+        if len(events):
+            self.six.update(_identity_tuples(events, IDENTITY))
+            self.five.update(_identity_tuples(events, _FIVE))
+
+
+def new_rows(events: pd.DataFrame, known: KnownIdentities,
+             history: Callable[[list[str]], pd.DataFrame | None]) -> tuple[pd.DataFrame, int]:
+    """``events`` (validated, protected) as :func:`write_batch` will store them after the events ``known`` holds:
+    the first of each identity, those equal in identity to a known event left out, the rest :func:`as_stored`
+    after ``history(users)`` (those users' known rows); and how many were left out.
+
+    What ``shopsight watch`` decides from, poll by poll, before the batch is written: the same rows the
+    ingest writes when the landed rows are in time order per user (a row landing before a later-landed
+    earlier row of its user could be sessionized differently; the replayed stream is in time order).
+    """
+    if not len(events):
+        return events, 0
+    six = _identity_tuples(events, IDENTITY)
+    five = _identity_tuples(events, _FIVE)
+    given = events["session_id"].notna().to_numpy() if "session_id" in events.columns else np.zeros(len(events), bool)
+    seen: set[tuple] = set()
+    keep = np.zeros(len(events), dtype=bool)
+    for i, (k6, k5, g) in enumerate(zip(six, five, given)):
+        if k6 in seen:
+            continue  # a repeat of an earlier row of the batch
+        seen.add(k6)
+        keep[i] = not (k6 in known.six if g else k5 in known.five)
+    rows = events[keep].reset_index(drop=True)
+    if not len(rows):
+        return rows, len(events)
+    order = np.lexsort((np.arange(len(rows)), rows["ts"].to_numpy(), rows["user_id"].astype(str).to_numpy()))
+    rows = rows.iloc[order].reset_index(drop=True)
+    after = history(list(dict.fromkeys(rows["user_id"].astype(str)))) if rows["session_id"].isna().any() else None
+    return as_stored(rows, None if after is None else after[["user_id", "ts", "session_id"]]), int(len(events) - keep.sum())
+
+
+def _sessionized(chunk: pd.DataFrame, cols: list[str], prior: pd.DataFrame | None) -> pa.Table:
+    """One chunk (whole users, sorted) as stored (:func:`as_stored`), continuing the users' stored sessions."""
     after = None
     if prior is not None:
         mine = prior[prior.index.isin(chunk["user_id"].unique())]
@@ -303,7 +381,7 @@ def _sessionized(chunk: pd.DataFrame, cols: list[str], prior: pd.DataFrame | Non
             users = mine.index.astype(str).to_numpy()
             after = pd.DataFrame({"user_id": users, "ts": mine["last_ts"].to_numpy(),
                                   "session_id": users + "-s" + mine["k"].astype(str).to_numpy()})
-    out = sessionize(chunk, after=after)[cols]
+    out = as_stored(chunk, after)[cols]
     return pa.Table.from_pandas(out, preserve_index=False)
 
 

@@ -36,8 +36,8 @@ def sessionize(events: pd.DataFrame, gap: pd.Timedelta = SESSION_GAP, after: pd.
     idle = (sub["ts"].diff() > gap).fillna(False).astype(bool)
     starts = (new_user | idle).astype("int64")
     k = starts.groupby(sub["user_id"], sort=False).cumsum()
-    if after is not None and len(after):
-        prior = made_sessions(after)
+    prior = made_sessions(after) if after is not None and len(after) else None
+    if prior is not None and len(prior):  # (stored sessions that all came from the source: nothing to continue)
         users = sub["user_id"].astype(str)
         made = users.map(prior["k"]).fillna(0).astype("int64")
         last = pd.to_datetime(users.map(prior["last_ts"]), utc=True)

@@ -325,17 +325,8 @@ def append_batch(
     key = workspace_key(workspace)
     reports: dict[str, list[IngestReport]] = {}
     notes: dict[str, int] = {}
-
-    def protected() -> Iterator[tuple[str, pd.DataFrame]]:
-        for name, events, report in parts:
-            reports.setdefault(name, []).append(report)
-            events, privacy_notes = protect_events(events, key=key, max_text_chars=limits.max_text_chars)
-            for note, count in privacy_notes.items():
-                notes[note] = notes.get(note, 0) + count
-            yield name, events
-
     with staging(workspace) as folder:
-        staged = stage_chunks(folder, protected())
+        staged = stage_chunks(folder, _protected(parts, key, limits, reports, notes))
         per_part = [IngestReport.combine(rs, name) for name, rs in reports.items()]
         for part in per_part:
             if part.rows_kept == 0:
@@ -412,6 +403,38 @@ def append_batch(
         return single_chunk_strings(pd.read_parquet(workspace.root / file)), report
     return to_canonical(pd.DataFrame({c: pd.Series(dtype="float64" if c in ("price", "quantity") else "string") for c in REQUIRED_COLUMNS}
                                      | {"ts": pd.Series(dtype="datetime64[ns, UTC]")})), report
+
+
+def _protected(parts: Iterable[tuple[str, pd.DataFrame, IngestReport]], key: bytes, limits: IngestLimits,
+               reports: dict[str, list[IngestReport]], notes: dict[str, int]) -> Iterator[tuple[str, pd.DataFrame]]:
+    """Each part's events with personal data protected (``protect_events``); its report and the notes collected."""
+    for name, events, report in parts:
+        reports.setdefault(name, []).append(report)
+        events, privacy_notes = protect_events(events, key=key, max_text_chars=limits.max_text_chars)
+        for note, count in privacy_notes.items():
+            notes[note] = notes.get(note, 0) + count
+        yield name, events
+
+
+def read_protected(workspace: Workspace, path: Path, *, limits: IngestLimits | None = None) -> tuple[pd.DataFrame, IngestReport]:
+    """A canonical CSV read, validated and protected exactly as :func:`ingest_file` stages it; nothing is written.
+
+    ``shopsight watch`` decides from these rows (made into the rows to store by
+    :func:`behavior.batches.new_rows`) before the batch is stored. A file with no usable row gives
+    no events (its report says why), not an error.
+    """
+    limits = limits or IngestLimits()
+    reports: dict[str, list[IngestReport]] = {}
+    notes: dict[str, int] = {}
+    parts = _read_parts(get_adapter("canonical"), [Path(path)], {"strict": False, "encoding": "utf-8"}, 0, None)
+    frames = [events for _, events in _protected(parts, workspace_key(workspace), limits, reports, notes)]
+    report = IngestReport.combine(reports.get(str(path), []), str(path))
+    report.notes.update(notes)
+    events = frames[0] if len(frames) == 1 else pd.concat([f for f in frames if len(f)], ignore_index=True) if frames else None
+    if events is None or not len(events):
+        return to_canonical(pd.DataFrame({c: pd.Series(dtype="float64" if c in ("price", "quantity") else "string") for c in REQUIRED_COLUMNS}
+                                         | {"ts": pd.Series(dtype="datetime64[ns, UTC]")})), report
+    return events, report
 
 
 def undo_batch(workspace: Workspace, batch_id: int, *, lock_timeout: float = LOCK_TIMEOUT_S) -> dict[str, Any]:

@@ -139,3 +139,17 @@ def test_an_order_says_what_risk_control_decided_when_it_arrived(workspace):
     from shopsight.agent.types import ToolCall
 
     assert "risk@v2" in citations([ToolCall("get_order", {"order_id": order}, r)]).models
+
+
+def test_a_decision_is_dated_by_the_event_time_it_judged_not_the_wall_clock(workspace):
+    """A replay of May's events decided in December: "today" (the data's last day) finds the user, and says May."""
+    from test_agent_support import tiny_context
+
+    c = tiny_context(workspace)
+    judged, ran = pd.Timestamp("2026-05-04 09:30", tz="UTC"), pd.Timestamp("2026-12-04 23:00", tz="UTC")
+    user = _decision(None, "u00093", "review", "2026-05-04", reason="the bot velocity rule forces review whatever the model says")
+    write_decisions(workspace, 1, [user | {"order_ts": None, "event_ts": judged, "landed_at": None, "decided_at": ran}])
+    r, text = run(c, decision="review", since="2026-05-04", until="2026-05-04")
+    assert r["n"] == 1 and r["decisions"][0]["user_id"] == "u00093" and r["decisions"][0]["day"] == "2026-05-04"
+    assert "user u00093 on 4 May 2026" in text and "Dec 2026" not in text
+    assert run(c, decision="review", since="2026-12-04")[0]["n"] == 0  # the day it ran is not the day it judged

@@ -3,6 +3,7 @@ across SIGKILL and restart), malformed lines rejected with their cause while the
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -138,6 +139,180 @@ def test_an_order_whose_lines_straddle_two_polls_is_decided_once(tmp_path):
     assert (d["order_id"] == order).sum() == 1
 
 
+def test_each_order_is_decided_as_score_order_decides_it_as_of_its_own_instant(tmp_path):
+    """The decision path (buyer's in-memory history, incremental linked-accounts index) against a direct
+    ``score_order`` over every stored event: same probability, same rules, same decision."""
+    from shopsight.behavior.models import load_model
+    from shopsight.behavior.models.decision import load_policy
+
+    ws, base, tail = _stream_setup(tmp_path, days=4.0)
+    stream = tmp_path / "events.csv"
+    cuts = [len(tail) * k // 4 for k in range(5)]
+    tail.iloc[: cuts[1]].to_csv(stream, index=False)
+    watcher = StreamWatcher(ws, stream, score_users=False)
+    watcher.poll(flush=False)  # lands and decides; stores nothing yet
+    for k in (1, 2, 3):  # each poll stores: the base (from before batches) becomes batch 0, then one stream batch each
+        tail.iloc[cuts[k]: cuts[k + 1]].to_csv(stream, index=False, header=False, mode="a")
+        watcher.poll()  # decided from the state after earlier stores: nothing in it twice
+    d = _assert_exactly_once(ws, base, tail).dropna(subset=["order_id"]).set_index("order_id")
+    model = load_model(ws, "risk", "v1")
+    policy = load_policy(ws, model.card_)
+    events = ws.load_events()
+    assert len(d) >= 20
+    for oid, row in d.iterrows():
+        want = model.score_order(events, oid)
+        decision = policy.decide(want["probability"], want["rules"])
+        assert abs(row["score"] - want["probability"]) <= 1e-4, oid
+        assert row["decision"] == decision.decision, oid
+        assert pd.read_json(io.StringIO(row["rules"])).to_dict("records") == [
+            {"name": r["name"], "detail": r["detail"], "evidence": r["evidence"][:5]} for r in want["rules"] if r["fired"]], oid
+        lines = events.loc[events["order_id"] == oid, "ts"]
+        assert row["order_ts"] == lines.min() and row["event_ts"] == lines.max(), oid  # judged as of its latest line
+
+
+def test_the_watcher_makes_the_rows_the_ingest_stores(tmp_path):
+    """Session ids made poll by poll from memory equal those the ingest made when it stored the same lines."""
+    ws, base, tail = _stream_setup(tmp_path, days=2.0)
+    tail = tail.assign(session_id=pd.NA)  # no source sessions: every id is made, continuing the stored ones
+    stream = tmp_path / "events.csv"
+    cuts = [len(tail) * k // 5 for k in range(6)]
+    tail.iloc[: cuts[1]].to_csv(stream, index=False)
+    watcher = StreamWatcher(ws, stream, score_users=False)
+    watcher.poll(flush=False)
+    for k in range(1, 5):
+        tail.iloc[cuts[k]: cuts[k + 1]].to_csv(stream, index=False, header=False, mode="a")
+        watcher.poll(flush=False)
+    users = sorted(set(tail["user_id"]))
+    mine = watcher.histories.of_users(users)
+    watcher.flush()  # one batch: the ingest dedupes and sessionizes all five polls' lines at once
+    stored = ws.load_events()
+    stored = stored[stored["user_id"].isin(users)]
+    key = ["user_id", "ts", "event", "item_id", "order_id"]
+    got = mine.sort_values(key)[key + ["session_id"]].astype("string").reset_index(drop=True)
+    want = stored.sort_values(key)[key + ["session_id"]].astype("string").reset_index(drop=True)
+    assert len(got) == len(want) and got.equals(want)
+
+
+def test_the_identity_index_gives_the_linked_accounts_rule_of_the_table_as_of_any_instant():
+    from shopsight.behavior.models.rules import IdentityIndex, RuleThresholds, _linked_accounts_for, evaluate_rules
+    from risk_workspace import risk_shop
+
+    events = risk_shop().events
+    fired = evaluate_rules(events)["linked_accounts"].users
+    users = list(fired.index[fired["fired"]][:15]) + list(fired.index[~fired["fired"]][:5])
+    assert fired["fired"].sum() >= 3 and len(users) >= 8
+    stamps = sorted(events["ts"].unique())
+    for asof in (stamps[len(stamps) // 3], stamps[2 * len(stamps) // 3], stamps[-1]):
+        upto = events[events["ts"] <= asof]
+        index = IdentityIndex()
+        index.add(events.sample(frac=1.0, random_state=0))  # any order, events after asof included: "as of" filters them
+        for u in users:
+            mine = upto[upto["user_id"] == u]
+            if mine.empty:
+                continue
+            want = _linked_accounts_for(upto, mine, RuleThresholds()).users
+            got = index.linked_accounts(mine, asof=pd.Timestamp(asof)).users
+            assert got.to_dict("records") == want.to_dict("records"), (u, asof)
+
+
+def test_the_manifest_gains_one_batch_per_store_not_per_poll(tmp_path):
+    ws, base, tail = _stream_setup(tmp_path, days=1.0)
+    stream = tmp_path / "events.csv"
+    tail.iloc[:10].to_csv(stream, index=False)
+    watcher = StreamWatcher(ws, stream, score_users=False, flush_every=3600)
+
+    def streamed() -> list[dict]:
+        return [b for b in ws.batches() if str(b["source"]).startswith("watch:")]
+
+    for k in range(10, len(tail), max(1, len(tail) // 8)):  # eight polls, each with new lines
+        watcher.poll(flush=False)
+        tail.iloc[k:k + max(1, len(tail) // 8)].to_csv(stream, index=False, header=False, mode="a")
+    watcher.poll(flush=False)
+    assert not streamed() and len(load_decisions(ws).dropna(subset=["order_id"])) >= 1  # decided (journal), not stored yet
+    watcher.flush()
+    assert [b["source"].rsplit("@", 1)[1] for b in streamed()] == [f"0-{stream.stat().st_size}"]  # one batch, the whole range
+    _assert_exactly_once(ws, base, tail)
+
+
+def test_the_store_process_stores_while_the_watcher_decides(tmp_path):
+    import shopsight.behavior.watch as W
+
+    ws, base, tail = _stream_setup(tmp_path, days=2.0)
+    stream = tmp_path / "events.csv"
+    half = len(tail) // 2
+    tail.iloc[:half].to_csv(stream, index=False)
+    watcher = StreamWatcher(ws, stream, score_users=False, flush_every=0.0)
+    watcher._worker = W._StoreWorker()
+    try:
+        watcher.poll(flush=False)  # decided here, handed to the store process
+        assert watcher._worker.busy
+        tail.iloc[half:].to_csv(stream, index=False, header=False, mode="a")
+        watcher.poll(flush=False)
+        watcher.flush(wait=True)  # waits for the process's store, then stores the rest
+        assert not watcher._worker.busy
+    finally:
+        watcher._worker.close()
+    _assert_exactly_once(ws, base, tail)
+    assert len([b for b in ws.batches() if str(b["source"]).startswith("watch:")]) >= 2
+
+
+def test_a_failed_background_store_is_raised_by_the_next_poll(tmp_path):
+    import shopsight.behavior.watch as W
+
+    ws, base, tail = _stream_setup(tmp_path, days=1.0)
+    stream = tmp_path / "events.csv"
+    tail.to_csv(stream, index=False)
+    (ws.root / "decisions").write_text("not a folder")  # the store cannot write the decisions
+    watcher = StreamWatcher(ws, stream, score_users=False, flush_every=0.0)
+    watcher._worker = W._StoreWorker()
+    try:
+        watcher.poll(flush=False)
+        with pytest.raises(WatchError, match="storing the watched events failed"):
+            watcher._worker.result(wait=True)
+    finally:
+        watcher._worker.close()
+
+
+def test_events_another_writer_stores_between_two_stores_join_the_state(tmp_path):
+    """`shopsight ingest` of other users' events while the watcher runs: the next decisions see them."""
+    from shopsight.behavior.ingest import ingest_file
+
+    ws, base, tail = _stream_setup(tmp_path, days=4.0)
+    buyers = set(tail.loc[tail["event"] == "purchase", "user_id"])
+    side = tail[~tail["user_id"].isin(buyers)]  # never in the stream: another source
+    stream_part = tail[tail["user_id"].isin(buyers)]
+    stream = tmp_path / "events.csv"
+    half = len(stream_part) // 2
+    stream_part.iloc[:half].to_csv(stream, index=False)
+    watcher = StreamWatcher(ws, stream, score_users=False)
+    watcher.poll()
+    side.to_csv(tmp_path / "side.csv", index=False)
+    ingest_file(ws, tmp_path / "side.csv", update_summary=False)
+    stream_part.iloc[half:].to_csv(stream, index=False, header=False, mode="a")
+    watcher.poll()  # stores, and takes in the other writer's batch
+    _assert_exactly_once(ws, base, tail)
+    stored = ws.load_events()
+    others = sorted(set(side["user_id"]))
+    assert len(watcher.histories.of_users(others)) == stored["user_id"].isin(others).sum()  # theirs as stored: once each
+
+
+def test_decisions_journaled_before_a_crash_are_alerted_again_at_restart(tmp_path):
+    ws, base, tail = _stream_setup(tmp_path, days=2.0)
+    stream = tmp_path / "events.csv"
+    tail.to_csv(stream, index=False)
+
+    def crash(rows):
+        raise RuntimeError("killed before the alerts went out")
+
+    with pytest.raises(RuntimeError, match="killed before"):
+        StreamWatcher(ws, stream, on_decisions=crash, score_users=False).poll()
+    sent: list[dict] = []
+    StreamWatcher(ws, stream, on_decisions=sent.extend, score_users=False).poll()
+    d = _assert_exactly_once(ws, base, tail)
+    assert {r["order_id"] for r in sent} == set(d["order_id"].dropna())  # every decision alerted once now
+    assert not pd.Series([r["order_id"] for r in sent]).duplicated().any()
+
+
 def test_nothing_to_watch_and_no_model_are_clear_errors(tmp_path, workspace):
     with pytest.raises(WatchError, match="nothing to watch"):
         StreamWatcher(workspace, tmp_path / "missing")
@@ -162,16 +337,20 @@ import shopsight.behavior.watch as W
 from shopsight.behavior.workspace import Workspace
 where, nth = sys.argv[1], int(sys.argv[2])
 calls = {{"n": 0}}
-target = {{"ingest": "ingest_file", "decisions": "write_decisions"}}[where]
-original = getattr(W, target)
+owner, target = {{"journal": (W.DecisionJournal, "append"), "ingest": (W, "ingest_file"), "decisions": (W, "write_decisions"),
+                  "checkpoint": (W, "write_checkpoint")}}[where]
+original = getattr(owner, target)
 def hooked(*args, **kwargs):
     out = original(*args, **kwargs)
+    if where == "journal" and not any("row" in r for r in args[1]):
+        return out  # an alert marker, not decisions
     calls["n"] += 1
-    if calls["n"] == nth:  # the batch is visible (ingest) or decided (decisions); the checkpoint is not written yet
+    if calls["n"] == nth:  # journaled (journal), stored (ingest), folded (decisions), checkpointed (checkpoint): nothing after
         os.kill(os.getpid(), signal.SIGKILL)
     return out
-setattr(W, target, hooked)
-W.StreamWatcher(Workspace.at(sys.argv[3]), sys.argv[4]).run(max_polls=20, poll_seconds=0.01)
+setattr(owner, target, hooked)
+# stores in this process, after each poll: the hooks see every step
+W.StreamWatcher(Workspace.at(sys.argv[3]), sys.argv[4], flush_every=0.0, store_process=False).run(max_polls=20, poll_seconds=0.01)
 """
 
 
@@ -179,11 +358,18 @@ def _run_killed(ws: Workspace, stream: Path, where: str, nth: int, script: Path)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, str(script), where, str(nth), str(ws.root), str(stream)], env=env,
                           capture_output=True, text=True, timeout=240)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     return proc.returncode
 
 
+def _journaled_orders(ws: Workspace) -> list[str]:
+    from shopsight.behavior.decisions import journal_records
+
+    return [str(r["row"]["order_id"]) for _, r in journal_records(ws) if r["row"].get("order_id") is not None]
+
+
 @pytest.mark.slow
-def test_sigkill_between_ingest_decisions_and_checkpoint_then_restart_decides_every_order_once(tmp_path):
+def test_sigkill_at_each_step_journal_store_fold_checkpoint_then_restart_decides_every_order_once(tmp_path):
     ws, base, tail = _stream_setup(tmp_path, days=4.0)
     folder = tmp_path / "incoming"
     folder.mkdir()
@@ -192,12 +378,21 @@ def test_sigkill_between_ingest_decisions_and_checkpoint_then_restart_decides_ev
         part.sort_values("ts").to_csv(folder / f"part{i}.csv", index=False)
     script = tmp_path / "killer.py"
     script.write_text(_KILLER.format(root=str(ROOT)))
-    # killed after the 2nd batch became visible, before its decisions
-    assert _run_killed(ws, folder, "ingest", 2, script) == -signal.SIGKILL
+    # killed once the first decisions are journaled: durable there, nothing stored yet
+    _run_killed(ws, folder, "journal", 1, script)
+    first = _journaled_orders(ws)
+    assert first and not decided_batches(ws) and not [b for b in ws.batches() if str(b["source"]).startswith("watch:")]
+    assert set(first) <= set(load_decisions(ws)["order_id"].dropna())  # the audit trail reads the journal too
+    # restarted: those orders are not decided again; killed after the 2nd batch is stored, before its decisions are folded
+    _run_killed(ws, folder, "ingest", 2, script)
     assert len(decided_batches(ws)) == 1
-    # restarted: the undecided batch is decided first; killed after the next batch's decisions, before the checkpoint
-    assert _run_killed(ws, folder, "decisions", 2, script) == -signal.SIGKILL
+    journaled = _journaled_orders(ws)
+    assert not pd.Series(journaled).duplicated().any() and set(first) <= set(journaled)
+    # restarted: the stored batch is folded from the journal first; killed after the next batch's fold, before the checkpoint
+    _run_killed(ws, folder, "decisions", 2, script)
     assert len(decided_batches(ws)) == 3
+    # restarted: killed after a checkpoint, before the folded journal segments are deleted
+    _run_killed(ws, folder, "checkpoint", 1, script)
     # restarted through the CLI, in the background, and killed at an arbitrary moment
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "watch", str(folder), "--poll", "0.05", "--no-alerts",
@@ -212,9 +407,24 @@ def test_sigkill_between_ingest_decisions_and_checkpoint_then_restart_decides_ev
                              "--workspace", str(ws.root)], env=env, capture_output=True, text=True, timeout=240)
     assert finish.returncode == 0, finish.stderr
     d = _assert_exactly_once(ws, base, tail)
+    assert not _journaled_orders(ws)  # every journal segment folded and deleted
     streamed = {int(b["id"]) for b in ws.batches() if b.get("file") and str(b["source"]).startswith("watch:")}
     assert streamed == decided_batches(ws) and len(streamed) >= 6  # every stored batch of the stream decided
-    assert set(d["batch"]) <= decided_batches(ws)
+    assert set(d["batch"].dropna()) <= decided_batches(ws)
+
+
+def test_a_line_cut_short_in_the_journal_never_counted(tmp_path):
+    from shopsight.behavior.decisions import DecisionJournal
+
+    j = DecisionJournal(tmp_path, "k")
+    j.append([{"kind": "order", "file": "f", "start": 0, "row": {"order_id": "o1"}}])
+    path = j.segments()[0][1]
+    j.close()
+    with open(path, "ab") as fh:
+        fh.write(b'{"kind":"order","row":{"order_id":"o2"')  # a kill in the middle of the write
+    again = DecisionJournal(tmp_path, "k")
+    assert [r["row"]["order_id"] for _, r in again.load()] == ["o1"]
+    assert path.read_bytes().endswith(b"}\n")  # cut back to the last whole line, so the next append starts clean
 
 
 def test_users_whose_behaviour_changed_are_decided_off_the_orders_path_once_per_change(tmp_path):

@@ -45,7 +45,9 @@ def risk_decisions(
         return out | {"n": 0, "by_decision": {d: 0 for d in _DECISIONS}, "decisions": [], "models": [],
                       "note": "no risk decisions are recorded in this workspace yet: `shopsight watch PATH` decides orders as they arrive",
                       "citations": {"orders": [], "model": None}}
-    when = table["order_ts"].where(table["order_ts"].notna(), table["decided_at"])
+    # the event time each decision judged (a replay of May's events decided in December is about May);
+    # the wall clock only for a decision recorded without one
+    when = table["event_ts"].where(table["event_ts"].notna(), table["decided_at"])
     table = table.assign(when=when)[rng.contains(when).to_numpy()]
     labels = _latest_labels(ctx)
     key = table["order_id"].fillna("user:" + table["user_id"].astype(str)).astype(str)

@@ -67,9 +67,11 @@ from shopsight.behavior.models.metrics import best_f1_threshold
 from shopsight.behavior.models.reasons import build_reasons, plan_reasons
 from shopsight.behavior.models.rules import (
     RULE_NAMES,
+    RuleResult,
     RuleThresholds,
     evaluate_rules,
     evaluate_rules_for_users,
+    evaluate_rules_of_rows,
     order_table,
     rows_of_users,
     rule_features,
@@ -787,6 +789,32 @@ class RiskModel(BehaviorModel):
                         "ts": None, "rules": rules_for_user(rules, uid)})
         self._last_batch = (events, scope, table, rules)  # what ``order_reasons`` reuses for the flagged few
         return out
+
+    def score_from_rows(self, mine: pd.DataFrame, users: Sequence[str], *, asof: pd.Timestamp,
+                        linked: RuleResult) -> tuple[dict[str, float], dict, pd.DataFrame]:
+        """P(fraud) of ``users`` from their own rows only, as of ``asof``: the decision path of ``shopsight watch``.
+
+        ``mine`` holds every row of these users that counts (``score_order``'s: those up to the order's
+        time), ``asof`` is the "as of" time (``end_of_events`` of those events), ``linked`` the users'
+        ``linked_accounts`` verdict (from a :class:`~shopsight.behavior.models.rules.IdentityIndex` over
+        every event up to then). The probabilities are ``score_order``'s for the same events (the tests
+        hold them equal); no table of every user is read. Returns (probability per user, rounded as
+        ``score_orders`` rounds; the rule verdicts; the order table of ``mine``).
+        """
+        self._check_fitted()
+        index = pd.Index(sorted(str(u) for u in dict.fromkeys(users)), name="user_id")
+        _check_known(mine, index)
+        table = order_table(mine)
+        linked = RuleResult(linked.name, linked.threshold, linked.users.reindex(index), None)
+        rules = evaluate_rules_of_rows(mine, self.thresholds, orders=table, linked=linked)
+        feats, seqs = self._inputs(mine, asof, index, rules, table)
+        p, _ = self._probabilities(feats, seqs)
+        return {u: round(float(v), 4) for u, v in zip(index, p)}, rules, table
+
+    def reasons_from_rows(self, mine: pd.DataFrame, user_id: str, rules: dict, table: pd.DataFrame) -> list[dict[str, Any]]:
+        """The buyer's reasons in words (``explain``'s, as of the end of ``mine``) from a :meth:`score_from_rows` pass."""
+        own = mine[(mine["user_id"].astype(str) == user_id).to_numpy(dtype=bool)]
+        return self._explain(own, user_id, rules, own, table[(table["user_id"].astype(str) == user_id).to_numpy(dtype=bool)])["reasons"]
 
     def order_reasons(self, events: pd.DataFrame, user_id: str) -> list[dict[str, Any]]:
         """The buyer's reasons in words (``explain``'s), reusing the last ``score_orders`` pass when it covered them."""

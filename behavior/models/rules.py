@@ -771,6 +771,98 @@ def linked_accounts_shared(
     return RuleResult("linked_accounts", float(thresholds.linked_users), users, None)
 
 
+class IdentityIndex:
+    """Who used each device id and IP address, and since when: ``linked_accounts`` for a few users without the table.
+
+    ``shopsight watch`` keeps one in memory, fed every event as it lands, and judges the linked-accounts
+    rule of a buyer as of the buyer's order from it. It finds the specific identifiers and their holders
+    as :func:`_linked_accounts_for` does over the events up to that instant (per identifier it keeps each
+    user's first use, so an account that used it later does not count), then hands them to
+    :func:`linked_accounts_shared`: one implementation of the verdict (the tests hold the two together).
+    """
+
+    def __init__(self) -> None:
+        self.users_of: dict[str, dict[Any, dict[Any, int]]] = {c: {} for c in LINK_COLUMNS}  # col -> value -> user -> first ns
+        self.first_seen: dict[Any, int] = {}  # user -> first event (ns)
+        self._sorted_first: np.ndarray | None = None
+
+    def add(self, events: pd.DataFrame) -> None:
+        """Take in ``events`` (any order, any users; rows seen before change nothing)."""
+        if events.empty:
+            return
+        ts = events["ts"].to_numpy(dtype="datetime64[ns]").astype("int64")
+        users = events["user_id"].to_numpy(dtype=object, na_value=None)
+        ok = np.array([u is not None for u in users], dtype=bool)
+        firsts = pd.Series(ts[ok]).groupby(users[ok]).min()
+        for u, t in zip(firsts.index, firsts.to_numpy()):
+            old = self.first_seen.get(u)
+            if old is None or t < old:
+                self.first_seen[u] = int(t)
+                self._sorted_first = None
+        for col in LINK_COLUMNS:
+            if col not in events.columns:
+                continue
+            values = events[col].to_numpy(dtype=object, na_value=None)
+            keep = ok & np.array([v is not None for v in values], dtype=bool)
+            if not keep.any():
+                continue
+            pairs = pd.DataFrame({"v": values[keep], "u": users[keep], "t": ts[keep]}).groupby(["v", "u"], sort=False)["t"].min()
+            table = self.users_of[col]
+            for (v, u), t in zip(pairs.index, pairs.to_numpy()):
+                seen = table.setdefault(v, {})
+                old = seen.get(u)
+                if old is None or t < old:
+                    seen[u] = int(t)
+
+    def population(self, asof_ns: int) -> int:
+        """How many users had an event at or before ``asof_ns``."""
+        if self._sorted_first is None:
+            self._sorted_first = np.sort(np.fromiter(self.first_seen.values(), dtype="int64", count=len(self.first_seen)))
+        return int(np.searchsorted(self._sorted_first, asof_ns, side="right"))
+
+    def shared(self, mine: pd.DataFrame, thresholds: RuleThresholds, asof: pd.Timestamp) -> dict[tuple[str, object], list]:
+        """The specific identifiers of ``mine``'s users and who held each by ``asof`` (:func:`linked_accounts_shared`'s input)."""
+        asof_ns = int(pd.Timestamp(asof).value)
+        n_all: int | None = None
+        out: dict[tuple[str, object], list] = {}
+        for col in [c for c in LINK_COLUMNS if c in mine.columns]:
+            for value in mine[col].dropna().unique():
+                holders = [u for u, t in (self.users_of[col].get(value) or {}).items() if t <= asof_ns]
+                n = len(holders)
+                if n > thresholds.linked_min_common:
+                    if n_all is None:
+                        n_all = self.population(asof_ns)
+                    if n > common_cap(thresholds, n_all):
+                        continue  # common: the rule ignores it
+                if n > 1:
+                    out[(col, value)] = holders
+        return out
+
+    def linked_accounts(self, mine: pd.DataFrame, thresholds: RuleThresholds = RuleThresholds(),
+                        asof: pd.Timestamp | dict[Any, pd.Timestamp] | None = None) -> RuleResult:
+        """``linked_accounts`` for the users of ``mine`` (their rows up to ``asof``) over every event up to ``asof``.
+
+        ``asof``: one instant, or one per user (several orders in one pass, each as of its own time);
+        None: every event added. Every event up to ``asof`` must have been added.
+        """
+        if not isinstance(asof, dict):
+            at = pd.Timestamp(asof) if asof is not None else pd.Timestamp.max
+            return linked_accounts_shared(mine, self.shared(mine, thresholds, at), thresholds)
+        parts = []
+        users = mine["user_id"].astype(str)
+        for u in sorted(dict.fromkeys(users)):
+            own = mine[(users == u).to_numpy(dtype=bool)]
+            parts.append(linked_accounts_shared(own, self.shared(own, thresholds, asof[u]), thresholds).users)
+        return RuleResult("linked_accounts", float(thresholds.linked_users), pd.concat(parts) if parts else _empty_users(_all_users(mine)), None)
+
+
+def evaluate_rules_of_rows(mine: pd.DataFrame, thresholds: RuleThresholds, *, orders: pd.DataFrame | None, linked: RuleResult) -> dict[str, RuleResult]:
+    """Every rule for the users of ``mine`` (all their rows), given their ``linked_accounts`` verdict (an :class:`IdentityIndex`'s)."""
+    out = _run_rules(mine, thresholds, [n for n in RULE_NAMES if n != "linked_accounts"], orders)
+    out["linked_accounts"] = linked
+    return {name: out[name] for name in RULE_NAMES}
+
+
 def rule_features(results: dict[str, RuleResult]) -> pd.DataFrame:
     """Wide per-user table for models: ``rule_<name>`` (value) and ``rule_<name>_fired`` (0/1)."""
     items = list(results.values())
