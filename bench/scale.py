@@ -9,7 +9,7 @@ Spark: the same mean churn probability by country in Spark SQL). The models are 
 a small shop and copied in: scoring cost is what grows with users.
 
     python bench/scale.py --users 10000 100000          # table, bench/results/scale.json, bench/results/scale.png
-    python bench/scale.py --users 1000000 --engines local
+    python bench/scale.py --users 1000000 --engines local spark   # local-table at 1M would hold ~14 GB of table
 
 Also reported: the local event table's size in memory beside the local scoring peak (the
 local path holds one copy of the table), the log-log slope of each stage's cost against users,
