@@ -3,8 +3,8 @@
 The table (built on Spark by ``behavior.spark.build_training_table``, with the model's own
 per-user snapshot code) is a folder: ``table.json`` (what was built, from what, the split, the
 vocabulary) and ``rows/split=train|validation|test/*.parquet``, one row per (snapshot, user):
-``user_id, snapshot, x0..xk`` (the tabular features, named in the manifest), ``tokens`` (the
-behaviour sentence, ``max_len`` ids), ``length``, ``y``.
+``user_id, snapshot, x0..xk`` (the tabular features, named in the manifest), ``t0..tL`` (the
+behaviour sentence's token ids, right-padded), ``length``, ``y``.
 
 ``fit_binary_streaming`` is ``common.fit_binary`` over that table: the scaler's statistics, the
 base rate and the logistic warm start come from streaming passes first, then each epoch reads the
@@ -61,6 +61,11 @@ def feature_column(i: int) -> str:
     return f"x{i}"
 
 
+def token_column(j: int) -> str:
+    """The Parquet column of the sentences' ``j``-th token (0 = oldest kept)."""
+    return f"t{j}"
+
+
 def table_rows(split: np.ndarray, snapshot: np.ndarray, users: Any, X: pd.DataFrame, seqs: Sequences, y: np.ndarray,
                feature_names: Sequence[str]) -> pd.DataFrame:
     """Rows of the training table: one per (snapshot, user), the features in ``feature_names``' order.
@@ -77,7 +82,8 @@ def table_rows(split: np.ndarray, snapshot: np.ndarray, users: Any, X: pd.DataFr
     for i, name in enumerate(feature_names):
         out[feature_column(i)] = pd.to_numeric(Xf[name], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
     tokens = np.ascontiguousarray(seqs.tokens, dtype="int64")
-    out["tokens"] = list(tokens) if len(tokens) else []
+    for j in range(tokens.shape[1] if tokens.ndim == 2 else 0):  # one column per position: plain numbers every engine moves
+        out[token_column(j)] = tokens[:, j]
     out["length"] = np.asarray(seqs.lengths, dtype="int64")
     out["y"] = np.asarray(y, dtype="int64")
     return pd.DataFrame(out)
@@ -98,7 +104,7 @@ class TrainingTable:
         self.manifest = manifest
         self._files = files
         self.feature_names: list[str] = list(manifest["features"])
-        self.max_len = int(manifest["max_len"])
+        self.token_width = int(manifest["token_width"])
         self.max_batch_rows = 0
         self.max_rows_held = 0
 
@@ -119,7 +125,7 @@ class TrainingTable:
             raise TableError(f"{where} is not a readable training table manifest ({exc}): build the table again") from exc
         if manifest.get("format") != TABLE_FORMAT:
             raise TableError(f"{where} is format {manifest.get('format')!r}; this code reads format {TABLE_FORMAT}: build the table again")
-        expected = cls.schema(len(manifest["features"]))
+        expected = cls.schema(len(manifest["features"]), int(manifest["token_width"]))
         files: dict[str, list[Path]] = {}
         for split in SPLITS:
             part = folder / ROWS / f"split={split}"
@@ -149,10 +155,10 @@ class TrainingTable:
         return cls(folder, manifest, files)
 
     @staticmethod
-    def schema(n_features: int) -> pa.Schema:
+    def schema(n_features: int, token_width: int) -> pa.Schema:
         return pa.schema([("user_id", pa.string()), ("snapshot", pa.int64()),
                           *[(feature_column(i), pa.float64()) for i in range(n_features)],
-                          ("tokens", pa.list_(pa.int64())), ("length", pa.int64()), ("y", pa.int64())])
+                          *[(token_column(j), pa.int64()) for j in range(token_width)], ("length", pa.int64()), ("y", pa.int64())])
 
     def rows(self, split: str) -> int:
         return int(self.manifest["rows"][split])
@@ -167,7 +173,7 @@ class TrainingTable:
     def batches(self, split: str, columns: Sequence[str] | None = None, *, read_rows: int = READ_ROWS,
                 files: Sequence[Path] | None = None) -> Iterator[pa.RecordBatch]:
         """The split's rows as record batches of at most ``read_rows``, shard by shard."""
-        cols = list(columns) if columns is not None else ["user_id", *self.x_columns, "tokens", "length", "y"]
+        cols = list(columns) if columns is not None else ["user_id", *self.x_columns, *[token_column(j) for j in range(self.token_width)], "length", "y"]
         for f in (self._files[split] if files is None else files):
             try:
                 for batch in pq.ParquetFile(f).iter_batches(batch_size=read_rows, columns=cols):
@@ -184,12 +190,8 @@ class TrainingTable:
 
     def tokens(self, batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
         """A batch's sentences: tokens [n, max_len] and lengths [n]."""
-        col = batch.column("tokens")
-        flat = col.values.to_numpy(zero_copy_only=False) if batch.num_rows else np.zeros(0, dtype="int64")
-        width = len(flat) // max(batch.num_rows, 1)
-        if batch.num_rows and width * batch.num_rows != len(flat):
-            raise TableError(f"the training table {self.folder} has sentences of different lengths: build it again")
-        return flat.reshape(batch.num_rows, width if batch.num_rows else 1).astype("int64"), batch.column("length").to_numpy().astype("int64")
+        tok = np.column_stack([batch.column(token_column(j)).to_numpy() for j in range(self.token_width)]).astype("int64")
+        return tok.reshape(batch.num_rows, self.token_width), batch.column("length").to_numpy().astype("int64")
 
     def frame(self, splits: Sequence[str], *, limit: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, pd.Index]:
         """At most ``limit`` rows of ``splits`` in memory (every k-th row when there are more):
