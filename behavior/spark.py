@@ -323,6 +323,8 @@ def sample_users(
     staging = staging_folder(target)
     try:
         sample = df.join(F.broadcast(chosen), "user_id") if n_users <= 1_000_000 else df.join(chosen, "user_id")
+        # written as a timestamp, so the shards read as events anywhere (read_events refuses an integer ts)
+        sample = sample.withColumn("ts", F.timestamp_micros(F.floor(F.col("ts") / F.lit(1000)).cast("long")))
         _run(lambda: sample.repartition(max(1, math.ceil(n_users / 50_000)), "user_id").write.mode("overwrite").parquet(str(staging / "events")), files)
         swap_in_folder(staging, target)
     except BaseException:
