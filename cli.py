@@ -911,7 +911,7 @@ def train(
     threads: int = typer.Option(1, min=1, help="Torch CPU threads (1 is fastest on a busy 2-core machine)."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Maximum training epochs (early stopping may end sooner)."),
     if_stale: bool = typer.Option(False, "--if-stale", help="Train only the models never trained or with events newer than their latest version's data cutoff."),
-    engine: str = typer.Option("local", help="local | spark: draw --sample users on Spark (all their events) and train on them here."),
+    engine: str = typer.Option("local", help="local | spark: draw --sample users on Spark; churn's training table is built there and streamed from Parquet shards."),
     sample: Optional[int] = typer.Option(None, "--sample", min=1, help="--engine spark: how many users to train on (a deterministic draw by --seed)."),
     events: Optional[str] = typer.Option(None, "--events", help="--engine spark: a Parquet file, folder or glob to draw from (default: the workspace's events)."),
     master: Optional[str] = typer.Option(None, "--master", help="--engine spark: Spark master URL (default $SPARK_MASTER, else local[2])."),
@@ -929,8 +929,10 @@ def train(
       shopsight train --if-stale        (after new batches: retrain what they made stale)
 
       shopsight train churn --engine spark --sample 200000 --events 'shards/*.parquet'
-      (the users are drawn on Spark and written as Parquet shards in WORKSPACE/training/; the
-      models train here on those users' events, with the same time-based split)
+      (the users are drawn on Spark and written as Parquet shards in WORKSPACE/training/; churn's
+      training table (its snapshots' features and labels, the same time-based split) is built on
+      Spark into WORKSPACE/training/churn-table-sample-N-seedS/ and the model trains here from those
+      shards a batch at a time; intent and risk still train on the sample's events in memory)
     """
     from shopsight.behavior.models import metric_rows, ranking_rows
     from shopsight.behavior.models.common import TrainSettings
@@ -960,18 +962,32 @@ def train(
     if engine == "spark" and not sample:
         raise ValueError("--engine spark trains on a sample of users: give --sample N")
     train_events, card_extra = None, None
+    from_table: list[dict] = []
     # "all" trains every model the data allows: one that cannot be trained (Complete Journey has no
     # sessions without a purchase for session intent) is reported, and the others are still trained
     with _writer(ws, "train"):
         if engine == "spark":
-            from shopsight.behavior.spark import read_sample, sample_users
+            from shopsight.behavior.spark import build_training_table, read_sample, sample_users
 
             folder = sample_users(ws, sample, events, seed=seed, master=master)
-            train_events = read_sample(folder)
             card_extra = {"training_sample": {"users": int(sample), "seed": seed, "engine": "spark", "shards": str(folder),
-                                              "events": int(len(train_events)), "source": events or f"workspace {ws.root}"}}
-        results = _train_with_progress(ws, names, settings=settings, show=not as_json, horizon=horizon, keep_going=target == "all",
-                                       events=train_events, card_extra=card_extra)
+                                              "source": events or f"workspace {ws.root}"}}
+            if "churn" in names:  # its training table is built on Spark and streamed from the shards
+                from shopsight.behavior.models import train_from_table
+                from shopsight.behavior.models.churn import ChurnModel
+
+                model = ChurnModel(**({"horizon_days": horizon} if horizon else {}), settings=settings)
+                if not as_json:
+                    err_console.print("[dim]spark: building the churn training table…[/]")
+                table = build_training_table(ws, model, folder, master=master, name=f"churn-table-{folder.parent.name}")
+                from_table.append(train_from_table(ws, "churn", table, settings=settings, card_extra=card_extra,
+                                                   **({"horizon_days": horizon} if horizon else {})))
+                names = [n for n in names if n != "churn"]
+            if names:
+                train_events = read_sample(folder)
+                card_extra["training_sample"]["events"] = int(len(train_events))
+        results = from_table + (_train_with_progress(ws, names, settings=settings, show=not as_json, horizon=horizon,
+                                                     keep_going=target == "all", events=train_events, card_extra=card_extra) if names else [])
     failed = [r for r in results if r.get("error")]
     if as_json:
         print(json.dumps(results, indent=2, default=str))

@@ -6,6 +6,8 @@ user group on Spark (``groupBy("user_id").applyInPandas(user_features, schema)``
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import pandas as pd
 
@@ -200,8 +202,17 @@ def top_categories(events: pd.DataFrame, k: int = 8) -> list[str]:
     same share columns.
     """
     buys = events[events["event"] == "purchase"]
-    src = buys if buys["category"].notna().any() else events
-    return [str(c) for c in src["category"].dropna().astype(str).value_counts().index[:k]]
+    return top_categories_from(buys["category"].dropna().astype(str).value_counts(),
+                               lambda: events["category"].dropna().astype(str).value_counts(), k)
+
+
+def top_categories_from(purchase_counts: pd.Series, event_counts: Callable[[], pd.Series], k: int = 8) -> list[str]:
+    """``top_categories`` from counts, most frequent first (Spark counts a whole table's).
+
+    ``event_counts`` (every event's categories) is asked for only when no purchase has a category.
+    """
+    src = purchase_counts if len(purchase_counts) else event_counts()
+    return [str(c) for c in src.index[:k]]
 
 
 def rfm_features(

@@ -33,6 +33,7 @@ from shopsight.behavior.scoring import (
     ScoreRun,
     ScoringError,
     ScoringModels,
+    canonical_group,
     check_shards,
     end_of,
     event_files,
@@ -322,6 +323,8 @@ def sample_users(
     staging = staging_folder(target)
     try:
         sample = df.join(F.broadcast(chosen), "user_id") if n_users <= 1_000_000 else df.join(chosen, "user_id")
+        # written as a timestamp, so the shards read as events anywhere (read_events refuses an integer ts)
+        sample = sample.withColumn("ts", F.timestamp_micros(F.floor(F.col("ts") / F.lit(1000)).cast("long")))
         _run(lambda: sample.repartition(max(1, math.ceil(n_users / 50_000)), "user_id").write.mode("overwrite").parquet(str(staging / "events")), files)
         swap_in_folder(staging, target)
     except BaseException:
@@ -341,3 +344,148 @@ def read_sample(folder: Path) -> pd.DataFrame:
         raise ScoringError(f"{folder} holds no sample shards: draw it again with `shopsight train --engine spark --sample N`")
     table = pd.concat([pq.read_table(p).to_pandas() for p in parts], ignore_index=True)
     return canonical_group(table, order=FILE_ORDER)
+
+
+def build_training_table(
+    ws: Workspace,
+    model: Any,
+    events: str | Path | None = None,
+    *,
+    master: str | None = None,
+    spark: Any = None,
+    users_per_group: int = 5000,
+    name: str | None = None,
+) -> Path:
+    """Build ``model``'s training table (train / validation / test rows) on Spark; publish it in ``ws``; return its folder.
+
+    Spark computes what the model learns from the whole table before any row (the split's times,
+    the vocabulary's counts and price quantiles, the share categories, which users validate),
+    then runs the model's own per-user code (``ChurnModel.training_rows``) on each group of users'
+    events (``applyInPandas``), in ``Workspace.load_events``' order. The rows are written as
+    Parquet shards partitioned by split in a staging folder beside
+    ``training/<name>/`` (default ``<model>-table``) with ``table.json``, and renamed into place
+    when complete: a failed build publishes nothing and leaves the previous table.
+
+    Raises:
+        ScoringError: bad events path or shard; not enough history; the Spark job failed.
+    """
+    import json
+
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from shopsight.behavior.features import top_categories_from
+    from shopsight.behavior.models.churn import validation_draw
+    from shopsight.behavior.models.common import PRICE_QUANTILES, ModelError, quantiles_from_counts, vocab_from
+    from shopsight.behavior.models.streaming import MANIFEST, ROWS, SPLITS, TABLE_FORMAT, TrainingTable
+    from shopsight.behavior.workspace import staging_folder, swap_in_folder
+
+    if getattr(model, "name", None) != "churn":
+        raise ScoringError(f"a training table is built for the churn model only, not '{getattr(model, 'name', model)}'")
+    files = event_files(ws, events)
+    spark = spark or spark_session(master)
+    df = read_events(spark, files, positions=True)
+    stats = _run(lambda: df.agg(F.min("ts").alias("first"), F.max("ts").alias("last"), F.countDistinct("user_id").alias("users"),
+                                F.sum(F.col("user_id").isNull().cast("long")).alias("no_user")).collect()[0], files)
+    if not stats["users"]:
+        raise ScoringError(f"no events to train on in {events or ws.root}")
+    if stats["no_user"]:
+        raise ScoringError(f"{stats['no_user']:,} events have no user_id in {events or ws.root}: ingest them through `shopsight ingest`")
+    ns = lambda v: pd.Timestamp(int(v), unit="ns", tz="UTC")  # noqa: E731
+    first, last = ns(stats["first"]), ns(stats["last"])
+    try:
+        C, asofs = model.split_times(first, last)
+    except ModelError as exc:
+        raise ScoringError(str(exc)) from exc
+    H = pd.Timedelta(days=model.horizon_days)
+    before = df.where(F.col("ts") < F.lit(C.value))
+    # first appearance in load_events' order breaks count ties, as value_counts does
+    order = F.struct("user_id", "ts", "_file", "_row")
+
+    def ranked(frame: Any) -> pd.Series:
+        rows = _run(lambda: frame.where(F.col("category").isNotNull()).groupBy("category")
+                    .agg(F.count("*").alias("n"), F.min(order).alias("first")).collect(), files)
+        rows = sorted(rows, key=lambda r: (-r["n"], tuple(r["first"])))
+        return pd.Series([r["n"] for r in rows], index=[str(r["category"]) for r in rows], dtype="int64")
+
+    event_types = [r["event"] for r in _run(lambda: before.where(F.col("event").isNotNull()).select("event").distinct().collect(), files)]
+    prices = _run(lambda: before.where(F.col("price").isNotNull() & ~F.isnan(F.col("price").cast("double")))
+                  .groupBy(F.col("price").cast("double").alias("p")).count().orderBy("p").toPandas(), files)
+    qs = quantiles_from_counts(prices["p"].to_numpy(), prices["count"].to_numpy(), PRICE_QUANTILES) if len(prices) else []
+    counts = ranked(before)
+    model.vocab_ = vocab_from(event_types, counts, qs)
+    model.categories_ = top_categories_from(ranked(before.where(F.col("event") == "purchase")), lambda: counts, model.n_categories)
+
+    # which users validate: one seeded draw over the sorted users of every training snapshot
+    lo = [(F.col("ts") >= F.lit((a - pd.Timedelta(days=model.active_days)).value)) if model.active_days else F.lit(True) for a in asofs]
+    seen = None
+    for a, cond in zip(asofs, lo):
+        c = (F.col("ts") < F.lit(a.value)) & cond
+        seen = c if seen is None else (seen | c)
+    snap_users = df.where(seen).select("user_id").distinct()
+    n_snap = int(_run(lambda: snap_users.count(), files))
+    ranked_users = snap_users.withColumn("_pos", F.row_number().over(Window.orderBy("user_id")) - 1)
+    frac, seed = model.val_user_fraction, model.settings.seed
+
+    def draw(batches: Any) -> Any:
+        for b in batches:
+            yield pd.DataFrame({"user_id": b["user_id"].to_numpy(dtype=object), "_val": validation_draw(b["_pos"].to_numpy(), n_snap, frac, seed=seed)})
+
+    val = ranked_users.mapInPandas(draw, "user_id string, _val boolean")
+    n_users = int(stats["users"])
+    n_groups = max(1, math.ceil(n_users / max(users_per_group, 1)))
+    tagged = df.join(val, "user_id", "left").fillna({"_val": False}).withColumn(BUCKET, _bucket_of(n_groups))
+
+    sample_ids = [r["user_id"] for r in df.select("user_id").distinct().orderBy("user_id").limit(20).collect()]
+    probe = canonical_group(df.where(F.col("user_id").isin(sample_ids)).toPandas(), order=FILE_ORDER)
+    from shopsight.behavior.features import rfm_features
+
+    names = list(rfm_features(probe, end_of(last), categories=model.categories_).columns)  # the columns every snapshot has
+    from shopsight.behavior.models.streaming import feature_column, token_column
+
+    width = model.settings.max_len if model.use_sequence else 1  # tokenize_events' width (an empty sentence: one pad)
+    schema = ("user_id string, split string, snapshot long, " + ", ".join(f"{feature_column(i)} double" for i in range(len(names)))
+              + ", " + ", ".join(f"{token_column(j)} long" for j in range(width)) + ", length long, y long")
+
+    def rows(pdf: pd.DataFrame) -> pd.DataFrame:
+        import torch
+
+        torch.set_num_threads(1)
+        val_users = pdf.loc[pdf["_val"].astype(bool), "user_id"].unique()
+        group = canonical_group(pdf.drop(columns=[BUCKET, "_val"]), order=FILE_ORDER)
+        out = model.training_rows(group, asofs, C, val_users, names)
+        for col in ("user_id", "split"):  # concat leaves Arrow-backed text in chunks, which Spark's serializer refuses
+            out[col] = out[col].to_numpy(dtype=object)
+        return out
+
+    table = tagged.groupBy(BUCKET).applyInPandas(rows, schema)
+    target = ws.root / "training" / (name or f"{model.name}-table")
+    staging = staging_folder(target)
+    try:
+        _run(lambda: table.write.partitionBy("split").mode("overwrite").parquet(str(staging / ROWS)), files)
+        n_rows = {}
+        for split in SPLITS:
+            part = staging / ROWS / f"split={split}"
+            n_rows[split] = sum(pq_rows(f) for f in part.glob("*.parquet")) if part.is_dir() else 0
+        manifest = {
+            "format": TABLE_FORMAT, "model": model.name, "params": model.table_params(), "features": names,
+            "token_width": width, "vocab": model.vocab_, "categories": model.categories_,
+            "cutoff": C.isoformat(), "train_asofs": [a.isoformat() for a in asofs],
+            "first_event": first.isoformat(), "last_event": last.isoformat(), "scored_asof": end_of(last).isoformat(),
+            "users": n_users, "snapshot_users": n_snap, "rows": n_rows,
+            "source": _source(ws, events, files), "engine": {"master": spark.sparkContext.master, "groups": n_groups},
+            "built": pd.Timestamp.now(tz="UTC").isoformat(),
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+        TrainingTable.open(staging)  # what a reader will check, before anyone can read it
+        swap_in_folder(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def pq_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return int(pq.ParquetFile(path).metadata.num_rows)

@@ -117,6 +117,54 @@ def _train_locked(ws: Any, cls: Any, name: str, progress: Any, settings: Any, ev
     return {"name": name, "version": version, "train_seconds": card.get("train_seconds"), "card": card}
 
 
+def train_from_table(
+    ws: Any,
+    name: str,
+    table: Any,
+    *,
+    progress: Any = None,
+    settings: Any = None,
+    card_extra: dict[str, Any] | None = None,
+    buffer_rows: int | None = None,
+    **params: Any,
+) -> dict[str, Any]:
+    """``train_model`` from a training table in Parquet shards (``behavior.spark.build_training_table``), streaming.
+
+    fit (``fit_table``) → ``evaluation.evaluate_churn_table`` → save. No ``scores.parquet`` is
+    written (the table holds snapshots, not the latest events): run ``shopsight score`` after it.
+    Only churn trains from a table so far.
+
+    Returns:
+        ``{"name", "version", "train_seconds", "card"}``; the card's ``training_table`` says where,
+        how many rows per split and how much the reader held at once.
+    """
+    from shopsight.behavior.models.common import ModelError
+    from shopsight.behavior.models.evaluation import evaluate_churn_table
+    from shopsight.behavior.models.streaming import TrainingTable
+
+    if name != "churn":
+        raise ModelError(f"only the churn model trains from a training table; train {name} from events")
+    if not isinstance(table, TrainingTable):
+        table = TrainingTable.open(table)
+    cls = model_class(name)
+    with ws.writer("train"):
+        label_table = getattr(cls, "label_table", None)
+        labels = ws.load_labels(label_table) if label_table and label_table in ws.label_names() else None
+        model = cls(**params, **({"settings": settings} if settings is not None else {}))
+        model.fit_table(table, progress=progress, buffer_rows=buffer_rows)
+        card = evaluate_churn_table(model, table, labels).card
+        m = table.manifest
+        card["data_cutoff"] = m["last_event"]
+        card["data_batches"] = [b["id"] for b in ws.batches()] or None
+        card["feature_profile"] = None  # drift profiles come from events; a table holds snapshots
+        card["training_table"] = {"folder": str(table.folder), "rows": dict(m["rows"]), "users": m["users"],
+                                  "source": m["source"], "engine": m["engine"], "cutoff": m["cutoff"],
+                                  "train_asofs": m["train_asofs"], "streaming": model.stream_record_.to_card()}
+        card.update(card_extra or {})
+        version = model.save(ws, card=card, scores=None)
+    return {"name": name, "version": version, "train_seconds": card.get("train_seconds"), "card": card}
+
+
 def metric_rows(card: dict[str, Any]) -> list[dict[str, Any]]:
     """Flatten a model card's metrics and baselines into table rows: who, task, the headline metrics.
 

@@ -173,14 +173,66 @@ class ChurnModel(BehaviorModel):
 
         Uses the learned vocabulary and categories: ``fit`` learns those first.
         """
+        snaps = self.snapshots(events, asofs, progress=progress)
+        X, seqs, y, val_mask = split_snapshots(snaps, self.val_user_fraction, seed=self.settings.seed)
+        return TrainingSet(features=X, seqs=seqs, y=y, val_mask=val_mask)
+
+    def snapshots(self, events: pd.DataFrame, asofs: Sequence[pd.Timestamp], *, progress: Progress | None = None) -> list[Snapshot]:
+        """One ``snapshot`` per time in ``asofs``, each seeing the events before its label window ends.
+
+        Per user: a group of users' events gives those users' rows of the whole table's snapshots
+        (the Spark training table runs it per group: ``training_rows``).
+        """
         report = progress or (lambda stage, frac: None)
         H = pd.Timedelta(days=self.horizon_days)
         snaps = []
         for i, a in enumerate(asofs):
             snaps.append(self.snapshot(events[events["ts"] < a + H], a))
             report("features", (i + 1) / (len(asofs) + 1))
-        X, seqs, y, val_mask = split_snapshots(snaps, self.val_user_fraction, seed=self.settings.seed)
-        return TrainingSet(features=X, seqs=seqs, y=y, val_mask=val_mask)
+        return snaps
+
+    def split_times(self, first: pd.Timestamp, last: pd.Timestamp, cutoff: pd.Timestamp | None = None) -> tuple[pd.Timestamp, list[pd.Timestamp]]:
+        """The test cutoff C and the training snapshot times (newest first) for events spanning ``first``..``last``.
+
+        Raises:
+            ModelError: fewer than two training snapshots fit in the events' span.
+        """
+        end = pd.Timestamp(last).floor("D") + DAY  # end_of_events
+        H = pd.Timedelta(days=self.horizon_days)
+        C = pd.Timestamp(cutoff) if cutoff is not None else end - H
+        if C.tzinfo is None and pd.Timestamp(first).tzinfo is not None:
+            C = C.tz_localize(pd.Timestamp(first).tzinfo)
+        train_asofs = [a for a in self.training_cutoffs(C) if a - first >= pd.Timedelta(days=7)]
+        if len(train_asofs) < 2:
+            raise ModelError(
+                f"not enough history for churn with a {self.horizon_days}-day horizon: events span "
+                f"{pd.Timestamp(first).date()}..{end.date()}; need about {2 * self.horizon_days + 14} days (or lower --horizon)"
+            )
+        return C, train_asofs
+
+    def training_rows(self, events: pd.DataFrame, asofs: Sequence[pd.Timestamp], cutoff: pd.Timestamp, val_users: Any,
+                      feature_names: Sequence[str]) -> pd.DataFrame:
+        """Some users' rows of the training table (``streaming.table_rows``): their stacked training
+        snapshots (``split_snapshots``' rows, with ``val_users`` validating) and their test snapshot at ``cutoff``.
+
+        ``events`` holds every event of those users (``Workspace.load_events``' order); ``val_users``
+        are the ones among them that the whole table's draw (``validation_users``) picked.
+        """
+        from shopsight.behavior.models.streaming import table_rows
+
+        snaps = self.snapshots(events, asofs)
+        X, seqs, y, val, which = stack_snapshots(snaps, pd.Index(val_users))
+        test = self.snapshot(events[events["ts"] < cutoff + pd.Timedelta(days=self.horizon_days)], cutoff)
+        split = np.where(val, "validation", "train")
+        return pd.concat([
+            table_rows(split, which, seqs.keys, X, seqs, y, feature_names),
+            table_rows(np.full(len(test.y), "test"), np.full(len(test.y), -1), test.seqs.keys, test.features, test.seqs, test.y, feature_names),
+        ], ignore_index=True)
+
+    def learn_vocabulary(self, before_c: pd.DataFrame) -> None:
+        """The token vocabulary and the share categories, from the events before the test cutoff."""
+        self.vocab_ = fit_vocab(before_c)
+        self.categories_ = top_categories(before_c, self.n_categories)
 
     # --- training -----------------------------------------------------------------------
     def fit(
@@ -202,29 +254,60 @@ class ChurnModel(BehaviorModel):
         """
         t0 = time.perf_counter()
         report = progress or (lambda stage, frac: None)
-        end = end_of_events(events)
-        H = pd.Timedelta(days=self.horizon_days)
-        C = pd.Timestamp(cutoff) if cutoff is not None else end - H
-        if C.tzinfo is None and events["ts"].dt.tz is not None:
-            C = C.tz_localize(events["ts"].dt.tz)
-        train_asofs = self.training_cutoffs(C)
-        first = events["ts"].min()
-        train_asofs = [a for a in train_asofs if a - first >= pd.Timedelta(days=7)]
-        if len(train_asofs) < 2:
-            raise ModelError(
-                f"not enough history for churn with a {self.horizon_days}-day horizon: events span "
-                f"{first.date()}..{end.date()}; need about {2 * self.horizon_days + 14} days (or lower --horizon)"
-            )
+        end_of_events(events)  # raises on an empty table
+        C, train_asofs = self.split_times(events["ts"].min(), events["ts"].max(), cutoff)
         report("features", 0.0)
-        before_c = events[events["ts"] < C]
-        self.vocab_ = fit_vocab(before_c)
-        self.categories_ = top_categories(before_c, self.n_categories)
+        self.learn_vocabulary(events[events["ts"] < C])
         train = self.training_set(events, train_asofs, progress=report)
         report("features", 1.0)
         self._fit_arrays(train.features, train.seqs, train.y, train.val_mask, progress=report)
         # "typical" = the training snapshots' active customers (an event in the 90 days before a snapshot)
         self.typical_ = typical_values(train.features, self.glossary())
         self.cutoff_, self.train_asofs_ = C, train_asofs
+        self.train_seconds_ = time.perf_counter() - t0
+        return self
+
+    def table_params(self) -> dict[str, Any]:
+        """What a training table built for this model depends on (its manifest records them; ``fit_table`` checks them)."""
+        return {"horizon_days": self.horizon_days, "n_snapshots": self.n_snapshots, "snapshot_step_days": self.snapshot_step_days,
+                "active_days": self.active_days, "n_categories": self.n_categories, "use_sequence": self.use_sequence,
+                "val_user_fraction": self.val_user_fraction, "seed": self.settings.seed, "max_len": self.settings.max_len}
+
+    def fit_table(self, table: Any, *, progress: Progress | None = None, buffer_rows: int | None = None,
+                  typical_rows: int = 200_000) -> "ChurnModel":
+        """Learn from a training table in Parquet shards (``streaming.TrainingTable``), a batch at a time.
+
+        The table holds the rows ``training_set`` builds (built on Spark by the same code); the
+        scaler, warm start and training stream them (``streaming.fit_binary_streaming``). The
+        typical values come from at most ``typical_rows`` of them (all, on a table that small).
+
+        Raises:
+            ModelError: the table was built for another model or other settings.
+        """
+        from shopsight.behavior.models.streaming import BUFFER_ROWS, TableError, fit_binary_streaming, scaler_from_table
+
+        t0 = time.perf_counter()
+        m = table.manifest
+        if m.get("model") != self.name or m.get("params") != self.table_params():
+            raise TableError(f"the training table {table.folder} was built for {m.get('model')} with {m.get('params')}, "
+                             f"not churn with {self.table_params()}: build it again with these settings")
+        self.vocab_, self.categories_ = m["vocab"], list(m["categories"])
+        self.cutoff_ = pd.Timestamp(m["cutoff"])
+        self.train_asofs_ = [pd.Timestamp(a) for a in m["train_asofs"]]
+        self.scaler_ = scaler_from_table(table, "train")
+        s = self.settings
+        self.net_ = build_net({
+            "vocab_size": int(self.vocab_["size"]) if (self.use_sequence and self.vocab_) else 0,
+            "token_dims": list(self.vocab_["dims"]) if (self.use_sequence and self.vocab_) else None,
+            "n_tabular": len(self.scaler_.columns), "emb_dim": s.emb_dim, "hidden": s.hidden, "dropout": s.dropout,
+        })
+        result, record = fit_binary_streaming(self.net_, table, self.scaler_, settings=s, progress=progress,
+                                              buffer_rows=buffer_rows or BUFFER_ROWS)
+        self.calibration_ = result.calibration
+        self.threshold_ = best_f1_threshold(record.y_val, self.calibration_.apply(result.val_logits))
+        self.fit_result_, self.stream_record_ = result, record
+        X, _, _, _ = table.frame(("validation", "train"), limit=typical_rows)
+        self.typical_ = typical_values(X, self.glossary())
         self.train_seconds_ = time.perf_counter() - t0
         return self
 
@@ -386,10 +469,32 @@ def split_snapshots(
     Returns:
         features, sequences, labels, validation mask — aligned rows.
     """
-    rng = np.random.default_rng(seed)
     users = pd.Index(sorted(set().union(*(s.features.index for s in snaps))))
-    val_users = users[rng.random(len(users)) < val_user_fraction]
-    feats, seqs, ys, vals = [], [], [], []
+    X, seqs, y, val, _ = stack_snapshots(snaps, validation_users(users, val_user_fraction, seed=seed))
+    return X, seqs, y, val
+
+
+def validation_draw(positions: np.ndarray, n_users: int, val_user_fraction: float, *, seed: int = 0) -> np.ndarray:
+    """Whether the users at ``positions`` (in the sorted list of all ``n_users`` snapshot users) validate.
+
+    One seeded draw per user over the whole sorted list, so a group of users (a Spark group)
+    gets the same verdicts as the whole table.
+    """
+    draws = np.random.default_rng(seed).random(n_users)
+    return draws[np.asarray(positions, dtype="int64")] < val_user_fraction
+
+
+def validation_users(users: pd.Index, val_user_fraction: float, *, seed: int = 0) -> pd.Index:
+    """The validating users among ``users`` (sorted: every user of the training snapshots)."""
+    return users[validation_draw(np.arange(len(users)), len(users), val_user_fraction, seed=seed)]
+
+
+def stack_snapshots(snaps: list[Snapshot], val_users: pd.Index) -> tuple[pd.DataFrame, Sequences, np.ndarray, np.ndarray, np.ndarray]:
+    """``split_snapshots``' rows for a given set of validating users, plus each row's snapshot (0 = newest).
+
+    Validation = the newest snapshot's rows of ``val_users``; their older snapshots are dropped.
+    """
+    feats, seqs, ys, vals, which = [], [], [], [], []
     for i, s in enumerate(snaps):
         is_val = s.features.index.isin(val_users)
         keep = ~is_val if i else np.ones(len(is_val), dtype=bool)
@@ -397,7 +502,8 @@ def split_snapshots(
         seqs.append(Sequences(s.seqs.tokens[keep], s.seqs.lengths[keep], s.seqs.keys[keep]))
         ys.append(s.y[keep])
         vals.append(is_val[keep] if i == 0 else np.zeros(int(keep.sum()), dtype=bool))
-    return pd.concat(feats, ignore_index=True), _stack_seqs(seqs), np.concatenate(ys), np.concatenate(vals)
+        which.append(np.full(int(keep.sum()), i, dtype="int64"))
+    return pd.concat(feats, ignore_index=True), _stack_seqs(seqs), np.concatenate(ys), np.concatenate(vals), np.concatenate(which)
 
 
 def _empty_seqs(users: pd.Index) -> Sequences:

@@ -91,33 +91,65 @@ def seed_everything(seed: int, threads: int | None = None) -> None:
 # --- behaviour sentences ------------------------------------------------------------------
 
 
+PRICE_QUANTILES: tuple[float, ...] = tuple(np.linspace(0, 1, N_PRICE_BUCKETS + 1)[1:-1])
+
+
 def fit_vocab(events: pd.DataFrame, *, max_categories: int = 30) -> dict[str, Any]:
     """Learn the token vocabulary from (training) events: event types, top categories, price edges.
 
     Categories beyond the ``max_categories`` most frequent share one "other" bucket; a missing
     category has its own bucket. Price edges are quantiles of the observed prices.
     """
+    prices = pd.to_numeric(events["price"], errors="coerce").dropna()
+    qs = np.quantile(prices.to_numpy(dtype="float64"), PRICE_QUANTILES).tolist() if len(prices) else []
+    return vocab_from(events["event"].dropna().astype(str), events["category"].dropna().astype(str).value_counts(), qs,
+                      max_categories=max_categories)
+
+
+def vocab_from(event_types: Any, category_counts: pd.Series, price_quantiles: Sequence[float], *, max_categories: int = 30) -> dict[str, Any]:
+    """The vocabulary of ``fit_vocab`` from what it counts (Spark computes these three on a whole table).
+
+    Args:
+        event_types: the event types seen (any iterable of strings).
+        category_counts: each category's event count, most frequent first (ties in order of first
+            appearance: ``value_counts``' order).
+        price_quantiles: the prices' quantiles at ``PRICE_QUANTILES`` (empty: no prices).
+    """
     from shopsight.behavior.events import EVENT_TYPES
 
-    extra = sorted(set(events["event"].dropna().astype(str)) - set(EVENT_TYPES))
-    event_types = list(EVENT_TYPES) + extra
-    cats = events["category"].dropna().astype(str).value_counts()
-    categories = sorted(cats.index[:max_categories].tolist())
-    prices = pd.to_numeric(events["price"], errors="coerce").dropna()
-    if len(prices):
-        qs = np.quantile(prices.to_numpy(dtype="float64"), np.linspace(0, 1, N_PRICE_BUCKETS + 1)[1:-1])
-        price_edges = sorted(set(float(q) for q in qs))
-    else:
-        price_edges = []
+    extra = sorted(set(event_types) - set(EVENT_TYPES))
+    categories = sorted(category_counts.index[:max_categories].astype(str).tolist())
     vocab = {
-        "events": event_types,
+        "events": list(EVENT_TYPES) + extra,
         "categories": categories,
         "gap_edges_seconds": list(GAP_EDGES_SECONDS),
-        "price_edges": price_edges,
+        "price_edges": sorted(set(float(q) for q in price_quantiles)),
     }
     vocab["size"] = vocab_size(vocab)
     vocab["dims"] = list(_dims(vocab))
     return vocab
+
+
+def quantiles_from_counts(values: np.ndarray, counts: np.ndarray, qs: Sequence[float]) -> list[float]:
+    """``np.quantile`` (linear) of the multiset where ``values[i]`` (sorted, distinct) occurs ``counts[i]`` times.
+
+    The same floats as ``np.quantile`` over the expanded values (tested): the two order statistics
+    around each virtual index are found from the cumulative counts, then numpy interpolates them.
+    """
+    values = np.asarray(values, dtype="float64")
+    ends = np.cumsum(np.asarray(counts, dtype="int64"))  # the value at sorted position k is values[searchsorted(ends, k, right)]
+    n = int(ends[-1]) if len(ends) else 0
+    if n == 0:
+        return []
+    out = []
+    for q in qs:
+        index = (n - 1) * float(q)
+        lo = int(np.floor(index))
+        gamma = index - lo
+        a = values[np.searchsorted(ends, lo, side="right")]
+        b = values[np.searchsorted(ends, min(lo + 1, n - 1), side="right")]
+        out.append(float(np.quantile(np.array([a, b]), gamma)))  # numpy's own interpolation of a and b
+    return out
 
 
 def _dims(vocab: dict[str, Any]) -> tuple[int, int, int, int]:

@@ -456,3 +456,66 @@ def _risk_scores(model: RiskModel, events: pd.DataFrame, asof: pd.Timestamp, rul
         "rules_fired": fired_names,
         "asof": asof,
     }), feats.assign(anomaly_score=anomaly)
+
+
+def evaluate_churn_table(model: ChurnModel, table: Any, labels: pd.DataFrame | None = None, *,
+                         baseline_rows: int = 200_000) -> Evaluation:
+    """``_evaluate_churn`` for a model fitted from a training table (``ChurnModel.fit_table``): the card.
+
+    The model's test metrics are over every test row, read a batch at a time. The baselines
+    (logistic regression, LightGBM, days since last purchase) learn on at most ``baseline_rows``
+    training and validation rows (all of them on a table that small) and score the test rows'
+    tabular features, held in memory (no sentences). BG/NBD needs every buyer's purchase history,
+    which the table does not hold: it is reported as not computed.
+    """
+    from shopsight.behavior.models.streaming import predict_table
+
+    C, H, asofs, s = model.cutoff_, pd.Timedelta(days=model.horizon_days), model.train_asofs_, model.settings
+    users, logits, y_test = predict_table(model.net_, table, "test", model.scaler_)
+    p_test = model.calibration_.apply(logits)
+    metrics = binary_report(y_test, p_test, threshold=model.threshold_)
+    X_train, y_train, val_mask, _ = table.frame(("validation", "train"), limit=baseline_rows)
+    X_test, y_t, _, test_users = table.frame(("test",), limit=max(table.rows("test"), 1))
+    if not (test_users.equals(users) and np.array_equal(y_t, y_test)):
+        raise ModelError(f"the training table {table.folder} read its test rows in two orders: build it again")
+    base_runs = run_baselines(X_train, y_train, X_test, y_test, val_mask=val_mask, seed=s.seed, threads=s.threads)
+    baselines = _baseline_reports(base_runs)
+    baselines["bgnbd"] = {"error": "not computed from a training table (it needs every buyer's purchase history)", "n": int(len(y_test))}
+    ground_truth = None
+    if isinstance(labels, dict):
+        labels = labels.get("users")
+    if labels is not None and "dropout_ts" in labels.columns:
+        gt = labels.set_index(labels["user_id"].astype(str))["dropout_ts"].reindex(users.astype(str))
+        y_true = (gt.notna() & (gt < C + H)).to_numpy().astype("int64")
+        ground_truth = {
+            "definition": f"true dropout before cutoff + {model.horizon_days} days",
+            "model": binary_report(y_true, p_test, threshold=model.threshold_),
+            "lightgbm": binary_report(y_true, base_runs["lightgbm"]["proba"], threshold=baselines["lightgbm"]["threshold"]),
+        }
+    m, fr = table.manifest, model.fit_result_
+    card = {
+        "task": f"P(no purchase in the next {model.horizon_days} days)",
+        "data_window": {"first_event": m["first_event"], "last_event": m["last_event"], "test_cutoff": C.isoformat(),
+                        "scored_asof": m["scored_asof"]},
+        "split": {
+            "train_snapshots": [a.isoformat() for a in asofs[1:]],
+            "validation_snapshot": asofs[0].isoformat(),
+            "validation": f"newest training snapshot of {model.val_user_fraction:.0%} of users (held out of training)",
+            "test_snapshot": C.isoformat(),
+            "last_train_label_end": (asofs[0] + H).isoformat(),
+            "population": f"users with an event in the {model.active_days} days before a snapshot" if model.active_days else "all users seen",
+            "n_train": table.rows("train"), "n_validation": table.rows("validation"), "n_test": table.rows("test"),
+        },
+        "metrics": metrics,
+        "baselines": baselines,
+        "baselines_trained_on": {"rows": int(len(y_train)), "of": table.rows("train") + table.rows("validation")},
+        "ground_truth": ground_truth,
+        "calibration": {"method": "platt (temperature + bias) on the validation snapshot", **model.calibration_.to_dict()},
+        "train_seconds": round(model.train_seconds_, 2),
+        "training": {"best_epoch": fr.best_epoch, "epochs_run": fr.epochs_run, "net_seconds": round(fr.seconds, 1),
+                     "note": "best_epoch 0 = the logistic warm start was not improved on validation"},
+        "settings": s.to_dict(),
+        "features": list(model.scaler_.columns),
+        **model.typical_card(),
+    }
+    return Evaluation(card=card)
