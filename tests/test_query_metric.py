@@ -647,3 +647,19 @@ def test_a_count_of_chosen_users_says_of_them(ctx, ws):
     assert text.startswith(f"{k} of the 8 chosen users ({', '.join(ids[:3])}, …) (") and "bought something" in text
     two = REGISTRY.render("query_metric", {}, REGISTRY.run(ctx, "query_metric", {"metric": "users", "user_ids": ids[:2]}))
     assert two.startswith(f"2 of {ids[0]} and {ids[1]} had a session over all the data")
+
+
+def test_a_ranking_of_tied_users_says_they_tie_and_a_count_of_many_chosen_names_how_many():
+    tied = {"metric": "churn", "n_scored": 5000, "users": [{"rank": i + 1, "user_id": f"u0000{i}", "probability": 0.9861 - i * 1e-5}
+                                                          for i in range(4)]}
+    text = REGISTRY.render("top_users", {"metric": "churn"}, tied)
+    assert text.startswith("All of the top 4 users most likely to churn are tied at 98.6%, of 5,000 scored users: 1. u00000 (98.6%)")
+    apart = {**tied, "users": [{"rank": 1, "user_id": "u00001", "probability": 0.9}, {"rank": 2, "user_id": "u00002", "probability": 0.8}]}
+    assert REGISTRY.render("top_users", {"metric": "churn"}, apart).startswith("u00001 is the user most likely to churn (90.0%)")
+    # a count among 10 chosen users must say "of the 10": "5 users had a session on mobile" reads as the whole shop
+    ids = [f"u000{i:02d}" for i in range(10)]
+    result = {"metric": "users", "label": "users", "unit": "users", "query": {"metric": "users", "user_ids": ids, "device": ["mobile"]},
+              "total": {"value": 5}}
+    facts = REGISTRY.key_facts("query_metric", {}, result, "how many of those are on mobile?")
+    assert not all(f.holds("The 5 users who had a session on mobile were 5.") for f in facts)
+    assert all(f.holds("5 of the 10 chosen users had a session on mobile.") for f in facts)

@@ -855,6 +855,8 @@ def key_facts(args: Mapping[str, Any], r: Mapping[str, Any], question: str) -> l
     """The measure's facts (below) and, for a measure of a few named users, who they are."""
     ids = list((r.get("query") or {}).get("user_ids") or [])
     named = [f for u in ids for f in need_id(u, "user")] if len(ids) <= 3 else []
+    if len(ids) > 3:  # "5 of the 10 ranked users": how many were chosen, or "5 users" reads as the whole shop's
+        named = need_number(len(ids), "how many users were chosen")
     return _measure_facts(args, r, question) + named
 
 

@@ -85,8 +85,14 @@ def render(args: Mapping[str, Any], r: Mapping[str, Any]) -> str:
     if not users:
         return f"No users{' in ' + scope if scope else ''} have a {r.get('metric')} score yet."
     top = users[0]
-    text = (f"{top['user_id']} is the user {who}{' in ' + scope if scope else ''} ({pct(top['probability'])}); "
-            f"the top {len(users)} of {count(r.get('n_scored'), 'scored user')}: ")
+    tied = [u for u in users if pct(u["probability"]) == pct(top["probability"])]
+    if len(tied) > 1:  # ten users at 98.6%: none of them is "the" most likely
+        lead = (f"{'All' if len(tied) == len(users) else len(tied)} of the top {len(users)} users {who}{' in ' + scope if scope else ''} "
+                f"are tied at {pct(top['probability'])}")
+        text = f"{lead}, of {count(r.get('n_scored'), 'scored user')}: "
+    else:
+        text = (f"{top['user_id']} is the user {who}{' in ' + scope if scope else ''} ({pct(top['probability'])}); "
+                f"the top {len(users)} of {count(r.get('n_scored'), 'scored user')}: ")
     return text + ", ".join(f"{u['rank']}. {u['user_id']} ({pct(u['probability'])})" for u in users) + "."
 
 
