@@ -663,3 +663,4 @@ def test_a_ranking_of_tied_users_says_they_tie_and_a_count_of_many_chosen_names_
     facts = REGISTRY.key_facts("query_metric", {}, result, "how many of those are on mobile?")
     assert not all(f.holds("The 5 users who had a session on mobile were 5.") for f in facts)
     assert all(f.holds("5 of the 10 chosen users had a session on mobile.") for f in facts)
+    assert not all(f.holds("5 of the 10 chosen users had a session.") for f in facts)  # the filter is part of the answer

@@ -857,6 +857,13 @@ def key_facts(args: Mapping[str, Any], r: Mapping[str, Any], question: str) -> l
     named = [f for u in ids for f in need_id(u, "user")] if len(ids) <= 3 else []
     if len(ids) > 3:  # "5 of the 10 ranked users": how many were chosen, or "5 users" reads as the whole shop's
         named = need_number(len(ids), "how many users were chosen")
+    q = r.get("query") or {}
+    for column in ("device", "country", "category", "payment"):  # "5 of the 10 users" without "on mobile" is another count
+        values = [str(v) for v in q.get(column) or []]
+        if 1 <= len(values) <= 2 and column != q.get("group_by"):
+            for v in values:
+                shown = {v.lower(), _human(v).lower()} if column == "payment" else {v.lower()}
+                named.append(KeyFact(f"the filter {column} {v}", lambda a, shown=shown: any(x in a.lower() for x in shown)))
     return _measure_facts(args, r, question) + named
 
 
