@@ -502,6 +502,37 @@ def _logistic_fit(X: np.ndarray, y: np.ndarray, *, seed: int) -> tuple[np.ndarra
     return lr.coef_.astype("float32")[0], float(lr.intercept_[0])
 
 
+class BestEpoch:
+    """Early stopping as both training loops (in memory, from shards) do it: the weights of the epoch
+    with the lowest validation loss, a stop after ``patience`` epochs without a better one or past
+    ``max_seconds``, and each epoch's losses in the history."""
+
+    def __init__(self, net: nn.Module, settings: TrainSettings, first_val_loss: float = float("inf"),
+                 progress: Progress | None = None) -> None:
+        self.net, self.s, self.progress = net, settings, progress
+        self.best = (first_val_loss, 0, {k: v.clone() for k, v in net.state_dict().items()})
+        self.history: list[dict[str, float]] = []
+        self.start = time.perf_counter()
+
+    def stop_after(self, epoch: int, train_loss: float, val_loss: float) -> bool:
+        """Record an epoch; True when training should stop."""
+        self.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
+        if self.progress:
+            self.progress("train", epoch / self.s.epochs)
+        if val_loss < self.best[0] - 1e-5:
+            self.best = (val_loss, epoch, {k: v.clone() for k, v in self.net.state_dict().items()})
+        elif epoch - self.best[1] >= self.s.patience:
+            return True
+        return time.perf_counter() - self.start > self.s.max_seconds
+
+    def restore_best(self) -> None:
+        self.net.load_state_dict(self.best[2])
+
+    def result(self, epochs_run: int, calibration: "Calibration", val_logits: np.ndarray) -> FitResult:
+        return FitResult(best_epoch=self.best[1], epochs_run=epochs_run, seconds=time.perf_counter() - self.start,
+                         val_loss=self.best[0], calibration=calibration, val_logits=val_logits, history=self.history)
+
+
 def fit_binary(
     net: SequenceTabularNet,
     seqs: Sequences,
@@ -562,14 +593,13 @@ def fit_binary(
             last.bias.zero_()
     opt = torch.optim.AdamW(net.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     gen = torch.Generator().manual_seed(s.seed)
-    best = (float("inf"), 0, {k: v.clone() for k, v in net.state_dict().items()})
+    first = float("inf")
     if s.warm_start_linear:
         net.eval()
         with torch.no_grad():
             vb = torch.from_numpy(va)
-            best = (float(loss_fn(net(tok[vb], lens[vb], x[vb]), yt[vb])), 0, best[2])
-    history: list[dict[str, float]] = []
-    start = time.perf_counter()
+            first = float(loss_fn(net(tok[vb], lens[vb], x[vb]), yt[vb]))
+    epochs = BestEpoch(net, s, first, progress)
     epoch = 0
     for epoch in range(1, s.epochs + 1):
         net.train()
@@ -587,30 +617,15 @@ def fit_binary(
         with torch.no_grad():
             vb = torch.from_numpy(va)
             val_loss = float(loss_fn(net(tok[vb], lens[vb], x[vb]), yt[vb]))
-        history.append({"epoch": epoch, "train_loss": total / max(len(tr), 1), "val_loss": val_loss})
-        if progress:
-            progress("train", epoch / s.epochs)
-        if val_loss < best[0] - 1e-5:
-            best = (val_loss, epoch, {k: v.clone() for k, v in net.state_dict().items()})
-        elif epoch - best[1] >= s.patience:
+        if epochs.stop_after(epoch, total / max(len(tr), 1), val_loss):
             break
-        if time.perf_counter() - start > s.max_seconds:
-            break
-    net.load_state_dict(best[2])
+    epochs.restore_best()
     val_seqs = Sequences(seqs.tokens[va], seqs.lengths[va], seqs.keys[va] if len(seqs.keys) == n else pd.RangeIndex(len(va)))
     val_logits = predict_logits(net, val_seqs, X[va])
     calibration = Calibration.fit(val_logits, y[va])
     if progress:
         progress("train", 1.0)
-    return FitResult(
-        best_epoch=best[1],
-        epochs_run=epoch,
-        seconds=time.perf_counter() - start,
-        val_loss=best[0],
-        calibration=calibration,
-        val_logits=val_logits,
-        history=history,
-    )
+    return epochs.result(epoch, calibration, val_logits)
 
 
 # --- explanations -------------------------------------------------------------------------

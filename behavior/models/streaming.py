@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -33,6 +32,7 @@ import torch
 from torch import nn
 
 from shopsight.behavior.models.common import (
+    BestEpoch,
     Calibration,
     FitResult,
     ModelError,
@@ -422,13 +422,9 @@ def fit_binary_streaming(
             last.bias.zero_()
     opt = torch.optim.AdamW(net.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     gen = torch.Generator().manual_seed(s.seed)
-    best = (float("inf"), 0, {k: v.clone() for k, v in net.state_dict().items()})
-    if s.warm_start_linear:
-        best = (val_loss(), 0, best[2])
+    epochs = BestEpoch(net, s, val_loss() if s.warm_start_linear else float("inf"), progress)
     rows = ShuffledRows(table, "train", scaler, batch_size=s.batch_size, buffer_rows=buffer_rows, read_rows=read_rows,
                         generator=gen, seed=s.seed)
-    history: list[dict[str, float]] = []
-    start = time.perf_counter()
     epoch = 0
     for epoch in range(1, s.epochs + 1):
         net.train()
@@ -440,17 +436,9 @@ def fit_binary_streaming(
             nn.utils.clip_grad_norm_(net.parameters(), 5.0)
             opt.step()
             total += float(loss.detach()) * len(y)
-        vl = val_loss()
-        history.append({"epoch": epoch, "train_loss": total / n_tr, "val_loss": vl})
-        if progress:
-            progress("train", epoch / s.epochs)
-        if vl < best[0] - 1e-5:
-            best = (vl, epoch, {k: v.clone() for k, v in net.state_dict().items()})
-        elif epoch - best[1] >= s.patience:
+        if epochs.stop_after(epoch, total / n_tr, val_loss()):
             break
-        if time.perf_counter() - start > s.max_seconds:
-            break
-    net.load_state_dict(best[2])
+    epochs.restore_best()
     _, val_logits, y_val = predict_table(net, table, "validation", scaler, read_rows=read_rows)
     calibration = Calibration.fit(val_logits, y_val)
     record.y_val = y_val
@@ -458,5 +446,4 @@ def fit_binary_streaming(
     record.max_batch_rows = table.max_batch_rows
     if progress:
         progress("train", 1.0)
-    return FitResult(best_epoch=best[1], epochs_run=epoch, seconds=time.perf_counter() - start, val_loss=best[0],
-                     calibration=calibration, val_logits=val_logits, history=history), record
+    return epochs.result(epoch, calibration, val_logits), record
