@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -126,6 +126,20 @@ def _recommend_scores(model: Any, events: pd.DataFrame, asof: pd.Timestamp, rule
 # --- churn ----------------------------------------------------------------------------------
 
 
+def _churn_split(model: Any, asofs: Sequence[pd.Timestamp], C: pd.Timestamp, H: pd.Timedelta,
+                 n_train: int, n_validation: int, n_test: int) -> dict[str, Any]:
+    """The churn card's split: snapshots, the validation users, the population and the row counts."""
+    return {
+        "train_snapshots": [a.isoformat() for a in asofs[1:]],
+        "validation_snapshot": asofs[0].isoformat(),
+        "validation": f"newest training snapshot of {model.val_user_fraction:.0%} of users (held out of training)",
+        "test_snapshot": C.isoformat(),
+        "last_train_label_end": (asofs[0] + H).isoformat(),
+        "population": f"users with an event in the {model.active_days} days before a snapshot" if model.active_days else "all users seen",
+        "n_train": n_train, "n_validation": n_validation, "n_test": n_test,
+    }
+
+
 def _evaluate_churn(model: ChurnModel, events: pd.DataFrame, labels: pd.DataFrame | None, report: Progress) -> Evaluation:
     C, H, asofs = model.cutoff_, pd.Timedelta(days=model.horizon_days), model.train_asofs_
     s = model.settings
@@ -159,15 +173,7 @@ def _evaluate_churn(model: ChurnModel, events: pd.DataFrame, labels: pd.DataFram
         "task": f"P(no purchase in the next {model.horizon_days} days)",
         "data_window": {"first_event": events["ts"].min().isoformat(), "last_event": events["ts"].max().isoformat(),
                         "test_cutoff": C.isoformat(), "scored_asof": end_of_events(events).isoformat()},
-        "split": {
-            "train_snapshots": [a.isoformat() for a in asofs[1:]],
-            "validation_snapshot": asofs[0].isoformat(),
-            "validation": f"newest training snapshot of {model.val_user_fraction:.0%} of users (held out of training)",
-            "test_snapshot": C.isoformat(),
-            "last_train_label_end": (asofs[0] + H).isoformat(),
-            "population": f"users with an event in the {model.active_days} days before a snapshot" if model.active_days else "all users seen",
-            "n_train": int((~train.val_mask).sum()), "n_validation": int(train.val_mask.sum()), "n_test": int(len(test.y)),
-        },
+        "split": _churn_split(model, asofs, C, H, int((~train.val_mask).sum()), int(train.val_mask.sum()), int(len(test.y))),
         "metrics": metrics,
         "baselines": baselines,
         "ground_truth": ground_truth,
@@ -497,15 +503,7 @@ def evaluate_churn_table(model: ChurnModel, table: Any, labels: pd.DataFrame | N
         "task": f"P(no purchase in the next {model.horizon_days} days)",
         "data_window": {"first_event": m["first_event"], "last_event": m["last_event"], "test_cutoff": C.isoformat(),
                         "scored_asof": m["scored_asof"]},
-        "split": {
-            "train_snapshots": [a.isoformat() for a in asofs[1:]],
-            "validation_snapshot": asofs[0].isoformat(),
-            "validation": f"newest training snapshot of {model.val_user_fraction:.0%} of users (held out of training)",
-            "test_snapshot": C.isoformat(),
-            "last_train_label_end": (asofs[0] + H).isoformat(),
-            "population": f"users with an event in the {model.active_days} days before a snapshot" if model.active_days else "all users seen",
-            "n_train": table.rows("train"), "n_validation": table.rows("validation"), "n_test": table.rows("test"),
-        },
+        "split": _churn_split(model, asofs, C, H, table.rows("train"), table.rows("validation"), table.rows("test")),
         "metrics": metrics,
         "baselines": baselines,
         "baselines_trained_on": {"rows": int(len(y_train)), "of": table.rows("train") + table.rows("validation")},
