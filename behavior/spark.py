@@ -397,7 +397,6 @@ def build_training_table(
         C, asofs = model.split_times(first, last)
     except ModelError as exc:
         raise ScoringError(str(exc)) from exc
-    H = pd.Timedelta(days=model.horizon_days)
     before = df.where(F.col("ts") < F.lit(C.value))
     # first appearance in load_events' order breaks count ties, as value_counts does
     order = F.struct("user_id", "ts", "_file", "_row")

@@ -502,6 +502,22 @@ def _logistic_fit(X: np.ndarray, y: np.ndarray, *, seed: int) -> tuple[np.ndarra
     return lr.coef_.astype("float32")[0], float(lr.intercept_[0])
 
 
+def warm_start(net: nn.Module, pos: float, linear: tuple[np.ndarray, float] | None = None) -> None:
+    """Start at the base rate ``pos`` (faster, steadier convergence); with ``linear`` = (w, b), as
+    logistic regression on the tabular features with the deep part silent: training then only has
+    to find what the sequence and interactions add, and early stopping (which may keep epoch 0)
+    never ends below the linear model on validation."""
+    with torch.no_grad():
+        last = net.head[-1]
+        last.bias.fill_(math.log(max(pos, 1e-4) / max(1 - pos, 1e-4)))
+        if linear is not None:
+            w, b = linear
+            net.skip.weight.copy_(torch.from_numpy(w).reshape(net.skip.weight.shape))
+            net.skip.bias.fill_(b)
+            last.weight.zero_()
+            last.bias.zero_()
+
+
 class BestEpoch:
     """Early stopping as both training loops (in memory, from shards) do it: the weights of the epoch
     with the lowest validation loss, a stop after ``patience`` epochs without a better one or past
@@ -579,18 +595,8 @@ def fit_binary(
     va = np.flatnonzero(val_mask)
     pos = float(y[tr].mean()) if len(tr) else 0.5
     loss_fn = nn.BCEWithLogitsLoss()
-    with torch.no_grad():  # start at the base rate: faster, steadier convergence
-        last = net.head[-1]
-        last.bias.fill_(math.log(max(pos, 1e-4) / max(1 - pos, 1e-4)))
-        if s.warm_start_linear and net.skip is not None and net.n_outputs == 1 and len(np.unique(y[tr])) == 2:
-            # Start as logistic regression on the tabular features, with the deep part silent:
-            # training then only has to find what the sequence and interactions add, and early
-            # stopping (which may keep epoch 0) never ends below the linear model on validation.
-            w, b = _logistic_fit(X[tr], y[tr], seed=s.seed)
-            net.skip.weight.copy_(torch.from_numpy(w).reshape(net.skip.weight.shape))
-            net.skip.bias.fill_(b)
-            last.weight.zero_()
-            last.bias.zero_()
+    linear = s.warm_start_linear and net.skip is not None and net.n_outputs == 1 and len(np.unique(y[tr])) == 2
+    warm_start(net, pos, _logistic_fit(X[tr], y[tr], seed=s.seed) if linear else None)
     opt = torch.optim.AdamW(net.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     gen = torch.Generator().manual_seed(s.seed)
     first = float("inf")

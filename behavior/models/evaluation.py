@@ -126,6 +126,20 @@ def _recommend_scores(model: Any, events: pd.DataFrame, asof: pd.Timestamp, rule
 # --- churn ----------------------------------------------------------------------------------
 
 
+def _churn_fit(model: Any, s: Any) -> dict[str, Any]:
+    """The churn card's account of the fit: calibration, training time and epochs, settings, features, typical values."""
+    fr = model.fit_result_
+    return {
+        "calibration": {"method": "platt (temperature + bias) on the validation snapshot", **model.calibration_.to_dict()},
+        "train_seconds": round(model.train_seconds_, 2),
+        "training": {"best_epoch": fr.best_epoch, "epochs_run": fr.epochs_run, "net_seconds": round(fr.seconds, 1),
+                     "note": "best_epoch 0 = the logistic warm start was not improved on validation"},
+        "settings": s.to_dict(),
+        "features": list(model.scaler_.columns),
+        **model.typical_card(),
+    }
+
+
 def _churn_split(model: Any, asofs: Sequence[pd.Timestamp], C: pd.Timestamp, H: pd.Timedelta,
                  n_train: int, n_validation: int, n_test: int) -> dict[str, Any]:
     """The churn card's split: snapshots, the validation users, the population and the row counts."""
@@ -168,7 +182,6 @@ def _evaluate_churn(model: ChurnModel, events: pd.DataFrame, labels: pd.DataFram
             "model": binary_report(y_true, p_test, threshold=model.threshold_),
             "lightgbm": binary_report(y_true, base_runs["lightgbm"]["proba"], threshold=baselines["lightgbm"]["threshold"]),
         }
-    fr = model.fit_result_
     card = {
         "task": f"P(no purchase in the next {model.horizon_days} days)",
         "data_window": {"first_event": events["ts"].min().isoformat(), "last_event": events["ts"].max().isoformat(),
@@ -177,13 +190,7 @@ def _evaluate_churn(model: ChurnModel, events: pd.DataFrame, labels: pd.DataFram
         "metrics": metrics,
         "baselines": baselines,
         "ground_truth": ground_truth,
-        "calibration": {"method": "platt (temperature + bias) on the validation snapshot", **model.calibration_.to_dict()},
-        "train_seconds": round(model.train_seconds_, 2),
-        "training": {"best_epoch": fr.best_epoch, "epochs_run": fr.epochs_run, "net_seconds": round(fr.seconds, 1),
-                     "note": "best_epoch 0 = the logistic warm start was not improved on validation"},
-        "settings": s.to_dict(),
-        "features": list(model.scaler_.columns),
-        **model.typical_card(),
+        **_churn_fit(model, s),
     }
     return Evaluation(card=card, test_scores=test_scores)
 
@@ -498,7 +505,7 @@ def evaluate_churn_table(model: ChurnModel, table: Any, labels: pd.DataFrame | N
             "model": binary_report(y_true, p_test, threshold=model.threshold_),
             "lightgbm": binary_report(y_true, base_runs["lightgbm"]["proba"], threshold=baselines["lightgbm"]["threshold"]),
         }
-    m, fr = table.manifest, model.fit_result_
+    m = table.manifest
     card = {
         "task": f"P(no purchase in the next {model.horizon_days} days)",
         "data_window": {"first_event": m["first_event"], "last_event": m["last_event"], "test_cutoff": C.isoformat(),
@@ -508,12 +515,6 @@ def evaluate_churn_table(model: ChurnModel, table: Any, labels: pd.DataFrame | N
         "baselines": baselines,
         "baselines_trained_on": {"rows": int(len(y_train)), "of": table.rows("train") + table.rows("validation")},
         "ground_truth": ground_truth,
-        "calibration": {"method": "platt (temperature + bias) on the validation snapshot", **model.calibration_.to_dict()},
-        "train_seconds": round(model.train_seconds_, 2),
-        "training": {"best_epoch": fr.best_epoch, "epochs_run": fr.epochs_run, "net_seconds": round(fr.seconds, 1),
-                     "note": "best_epoch 0 = the logistic warm start was not improved on validation"},
-        "settings": s.to_dict(),
-        "features": list(model.scaler_.columns),
-        **model.typical_card(),
+        **_churn_fit(model, s),
     }
     return Evaluation(card=card)

@@ -42,6 +42,7 @@ from shopsight.behavior.models.common import (
     TrainSettings,
     _signed_log,
     seed_everything,
+    warm_start,
 )
 
 TABLE_FORMAT = 1
@@ -411,15 +412,8 @@ def fit_binary_streaming(
                     net(torch.from_numpy(tok), torch.from_numpy(lens), x), y, reduction="sum"))
         return total / n_va
 
-    with torch.no_grad():
-        last = net.head[-1]
-        last.bias.fill_(math.log(max(pos, 1e-4) / max(1 - pos, 1e-4)))
-        if s.warm_start_linear and net.skip is not None and net.n_outputs == 1 and 0 < pos_count < n_tr:
-            w, b = logistic_fit_streaming(table, "train", scaler, n_tr)
-            net.skip.weight.copy_(torch.from_numpy(w).reshape(net.skip.weight.shape))
-            net.skip.bias.fill_(b)
-            last.weight.zero_()
-            last.bias.zero_()
+    linear = s.warm_start_linear and net.skip is not None and net.n_outputs == 1 and 0 < pos_count < n_tr
+    warm_start(net, pos, logistic_fit_streaming(table, "train", scaler, n_tr) if linear else None)
     opt = torch.optim.AdamW(net.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     gen = torch.Generator().manual_seed(s.seed)
     epochs = BestEpoch(net, s, val_loss() if s.warm_start_linear else float("inf"), progress)
