@@ -52,3 +52,13 @@ def _offline(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", _loopback_only_connect)
     yield
+
+
+@pytest.fixture(scope="module")
+def spark():
+    """A SparkSession per test module (local[2], 4 shuffle partitions, bound to 127.0.0.1), stopped after it."""
+    from shopsight.behavior.spark import spark_session
+
+    session = spark_session("local[2]", conf={"spark.sql.shuffle.partitions": "4"})
+    yield session
+    session.stop()

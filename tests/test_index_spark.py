@@ -45,15 +45,6 @@ def chroma_server(tmp_path_factory) -> str:
         yield url
 
 
-@pytest.fixture(scope="module")
-def spark():
-    from shopsight.behavior.spark import spark_session
-
-    session = spark_session("local[2]", conf={"spark.sql.shuffle.partitions": "4"})
-    yield session
-    session.stop()
-
-
 def contents(index: SessionIndex) -> dict[str, tuple]:
     got = index.collection().get(include=["documents", "metadatas", "embeddings"])
     return {i: (d, m, np.asarray(e)) for i, d, m, e in zip(got["ids"], got["documents"], got["metadatas"], got["embeddings"])}

@@ -47,15 +47,6 @@ def shop(tmp_path_factory) -> Workspace:
     return ws
 
 
-@pytest.fixture(scope="module")
-def spark():
-    from shopsight.behavior.spark import spark_session
-
-    session = spark_session("local[2]", conf={"spark.sql.shuffle.partitions": "4"})
-    yield session
-    session.stop()
-
-
 def tables(ws: Workspace) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
     """The published (scores, features) of every model, sorted by user."""
     manifest = current_run(ws)

@@ -40,15 +40,6 @@ def shop(tmp_path_factory) -> Workspace:
 
 
 @pytest.fixture(scope="module")
-def spark():
-    from shopsight.behavior.spark import spark_session
-
-    session = spark_session("local[2]", conf={"spark.sql.shuffle.partitions": "4"})
-    yield session
-    session.stop()
-
-
-@pytest.fixture(scope="module")
 def table(shop, spark):
     from shopsight.behavior.models.churn import ChurnModel
     from shopsight.behavior.models.streaming import TrainingTable
@@ -109,9 +100,7 @@ def _in_memory(table):
 
 
 def _nets(table, *, buffer_rows: int):
-    import torch
 
-    from shopsight.behavior.models.churn import ChurnModel
     from shopsight.behavior.models.common import Sequences, TabularScaler, build_net, fit_binary, predict_logits
     from shopsight.behavior.models.streaming import fit_binary_streaming, predict_table, scaler_from_table
 
