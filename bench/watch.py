@@ -88,10 +88,11 @@ def prepare(source: Path, work: Path, days: float) -> tuple[Path, pd.DataFrame, 
     return base, tail.reset_index(drop=True), truth
 
 
-def _watcher(ws_root: Path, stream: Path, poll: float, users: bool, log: Path, threads: int) -> subprocess.Popen:
+def _watcher(ws_root: Path, stream: Path, poll: float, users: bool, log: Path, threads: int, profile: Path | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("SHOPSIGHT_SLACK_ALERT_CHANNEL", None)
-    args = [sys.executable, str(ROOT / "cli.py"), "watch", str(stream), "--poll", str(poll), "--no-alerts", "--quiet",
+    prof = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
+    args = [sys.executable, *prof, str(ROOT / "cli.py"), "watch", str(stream), "--poll", str(poll), "--no-alerts", "--quiet",
             "--threads", str(threads), "--workspace", str(ws_root)] + ([] if users else ["--orders-only"])
     return subprocess.Popen(args, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
@@ -165,7 +166,8 @@ def _lines(df: pd.DataFrame) -> list[bytes]:
     return [line.encode() + b"\n" for line in text.splitlines()]
 
 
-def replay(base: Path, tail: pd.DataFrame, run_dir: Path, *, mode: str, rate: float, poll: float, users: bool, threads: int) -> dict[str, Any]:
+def replay(base: Path, tail: pd.DataFrame, run_dir: Path, *, mode: str, rate: float, poll: float, users: bool, threads: int,
+           profile: bool = False) -> dict[str, Any]:
     """One replay into a fresh copy of the base workspace; returns per-order landing and decision times."""
     from shopsight.behavior.decisions import load_decisions
 
@@ -175,7 +177,7 @@ def replay(base: Path, tail: pd.DataFrame, run_dir: Path, *, mode: str, rate: fl
     stream = run_dir / "stream.csv"
     warm, rest = tail.iloc[:WARMUP_EVENTS], tail.iloc[WARMUP_EVENTS:].reset_index(drop=True)
     stream.write_bytes((",".join(tail.columns) + "\n").encode() + b"".join(_lines(warm)))
-    proc = _watcher(ws_root, stream, poll, users, run_dir / "watch.log", threads)
+    proc = _watcher(ws_root, stream, poll, users, run_dir / "watch.log", threads, run_dir / "watch.prof" if profile else None)
     tail_reader = JournalTail(ws_root / "watch")
     tail_reader.start()
     try:
@@ -288,6 +290,7 @@ def main() -> None:
     p.add_argument("--poll", type=float, default=0.05, help="The watcher's poll interval in seconds.")
     p.add_argument("--modes", default="paced,burst", help="Comma-separated: paced, burst, paced-orders-only.")
     p.add_argument("--threads", type=int, default=1, help="The watcher's torch threads.")
+    p.add_argument("--profile", action="store_true", help="Run the watcher under cProfile: WORK/run-MODE/watch.prof (slower: not for the numbers).")
     args = p.parse_args()
     console = bench_console()
     base, tail, truth = prepare(args.source, args.work, args.days)
@@ -300,7 +303,7 @@ def main() -> None:
         users = not mode.endswith("orders-only")
         console.print(f"replaying {args.days:g} days ({len(tail):,} events) — {mode} …")
         runs.append(replay(base, tail, args.work / f"run-{mode}", mode=mode.split("-")[0], rate=args.rate, poll=args.poll, users=users,
-                           threads=args.threads)
+                           threads=args.threads, profile=args.profile)
                     | {"name": mode})
     q = quality(runs[0]["decisions"], truth, tail)
     rows = [{k: r[k] for k in ("name", "poll_s", "orders_decided", "decided_twice", "manifest_batches", "latency_ms_p50", "latency_ms_p99",

@@ -848,12 +848,28 @@ class IdentityIndex:
         if not isinstance(asof, dict):
             at = pd.Timestamp(asof) if asof is not None else pd.Timestamp.max
             return linked_accounts_shared(mine, self.shared(mine, thresholds, at), thresholds)
-        parts = []
+        # Each user's identifiers and their holders as of that user's own instant; users whose maps agree on every
+        # identifier they share are judged in one call (the verdict reads only each user's own identifiers), so a
+        # pass of orders costs one call, not one per buyer. Two buyers of one pass holding one identifier with
+        # different holders by their instants (a fraud ring ordering minutes apart) go to different calls.
+        # (An identifier one user's map leaves out, as common or held by them alone, is None in the round's map.)
         users = mine["user_id"].astype(str)
-        for u in sorted(dict.fromkeys(users)):
-            own = mine[(users == u).to_numpy(dtype=bool)]
-            parts.append(linked_accounts_shared(own, self.shared(own, thresholds, asof[u]), thresholds).users)
-        return RuleResult("linked_accounts", float(thresholds.linked_users), pd.concat(parts) if parts else _empty_users(_all_users(mine)), None)
+        cols = [c for c in LINK_COLUMNS if c in mine.columns]
+        rounds: list[tuple[list[np.ndarray], dict[tuple[str, object], list | None]]] = []
+        for u, rows in sorted(users.groupby(users, sort=False).indices.items()):
+            own = mine.iloc[rows]
+            found = self.shared(own, thresholds, asof[u])
+            mine_map = {(c, v): found.get((c, v)) for c in cols for v in own[c].dropna().unique()}
+            home = next((r for r in rounds if all(r[1].get(k, v) == v for k, v in mine_map.items())), None)
+            if home is None:
+                home = ([], {})
+                rounds.append(home)
+            home[0].append(rows)
+            home[1].update(mine_map)
+        parts = [linked_accounts_shared(mine.iloc[np.sort(np.concatenate(rows))], {k: v for k, v in seen.items() if v is not None}, thresholds).users
+                 for rows, seen in rounds]
+        out = pd.concat(parts).sort_index() if parts else _empty_users(_all_users(mine))
+        return RuleResult("linked_accounts", float(thresholds.linked_users), out, None)
 
 
 def evaluate_rules_of_rows(mine: pd.DataFrame, thresholds: RuleThresholds, *, orders: pd.DataFrame | None, linked: RuleResult) -> dict[str, RuleResult]:
