@@ -1,12 +1,14 @@
-"""How cost grows with users: ingest, features + scoring and query, local vs Spark local[2].
+"""How cost grows with users: ingest, features + scoring, query and training, local vs Spark local[2].
 
 For each size (synthetic users) it writes the demo shop's events once, then measures each stage in
 a fresh process (wall time; peak memory of the process and every child it started, so Spark's
 JVM and Python workers count): ingest (local: ``shopsight ingest`` of the events file into a
 workspace; Spark: read and validate the shards and count their users), score (``shopsight score
 --events`` of the shop's events file with each engine), query (local: three DuckDB metric queries over events and published scores;
-Spark: the same mean churn probability by country in Spark SQL). The models are trained once on
-a small shop and copied in: scoring cost is what grows with users.
+Spark: the same mean churn probability by country in Spark SQL), train (churn on every user, 3
+epochs; local: the event table in memory and ``train_model``; Spark: churn's training table built
+on Spark and the model trained here streaming from its shards; the test ROC-AUC beside). The models
+scored are trained once on a small shop and copied in: scoring cost is what grows with users.
 
     python bench/scale.py --users 10000 100000          # table, bench/results/scale.json, bench/results/scale.png
     python bench/scale.py --users 1000000 --engines local spark   # local-table at 1M would hold ~14 GB of table
@@ -33,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS_DIR, BenchmarkError, bench_console, print_table, run_isolated, write_result  # noqa: E402
 
-STAGES = ("ingest", "score", "query")
+STAGES = ("ingest", "score", "query", "train")
 # local: the default path past a few hundred MB (groups of users streamed from disk); local-table: the
 # same engine holding the whole event table (scoring only: what the default replaced for big shops)
 ENGINES = ("local", "local-table", "spark")
@@ -197,6 +199,40 @@ def worker(stage: str, engine: str, users: int, workdir: Path) -> dict[str, Any]
             return {"groups": len(rows)}
 
         return measured(run)
+    if stage == "train":
+        # churn, every user of the shop, 3 epochs: local = the event table in memory and `train_model` on it;
+        # spark = its training table built on Spark (churn's own per-user rows) and the model streamed from the shards
+        from shopsight.behavior.models import train_from_table, train_model
+        from shopsight.behavior.models.churn import ChurnModel
+        from shopsight.behavior.models.common import TrainSettings
+
+        settings = TrainSettings(epochs=3, seed=0)
+        ws = Workspace(workdir / f"ws-{users}-{engine}-train")  # its own: the new churn versions stay out of the score stage's
+        shutil.rmtree(ws.root, ignore_errors=True)
+        if engine == "local-table":
+            raise SystemExit("train: engines local and spark")
+        if engine == "local":
+            from shopsight.behavior.scoring import check_shards, read_events
+
+            def run() -> dict[str, Any]:
+                files = [shop / "events.parquet"]
+                events = read_events(files, check_shards(files))
+                card = train_model(ws, "churn", events=events, settings=settings)["card"]
+                return {"events": int(len(events)), "roc_auc": card.get("metrics", {}).get("roc_auc")}
+
+            return measured(run)
+        from shopsight.behavior.spark import build_training_table, spark_session
+
+        t0 = time.perf_counter()
+        spark = spark_session("local[2]")
+        startup = time.perf_counter() - t0
+
+        def run() -> dict[str, Any]:
+            table = build_training_table(ws, ChurnModel(settings=settings), shop / "events.parquet", spark=spark, name="churn-table-bench")
+            card = train_from_table(ws, "churn", table, settings=settings)["card"]
+            return {"roc_auc": card.get("metrics", {}).get("roc_auc"), "spark_startup_s": round(startup, 1)}
+
+        return measured(run)
     raise SystemExit(f"unknown stage {stage}/{engine}")
 
 
@@ -309,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                 write_result("scale", {"rows": rows, "partial": True})  # a long run keeps what it measured
     rows.sort(key=lambda r: (r["users"], r["engine"], STAGES.index(r["stage"])))
     print_table("cost against users (wall time; peak memory of the process tree)", rows,
-                ["users", "engine", "stage", "seconds", "peak_mb", "before_mb", "events", "table_mb", "ingest_estimate_mb", "spark_startup_s", "error"])
+                ["users", "engine", "stage", "seconds", "peak_mb", "before_mb", "events", "table_mb", "ingest_estimate_mb", "spark_startup_s", "roc_auc", "error"])
     slopes = []
     for stage in STAGES:
         for engine in ENGINES:

@@ -21,7 +21,9 @@ ground-truth fraud orders (``labels/orders``) of the replay window.
 Measured (README, "Real-time risk control"; `--modes paced-orders-only`, 2 shared cores): main's
 batch-per-poll watcher p50 694 ms / p99 1,132 ms (load 0.6-2.4); the journal-first watcher with its
 store in a child process p50 84-108 ms / p99 429-605 ms at load < 2, p50 155-196 ms / p99
-655-1,186 ms at load 4-6. The 200 ms p99 target is not met: a poll of ~100 lines costs ~100 ms of
+655-1,186 ms at load 4-6; with the state's growth frozen every second and one linked-accounts
+call per poll (2026-12-05), p50 120-212 ms / p99 249-453 ms over 7 runs at load < 1 (504 ms before,
+same session). The 200 ms p99 target is not met: a poll of ~100 lines costs ~100 ms of
 one core (deciding ~48 ms, validating ~33 ms, making the stored rows ~8 ms).
 
     python bench/watch.py                      # the demo workspace at /work/ws-demo, 14 days, 50 orders/s
