@@ -343,8 +343,7 @@ class StreamWatcher:
             self._started = True
         # The state is millions of long-lived objects (the identity tuples above all): left to the collector, each
         # full collection walks them all, a pause of hundreds of ms in the middle of a poll. Frozen, it skips them.
-        gc.collect()
-        gc.freeze()
+        self._freeze_state(generation=2)
         if self.on_decisions is not None:
             late = [r["row"] for r in self._journaled if int(r["seq"]) > alerted]
             if late:
@@ -402,7 +401,7 @@ class StreamWatcher:
             self.flush(wait=not self.store_process, report=report)
         return report
 
-    def _freeze_state(self) -> None:
+    def _freeze_state(self, generation: int = 1) -> None:
         """Collect the young garbage, then freeze what survives: the state grown since the last freeze.
 
         The state grows by tens of thousands of tracked objects a second at 50 orders/s (identity
@@ -412,7 +411,7 @@ class StreamWatcher:
         growth. What becomes garbage after its freeze is not collected (a poll's frames are freed by
         reference counting, not the collector; the full collections above freed 0-31 objects each).
         """
-        gc.collect(1)
+        gc.collect(generation)
         gc.freeze()
         self._last_freeze = time.monotonic()
 

@@ -822,20 +822,24 @@ class IdentityIndex:
 
     def shared(self, mine: pd.DataFrame, thresholds: RuleThresholds, asof: pd.Timestamp) -> dict[tuple[str, object], list]:
         """The specific identifiers of ``mine``'s users and who held each by ``asof`` (:func:`linked_accounts_shared`'s input)."""
+        return {k: v for k, v in self.identifiers(mine, thresholds, asof).items() if v is not None}
+
+    def identifiers(self, mine: pd.DataFrame, thresholds: RuleThresholds, asof: pd.Timestamp) -> dict[tuple[str, object], list | None]:
+        """Every identifier of ``mine``'s users: who held it by ``asof`` where it is specific, None where the rule ignores
+        it (common, or held by one user alone)."""
         asof_ns = int(pd.Timestamp(asof).value)
         n_all: int | None = None
-        out: dict[tuple[str, object], list] = {}
+        out: dict[tuple[str, object], list | None] = {}
         for col in [c for c in LINK_COLUMNS if c in mine.columns]:
             for value in mine[col].dropna().unique():
                 holders = [u for u, t in (self.users_of[col].get(value) or {}).items() if t <= asof_ns]
                 n = len(holders)
+                out[(col, value)] = holders if n > 1 else None
                 if n > thresholds.linked_min_common:
                     if n_all is None:
                         n_all = self.population(asof_ns)
                     if n > common_cap(thresholds, n_all):
-                        continue  # common: the rule ignores it
-                if n > 1:
-                    out[(col, value)] = holders
+                        out[(col, value)] = None  # common: the rule ignores it
         return out
 
     def linked_accounts(self, mine: pd.DataFrame, thresholds: RuleThresholds = RuleThresholds(),
@@ -854,12 +858,9 @@ class IdentityIndex:
         # different holders by their instants (a fraud ring ordering minutes apart) go to different calls.
         # (An identifier one user's map leaves out, as common or held by them alone, is None in the round's map.)
         users = mine["user_id"].astype(str)
-        cols = [c for c in LINK_COLUMNS if c in mine.columns]
         rounds: list[tuple[list[np.ndarray], dict[tuple[str, object], list | None]]] = []
         for u, rows in sorted(users.groupby(users, sort=False).indices.items()):
-            own = mine.iloc[rows]
-            found = self.shared(own, thresholds, asof[u])
-            mine_map = {(c, v): found.get((c, v)) for c in cols for v in own[c].dropna().unique()}
+            mine_map = self.identifiers(mine.iloc[rows], thresholds, asof[u])
             home = next((r for r in rounds if all(r[1].get(k, v) == v for k, v in mine_map.items())), None)
             if home is None:
                 home = ([], {})
