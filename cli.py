@@ -911,7 +911,7 @@ def train(
     threads: int = typer.Option(1, min=1, help="Torch CPU threads (1 is fastest on a busy 2-core machine)."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Maximum training epochs (early stopping may end sooner)."),
     if_stale: bool = typer.Option(False, "--if-stale", help="Train only the models never trained or with events newer than their latest version's data cutoff."),
-    engine: str = typer.Option("local", help="local | spark: draw --sample users on Spark; each model's training table (churn, intent, risk) is built there and streamed from Parquet shards."),
+    engine: str = typer.Option("local", help="local | spark: draw --sample users on Spark; churn's, intent's and risk's training tables are built there and streamed from Parquet shards."),
     sample: Optional[int] = typer.Option(None, "--sample", min=1, help="--engine spark: how many users to train on (a deterministic draw by --seed)."),
     events: Optional[str] = typer.Option(None, "--events", help="--engine spark: a Parquet file, folder or glob to draw from (default: the workspace's events)."),
     master: Optional[str] = typer.Option(None, "--master", help="--engine spark: Spark master URL (default $SPARK_MASTER, else local[2])."),
@@ -934,7 +934,8 @@ def train(
       model's own per-user code) is built on Spark into WORKSPACE/training/<model>-table-sample-N-seedS/
       and the model trains here from those shards a batch at a time. Intent has two tables (users,
       sessions); risk's folds are drawn on Spark, and its autoencoder and baselines fit in memory on
-      the accounts' tabular features (one row per account). No scores are written: run `shopsight score`)
+      the accounts' tabular features (one row per account); recommend trains on the sample's events
+      in memory. Table-trained models write no scores: run `shopsight score` after)
     """
     from shopsight.behavior.models import metric_rows, ranking_rows
     from shopsight.behavior.models.common import TrainSettings

@@ -153,7 +153,7 @@ def test_a_small_buffer_holds_a_bounded_number_of_rows_and_gives_a_close_model(t
     assert abs(roc_auc_score(y, p_st) - roc_auc_score(y, p_mem)) < 0.03
 
 
-def test_cli_trains_churn_from_shards_and_prints_the_baselines(shop, spark, tmp_path):  # noqa: ARG001 (spark: the session the CLI reuses)
+def test_cli_trains_churn_from_shards_and_prints_the_baselines(shop, spark, tmp_path):
     from typer.testing import CliRunner
 
     from shopsight.cli import app
@@ -388,3 +388,29 @@ def test_risk_streamed_from_its_table_scores_as_the_in_memory_model(shop, risk_t
     assert _metric_gap(mem_card, card, "metrics") < 0.03 and _metric_gap(mem_card, card, "out_of_fold_metrics") < 0.06
     for name in ("lightgbm", "logistic", "lightgbm_folds", "any_rule_fired"):
         assert card["baselines"][name]["roc_auc"] == pytest.approx(mem_card["baselines"][name]["roc_auc"], abs=2e-3), name
+
+
+def test_cli_trains_all_three_from_their_tables_and_prints_the_baselines(shop, spark, tmp_path):
+    from typer.testing import CliRunner
+
+    from shopsight.cli import app
+
+    ws = Workspace(tmp_path / "ws")
+    shutil.copytree(shop.root, ws.root, ignore=shutil.ignore_patterns("training", "models", "scores"))
+    out = CliRunner().invoke(app, ["train", "all", "--workspace", str(ws.root), "--engine", "spark", "--sample", "400",
+                                   "--seed", "3", "--epochs", "2"])
+    assert out.exit_code == 0, out.output
+    assert out.output.count("model vs baselines on the test cutoff") == 4  # churn, intent, risk from tables; recommend from the sample
+    cards = {name: json.loads(next((ws.root / "models" / name).glob("*/card.json")).read_text()) for name in ("churn", "intent", "risk")}
+    for name, card in cards.items():
+        t = card["training_table"]
+        assert Path(t["folder"]).name == f"{name}-table-sample-400-seed3" and t["users"] == 400, name
+        assert card["training_sample"]["users"] == 400 and card["baselines"], name
+    assert set(cards["intent"]["training_table"]["rows"]) == {"users", "sessions"}
+    assert cards["intent"]["training_table"]["rows"]["sessions"]["test"] == cards["intent"]["split"]["n_session_test"] > 0
+    assert "lightgbm" in cards["intent"]["session_baselines"]
+    risk = cards["risk"]
+    assert sum(v for k, v in risk["training_table"]["rows"].items() if k != "test") == risk["split"]["n_train"] > 0
+    assert "any_rule_fired" in risk["baselines"] and len(risk["training_table"]["streaming"]) == len(
+        [k for k in risk["training_table"]["rows"] if k.startswith("fold")])
+    assert "training_sample" in json.loads(next((ws.root / "models" / "recommend").glob("*/card.json")).read_text())

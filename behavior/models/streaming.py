@@ -4,7 +4,10 @@ The table (built on Spark by ``behavior.spark.build_training_table``, with the m
 per-user snapshot code) is a folder: ``table.json`` (what was built, from what, the split, the
 vocabulary) and ``rows/split=train|validation|test/*.parquet``, one row per (snapshot, user):
 ``user_id, snapshot, x0..xk`` (the tabular features, named in the manifest), ``t0..tL`` (the
-behaviour sentence's token ids, right-padded), ``length``, ``y``.
+behaviour sentence's token ids, right-padded), ``length``, ``y``. Intent has two such tables
+(``users/``, ``sessions/``: a session table's ``user_id`` is the session, ``snapshot`` its start);
+risk's splits are its folds (``fold0..``) and ``test``, one row per account, ``snapshot`` its
+first-seen time. The manifest's ``rows`` names the splits.
 
 ``fit_binary_streaming`` is ``common.fit_binary`` over that table: the scaler's statistics, the
 base rate and the logistic warm start come from streaming passes first, then each epoch reads the
