@@ -911,7 +911,7 @@ def train(
     threads: int = typer.Option(1, min=1, help="Torch CPU threads (1 is fastest on a busy 2-core machine)."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Maximum training epochs (early stopping may end sooner)."),
     if_stale: bool = typer.Option(False, "--if-stale", help="Train only the models never trained or with events newer than their latest version's data cutoff."),
-    engine: str = typer.Option("local", help="local | spark: draw --sample users on Spark; churn's training table is built there and streamed from Parquet shards."),
+    engine: str = typer.Option("local", help="local | spark: draw --sample users on Spark; churn's, intent's and risk's training tables are built there and streamed from Parquet shards."),
     sample: Optional[int] = typer.Option(None, "--sample", min=1, help="--engine spark: how many users to train on (a deterministic draw by --seed)."),
     events: Optional[str] = typer.Option(None, "--events", help="--engine spark: a Parquet file, folder or glob to draw from (default: the workspace's events)."),
     master: Optional[str] = typer.Option(None, "--master", help="--engine spark: Spark master URL (default $SPARK_MASTER, else local[2])."),
@@ -929,10 +929,13 @@ def train(
       shopsight train --if-stale        (after new batches: retrain what they made stale)
 
       shopsight train churn --engine spark --sample 200000 --events 'shards/*.parquet'
-      (the users are drawn on Spark and written as Parquet shards in WORKSPACE/training/; churn's
-      training table (its snapshots' features and labels, the same time-based split) is built on
-      Spark into WORKSPACE/training/churn-table-sample-N-seedS/ and the model trains here from those
-      shards a batch at a time; intent and risk still train on the sample's events in memory)
+      (the users are drawn on Spark and written as Parquet shards in WORKSPACE/training/; each
+      model's training table (its rows' features and labels, the same time-based split, built by the
+      model's own per-user code) is built on Spark into WORKSPACE/training/<model>-table-sample-N-seedS/
+      and the model trains here from those shards a batch at a time. Intent has two tables (users,
+      sessions); risk's folds are drawn on Spark, and its autoencoder and baselines fit in memory on
+      the accounts' tabular features (one row per account); recommend trains on the sample's events
+      in memory. Table-trained models write no scores: run `shopsight score` after)
     """
     from shopsight.behavior.models import metric_rows, ranking_rows
     from shopsight.behavior.models.common import TrainSettings
@@ -967,22 +970,29 @@ def train(
     # sessions without a purchase for session intent) is reported, and the others are still trained
     with _writer(ws, "train"):
         if engine == "spark":
+            from shopsight.behavior.scoring import ScoringError
             from shopsight.behavior.spark import build_training_table, read_sample, sample_users
 
             folder = sample_users(ws, sample, events, seed=seed, master=master)
             card_extra = {"training_sample": {"users": int(sample), "seed": seed, "engine": "spark", "shards": str(folder),
                                               "source": events or f"workspace {ws.root}"}}
-            if "churn" in names:  # its training table is built on Spark and streamed from the shards
-                from shopsight.behavior.models import train_from_table
-                from shopsight.behavior.models.churn import ChurnModel
+            from shopsight.behavior.models import model_class, train_from_table, training_labels
+            from shopsight.behavior.models.common import ModelError
 
-                model = ChurnModel(**({"horizon_days": horizon} if horizon else {}), settings=settings)
+            for name in [n for n in names if n in ("churn", "intent", "risk")]:  # each model's table is built on Spark, streamed from its shards
+                params = {"horizon_days": horizon} if (horizon and name == "churn") else {}
+                cls = model_class(name)
                 if not as_json:
-                    err_console.print("[dim]spark: building the churn training table…[/]")
-                table = build_training_table(ws, model, folder, master=master, name=f"churn-table-{folder.parent.name}")
-                from_table.append(train_from_table(ws, "churn", table, settings=settings, card_extra=card_extra,
-                                                   **({"horizon_days": horizon} if horizon else {})))
-                names = [n for n in names if n != "churn"]
+                    err_console.print(f"[dim]spark: building the {name} training table…[/]")
+                try:
+                    table = build_training_table(ws, cls(**params, settings=settings), folder, master=master,
+                                                 name=f"{name}-table-{folder.parent.name}", labels=training_labels(ws, cls)[0])
+                    from_table.append(train_from_table(ws, name, table, settings=settings, card_extra=card_extra, **params))
+                except (ModelError, ScoringError) as exc:
+                    if target != "all":
+                        raise
+                    from_table.append({"name": name, "version": None, "train_seconds": None, "card": {}, "error": str(exc)})
+            names = [n for n in names if n not in ("churn", "intent", "risk")]
             if names:
                 train_events = read_sample(folder)
                 card_extra["training_sample"]["events"] = int(len(train_events))

@@ -14,13 +14,14 @@ Local mode needs only Java (17+) and the ``pyspark`` package; ``--master URL`` (
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import pyarrow as pa
@@ -346,6 +347,9 @@ def read_sample(folder: Path) -> pd.DataFrame:
     return canonical_group(table, order=FILE_ORDER)
 
 
+TABLE_MODELS = ("churn", "intent", "risk")
+
+
 def build_training_table(
     ws: Workspace,
     model: Any,
@@ -355,33 +359,35 @@ def build_training_table(
     spark: Any = None,
     users_per_group: int = 5000,
     name: str | None = None,
+    labels: pd.DataFrame | None = None,
 ) -> Path:
-    """Build ``model``'s training table (train / validation / test rows) on Spark; publish it in ``ws``; return its folder.
+    """Build ``model``'s training table (its train / validation / test rows) on Spark; publish it in ``ws``; return its folder.
 
     Spark computes what the model learns from the whole table before any row (the split's times,
-    the vocabulary's counts and price quantiles, the share categories, which users validate),
-    then runs the model's own per-user code (``ChurnModel.training_rows``) on each group of users'
-    events (``applyInPandas``), in ``Workspace.load_events``' order. The rows are written as
-    Parquet shards partitioned by split in a staging folder beside
-    ``training/<name>/`` (default ``<model>-table``) with ``table.json``, and renamed into place
-    when complete: a failed build publishes nothing and leaves the previous table.
+    the vocabulary's counts and price quantiles, the share categories and devices, which users
+    validate, who shares a device or IP), then runs the model's own per-user code on each group
+    of users' events (``applyInPandas``), in ``Workspace.load_events``' order:
+    ``ChurnModel.training_rows``; ``IntentModel.user_training_rows`` and
+    ``session_training_rows`` (two tables, ``users/`` and ``sessions/``: one per net; which
+    sessions train and validate is then decided over the whole table, ``session_split_of``);
+    ``RiskModel.training_rows`` (the linked-accounts rule from a join, as ``score_spark``; the
+    folds of the cross-fitted nets drawn over the whole table, ``fold_draw``). ``labels``: the
+    ground truth risk learns from (``user_id``, ``is_fraud``). The rows are written as Parquet
+    shards partitioned by split in a staging folder beside ``training/<name>/`` (default
+    ``<model>-table``) with ``table.json``, and renamed into place when complete: a failed build
+    publishes nothing and leaves the previous table.
 
     Raises:
         ScoringError: bad events path or shard; not enough history; the Spark job failed.
     """
-    import json
-
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    from shopsight.behavior.features import top_categories_from
-    from shopsight.behavior.models.churn import validation_draw
-    from shopsight.behavior.models.common import PRICE_QUANTILES, ModelError, quantiles_from_counts, vocab_from
-    from shopsight.behavior.models.streaming import MANIFEST, ROWS, SPLITS, TABLE_FORMAT, TrainingTable
+    from shopsight.behavior.models.common import ModelError
+    from shopsight.behavior.models.streaming import MANIFEST, TABLE_FORMAT, TrainingTable
     from shopsight.behavior.workspace import staging_folder, swap_in_folder
 
-    if getattr(model, "name", None) != "churn":
-        raise ScoringError(f"a training table is built for the churn model only, not '{getattr(model, 'name', model)}'")
+    if getattr(model, "name", None) not in TABLE_MODELS:
+        raise ScoringError(f"a training table is built for the {', '.join(TABLE_MODELS)} models, not '{getattr(model, 'name', model)}'")
     files = event_files(ws, events)
     spark = spark or spark_session(master)
     df = read_events(spark, files, positions=True)
@@ -393,27 +399,125 @@ def build_training_table(
         raise ScoringError(f"{stats['no_user']:,} events have no user_id in {events or ws.root}: ingest them through `shopsight ingest`")
     ns = lambda v: pd.Timestamp(int(v), unit="ns", tz="UTC")  # noqa: E731
     first, last = ns(stats["first"]), ns(stats["last"])
+    n_users = int(stats["users"])
+    job = _TableJob(spark, df, files, first, last, n_users, max(1, math.ceil(n_users / max(users_per_group, 1))))
+    target = ws.root / "training" / (name or f"{model.name}-table")
+    staging = staging_folder(target)
     try:
-        C, asofs = model.split_times(first, last)
-    except ModelError as exc:
-        raise ScoringError(str(exc)) from exc
-    before = df.where(F.col("ts") < F.lit(C.value))
-    # first appearance in load_events' order breaks count ties, as value_counts does
-    order = F.struct("user_id", "ts", "_file", "_row")
+        try:
+            build = {"churn": _churn_table, "intent": _intent_table, "risk": _risk_table}[model.name]
+            parts = build(job, model, staging, labels) if model.name == "risk" else build(job, model, staging)
+        except ModelError as exc:
+            raise ScoringError(str(exc)) from exc
+        common = {
+            "format": TABLE_FORMAT, "model": model.name, "params": model.table_params(),
+            "first_event": first.isoformat(), "last_event": last.isoformat(), "scored_asof": end_of(last).isoformat(),
+            "users": n_users, "source": _source(ws, events, files), "engine": {"master": spark.sparkContext.master, "groups": job.n_groups},
+            "built": pd.Timestamp.now(tz="UTC").isoformat(),
+        }
+        for part, manifest in parts.items():
+            folder = staging / part if part else staging
+            (folder / MANIFEST).write_text(json.dumps({**common, **manifest}, indent=2, default=str))
+            TrainingTable.open(folder)  # what a reader will check, before anyone can read it
+        swap_in_folder(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
 
-    def ranked(frame: Any) -> pd.Series:
-        rows = _run(lambda: frame.where(F.col("category").isNotNull()).groupBy("category")
-                    .agg(F.count("*").alias("n"), F.min(order).alias("first")).collect(), files)
+
+class _TableJob:
+    """What every model's table build shares: the events on Spark, their span, the groups, and the steps they all take."""
+
+    def __init__(self, spark: Any, df: Any, files: list[Path], first: pd.Timestamp, last: pd.Timestamp, n_users: int, n_groups: int) -> None:
+        self.spark, self.df, self.files = spark, df, files
+        self.first, self.last, self.n_users, self.n_groups = first, last, n_users, n_groups
+
+    def ranked(self, frame: Any, column: str) -> pd.Series:
+        """``frame[column].value_counts()`` of the whole table: first appearance in load_events' order breaks count ties."""
+        from pyspark.sql import functions as F
+
+        order = F.struct("user_id", "ts", "_file", "_row")
+        rows = _run(lambda: frame.where(F.col(column).isNotNull()).groupBy(column)
+                    .agg(F.count("*").alias("n"), F.min(order).alias("first")).collect(), self.files)
         rows = sorted(rows, key=lambda r: (-r["n"], tuple(r["first"])))
-        return pd.Series([r["n"] for r in rows], index=[str(r["category"]) for r in rows], dtype="int64")
+        return pd.Series([r["n"] for r in rows], index=[str(r[column]) for r in rows], dtype="int64")
 
-    event_types = [r["event"] for r in _run(lambda: before.where(F.col("event").isNotNull()).select("event").distinct().collect(), files)]
-    prices = _run(lambda: before.where(F.col("price").isNotNull() & ~F.isnan(F.col("price").cast("double")))
-                  .groupBy(F.col("price").cast("double").alias("p")).count().orderBy("p").toPandas(), files)
-    qs = quantiles_from_counts(prices["p"].to_numpy(), prices["count"].to_numpy(), PRICE_QUANTILES) if len(prices) else []
-    counts = ranked(before)
-    model.vocab_ = vocab_from(event_types, counts, qs)
-    model.categories_ = top_categories_from(ranked(before.where(F.col("event") == "purchase")), lambda: counts, model.n_categories)
+    def vocabulary(self, before: Any) -> tuple[dict[str, Any], pd.Series]:
+        """``fit_vocab`` of the events in ``before``, and their categories' counts (``value_counts``' order)."""
+        from pyspark.sql import functions as F
+
+        from shopsight.behavior.models.common import PRICE_QUANTILES, quantiles_from_counts, vocab_from
+
+        event_types = [r["event"] for r in _run(lambda: before.where(F.col("event").isNotNull()).select("event").distinct().collect(), self.files)]
+        prices = _run(lambda: before.where(F.col("price").isNotNull() & ~F.isnan(F.col("price").cast("double")))
+                      .groupBy(F.col("price").cast("double").alias("p")).count().orderBy("p").toPandas(), self.files)
+        qs = quantiles_from_counts(prices["p"].to_numpy(), prices["count"].to_numpy(), PRICE_QUANTILES) if len(prices) else []
+        counts = self.ranked(before, "category")
+        return vocab_from(event_types, counts, qs), counts
+
+    def top_categories(self, before: Any, counts: pd.Series, k: int) -> list[str]:
+        from pyspark.sql import functions as F
+
+        from shopsight.behavior.features import top_categories_from
+
+        return top_categories_from(self.ranked(before.where(F.col("event") == "purchase"), "category"), lambda: counts, k)
+
+    def probe(self) -> pd.DataFrame:
+        """A few users' events on the driver (``load_events``' order): what the feature columns are."""
+        from pyspark.sql import functions as F
+
+        ids = [r["user_id"] for r in self.df.select("user_id").distinct().orderBy("user_id").limit(20).collect()]
+        return canonical_group(self.df.where(F.col("user_id").isin(ids)).toPandas(), order=FILE_ORDER)
+
+    def bucketed(self, frame: Any) -> Any:
+        return frame.withColumn(BUCKET, _bucket_of(self.n_groups))
+
+    def write(self, table: Any, folder: Path, *, partitioned: bool = True) -> dict[str, int]:
+        """Write ``table``'s rows (partitioned by split) to ``folder``; the rows per split."""
+        writer = table.write.partitionBy("split") if partitioned else table.write
+        _run(lambda: writer.mode("overwrite").parquet(str(folder)), self.files)
+        if not partitioned:
+            return {}
+        return {p.name[len("split="):]: sum(pq_rows(f) for f in p.glob("*.parquet")) for p in sorted(folder.glob("split=*"))}
+
+
+def _group_rows(rows_of: Callable[[pd.DataFrame], pd.DataFrame], drop: Sequence[str] = ()) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """The function an executor runs on one group's events: ``load_events``' order, the model's rows, Spark-safe text."""
+
+    def rows(pdf: pd.DataFrame) -> pd.DataFrame:
+        import torch
+
+        torch.set_num_threads(1)
+        out = rows_of(pdf, canonical_group(pdf.drop(columns=[BUCKET, *drop]), order=FILE_ORDER))
+        for col in out.columns:  # concat leaves Arrow-backed text in chunks, which Spark's serializer refuses
+            if col in ("user_id", "split", "owner"):
+                out[col] = out[col].to_numpy(dtype=object)
+        return out
+
+    return rows
+
+
+def _schema(names: Sequence[str], width: int, *, extra: str = "") -> str:
+    from shopsight.behavior.models.streaming import feature_column, token_column
+
+    return ("user_id string, " + extra + "split string, snapshot long, " + ", ".join(f"{feature_column(i)} double" for i in range(len(names)))
+            + ", " + ", ".join(f"{token_column(j)} long" for j in range(width)) + ", length long, y long")
+
+
+def _churn_table(job: _TableJob, model: Any, staging: Path) -> dict[str, dict[str, Any]]:
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from shopsight.behavior.features import rfm_features
+    from shopsight.behavior.models.churn import validation_draw
+    from shopsight.behavior.models.streaming import ROWS
+
+    df, files = job.df, job.files
+    C, asofs = model.split_times(job.first, job.last)
+    before = df.where(F.col("ts") < F.lit(C.value))
+    model.vocab_, counts = job.vocabulary(before)
+    model.categories_ = job.top_categories(before, counts, model.n_categories)
 
     # which users validate: one seeded draw over the sorted users of every training snapshot
     lo = [(F.col("ts") >= F.lit((a - pd.Timedelta(days=model.active_days)).value)) if model.active_days else F.lit(True) for a in asofs]
@@ -431,57 +535,134 @@ def build_training_table(
             yield pd.DataFrame({"user_id": b["user_id"].to_numpy(dtype=object), "_val": validation_draw(b["_pos"].to_numpy(), n_snap, frac, seed=seed)})
 
     val = ranked_users.mapInPandas(draw, "user_id string, _val boolean")
-    n_users = int(stats["users"])
-    n_groups = max(1, math.ceil(n_users / max(users_per_group, 1)))
-    tagged = df.join(val, "user_id", "left").fillna({"_val": False}).withColumn(BUCKET, _bucket_of(n_groups))
-
-    sample_ids = [r["user_id"] for r in df.select("user_id").distinct().orderBy("user_id").limit(20).collect()]
-    probe = canonical_group(df.where(F.col("user_id").isin(sample_ids)).toPandas(), order=FILE_ORDER)
-    from shopsight.behavior.features import rfm_features
-
-    names = list(rfm_features(probe, end_of(last), categories=model.categories_).columns)  # the columns every snapshot has
-    from shopsight.behavior.models.streaming import feature_column, token_column
-
+    tagged = job.bucketed(df.join(val, "user_id", "left").fillna({"_val": False}))
+    names = list(rfm_features(job.probe(), end_of(job.last), categories=model.categories_).columns)  # the columns every snapshot has
     width = model.settings.max_len if model.use_sequence else 1  # tokenize_events' width (an empty sentence: one pad)
-    schema = ("user_id string, split string, snapshot long, " + ", ".join(f"{feature_column(i)} double" for i in range(len(names)))
-              + ", " + ", ".join(f"{token_column(j)} long" for j in range(width)) + ", length long, y long")
 
-    def rows(pdf: pd.DataFrame) -> pd.DataFrame:
+    def rows_of(pdf: pd.DataFrame, group: pd.DataFrame) -> pd.DataFrame:
+        return model.training_rows(group, asofs, C, pdf.loc[pdf["_val"].astype(bool), "user_id"].unique(), names)
+
+    table = tagged.groupBy(BUCKET).applyInPandas(_group_rows(rows_of, ["_val"]), _schema(names, width))
+    n_rows = job.write(table, staging / ROWS)
+    return {"": {"features": names, "token_width": width, "vocab": model.vocab_, "categories": model.categories_,
+                 "cutoff": C.isoformat(), "train_asofs": [a.isoformat() for a in asofs], "snapshot_users": n_snap,
+                 "rows": {sp: n_rows.get(sp, 0) for sp in ("train", "validation", "test")}}}
+
+
+def _intent_table(job: _TableJob, model: Any, staging: Path) -> dict[str, dict[str, Any]]:
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from shopsight.behavior.models.intent import session_feature_names, user_intent_features
+    from shopsight.behavior.models.streaming import ROWS
+
+    df = job.df
+    C, asofs = model.split_times(job.first, job.last)
+    before = df.where(F.col("ts") < F.lit(C.value))
+    model.vocab_, counts = job.vocabulary(before)
+    model.categories_ = job.top_categories(before, counts, model.n_categories)
+    model.devices_ = sorted(job.ranked(before, "device").index[:6].tolist()) if "device" in df.columns else []  # _top_values
+    tagged = job.bucketed(df)
+    learned = {"vocab": model.vocab_, "categories": model.categories_, "devices": model.devices_, "cutoff": C.isoformat(),
+               "train_asofs": [a.isoformat() for a in asofs]}
+
+    user_names = list(user_intent_features(job.probe(), end_of(job.last), model.categories_).columns)
+    user_width = model.settings.max_len if model.use_sequence else 1
+    users = tagged.groupBy(BUCKET).applyInPandas(_group_rows(lambda pdf, g: model.user_training_rows(g, asofs, C, user_names)),
+                                                 _schema(user_names, user_width))
+    n_user = job.write(users, staging / "users" / ROWS)
+
+    names = session_feature_names(model.devices_)
+    width = model.session_max_len if model.use_sequence else 1
+    sessions = tagged.groupBy(BUCKET).applyInPandas(_group_rows(lambda pdf, g: model.session_training_rows(g, C, names)),
+                                                    _schema(names, width, extra="owner string, "))
+    raw = staging / "_sessions"
+    job.write(sessions, raw, partitioned=False)
+    rows = job.spark.read.parquet(str(raw))
+    candidates = rows.where(F.col("split") == "candidate")
+    n_candidates = int(_run(lambda: candidates.count(), job.files))
+    n_keep, n_val = model.session_split_of(n_candidates)
+    latest = [F.col("snapshot").desc(), F.col("owner").desc(), F.col("user_id").desc()]  # session_examples' order, reversed
+    kept = candidates.orderBy(*latest).limit(n_keep)
+    kept = kept.withColumn("split", F.when(F.row_number().over(Window.orderBy(*latest)) <= n_val, "validation").otherwise("train"))
+    split = kept.unionByName(rows.where(F.col("split") == "test")).drop("owner")
+    n_session = job.write(split, staging / "sessions" / ROWS)
+    shutil.rmtree(raw)
+    return {
+        "users": {"features": user_names, "token_width": user_width, **learned, "rows": {sp: n_user.get(sp, 0) for sp in ("train", "validation", "test")}},
+        "sessions": {"features": names, "token_width": width, **learned, "candidates_before_cutoff": n_candidates,
+                     "rows": {sp: n_session.get(sp, 0) for sp in ("train", "validation", "test")}},
+    }
+
+
+def _risk_table(job: _TableJob, model: Any, staging: Path, labels: pd.DataFrame | None) -> dict[str, dict[str, Any]]:
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from shopsight.behavior.models.risk import fold_draw, risk_features
+    from shopsight.behavior.models.rules import linked_accounts_shared
+    from shopsight.behavior.models.streaming import ROWS
+
+    df, files = job.df, job.files
+    C = model.split_times(job.first, job.last)
+    asof = end_of(job.last)
+    before = df.where(F.col("ts") < F.lit(C.value))
+    n_before = int(_run(lambda: before.select("user_id").distinct().count(), files))
+    if n_before < 20:
+        raise ScoringError(f"only {n_before} accounts were seen before the cutoff {C}: choose a later cutoff")
+    model.vocab_, _ = job.vocabulary(before)
+    thresholds = model.thresholds
+    # who shares a specific device or IP, before the cutoff (the training accounts' rule) and over every event (the test accounts')
+    shared = (_shared_identifiers(before, n_before, job.n_groups, thresholds).withColumn("_scope", F.lit("before"))
+              .unionByName(_shared_identifiers(df, job.n_users, job.n_groups, thresholds).withColumn("_scope", F.lit("all"))))
+    names = list(risk_features(job.probe(), asof, thresholds=thresholds).columns)
+    width = model.settings.max_len if model.use_sequence else 1
+    has_labels = labels is not None and "is_fraud" in labels.columns
+    truth = labels[["user_id", "is_fraud"]].copy() if has_labels else None
+    schema = _schema(names, width)
+
+    def rows(events: pd.DataFrame, ids: pd.DataFrame) -> pd.DataFrame:
         import torch
 
         torch.set_num_threads(1)
-        val_users = pdf.loc[pdf["_val"].astype(bool), "user_id"].unique()
-        group = canonical_group(pdf.drop(columns=[BUCKET, "_val"]), order=FILE_ORDER)
-        out = model.training_rows(group, asofs, C, val_users, names)
-        for col in ("user_id", "split"):  # concat leaves Arrow-backed text in chunks, which Spark's serializer refuses
+        if events.empty:
+            return pd.DataFrame({f.split(" ")[0]: [] for f in schema.split(", ")})
+        holders = {scope: {(str(r.col), str(r.value)): list(r.holders) for r in part.itertuples(index=False)}
+                   for scope, part in ids.groupby("_scope")} if len(ids) else {}
+        group = canonical_group(events.drop(columns=[BUCKET]), order=FILE_ORDER)
+        out = model.training_rows(group, C, asof, labels=truth, feature_names=names,
+                                  linked_before=lambda g: linked_accounts_shared(g, holders.get("before", {}), thresholds),
+                                  linked_all=lambda g: linked_accounts_shared(g, holders.get("all", {}), thresholds))
+        for col in ("user_id", "split"):
             out[col] = out[col].to_numpy(dtype=object)
         return out
 
-    table = tagged.groupBy(BUCKET).applyInPandas(rows, schema)
-    target = ws.root / "training" / (name or f"{model.name}-table")
-    staging = staging_folder(target)
-    try:
-        _run(lambda: table.write.partitionBy("split").mode("overwrite").parquet(str(staging / ROWS)), files)
-        n_rows = {}
-        for split in SPLITS:
-            part = staging / ROWS / f"split={split}"
-            n_rows[split] = sum(pq_rows(f) for f in part.glob("*.parquet")) if part.is_dir() else 0
-        manifest = {
-            "format": TABLE_FORMAT, "model": model.name, "params": model.table_params(), "features": names,
-            "token_width": width, "vocab": model.vocab_, "categories": model.categories_,
-            "cutoff": C.isoformat(), "train_asofs": [a.isoformat() for a in asofs],
-            "first_event": first.isoformat(), "last_event": last.isoformat(), "scored_asof": end_of(last).isoformat(),
-            "users": n_users, "snapshot_users": n_snap, "rows": n_rows,
-            "source": _source(ws, events, files), "engine": {"master": spark.sparkContext.master, "groups": n_groups},
-            "built": pd.Timestamp.now(tz="UTC").isoformat(),
-        }
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-        TrainingTable.open(staging)  # what a reader will check, before anyone can read it
-        swap_in_folder(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
+    table = job.bucketed(df).groupBy(BUCKET).cogroup(shared.groupBy(BUCKET)).applyInPandas(rows, schema)
+    raw = staging / "_rows"
+    job.write(table, raw, partitioned=False)
+    built = job.spark.read.parquet(str(raw))
+    train = built.where(F.col("split") == "train")
+    frauds = int(_run(lambda: train.agg(F.sum("y")).collect()[0][0] or 0, files)) if has_labels else 0
+    k_folds = min(model.n_folds, frauds) if frauds >= 2 else 0  # RiskModel._supervision
+    if k_folds:  # the cross-fitted nets' folds: stratified_folds over the sorted training accounts
+        n_train = int(_run(lambda: train.count(), files))
+        counts = (n_train - frauds, frauds)
+        placed = train.select("user_id", "y").withColumn("_pos", F.row_number().over(Window.partitionBy("y").orderBy("user_id")) - 1)
+        seed = model.settings.seed
+
+        def folds(batches: Any) -> Any:
+            for b in batches:
+                yield pd.DataFrame({"user_id": b["user_id"].to_numpy(dtype=object),
+                                    "_fold": fold_draw(b["y"].to_numpy(), b["_pos"].to_numpy(), counts, k_folds, seed)})
+
+        fold = placed.mapInPandas(folds, "user_id string, _fold long")
+        train = train.join(fold, "user_id").withColumn("split", F.concat(F.lit("fold"), F.col("_fold").cast("string"))).drop("_fold")
+    n_rows = job.write(train.unionByName(built.where(F.col("split") == "test")), staging / ROWS)
+    shutil.rmtree(raw)
+    splits = [f"fold{k}" for k in range(k_folds)] if k_folds else ["train"]
+    return {"": {"features": names, "token_width": width, "vocab": model.vocab_, "cutoff": C.isoformat(), "labels": bool(has_labels),
+                 "snapshot": "the account's first event time (ns)", "train_frauds": frauds if has_labels else None,
+                 "rows": {sp: n_rows.get(sp, 0) for sp in [*splits, "test"]}}}
 
 
 def pq_rows(path: Path) -> int:

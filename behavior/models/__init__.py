@@ -89,16 +89,7 @@ def _train_locked(ws: Any, cls: Any, name: str, progress: Any, settings: Any, ev
 
     if events is None:
         events = ws.load_events()
-    # A model class may name the ground-truth table it uses (the demo shop writes labels/users,
-    # labels/sessions, labels/orders); real data has none.
-    label_table = getattr(cls, "label_table", None)
-    labels = ws.load_labels(label_table) if label_table and label_table in ws.label_names() else None
-    analyst = None
-    if getattr(cls, "reads_analyst_labels", False):  # risk: the analysts' clicks on alerts outrank older labels
-        from shopsight.behavior.decisions import analyst_user_labels, with_analyst_labels
-
-        analyst = analyst_user_labels(ws)
-        labels = with_analyst_labels(labels, analyst)
+    labels, analyst = training_labels(ws, cls)
     kwargs = dict(params)
     if settings is not None:
         kwargs["settings"] = settings
@@ -108,13 +99,52 @@ def _train_locked(ws: Any, cls: Any, name: str, progress: Any, settings: Any, ev
     card["data_cutoff"] = events["ts"].max().isoformat()
     card["data_batches"] = [b["id"] for b in ws.batches()] or None
     card["feature_profile"] = feature_profile(events)  # what drift is measured against
-    if analyst is not None and len(analyst):  # what the analysts added to the labels, when they did
-        card["analyst_labels"] = {"users": int(len(analyst)), "fraud": int(analyst["is_fraud"].sum()),
-                                  "false_alarm": int((~analyst["is_fraud"].astype(bool)).sum())}
+    card.update(_analyst_card(analyst))
     card.update(card_extra)
     scores = score_users(model, events, progress=progress)
     version = model.save(ws, card=card, scores=scores)
     return {"name": name, "version": version, "train_seconds": card.get("train_seconds"), "card": card}
+
+
+def training_labels(ws: Any, cls: Any) -> tuple[Any, Any]:
+    """(the ground truth model class ``cls`` learns from, or None; the analysts' labels folded into it, or None).
+
+    A model class may name the ground-truth table it uses (the demo shop writes labels/users,
+    labels/sessions, labels/orders); real data has none. Risk also reads the analysts' clicks on
+    alerts, which outrank older labels.
+    """
+    label_table = getattr(cls, "label_table", None)
+    labels = ws.load_labels(label_table) if label_table and label_table in ws.label_names() else None
+    analyst = None
+    if getattr(cls, "reads_analyst_labels", False):
+        from shopsight.behavior.decisions import analyst_user_labels, with_analyst_labels
+
+        analyst = analyst_user_labels(ws)
+        labels = with_analyst_labels(labels, analyst)
+    return labels, analyst
+
+
+def _analyst_card(analyst: Any) -> dict[str, Any]:
+    """What the analysts added to the labels, when they did (the card's ``analyst_labels``)."""
+    if analyst is None or not len(analyst):
+        return {}
+    return {"analyst_labels": {"users": int(len(analyst)), "fraud": int(analyst["is_fraud"].sum()),
+                               "false_alarm": int((~analyst["is_fraud"].astype(bool)).sum())}}
+
+
+def open_training_tables(name: str, folder: Any) -> Any:
+    """A model's training table(s) in ``folder`` (``behavior.spark.build_training_table``): one
+    ``TrainingTable``, or intent's ``{"users": …, "sessions": …}``."""
+    from pathlib import Path
+
+    from shopsight.behavior.models.streaming import TrainingTable
+
+    if isinstance(folder, (TrainingTable, dict)):
+        return folder
+    parts = getattr(model_class(name), "table_parts", None)
+    if parts:
+        return {p: TrainingTable.open(Path(folder) / p) for p in parts}
+    return TrainingTable.open(folder)
 
 
 def train_from_table(
@@ -130,39 +160,50 @@ def train_from_table(
 ) -> dict[str, Any]:
     """``train_model`` from a training table in Parquet shards (``behavior.spark.build_training_table``), streaming.
 
-    fit (``fit_table``) → ``evaluation.evaluate_churn_table`` → save. No ``scores.parquet`` is
+    fit (``fit_table``) → ``evaluation.evaluate_table`` → save. No ``scores.parquet`` is
     written (the table holds snapshots, not the latest events): run ``shopsight score`` after it.
-    Only churn trains from a table so far.
+    Churn, intent (two tables: users and sessions) and risk train from tables.
 
     Returns:
         ``{"name", "version", "train_seconds", "card"}``; the card's ``training_table`` says where,
         how many rows per split and how much the reader held at once.
     """
     from shopsight.behavior.models.common import ModelError
-    from shopsight.behavior.models.evaluation import evaluate_churn_table
-    from shopsight.behavior.models.streaming import TrainingTable
+    from shopsight.behavior.models.evaluation import evaluate_table
 
-    if name != "churn":
-        raise ModelError(f"only the churn model trains from a training table; train {name} from events")
-    if not isinstance(table, TrainingTable):
-        table = TrainingTable.open(table)
+    if name not in ("churn", "intent", "risk"):
+        raise ModelError(f"the {name} model does not train from a training table; train it from events")
+    tables = open_training_tables(name, table)
     cls = model_class(name)
     with ws.writer("train"):
-        label_table = getattr(cls, "label_table", None)
-        labels = ws.load_labels(label_table) if label_table and label_table in ws.label_names() else None
+        labels, analyst = training_labels(ws, cls)
         model = cls(**params, **({"settings": settings} if settings is not None else {}))
-        model.fit_table(table, progress=progress, buffer_rows=buffer_rows)
-        card = evaluate_churn_table(model, table, labels).card
-        m = table.manifest
+        model.fit_table(tables, progress=progress, buffer_rows=buffer_rows)
+        card = evaluate_table(model, tables, labels).card
+        parts = tables if isinstance(tables, dict) else {"": tables}
+        first = next(iter(parts.values()))
+        m = first.manifest
         card["data_cutoff"] = m["last_event"]
         card["data_batches"] = [b["id"] for b in ws.batches()] or None
         card["feature_profile"] = None  # drift profiles come from events; a table holds snapshots
-        card["training_table"] = {"folder": str(table.folder), "rows": dict(m["rows"]), "users": m["users"],
-                                  "source": m["source"], "engine": m["engine"], "cutoff": m["cutoff"],
-                                  "train_asofs": m["train_asofs"], "streaming": model.stream_record_.to_card()}
+        rows = {p: dict(t.manifest["rows"]) for p, t in parts.items()}
+        card["training_table"] = {"folder": str(first.folder.parent if "" not in parts else first.folder),
+                                  "rows": rows.get("", rows), "users": m["users"], "source": m["source"], "engine": m["engine"],
+                                  "cutoff": m["cutoff"], "train_asofs": m.get("train_asofs"), "streaming": _stream_card(model)}
+        card.update(_analyst_card(analyst))
         card.update(card_extra or {})
         version = model.save(ws, card=card, scores=None)
     return {"name": name, "version": version, "train_seconds": card.get("train_seconds"), "card": card}
+
+
+def _stream_card(model: Any) -> Any:
+    """How the streamed fit(s) read their table: one record (churn), one per net (intent), one per fold net (risk)."""
+    if getattr(model, "stream_record_", None) is not None:
+        return model.stream_record_.to_card()
+    records = getattr(model, "stream_records_", None)
+    if isinstance(records, dict):
+        return {k: r.to_card() for k, r in records.items()}
+    return [r.to_card() for r in records or []] or None
 
 
 def metric_rows(card: dict[str, Any]) -> list[dict[str, Any]]:

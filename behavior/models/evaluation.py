@@ -238,31 +238,49 @@ def _evaluate_intent(model: IntentModel, events: pd.DataFrame, labels: pd.DataFr
     from shopsight.behavior.models.intent import CATEGORY_EVENT_WEIGHTS, CATEGORY_HALF_LIFE_DAYS, session_feature_names
 
     C, H, asofs = model.cutoff_, pd.Timedelta(days=model.horizon_days), model.train_asofs_
-    s = model.settings
     X_train, _, y_train, val = model.user_training_set(events, asofs)
     X_test, seq_test, y_test = model.user_snapshot(events[events["ts"] < C + H], C)
     p_test = model.user_calibration_.apply(predict_logits(model.net_, seq_test, model.user_scaler_.transform(X_test)))
-    report("baselines", 0.0)
-    user_base = run_baselines(X_train, y_train, X_test, y_test, val_mask=val, recency_sign=-1.0, seed=s.seed, threads=s.threads)
-
     train_ex, sval, test_ex = model.session_split(events, C)
     names = session_feature_names(model.devices_)
-    ys = train_ex["purchased"].astype("int64").to_numpy()
-    ys_test = test_ex["purchased"].astype("int64").to_numpy()
     ps_test = model.session_calibration_.apply(
         predict_logits(model.session_net_, model._session_sequences(events, test_ex.index), model.session_scaler_.transform(test_ex))
     ) if len(test_ex) else np.zeros(0)
+    card = _intent_card(
+        model, report, users=(X_train, y_train, val, X_test, y_test, p_test),
+        sessions=(train_ex[names].reset_index(drop=True), train_ex["purchased"].astype("int64").to_numpy(), sval,
+                  test_ex[names].reset_index(drop=True), test_ex["purchased"].astype("int64").to_numpy(), ps_test),
+        data_window={"first_event": events["ts"].min().isoformat(), "last_event": events["ts"].max().isoformat(),
+                     "test_cutoff": C.isoformat(), "scored_asof": end_of_events(events).isoformat()},
+        next_categories={
+            "method": f"recency-weighted category mix (half-life {CATEGORY_HALF_LIFE_DAYS:g} days, weights {CATEGORY_EVENT_WEIGHTS})",
+            **next_category_hit_rate(events, C, model.horizon_days),
+        })
+    return Evaluation(card=card)
+
+
+def _intent_card(model: IntentModel, report: Progress, *, users: tuple, sessions: tuple, data_window: dict[str, Any],
+                 next_categories: dict[str, Any]) -> dict[str, Any]:
+    """The intent card from each net's rows: ``(X_train, y_train, validation mask, X_test, y_test, p_test)`` of
+    the users and of the sessions (the baselines learn on the same training rows as the nets)."""
+    from shopsight.behavior.models.intent import session_feature_names
+
+    C, asofs, s = model.cutoff_, model.train_asofs_, model.settings
+    X_train, y_train, val, X_test, y_test, p_test = users
+    S_train, ys, sval, S_test, ys_test, ps_test = sessions
+    names = session_feature_names(model.devices_)
+    report("baselines", 0.0)
+    user_base = run_baselines(X_train, y_train, X_test, y_test, val_mask=val, recency_sign=-1.0, seed=s.seed, threads=s.threads)
     session_base = run_baselines(
-        train_ex[names].reset_index(drop=True), ys, test_ex[names].reset_index(drop=True), ys_test, val_mask=sval,
+        S_train, ys, S_test, ys_test, val_mask=sval,
         recency_column="days_since_prev_purchase", recency_sign=-1.0, seed=s.seed, threads=s.threads,
-    ) if len(test_ex) else {}
+    ) if len(ys_test) else {}
     session_base.pop("days_since_last_purchase", None)  # not a session-level baseline
     report("baselines", 1.0)
     ru, rs = model.user_fit_, model.session_fit_
-    card = {
+    return {
         "task": f"user: P(purchase within {model.horizon_days} days); session: P(purchase in the session) from its events before checkout",
-        "data_window": {"first_event": events["ts"].min().isoformat(), "last_event": events["ts"].max().isoformat(),
-                        "test_cutoff": C.isoformat(), "scored_asof": end_of_events(events).isoformat()},
+        "data_window": data_window,
         "split": {
             "user_train_snapshots": [a.isoformat() for a in asofs[1:]],
             "user_validation_snapshot": asofs[0].isoformat(),
@@ -276,10 +294,7 @@ def _evaluate_intent(model: IntentModel, events: pd.DataFrame, labels: pd.DataFr
         "baselines": _baseline_reports(user_base),
         "session_metrics": binary_report(ys_test, ps_test, threshold=model.session_threshold_) if len(ys_test) else None,
         "session_baselines": _baseline_reports(session_base),
-        "next_categories": {
-            "method": f"recency-weighted category mix (half-life {CATEGORY_HALF_LIFE_DAYS:g} days, weights {CATEGORY_EVENT_WEIGHTS})",
-            **next_category_hit_rate(events, C, model.horizon_days),
-        },
+        "next_categories": next_categories,
         "calibration": {"method": "platt (temperature + bias) on the validation slice",
                         "user": model.user_calibration_.to_dict(), "session": model.session_calibration_.to_dict()},
         "train_seconds": round(model.train_seconds_, 2),
@@ -289,7 +304,6 @@ def _evaluate_intent(model: IntentModel, events: pd.DataFrame, labels: pd.DataFr
         "features": {"user": list(model.user_scaler_.columns), "session": names},
         **model.typical_card(),
     }
-    return Evaluation(card=card)
 
 
 def next_category_hit_rate(events: pd.DataFrame, asof: pd.Timestamp, horizon_days: float, k: int = 3) -> dict[str, Any]:
@@ -337,9 +351,9 @@ def _intent_scores(model: IntentModel, events: pd.DataFrame, asof: pd.Timestamp,
 
 
 def _evaluate_risk(model: RiskModel, events: pd.DataFrame, labels: pd.DataFrame | None, report: Progress) -> Evaluation:
-    from shopsight.behavior.models.risk import fraud_labels, stratified_folds
+    from shopsight.behavior.models.risk import fraud_labels
 
-    C, s = model.cutoff_, model.settings
+    C = model.cutoff_
     end = end_of_events(events)
     train_users, test_users = model.account_split(events, C)
     before_c = events[events["ts"] < C]
@@ -351,7 +365,24 @@ def _evaluate_risk(model: RiskModel, events: pd.DataFrame, labels: pd.DataFrame 
     has_labels = labels is not None and "is_fraud" in labels.columns
     y_train = fraud_labels(labels, train_users) if has_labels else None
     y_test = fraud_labels(labels, test_users) if has_labels else None
+    first_seen = events.groupby("user_id")["ts"].min().reindex(train_users).to_numpy()
 
+    def test_scores() -> np.ndarray:
+        return model.calibration_.apply(predict_logits(model.net_, seq_test, model.scaler_.transform(X_test)))
+
+    card = _risk_card(model, report, X_train=X_train, y_train=y_train, first_seen=first_seen, X_test=X_test, y_test=y_test,
+                      test_scores=test_scores, data_window={"first_event": events["ts"].min().isoformat(), "last_event": events["ts"].max().isoformat(),
+                                                           "test_cutoff": C.isoformat(), "scored_asof": end.isoformat()})
+    return Evaluation(card=card)
+
+
+def _risk_card(model: RiskModel, report: Progress, *, X_train: pd.DataFrame, y_train: np.ndarray | None, first_seen: np.ndarray,
+               X_test: pd.DataFrame, y_test: np.ndarray | None, test_scores: Callable[[], np.ndarray], data_window: dict[str, Any]) -> dict[str, Any]:
+    """The risk card from the training accounts' rows (sorted by id, as ``fit`` saw them: anomaly score included,
+    their first-seen times) and the test accounts'; ``test_scores()``: the model's probabilities of the test rows."""
+    from shopsight.behavior.models.risk import stratified_folds
+
+    C, s = model.cutoff_, model.settings
     metrics: dict[str, Any] | None = None
     p_test: np.ndarray | None = None
     oof_report: dict[str, Any] | None = None
@@ -361,10 +392,10 @@ def _evaluate_risk(model: RiskModel, events: pd.DataFrame, labels: pd.DataFrame 
     if model.supervised_:
         oof_report = binary_report(y_train, model.calibration_.apply(model.oof_logits_), threshold=model.threshold_)
         if len(y_test) and 0 < y_test.sum() < len(y_test):
-            p_test = model.calibration_.apply(predict_logits(model.net_, seq_test, model.scaler_.transform(X_test)))
+            p_test = test_scores()
             metrics = binary_report(y_test, p_test, threshold=model.threshold_)
             report("baselines", 0.0)
-            val = _risk_baseline_validation(events, train_users, y_train, seed=s.seed)
+            val = _risk_baseline_validation(first_seen, y_train, seed=s.seed)
             runs = run_baselines(X_train, y_train, X_test, y_test, val_mask=val, recency_column="anomaly_score",
                                  recency_sign=1.0, seed=s.seed, threads=s.threads)
             runs.pop("days_since_last_purchase", None)  # not a fraud baseline; the anomaly score is reported below
@@ -379,7 +410,7 @@ def _evaluate_risk(model: RiskModel, events: pd.DataFrame, labels: pd.DataFrame 
                 oof_baselines[f"{name}_folds"] = binary_report(y_train, cv["oof"], threshold=cv_threshold)
             anomaly_report = binary_report(y_test, X_test["anomaly_score"].to_numpy(),
                                            threshold=best_f1_threshold(y_train[val], X_train["anomaly_score"].to_numpy()[val]))
-            fired_any = rule_features(rules_end).filter(like="_fired").max(axis=1).reindex(test_users).to_numpy()
+            fired_any = X_test.filter(like="_fired").max(axis=1).to_numpy()  # the rule flags among the features
             baselines["any_rule_fired"] = binary_report(y_test, fired_any, threshold=1.0)
             report("baselines", 1.0)
     elif y_test is not None and 0 < y_test.sum() < len(y_test):  # labels too few to learn from, enough to report
@@ -391,15 +422,14 @@ def _evaluate_risk(model: RiskModel, events: pd.DataFrame, labels: pd.DataFrame 
         note = "no fraud labels given: unsupervised (autoencoder) scores"
     else:
         note = f"only {model.train_frauds_} fraud accounts before the cutoff: unsupervised (autoencoder) scores"
-    card = {
+    return {
         "task": "P(the account is fraudulent or abusive)" if model.supervised_ else "anomaly percentile (unsupervised)",
         "note": note,
-        "data_window": {"first_event": events["ts"].min().isoformat(), "last_event": events["ts"].max().isoformat(),
-                        "test_cutoff": C.isoformat(), "scored_asof": end.isoformat()},
+        "data_window": data_window,
         "split": {
             "train": f"accounts first seen before {C.isoformat()} (features from events before it)",
             "test": f"accounts first seen at or after {C.isoformat()} (features from all their events)",
-            "n_train": int(len(train_users)), "n_test": int(len(test_users)),
+            "n_train": int(len(X_train)), "n_test": int(len(X_test)),
             "train_frauds": int(y_train.sum()) if y_train is not None else None,
             "test_frauds": int(y_test.sum()) if y_test is not None else None,
         },
@@ -417,7 +447,6 @@ def _evaluate_risk(model: RiskModel, events: pd.DataFrame, labels: pd.DataFrame 
         "rules": {k: str(v) for k, v in model.thresholds.__dict__.items()},
         **model.typical_card(),
     }
-    return Evaluation(card=card)
 
 
 def decision_thresholds(model: RiskModel, y_train: np.ndarray | None, y_test: np.ndarray | None, p_test: np.ndarray | None) -> dict[str, Any]:
@@ -434,15 +463,16 @@ def decision_thresholds(model: RiskModel, y_train: np.ndarray | None, y_test: np
     return chosen
 
 
-def _risk_baseline_validation(events: pd.DataFrame, train_users: pd.Index, y_train: np.ndarray, *, seed: int) -> np.ndarray:
+def _risk_baseline_validation(first_seen: np.ndarray, y_train: np.ndarray, *, seed: int) -> np.ndarray:
     """The baselines' validation accounts: the most recently first-seen fifth of the training accounts.
 
-    The baselines keep this original protocol (learn on the rest, pick trees and thresholds on
+    ``first_seen``: each training account's first event time (aligned with ``y_train``). The
+    baselines keep this original protocol (learn on the rest, pick trees and thresholds on
     that fifth); when the fifth or the rest holds no fraud, a seeded stratified fifth instead.
     """
-    first_seen = events.groupby("user_id")["ts"].min().reindex(train_users)
-    val = np.zeros(len(train_users), dtype=bool)
-    val[np.argsort(first_seen.to_numpy(), kind="stable")[-max(1, len(train_users) // 5):]] = True
+    first_seen = np.asarray(first_seen)
+    val = np.zeros(len(first_seen), dtype=bool)
+    val[np.argsort(first_seen, kind="stable")[-max(1, len(first_seen) // 5):]] = True
     if y_train[val].sum() == 0 or y_train[~val].sum() == 0:  # too few frauds for a time split: stratify instead
         rng = np.random.default_rng(seed)
         val = rng.random(len(y_train)) < 0.2
@@ -517,4 +547,78 @@ def evaluate_churn_table(model: ChurnModel, table: Any, labels: pd.DataFrame | N
         "ground_truth": ground_truth,
         **_churn_fit(model, s),
     }
+    return Evaluation(card=card)
+
+
+def evaluate_table(model: BehaviorModel, tables: Any, labels: pd.DataFrame | None = None, *, baseline_rows: int = 200_000) -> Evaluation:
+    """The card of a model fitted from its training table(s) (``fit_table``): churn's, intent's (``{"users", "sessions"}``) or risk's."""
+    if model.name == "churn":
+        return evaluate_churn_table(model, tables, labels, baseline_rows=baseline_rows)
+    if model.name == "intent":
+        return evaluate_intent_table(model, tables, baseline_rows=baseline_rows)
+    if model.name == "risk":
+        return evaluate_risk_table(model, tables)
+    raise ModelError(f"the {model.name} model does not train from a training table")
+
+
+def evaluate_intent_table(model: IntentModel, tables: Any, *, baseline_rows: int = 200_000) -> Evaluation:
+    """``_evaluate_intent`` for a model fitted from its two training tables (``IntentModel.fit_table``).
+
+    Each net's test metrics are over every test row, read a batch at a time; the baselines learn
+    on at most ``baseline_rows`` training and validation rows of each table (all of them on
+    tables that small) and score the test rows' tabular features, held in memory. The next
+    categories' hit rate needs the events after the cutoff, which the tables do not hold: it is
+    reported as not computed.
+    """
+    from shopsight.behavior.models.streaming import predict_table
+
+    parts = []
+    for t, net, scaler, calibration in ((tables["users"], model.net_, model.user_scaler_, model.user_calibration_),
+                                        (tables["sessions"], model.session_net_, model.session_scaler_, model.session_calibration_)):
+        ids, logits, y_test = predict_table(net, t, "test", scaler)
+        X_train, y_train, val, _ = t.frame(("validation", "train"), limit=baseline_rows)
+        X_test, y_t, _, test_ids = t.frame(("test",), limit=max(t.rows("test"), 1))
+        if not (test_ids.equals(ids) and np.array_equal(y_t, y_test)):
+            raise ModelError(f"the training table {t.folder} read its test rows in two orders: build it again")
+        parts.append((X_train, y_train, val, X_test, y_test, calibration.apply(logits) if len(logits) else np.zeros(0)))
+    m = tables["users"].manifest
+    card = _intent_card(model, lambda stage, frac: None, users=parts[0], sessions=parts[1],
+                        data_window={"first_event": m["first_event"], "last_event": m["last_event"],
+                                     "test_cutoff": model.cutoff_.isoformat(), "scored_asof": m["scored_asof"]},
+                        next_categories={"error": "not computed from a training table (it needs the events after the cutoff)"})
+    card["baselines_trained_on"] = {name: {"rows": int(len(p[1])), "of": tables[name].rows(("train", "validation"))}
+                                    for name, p in zip(("users", "sessions"), parts)}
+    return Evaluation(card=card)
+
+
+def evaluate_risk_table(model: RiskModel, table: Any) -> Evaluation:
+    """``_evaluate_risk`` for a model fitted from its training table (``RiskModel.fit_table``).
+
+    The test accounts' probabilities are read a batch at a time; the baselines and the anomaly
+    score use every training and test account's tabular features in memory (one row per
+    account), as ``fit_table``'s autoencoder does.
+    """
+    from shopsight.behavior.models.risk import _AnomalyInputs, _sorted_frame
+    from shopsight.behavior.models.streaming import predict_table
+
+    folds = [sp for sp in table.splits if sp != "test"]
+    X_train, y_train, users = _sorted_frame(table, folds)
+    seen = pd.concat([b.to_pandas() for b in table.batches(folds, ["user_id", "snapshot"])], ignore_index=True)
+    first_seen = seen.set_index("user_id")["snapshot"].reindex(users).to_numpy()
+    X_train, _ = model._with_anomaly(X_train)
+    X_test, y_test, _, test_ids = table.frame(("test",), limit=max(table.rows("test"), 1))
+    X_test, _ = model._with_anomaly(X_test)
+    has_labels = bool(table.manifest.get("labels"))
+
+    def test_scores() -> np.ndarray:
+        ids, logits, _ = predict_table(model.net_, table, "test", _AnomalyInputs(model))
+        if not ids.equals(test_ids):
+            raise ModelError(f"the training table {table.folder} read its test rows in two orders: build it again")
+        return model.calibration_.apply(logits)
+
+    m = table.manifest
+    card = _risk_card(model, lambda stage, frac: None, X_train=X_train, y_train=y_train if has_labels else None, first_seen=first_seen,
+                      X_test=X_test, y_test=y_test if has_labels else None, test_scores=test_scores,
+                      data_window={"first_event": m["first_event"], "last_event": m["last_event"],
+                                   "test_cutoff": model.cutoff_.isoformat(), "scored_asof": m["scored_asof"]})
     return Evaluation(card=card)

@@ -538,6 +538,129 @@ class IntentModel(BehaviorModel):
         sval = _latest_fraction(train["start"].astype("int64").to_numpy(), 0.2)
         return train, sval, ex[ex["start"] >= cutoff]
 
+    def split_times(self, first: pd.Timestamp, last: pd.Timestamp, cutoff: pd.Timestamp | None = None) -> tuple[pd.Timestamp, list[pd.Timestamp]]:
+        """The test cutoff C and the user snapshot times (newest first) for events spanning ``first``..``last``.
+
+        Raises:
+            ModelError: fewer than two snapshots fit in the events' span.
+        """
+        end = pd.Timestamp(last).floor("D") + pd.Timedelta(days=1)  # end_of_events
+        H = pd.Timedelta(days=self.horizon_days)
+        C = pd.Timestamp(cutoff) if cutoff is not None else end - H
+        if C.tzinfo is None:
+            C = C.tz_localize("UTC")
+        asofs = [C - H - pd.Timedelta(days=self.snapshot_step_days * k) for k in range(self.n_snapshots)]
+        asofs = [a for a in asofs if a - first >= pd.Timedelta(days=7)]
+        if len(asofs) < 2:
+            raise ModelError(
+                f"not enough history for {self.horizon_days}-day purchase intent: events span "
+                f"{pd.Timestamp(first).date()}..{end.date()}; need about {2 * self.horizon_days + 21} days before the end"
+            )
+        return C, asofs
+
+    # --- training tables (``shopsight train --engine spark``): two, one per net ----------
+    table_parts = ("users", "sessions")
+
+    def table_params(self) -> dict[str, Any]:
+        """What the training tables built for this model depend on (their manifests record them; ``fit_table`` checks them)."""
+        return {"horizon_days": self.horizon_days, "n_snapshots": self.n_snapshots, "snapshot_step_days": self.snapshot_step_days,
+                "active_days": self.active_days, "n_categories": self.n_categories, "max_train_sessions": self.max_train_sessions,
+                "session_max_len": self.session_max_len, "use_sequence": self.use_sequence, "seed": self.settings.seed,
+                "max_len": self.settings.max_len}
+
+    def user_training_rows(self, events: pd.DataFrame, asofs: Sequence[pd.Timestamp], cutoff: pd.Timestamp,
+                           feature_names: Sequence[str]) -> pd.DataFrame:
+        """Some users' rows of the user table (``streaming.table_rows``): ``user_training_set``'s snapshots
+        (the newest validates; ``snapshot`` = its place in ``asofs``) and the test snapshot at ``cutoff`` (-1).
+
+        ``events`` holds every event of those users.
+        """
+        from shopsight.behavior.models.streaming import table_rows
+
+        H = pd.Timedelta(days=self.horizon_days)
+        parts = []
+        for i, a in enumerate([*asofs, cutoff]):
+            X, seqs, y = self.user_snapshot(events[events["ts"] < a + H], a)
+            split = "test" if i == len(asofs) else ("validation" if i == 0 else "train")
+            parts.append(table_rows(np.full(len(y), split), np.full(len(y), -1 if split == "test" else i), seqs.keys, X, seqs, y, feature_names))
+        return pd.concat(parts, ignore_index=True)
+
+    def session_training_rows(self, events: pd.DataFrame, cutoff: pd.Timestamp, feature_names: Sequence[str]) -> pd.DataFrame:
+        """Some users' rows of the session table: their sessions that ended before ``cutoff`` (split
+        ``candidate``) and those starting at or after it (``test``), as ``session_split`` finds them.
+
+        The row's ``user_id`` is the session id, ``owner`` its user, ``snapshot`` its start (ns).
+        Which candidates train and which validate depends on every user's sessions (the latest
+        ``max_train_sessions``, the latest fifth of them): ``session_split_of`` decides, over the whole table.
+        """
+        from shopsight.behavior.models.streaming import table_rows
+
+        prefix = session_prefix(events)
+        ex = session_examples(events, self.devices_, prefix=prefix)
+        parts = []
+        for part, split in ((ex[ex["session_end"] < cutoff], "candidate"), (ex[ex["start"] >= cutoff], "test")):
+            seqs = self._session_sequences(events, part.index, prefix=prefix)
+            rows = table_rows(np.full(len(part), split), part["start"].to_numpy(dtype="datetime64[ns]").astype("int64"), part.index,
+                              part[list(feature_names)], seqs, part["purchased"].astype("int64").to_numpy(), feature_names)
+            rows.insert(1, "owner", part["user_id"].astype(str).to_numpy(dtype=object))
+            parts.append(rows)
+        return pd.concat(parts, ignore_index=True)
+
+    def session_split_of(self, n_candidates: int) -> tuple[int, int]:
+        """(training sessions kept, validating sessions among them) of ``n_candidates`` sessions that ended
+        before the cutoff: ``session_split``'s latest ``max_train_sessions``, and their latest fifth."""
+        n = min(n_candidates, self.max_train_sessions)
+        return n, (max(1, int(round(n * 0.2))) if n else 0)
+
+    def fit_table(self, tables: Mapping[str, Any], *, progress: Progress | None = None, buffer_rows: int | None = None,
+                  typical_rows: int = 200_000) -> "IntentModel":
+        """Learn both nets from the training tables (``users``, ``sessions``: ``streaming.TrainingTable``s) a batch at a time.
+
+        The tables hold the rows ``fit`` builds (built on Spark by ``user_training_rows`` and
+        ``session_training_rows``); each net's scaler, warm start and training stream its table
+        (``streaming.fit_binary_streaming``). The typical values come from at most ``typical_rows`` rows.
+
+        Raises:
+            TableError: a table was built for another model or other settings.
+        """
+        from shopsight.behavior.models.streaming import BUFFER_ROWS, TableError, fit_binary_streaming, scaler_from_table
+
+        t0 = time.perf_counter()
+        report = progress or (lambda stage, frac: None)
+        users, sessions = tables["users"], tables["sessions"]
+        for t in (users, sessions):
+            if t.manifest.get("model") != self.name or t.manifest.get("params") != self.table_params():
+                raise TableError(f"the training table {t.folder} was built for {t.manifest.get('model')} with {t.manifest.get('params')}, "
+                                 f"not intent with {self.table_params()}: build it again with these settings")
+        m = users.manifest
+        self.vocab_, self.categories_, self.devices_ = m["vocab"], list(m["categories"]), list(m["devices"])
+        self.cutoff_, self.train_asofs_ = pd.Timestamp(m["cutoff"]), [pd.Timestamp(a) for a in m["train_asofs"]]
+        s = self.settings
+        buffer = buffer_rows or BUFFER_ROWS
+        self.user_scaler_ = scaler_from_table(users, "train")
+        self.net_ = self._new_net(len(self.user_scaler_.columns))
+        ru, rec_u = fit_binary_streaming(self.net_, users, self.user_scaler_, settings=replace(s, max_seconds=s.max_seconds / 2),
+                                         progress=lambda st, fr: report("user intent", fr), buffer_rows=buffer)
+        self.typical_ = typical_values(users.frame(("validation", "train"), limit=typical_rows)[0], self.glossary())
+        self.user_calibration_ = ru.calibration
+        self.user_threshold_ = best_f1_threshold(rec_u.y_val, ru.calibration.apply(ru.val_logits))
+        positives = sum(int(b.column("y").to_numpy().sum()) for b in sessions.batches(("train", "validation"), ["y"]))
+        if not 0 < positives < sessions.rows(("train", "validation")):
+            raise ModelError("session intent needs sessions with and without purchases before the cutoff")
+        self.session_scaler_ = scaler_from_table(sessions, "train")
+        self.session_net_ = self._new_net(len(self.session_scaler_.columns))
+        rs, rec_s = fit_binary_streaming(self.session_net_, sessions, self.session_scaler_,
+                                         settings=replace(s, max_len=self.session_max_len, max_seconds=s.max_seconds / 3),
+                                         progress=lambda st, fr: report("session intent", fr), buffer_rows=buffer)
+        self.session_calibration_ = rs.calibration
+        self.session_typical_ = typical_values(sessions.frame(("validation", "train"), limit=typical_rows)[0], self.session_glossary())
+        self.session_threshold_ = best_f1_threshold(rec_s.y_val, rs.calibration.apply(rs.val_logits))
+        self.user_fit_, self.session_fit_ = ru, rs
+        self.stream_records_ = {"users": rec_u, "sessions": rec_s}
+        self.train_seconds_ = time.perf_counter() - t0
+        self.version_ = None
+        return self
+
     def _sequences(self, events: pd.DataFrame, keys: pd.Index, by: str, max_len: int) -> Sequences:
         if not self.use_sequence:
             return Sequences(np.zeros((len(keys), 1), dtype="int64"), np.ones(len(keys), dtype="int64"), keys)
@@ -575,19 +698,8 @@ class IntentModel(BehaviorModel):
         """
         t0 = time.perf_counter()
         report = progress or (lambda stage, frac: None)
-        end = end_of_events(events)
-        H = pd.Timedelta(days=self.horizon_days)
-        C = pd.Timestamp(cutoff) if cutoff is not None else end - H
-        if C.tzinfo is None:
-            C = C.tz_localize("UTC")
-        first = events["ts"].min()
-        asofs = [C - H - pd.Timedelta(days=self.snapshot_step_days * k) for k in range(self.n_snapshots)]
-        asofs = [a for a in asofs if a - first >= pd.Timedelta(days=7)]
-        if len(asofs) < 2:
-            raise ModelError(
-                f"not enough history for {self.horizon_days}-day purchase intent: events span "
-                f"{first.date()}..{end.date()}; need about {2 * self.horizon_days + 21} days before the end"
-            )
+        end_of_events(events)  # raises on an empty table
+        C, asofs = self.split_times(events["ts"].min(), events["ts"].max(), cutoff)
         s = self.settings
         seed_everything(s.seed, s.threads)
         report("features", 0.0)

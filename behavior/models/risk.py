@@ -309,11 +309,29 @@ class FoldEnsemble(nn.Module):
 
 def stratified_folds(y: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
     """Fold number (0..n_folds-1) per row, frauds and honest accounts dealt out evenly; seeded."""
+    y = np.asarray(y)
+    positions = np.zeros(len(y), dtype="int64")
+    for cls in (0, 1):
+        positions[y == cls] = np.arange(int((y == cls).sum()))
+    return fold_draw(y, positions, (int((y == 0).sum()), int((y == 1).sum())), n_folds, seed)
+
+
+def fold_draw(y: np.ndarray, positions: np.ndarray, counts: tuple[int, int], n_folds: int, seed: int) -> np.ndarray:
+    """``stratified_folds``' fold of some rows of a whole list: ``positions`` = each row's place among
+    the list's rows of its class, ``counts`` = (honest, fraud) rows in the list.
+
+    One seeded permutation per class over the whole list, so rows drawn apart (a Spark table's
+    accounts) get the folds the whole list gets.
+    """
     rng = np.random.default_rng(seed)
+    y, positions = np.asarray(y), np.asarray(positions, dtype="int64")
     fold = np.zeros(len(y), dtype="int64")
     for cls in (0, 1):
-        idx = rng.permutation(np.flatnonzero(np.asarray(y) == cls))
-        fold[idx] = np.arange(len(idx)) % n_folds
+        perm = rng.permutation(counts[cls])
+        rank = np.empty(len(perm), dtype="int64")
+        rank[perm] = np.arange(len(perm))
+        mine = y == cls
+        fold[mine] = rank[positions[mine]] % n_folds
     return fold
 
 
@@ -329,6 +347,24 @@ def build_risk_net(config: dict[str, Any]) -> nn.Module:
         return build_net(config)
     member = {k: v for k, v in config.items() if k != "members"}
     return FoldEnsemble([build_net(member) for _ in range(int(config["members"]))])
+
+
+def _sorted_frame(table: Any, splits: Sequence[str]) -> tuple[pd.DataFrame, np.ndarray, pd.Index]:
+    """Every row of ``splits``' tabular features and labels in memory, sorted by user (``fit``'s order of the training accounts)."""
+    X, y, _, users = table.frame(splits, limit=max(table.rows(splits), 1))
+    order = np.argsort(users.to_numpy(dtype=object).astype(str), kind="stable")
+    return X.iloc[order].reset_index(drop=True), y[order], pd.Index(users.to_numpy(dtype=object)[order], name="user_id")
+
+
+class _AnomalyInputs:
+    """The fold nets' inputs from a table's features: the anomaly percentile added, then scaled (``fit_binary_streaming``'s ``scaler``)."""
+
+    def __init__(self, model: "RiskModel") -> None:
+        self.model = model
+
+    def transform(self, feats: pd.DataFrame) -> np.ndarray:
+        X, _ = self.model._with_anomaly(feats)
+        return self.model.scaler_.transform(X)
 
 
 # --- the model ------------------------------------------------------------------------------
@@ -403,8 +439,7 @@ class RiskModel(BehaviorModel):
         much history before the cutoff as test accounts have after it: most abuse shows in an
         account's first weeks, and a model trained on half-formed histories misjudges whole ones.
         """
-        lo, hi = events["ts"].min(), events["ts"].max()
-        return (lo + (hi - lo) * self.train_share).ceil("D")
+        return self.split_times(events["ts"].min(), events["ts"].max())
 
     @staticmethod
     def account_split(events: pd.DataFrame, cutoff: pd.Timestamp) -> tuple[pd.Index, pd.Index]:
@@ -474,56 +509,166 @@ class RiskModel(BehaviorModel):
         X_train, seq_train = self._inputs(before_c, C, train_users, rules_c)
         report("features", 1.0)
 
-        # Unsupervised: the autoencoder sees only training-period accounts, no labels.
-        ae_scaler = TabularScaler.fit(X_train)
-        self.ae_scaler_ = ae_scaler.to_dict()
-        self.ae_ = fit_autoencoder(ae_scaler.transform(X_train), seed=s.seed, epochs=self.ae_epochs)
-        self.ae_errors_ = np.sort(reconstruction_error(self.ae_, ae_scaler.transform(X_train)))
+        X_train = self._fit_anomaly(X_train)
         report("autoencoder", 1.0)
-        X_train, _ = self._with_anomaly(X_train)
-        self.scaler_ = TabularScaler.fit(X_train)
-        self.typical_ = typical_values(X_train, self.glossary())  # the training accounts, as of the cutoff
-
         has_labels = labels is not None and "is_fraud" in labels.columns
         y_train = fraud_labels(labels, train_users) if has_labels else None
-        self.train_frauds_ = int(y_train.sum()) if y_train is not None else None
-        # Too few labelled frauds to learn from (a tiny shop): fall back to the autoencoder rather
-        # than fail `shopsight train all`; the card says why.
-        self.supervised_ = bool(has_labels and y_train.sum() >= 2)
         self.oof_logits_ = None
-        if self.supervised_:
-            config = {
-                "vocab_size": int(self.vocab_["size"]) if self.use_sequence else 0, "n_tabular": X_train.shape[1],
-                "emb_dim": s.emb_dim, "hidden": s.hidden, "dropout": s.dropout,
-            }
-            k_folds = int(min(self.n_folds, y_train.sum()))  # every fold needs a fraud to validate on
+        k_folds = self._supervision(y_train)
+        if k_folds:
             folds = stratified_folds(y_train, k_folds, s.seed)
             Z_train = self.scaler_.transform(X_train)
             oof = np.zeros(len(y_train))
             members = []
             for k in range(k_folds):
-                net = build_net(config)
-                # No logistic-regression warm start here: fraud signals interact (a burst matters only
-                # with tiny amounts), and on the demo shop the warm-started net stayed near the
-                # linear model's ranking (test ROC-AUC 0.978 vs 0.9997 without it).
-                res = fit_binary(net, seq_train, Z_train, y_train, val_mask=folds == k,
-                                 settings=replace(s, seed=s.seed + k, warm_start_linear=False, max_seconds=s.max_seconds / k_folds),
+                net = build_net(self._net_config(X_train.shape[1]))
+                res = fit_binary(net, seq_train, Z_train, y_train, val_mask=folds == k, settings=self._fold_settings(k, k_folds),
                                  progress=lambda st, fr, k=k: report("risk", (k + fr) / k_folds))
                 oof[folds == k] = res.val_logits
                 members.append(net)
-            self.net_ = FoldEnsemble(members)
-            self.net_._config = {**config, "members": k_folds}  # type: ignore[attr-defined]
-            # Out-of-fold logits: every training account scored by the one net that never saw it.
-            self.calibration_ = Calibration.fit(oof, y_train)
-            self.threshold_ = best_f1_threshold(y_train, self.calibration_.apply(oof))
-            self.oof_logits_ = oof
-        else:
+            self._set_ensemble(members, X_train.shape[1], oof, y_train)
+        self.cutoff_ = C
+        self.train_seconds_ = time.perf_counter() - t0
+        self.version_ = None
+        return self
+
+    def _fit_anomaly(self, X_train: pd.DataFrame) -> pd.DataFrame:
+        """The autoencoder, its training errors, the net's scaler and the typical values; X_train with its anomaly score.
+
+        Unsupervised: the autoencoder sees only training-period accounts, no labels.
+        """
+        s = self.settings
+        ae_scaler = TabularScaler.fit(X_train)
+        self.ae_scaler_ = ae_scaler.to_dict()
+        self.ae_ = fit_autoencoder(ae_scaler.transform(X_train), seed=s.seed, epochs=self.ae_epochs)
+        self.ae_errors_ = np.sort(reconstruction_error(self.ae_, ae_scaler.transform(X_train)))
+        X_train, _ = self._with_anomaly(X_train)
+        self.scaler_ = TabularScaler.fit(X_train)
+        self.typical_ = typical_values(X_train, self.glossary())  # the training accounts, as of the cutoff
+        return X_train
+
+    def _supervision(self, y_train: np.ndarray | None) -> int:
+        """How many fold nets to cross-fit (0: unsupervised); sets ``supervised_``, ``train_frauds_`` and the unsupervised fallback."""
+        self.train_frauds_ = int(y_train.sum()) if y_train is not None else None
+        # Too few labelled frauds to learn from (a tiny shop): fall back to the autoencoder rather
+        # than fail `shopsight train all`; the card says why.
+        self.supervised_ = bool(y_train is not None and y_train.sum() >= 2)
+        if not self.supervised_:
             self.net_ = None
             self.calibration_ = Calibration()
             # An anomaly percentile has no learned threshold: flag the most unusual 2 %, about
             # the share of abusive accounts shops report.
             self.threshold_ = UNSUPERVISED_THRESHOLD
-        self.cutoff_ = C
+            return 0
+        return int(min(self.n_folds, y_train.sum()))  # every fold needs a fraud to validate on
+
+    def _net_config(self, n_tabular: int) -> dict[str, Any]:
+        s = self.settings
+        return {"vocab_size": int(self.vocab_["size"]) if self.use_sequence else 0, "n_tabular": n_tabular,
+                "emb_dim": s.emb_dim, "hidden": s.hidden, "dropout": s.dropout}
+
+    def _fold_settings(self, k: int, k_folds: int) -> TrainSettings:
+        # No logistic-regression warm start here: fraud signals interact (a burst matters only
+        # with tiny amounts), and on the demo shop the warm-started net stayed near the
+        # linear model's ranking (test ROC-AUC 0.978 vs 0.9997 without it).
+        s = self.settings
+        return replace(s, seed=s.seed + k, warm_start_linear=False, max_seconds=s.max_seconds / k_folds)
+
+    def _set_ensemble(self, members: list[nn.Module], n_tabular: int, oof: np.ndarray, y_train: np.ndarray) -> None:
+        self.net_ = FoldEnsemble(members)
+        self.net_._config = {**self._net_config(n_tabular), "members": len(members)}  # type: ignore[attr-defined]
+        # Out-of-fold logits: every training account scored by the one net that never saw it.
+        self.calibration_ = Calibration.fit(oof, y_train)
+        self.threshold_ = best_f1_threshold(y_train, self.calibration_.apply(oof))
+        self.oof_logits_ = oof
+
+    # --- training from a table (``shopsight train --engine spark``) ----------------------
+    def table_params(self) -> dict[str, Any]:
+        """What a training table built for this model depends on (its manifest records them; ``fit_table`` checks them)."""
+        return {"train_share": self.train_share, "use_sequence": self.use_sequence, "n_folds": self.n_folds,
+                "thresholds": {k: str(v) for k, v in self.thresholds.__dict__.items()}, "seed": self.settings.seed,
+                "max_len": self.settings.max_len}
+
+    def split_times(self, first: pd.Timestamp, last: pd.Timestamp) -> pd.Timestamp:
+        """The cutoff of events spanning ``first``..``last``: ``default_cutoff``."""
+        return (first + (last - first) * self.train_share).ceil("D")
+
+    def training_rows(self, events: pd.DataFrame, cutoff: pd.Timestamp, asof: pd.Timestamp, *, linked_before: Any,
+                      linked_all: Any, labels: pd.DataFrame | None, feature_names: Sequence[str]) -> pd.DataFrame:
+        """Some accounts' rows of the training table (``streaming.table_rows``): ``fit``'s and ``evaluate``'s.
+
+        ``events`` holds every event of those accounts. Accounts first seen before ``cutoff``:
+        split ``train``, features from their events before it; the others: ``test``, features
+        from all their events as of ``asof`` (the whole table's end). ``linked_before`` /
+        ``linked_all`` (events → ``linked_accounts`` verdicts of their users): the one rule that
+        reads other accounts, over the events before the cutoff and over all of them.
+        ``snapshot`` holds the account's first-seen time (ns): the baselines' validation is the
+        latest fifth. ``y``: ``labels``' is_fraud (0 without labels).
+        """
+        from shopsight.behavior.models.streaming import table_rows
+
+        train_users, test_users = self.account_split(events, cutoff)
+        first_seen = events.groupby("user_id")["ts"].min()
+        before = events[events["ts"] < cutoff]
+        parts = []
+        for users, rows, at, split in ((train_users, before, cutoff, "train"), (test_users, events, asof, "test")):
+            if not len(users):
+                continue
+            rules = evaluate_rules_for_users(rows, list(users), self.thresholds, rows=rows["user_id"].isin(users).to_numpy(dtype=bool),
+                                             linked=linked_before(rows) if split == "train" else linked_all(rows))
+            X, seqs = self._inputs(rows, at, users, rules)
+            y = fraud_labels(labels, users) if labels is not None and "is_fraud" in labels.columns else np.zeros(len(users), "int64")
+            seen = first_seen.reindex(users).to_numpy(dtype="datetime64[ns]").astype("int64")
+            parts.append(table_rows(np.full(len(users), split), seen, users, X, seqs, y, feature_names))
+        return pd.concat(parts, ignore_index=True)
+
+    def fit_table(self, table: Any, *, progress: Progress | None = None, buffer_rows: int | None = None) -> "RiskModel":
+        """Learn from a training table in Parquet shards (``streaming.TrainingTable``) built by ``training_rows``.
+
+        The fold nets stream the table (``streaming.fit_binary_streaming``: all folds but one
+        train, that one validates). The autoencoder, its error percentiles, the scaler and the
+        typical values are fitted in memory on the training accounts' tabular features (one row
+        per account, no sentences), as ``fit`` does: they need every account at once.
+
+        Raises:
+            TableError: the table was built for another model or other settings.
+        """
+        from shopsight.behavior.models.streaming import BUFFER_ROWS, TableError, fit_binary_streaming
+
+        t0 = time.perf_counter()
+        report = progress or (lambda stage, frac: None)
+        m = table.manifest
+        if m.get("model") != self.name or m.get("params") != self.table_params():
+            raise TableError(f"the training table {table.folder} was built for {m.get('model')} with {m.get('params')}, "
+                             f"not risk with {self.table_params()}: build it again with these settings")
+        seed_everything(self.settings.seed, self.settings.threads)
+        self.vocab_ = m["vocab"]
+        self.scaler_ = None
+        folds = sorted((sp for sp in table.splits if sp.startswith("fold")), key=lambda sp: int(sp[4:]))
+        train_splits = folds or ["train"]
+        X_train, y_train, users = _sorted_frame(table, train_splits)
+        X_train = self._fit_anomaly(X_train)
+        report("autoencoder", 1.0)
+        self.oof_logits_ = None
+        k_folds = self._supervision(y_train if m.get("labels") else None)
+        self.stream_records_ = []
+        if k_folds:
+            if len(folds) != k_folds:
+                raise TableError(f"the training table {table.folder} has {len(folds)} folds; its {int(y_train.sum())} frauds make {k_folds}: build it again")
+            inputs = _AnomalyInputs(self)
+            oof = pd.Series(np.nan, index=users)
+            members = []
+            for k, fold in enumerate(folds):
+                net = build_net(self._net_config(X_train.shape[1]))
+                res, record = fit_binary_streaming(net, table, inputs, settings=self._fold_settings(k, k_folds),
+                                                   progress=lambda st, fr, k=k: report("risk", (k + fr) / k_folds),
+                                                   buffer_rows=buffer_rows or BUFFER_ROWS, train=[f for f in folds if f != fold], validation=fold)
+                who = np.concatenate([b.column("user_id").to_numpy(zero_copy_only=False) for b in table.batches(fold, ["user_id"])])
+                oof.loc[who] = res.val_logits
+                members.append(net)
+                self.stream_records_.append(record)
+            self._set_ensemble(members, X_train.shape[1], oof.to_numpy(dtype="float64"), y_train)
+        self.cutoff_ = pd.Timestamp(m["cutoff"])
         self.train_seconds_ = time.perf_counter() - t0
         self.version_ = None
         return self

@@ -4,7 +4,10 @@ The table (built on Spark by ``behavior.spark.build_training_table``, with the m
 per-user snapshot code) is a folder: ``table.json`` (what was built, from what, the split, the
 vocabulary) and ``rows/split=train|validation|test/*.parquet``, one row per (snapshot, user):
 ``user_id, snapshot, x0..xk`` (the tabular features, named in the manifest), ``t0..tL`` (the
-behaviour sentence's token ids, right-padded), ``length``, ``y``.
+behaviour sentence's token ids, right-padded), ``length``, ``y``. Intent has two such tables
+(``users/``, ``sessions/``: a session table's ``user_id`` is the session, ``snapshot`` its start);
+risk's splits are its folds (``fold0..``) and ``test``, one row per account, ``snapshot`` its
+first-seen time. The manifest's ``rows`` names the splits.
 
 ``fit_binary_streaming`` is ``common.fit_binary`` over that table: the scaler's statistics, the
 base rate and the logistic warm start come from streaming passes first, then each epoch reads the
@@ -128,7 +131,7 @@ class TrainingTable:
             raise TableError(f"{where} is format {manifest.get('format')!r}; this code reads format {TABLE_FORMAT}: build the table again")
         expected = cls.schema(len(manifest["features"]), int(manifest["token_width"]))
         files: dict[str, list[Path]] = {}
-        for split in SPLITS:
+        for split in manifest["rows"]:  # churn's and intent's train / validation / test; risk's fold0.. / test
             part = folder / ROWS / f"split={split}"
             found = sorted(part.glob("*.parquet")) if part.is_dir() else []
             want = int(manifest["rows"][split])
@@ -161,21 +164,26 @@ class TrainingTable:
                           *[(feature_column(i), pa.float64()) for i in range(n_features)],
                           *[(token_column(j), pa.int64()) for j in range(token_width)], ("length", pa.int64()), ("y", pa.int64())])
 
-    def rows(self, split: str) -> int:
-        return int(self.manifest["rows"][split])
+    @property
+    def splits(self) -> list[str]:
+        return list(self.manifest["rows"])
 
-    def files(self, split: str) -> list[Path]:
-        return list(self._files[split])
+    def rows(self, split: str | Sequence[str]) -> int:
+        """Rows in a split, or in several (a sequence of split names: risk trains on all folds but one)."""
+        return sum(int(self.manifest["rows"][s]) for s in _names(split))
+
+    def files(self, split: str | Sequence[str]) -> list[Path]:
+        return [f for s in _names(split) for f in self._files[s]]
 
     @property
     def x_columns(self) -> list[str]:
         return [feature_column(i) for i in range(len(self.feature_names))]
 
-    def batches(self, split: str, columns: Sequence[str] | None = None, *, read_rows: int = READ_ROWS,
+    def batches(self, split: str | Sequence[str], columns: Sequence[str] | None = None, *, read_rows: int = READ_ROWS,
                 files: Sequence[Path] | None = None) -> Iterator[pa.RecordBatch]:
-        """The split's rows as record batches of at most ``read_rows``, shard by shard."""
+        """The split's (or splits') rows as record batches of at most ``read_rows``, shard by shard."""
         cols = list(columns) if columns is not None else ["user_id", *self.x_columns, *[token_column(j) for j in range(self.token_width)], "length", "y"]
-        for f in (self._files[split] if files is None else files):
+        for f in (self.files(split) if files is None else files):
             try:
                 for batch in pq.ParquetFile(f).iter_batches(batch_size=read_rows, columns=cols):
                     self.max_batch_rows = max(self.max_batch_rows, batch.num_rows)
@@ -218,6 +226,10 @@ class TrainingTable:
                 np.concatenate(vals) if vals else np.zeros(0, bool), pd.Index(np.concatenate(users) if users else [], name="user_id"))
 
 
+def _names(split: str | Sequence[str]) -> list[str]:
+    return [split] if isinstance(split, str) else list(split)
+
+
 def _same_type(got: pa.DataType, want: pa.DataType) -> bool:
     if pa.types.is_list(want) or pa.types.is_large_list(want):
         return (pa.types.is_list(got) or pa.types.is_large_list(got)) and got.value_type == want.value_type
@@ -229,7 +241,7 @@ def _same_type(got: pa.DataType, want: pa.DataType) -> bool:
 # --- one streaming pass each: the scaler, the base rate, the warm start ---------------------
 
 
-def scaler_from_table(table: TrainingTable, split: str = "train") -> TabularScaler:
+def scaler_from_table(table: TrainingTable, split: str | Sequence[str] = "train") -> TabularScaler:
     """``TabularScaler.fit`` over a split's rows in one pass (Chan's parallel mean/variance, missing values skipped)."""
     k = len(table.feature_names)
     n, mean, m2 = np.zeros(k), np.zeros(k), np.zeros(k)
@@ -253,13 +265,13 @@ def scaler_from_table(table: TrainingTable, split: str = "train") -> TabularScal
     return TabularScaler(columns=list(table.feature_names), mean=mean_out.tolist(), std=std.tolist())
 
 
-def _xy_passes(table: TrainingTable, split: str, scaler: TabularScaler) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _xy_passes(table: TrainingTable, split: str | Sequence[str], scaler: TabularScaler) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for batch in table.batches(split, [*table.x_columns, "y"]):
         x = scaler.transform(table.features(batch)).astype("float64")
         yield torch.from_numpy(x), torch.from_numpy(batch.column("y").to_numpy().astype("float64"))
 
 
-def logistic_fit_streaming(table: TrainingTable, split: str, scaler: TabularScaler, n_rows: int) -> tuple[np.ndarray, float]:
+def logistic_fit_streaming(table: TrainingTable, split: str | Sequence[str], scaler: TabularScaler, n_rows: int) -> tuple[np.ndarray, float]:
     """The L2 logistic regression of ``common._logistic_fit`` (C = 1) by L-BFGS, one pass over the shards per evaluation.
 
     The objective is sklearn's (mean log loss + ||w||² / 2n, intercept free): the same optimum,
@@ -313,7 +325,7 @@ class ShuffledRows(torch.utils.data.IterableDataset):
     than a batch moves on to the next buffer, the last one ends the pass.
     """
 
-    def __init__(self, table: TrainingTable, split: str, scaler: TabularScaler, *, batch_size: int, buffer_rows: int,
+    def __init__(self, table: TrainingTable, split: str | Sequence[str], scaler: Any, *, batch_size: int, buffer_rows: int,
                  read_rows: int, generator: torch.Generator, seed: int) -> None:
         self.table, self.split, self.scaler = table, split, scaler
         self.batch_size, self.buffer_rows, self.read_rows = batch_size, max(buffer_rows, batch_size), read_rows
@@ -351,7 +363,7 @@ class ShuffledRows(torch.utils.data.IterableDataset):
         return None
 
 
-def predict_table(net: nn.Module, table: TrainingTable, split: str, scaler: TabularScaler, *,
+def predict_table(net: nn.Module, table: TrainingTable, split: str | Sequence[str], scaler: Any, *,
                   read_rows: int = READ_ROWS) -> tuple[pd.Index, np.ndarray, np.ndarray]:
     """The net's raw logits for every row of a split, read a batch at a time: (users, logits, labels)."""
     net.eval()
@@ -371,14 +383,21 @@ def predict_table(net: nn.Module, table: TrainingTable, split: str, scaler: Tabu
 def fit_binary_streaming(
     net: nn.Module,
     table: TrainingTable,
-    scaler: TabularScaler,
+    scaler: Any,
     *,
     settings: TrainSettings | None = None,
     progress: Progress | None = None,
     buffer_rows: int = BUFFER_ROWS,
     read_rows: int = READ_ROWS,
+    train: str | Sequence[str] = "train",
+    validation: str | Sequence[str] = "validation",
 ) -> tuple[FitResult, StreamRecord]:
     """``common.fit_binary`` on the table's train rows, early-stopping and calibrating on its validation rows.
+
+    ``train`` / ``validation``: the splits that train and validate (risk's fold nets: all folds
+    but one, and that one). ``scaler``: a ``TabularScaler``, or anything whose
+    ``transform(features)`` gives the net's inputs (risk adds its anomaly score first); the
+    logistic warm start needs a ``TabularScaler``.
 
     Returns:
         (``FitResult``, ``StreamRecord``: how much it held at once, the validation labels aligned
@@ -388,7 +407,7 @@ def fit_binary_streaming(
         TableError: a split is empty, or a shard cannot be read.
     """
     s = settings or TrainSettings()
-    n_tr, n_va = table.rows("train"), table.rows("validation")
+    n_tr, n_va = table.rows(train), table.rows(validation)
     if not n_tr or not n_va:
         raise ModelError(f"need both training and validation rows; got {n_va} validation of {n_tr + n_va}")
     seed_everything(s.seed, s.threads)
@@ -396,7 +415,7 @@ def fit_binary_streaming(
         if module is not net and hasattr(module, "reset_parameters"):
             module.reset_parameters()
     record = StreamRecord(read_rows=read_rows, buffer_rows=buffer_rows)
-    pos_count = sum(int(b.column("y").to_numpy().sum()) for b in table.batches("train", ["y"]))
+    pos_count = sum(int(b.column("y").to_numpy().sum()) for b in table.batches(train, ["y"]))
     pos = pos_count / n_tr
     loss_fn = nn.BCEWithLogitsLoss()
 
@@ -404,7 +423,7 @@ def fit_binary_streaming(
         net.eval()
         total = 0.0
         with torch.no_grad():
-            for batch in table.batches("validation", read_rows=read_rows):
+            for batch in table.batches(validation, read_rows=read_rows):
                 tok, lens = table.tokens(batch)
                 x = torch.from_numpy(scaler.transform(table.features(batch)))
                 y = torch.from_numpy(batch.column("y").to_numpy().astype("float32"))
@@ -413,11 +432,11 @@ def fit_binary_streaming(
         return total / n_va
 
     linear = s.warm_start_linear and net.skip is not None and net.n_outputs == 1 and 0 < pos_count < n_tr
-    warm_start(net, pos, logistic_fit_streaming(table, "train", scaler, n_tr) if linear else None)
+    warm_start(net, pos, logistic_fit_streaming(table, train, scaler, n_tr) if linear else None)
     opt = torch.optim.AdamW(net.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     gen = torch.Generator().manual_seed(s.seed)
     epochs = BestEpoch(net, s, val_loss() if s.warm_start_linear else float("inf"), progress)
-    rows = ShuffledRows(table, "train", scaler, batch_size=s.batch_size, buffer_rows=buffer_rows, read_rows=read_rows,
+    rows = ShuffledRows(table, train, scaler, batch_size=s.batch_size, buffer_rows=buffer_rows, read_rows=read_rows,
                         generator=gen, seed=s.seed)
     epoch = 0
     for epoch in range(1, s.epochs + 1):
@@ -433,7 +452,7 @@ def fit_binary_streaming(
         if epochs.stop_after(epoch, total / n_tr, val_loss()):
             break
     epochs.restore_best()
-    _, val_logits, y_val = predict_table(net, table, "validation", scaler, read_rows=read_rows)
+    _, val_logits, y_val = predict_table(net, table, validation, scaler, read_rows=read_rows)
     calibration = Calibration.fit(val_logits, y_val)
     record.y_val = y_val
     record.max_rows_held = rows.max_rows_held
