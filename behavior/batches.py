@@ -307,18 +307,19 @@ def as_stored(chunk: pd.DataFrame, after: pd.DataFrame | None) -> pd.DataFrame:
     return sessionize(chunk, after=after)
 
 
-def _identity_tuples(events: pd.DataFrame, columns: tuple[str, ...]) -> list[tuple]:
-    """Each row's identity on ``columns`` as a tuple (``ts`` as integer nanoseconds, a missing value as None):
-    the equality :func:`write_batch` tests in SQL (``IS NOT DISTINCT FROM``), in Python."""
-    arrays = []
-    for c in columns:
+def _identity_tuples(events: pd.DataFrame) -> tuple[list[tuple], list[tuple]]:
+    """Each row's identity as tuples, on all of :data:`IDENTITY` and on :data:`_FIVE` (``ts`` as integer
+    nanoseconds, a missing value as None): the equality :func:`write_batch` tests in SQL (``IS NOT
+    DISTINCT FROM``), in Python. Each column is read once for both."""
+    arrays: dict[str, list] = {}
+    for c in IDENTITY:
         if c not in events.columns:
-            arrays.append([None] * len(events))
+            arrays[c] = [None] * len(events)
         elif c == "ts":
-            arrays.append(pd.to_datetime(events["ts"], utc=True).astype("datetime64[ns, UTC]").astype("int64").tolist())
+            arrays[c] = pd.to_datetime(events["ts"], utc=True).astype("datetime64[ns, UTC]").astype("int64").tolist()
         else:
-            arrays.append(events[c].astype(object).where(events[c].notna(), None).tolist())
-    return list(zip(*arrays))
+            arrays[c] = events[c].to_numpy(dtype=object, na_value=None).tolist()
+    return list(zip(*(arrays[c] for c in IDENTITY))), list(zip(*(arrays[c] for c in _FIVE)))
 
 
 _FIVE = tuple(c for c in IDENTITY if c != "session_id")
@@ -336,8 +337,9 @@ class KnownIdentities:
 
     def add(self, events: pd.DataFrame) -> None:
         if len(events):
-            self.six.update(_identity_tuples(events, IDENTITY))
-            self.five.update(_identity_tuples(events, _FIVE))
+            six, five = _identity_tuples(events)
+            self.six.update(six)
+            self.five.update(five)
 
 
 def new_rows(events: pd.DataFrame, known: KnownIdentities,
@@ -352,8 +354,7 @@ def new_rows(events: pd.DataFrame, known: KnownIdentities,
     """
     if not len(events):
         return events, 0
-    six = _identity_tuples(events, IDENTITY)
-    five = _identity_tuples(events, _FIVE)
+    six, five = _identity_tuples(events)
     given = events["session_id"].notna().to_numpy() if "session_id" in events.columns else np.zeros(len(events), bool)
     seen: set[tuple] = set()
     keep = np.zeros(len(events), dtype=bool)

@@ -614,27 +614,27 @@ def validate_events(
     bad = pd.Series("", index=df.index, dtype=object)  # reason per row ("" = fine)
     bad_col = pd.Series("", index=df.index, dtype=object)
 
-    # Mirrors `bad != ""`: comparing a million strings for every check costs seconds, so
-    # the text is compared again only after a check has actually flagged rows.
+    # Mirrors `bad != ""` (comparing a million strings for every check costs seconds); the checks
+    # combine as plain arrays, which a chunk of a hundred lines (a `shopsight watch` poll) notices.
     flagged = np.zeros(len(df), dtype=bool)
 
     # Strict mode raises for the earliest bad row of the file, whichever check found it.
     first_bad: list[tuple[int, str, str, object]] = []
 
     def flag(mask: pd.Series, reason: str, column: str) -> None:
-        mask = mask & ~flagged
-        if not mask.any():
+        new = mask.to_numpy(dtype=bool, na_value=False) & ~flagged
+        if not new.any():
             return
         if strict:
-            row = int(mask.idxmax())
+            row = int(df.index[int(new.argmax())])
             first_bad.append((row, reason, column, df.at[row, column]))
-        bad[mask] = reason
-        bad_col[mask] = column
-        flagged[:] = (bad != "").to_numpy()
+        bad[new] = reason
+        bad_col[new] = column
+        flagged[new] = True
 
     # --- NUL bytes: no field may hold one (they end strings in C readers and hide text) ----
     for col in df.columns:
-        if df[col].dtype == object or isinstance(df[col].dtype, pd.StringDtype):
+        if (df[col].dtype == object or isinstance(df[col].dtype, pd.StringDtype)) and _may_hold_nul(df[col]):
             flag(df[col].astype("string").str.contains("\x00", regex=False).fillna(False).astype(bool),
                  "NUL byte inside the field", col)
 
@@ -745,7 +745,7 @@ def to_canonical(df: pd.DataFrame) -> pd.DataFrame:
     cols = list(REQUIRED_COLUMNS) + [c for c in OPTIONAL_COLUMNS if c in df.columns]
     out = df[cols].copy()
     for col in STRING_COLUMNS:
-        if col in out.columns:
+        if col in out.columns and out[col].dtype != pd.StringDtype():  # the default storage, as astype("string") makes
             out[col] = out[col].astype("string")
     out["ts"] = pd.to_datetime(out["ts"], utc=True).astype("datetime64[ns, UTC]")
     out["price"] = out["price"].astype("float64")
@@ -761,7 +761,25 @@ def _as_text(col: pd.Series, source: str, name: str) -> pd.Series:
         if (whole == np.floor(whole)).all():
             col = col.astype("Int64")
     out = col.astype("string").str.strip()
-    return out.mask(out == "", pd.NA)
+    blank = (out == "").to_numpy(dtype=bool, na_value=False)
+    return out.mask(blank, pd.NA) if blank.any() else out
+
+
+# Below this many cells a column's NUL check joins its text in one string (tens of microseconds for
+# the hundred lines of a `shopsight watch` poll, where each vectorised check costs a tenth of a
+# millisecond); above it the join costs more than the check itself.
+NUL_JOIN_MAX_ROWS = 50_000
+
+
+def _may_hold_nul(col: pd.Series) -> bool:
+    """False when no cell of ``col`` can hold a NUL byte (a cheap look first); True means: check every cell."""
+    if len(col) > NUL_JOIN_MAX_ROWS:
+        return True
+    values = col.to_numpy(dtype=object)
+    try:
+        return "\x00" in "".join(values[pd.notna(values)])
+    except TypeError:  # cells that are not text: the check decides
+        return True
 
 
 def _as_number(col: pd.Series) -> pd.Series:

@@ -259,6 +259,9 @@ def replay(base: Path, tail: pd.DataFrame, run_dir: Path, *, mode: str, rate: fl
         "latency_ms_p50": float(np.percentile(lat, 50)) if len(lat) else None,
         "latency_ms_p99": float(np.percentile(lat, 99)) if len(lat) else None,
         "latency_ms_max": float(lat.max()) if len(lat) else None,
+        # where the tail sits in the replay: the slowest 1% (seconds after the first paced write, latency)
+        "slowest": [{"landed_s": round(landed_at[first_buy[r["order_id"]]] - t_start, 3), "latency_ms": round(r["latency_s"] * 1000, 1)}
+                    for r in sorted(rows, key=lambda r: -r["latency_s"])[: max(1, len(rows) // 100)]],
         "orders_per_s_offered": round(n_orders / span, 1) if span else None,
         "orders_per_s_sustained": round(n_orders / max(last_decision - t_start, 1e-9), 1),
         "seconds_writing": round(t_written - t_start, 2), "seconds_to_last_decision": round(last_decision - t_start, 2),
