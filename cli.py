@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -1266,7 +1267,7 @@ def watch(
     path: Path = typer.Argument(..., help="A folder new event files land in (CSV followed as it grows, Parquet read once), or one CSV file being appended to."),
     workspace: Optional[Path] = WorkspaceOpt,
     once: bool = typer.Option(False, "--once", help="Process what is there now and exit (for cron and tests)."),
-    poll: float = typer.Option(1.0, "--poll", min=0.01, help="Seconds between looks at PATH."),
+    poll: float = typer.Option(0.1, "--poll", min=0.01, help="Seconds between looks at PATH: an order waits up to this long before its poll starts (a look that finds nothing lists PATH and stats its files)."),
     users: bool = typer.Option(True, "--users/--orders-only", help="Also decide users with new events but no new order."),
     alerts: bool = typer.Option(True, "--alerts/--no-alerts", help="Post review and block decisions to $SHOPSIGHT_SLACK_ALERT_CHANNEL (when set, with SLACK_BOT_TOKEN)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only decisions at review or above."),
@@ -1283,7 +1284,7 @@ def watch(
 
       shopsight watch events.csv --once --workspace /tmp/shop
     """
-    from shopsight.behavior.watch import StreamWatcher
+    from shopsight.behavior.watch import PollReport, StreamWatcher
 
     import torch
 
@@ -1298,27 +1299,37 @@ def watch(
     watcher = StreamWatcher(ws, path, on_decisions=on_decisions, lock_timeout=settings.lock_timeout_s, score_users=users,
                             flush_every=store_every)
 
+    tally, printed = PollReport(), time.monotonic()
+
+    def summarise() -> None:  # one line for the polls since the last: at --poll 0.1 a line a poll would scroll away the alerts
+        nonlocal tally, printed
+        c = tally.counts()
+        console.print(f"batches {', '.join(map(str, tally.batches)) or '-'}: {tally.events_added:,} events added, "
+                      f"{tally.already_stored:,} already stored, {tally.rejected_lines + tally.rejected_rows:,} rejected; "
+                      f"decisions: {c['allow']} allow, {c['review']} review, {c['block']} block"
+                      + (f" (recovered batches {', '.join(map(str, tally.recovered_batches))})" if tally.recovered_batches else ""))
+        tally, printed = PollReport(), time.monotonic()
+
     def show(report) -> None:
-        if not (report.batches or report.events_added or report.decisions or report.rejected_lines or report.recovered_batches
-                or report.skipped_ranges):
-            return
-        c = report.counts()
-        if not quiet:
-            console.print(f"batches {', '.join(map(str, report.batches)) or '-'}: {report.events_added:,} events added, "
-                          f"{report.already_stored:,} already stored, {report.rejected_lines + report.rejected_rows:,} rejected; "
-                          f"decisions: {c['allow']} allow, {c['review']} review, {c['block']} block"
-                          + (f" (recovered batches {', '.join(map(str, report.recovered_batches))})" if report.recovered_batches else ""))
-        for d in report.decisions:
+        for d in report.decisions:  # at once, whatever the summary's pace
             if d["decision"] != "allow":
                 subject = f"order {d['order_id']}" if d["order_id"] else f"user {d['user_id']}"
                 colour = "red" if d["decision"] == "block" else "yellow"
                 console.print(f"  [{colour}]{d['decision']}[/] {subject} (user {d['user_id']}, P(fraud) {d['score']:.3f}): "
                               f"{escape(str((d['reasons'] or [''])[0]))}", highlight=False)
+        if quiet:
+            return
+        tally.merge(report)
+        if not tally.empty() and (once or report.batches or report.recovered_batches or time.monotonic() - printed >= 1.0):
+            summarise()
 
     try:
         watcher.run(once=once, poll_seconds=poll, on_poll=show)
     except KeyboardInterrupt:
         console.print("Stopped; the next `shopsight watch` resumes from the checkpoint.")
+    finally:
+        if not quiet and not tally.empty():
+            summarise()
 
 
 # --- the agent: ask, chat, train router (issue 5) -------------------------------------------------

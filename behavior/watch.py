@@ -106,6 +106,21 @@ class PollReport:
     recovered_batches: list[int] = field(default_factory=list)
     skipped_ranges: int = 0
 
+    def merge(self, other: "PollReport") -> None:
+        """Add ``other``'s counts and lists to this one (a summary over several polls)."""
+        self.batches += other.batches
+        self.events_added += other.events_added
+        self.already_stored += other.already_stored
+        self.rejected_lines += other.rejected_lines
+        self.rejected_rows += other.rejected_rows
+        self.decisions += other.decisions
+        self.recovered_batches += other.recovered_batches
+        self.skipped_ranges += other.skipped_ranges
+
+    def empty(self) -> bool:
+        return not (self.batches or self.events_added or self.decisions or self.rejected_lines or self.rejected_rows
+                    or self.recovered_batches or self.skipped_ranges)
+
     def counts(self) -> dict[str, int]:
         out = {d: 0 for d in ("allow", "review", "block")}
         for d in self.decisions:

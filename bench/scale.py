@@ -7,11 +7,15 @@ workspace; Spark: read and validate the shards and count their users), score (``
 --events`` of the shop's events file with each engine), query (local: three DuckDB metric queries over events and published scores;
 Spark: the same mean churn probability by country in Spark SQL), train (churn on every user, 3
 epochs; local: the event table in memory and ``train_model``; Spark: churn's training table built
-on Spark and the model trained here streaming from its shards; the test ROC-AUC beside). The models
-scored are trained once on a small shop and copied in: scoring cost is what grows with users.
+on Spark and the model trained here streaming from its shards; the test ROC-AUC beside), index (every
+session embedded from nothing with the offline MiniLM; local: ``SessionIndex.build`` into the
+workspace's embedded Chroma store; Spark: ``build_index_spark``, executors upserting into a Chroma
+server the stage starts on 127.0.0.1; sessions per second and the store's size on disk beside). The
+models scored are trained once on a small shop and copied in: scoring cost is what grows with users.
 
     python bench/scale.py --users 10000 100000          # table, bench/results/scale.json, bench/results/scale.png
     python bench/scale.py --users 1000000 --engines local spark   # local-table at 1M would hold ~14 GB of table
+    python bench/scale.py --users 1000 3000 10000 --stages index --engines local spark   # embedding-bound: ~12 min a 10k shop
 
 Also reported: the local event table's size in memory beside the local scoring peak (the
 local path holds one copy of the table), the log-log slope of each stage's cost against users,
@@ -35,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS_DIR, BenchmarkError, bench_console, print_table, run_isolated, write_result  # noqa: E402
 
-STAGES = ("ingest", "score", "query", "train")
+STAGES = ("ingest", "score", "query", "train", "index")
 # local: the default path past a few hundred MB (groups of users streamed from disk); local-table: the
 # same engine holding the whole event table (scoring only: what the default replaced for big shops)
 ENGINES = ("local", "local-table", "spark")
@@ -233,7 +237,74 @@ def worker(stage: str, engine: str, users: int, workdir: Path) -> dict[str, Any]
             return {"roc_auc": card.get("metrics", {}).get("roc_auc"), "spark_startup_s": round(startup, 1)}
 
         return measured(run)
+    if stage == "index":
+        return index_stage(engine, users, workdir, shop, ws)
     raise SystemExit(f"unknown stage {stage}/{engine}")
+
+
+def index_stage(engine: str, users: int, workdir: Path, shop: Path, ws: Any) -> dict[str, Any]:
+    """Every session embedded from nothing. local: ``SessionIndex.build`` into the workspace's embedded
+    store, from the ingested events (ingested first, unmeasured, if the ingest stage has not run);
+    spark: ``build_index_spark`` from the shop's events file into a Chroma server this stage starts on
+    127.0.0.1 (a child: its memory counts). Both with the shop's catalogue, so the documents are the same."""
+    if engine == "local-table":
+        raise SystemExit("index: engines local and spark")
+    if not ws.models_dir.is_dir():
+        shutil.copytree(workdir / "models-ws" / "models", ws.models_dir)
+    shutil.copyfile(shop / "catalogue.parquet", ws.catalogue_path)
+    if engine == "local":
+        from shopsight.index.store import SessionIndex
+
+        if not ws.exists():
+            from shopsight.behavior.events import IngestLimits
+            from shopsight.behavior.ingest import ingest_file
+
+            ingest_file(ws, shop / "events.parquet", limits=IngestLimits(max_memory_mb=int(MEMORY_LIMIT_GB * 1024), max_rows=500_000_000),
+                        return_events=False)
+        shutil.rmtree(ws.index_dir, ignore_errors=True)
+        index = SessionIndex(ws)
+
+        def run() -> dict[str, Any]:
+            stats = index.build().to_dict()
+            return {"sessions": stats["sessions"], "sessions_per_s": stats["sessions_per_second"], "index_mb": round(dir_mb(ws.index_dir), 1)}
+
+        return measured(run)
+    import urllib.request
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from servers import free_port, running  # the loopback server helper the tests use
+
+    from shopsight.behavior.spark import spark_session
+    from shopsight.index.spark import build_index_spark
+
+    chroma = workdir / f"chroma-{users}"
+    shutil.rmtree(chroma, ignore_errors=True)
+    chroma.mkdir(parents=True)
+    exe = Path(sys.executable).parent / "chroma"
+    url = f"http://127.0.0.1:{free_port()}"
+
+    def ready() -> bool:
+        with urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=2) as r:
+            return r.status == 200
+
+    cmd = [str(exe if exe.exists() else shutil.which("chroma") or "chroma"), "run", "--path", str(chroma / "data"),
+           "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1]]
+    with running(cmd, ready, chroma / "chroma.log", timeout_s=120, name="chroma server"):
+        t0 = time.perf_counter()
+        spark = spark_session("local[2]")
+        startup = time.perf_counter() - t0
+
+        def run() -> dict[str, Any]:
+            stats = build_index_spark(ws, url, events=shop / "events.parquet", spark=spark).to_dict()
+            return {"sessions": stats["sessions"], "sessions_per_s": stats["sessions_per_second"], "spark_startup_s": round(startup, 1)}
+
+        out = measured(run)
+    out["index_mb"] = round(dir_mb(chroma / "data"), 1)
+    return out
+
+
+def dir_mb(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20 if folder.exists() else 0.0
 
 
 # --- the driver ----------------------------------------------------------------------------
@@ -345,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
                 write_result("scale", {"rows": rows, "partial": True})  # a long run keeps what it measured
     rows.sort(key=lambda r: (r["users"], r["engine"], STAGES.index(r["stage"])))
     print_table("cost against users (wall time; peak memory of the process tree)", rows,
-                ["users", "engine", "stage", "seconds", "peak_mb", "before_mb", "events", "table_mb", "ingest_estimate_mb", "spark_startup_s", "roc_auc", "error"])
+                ["users", "engine", "stage", "seconds", "peak_mb", "before_mb", "events", "table_mb", "ingest_estimate_mb", "spark_startup_s", "roc_auc",
+                 "sessions", "sessions_per_s", "index_mb", "error"])
     slopes = []
     for stage in STAGES:
         for engine in ENGINES:

@@ -492,3 +492,16 @@ def test_the_state_grown_by_polls_is_frozen_out_of_the_collectors_full_passes(tm
     finally:
         gc.unfreeze()
     _assert_exactly_once(ws, base, tail)
+
+
+def test_a_summary_over_several_polls_adds_their_counts_and_keeps_every_decision():
+    from shopsight.behavior.watch import PollReport
+
+    total = PollReport()
+    assert total.empty()
+    total.merge(PollReport(batches=[3], events_added=10, decisions=[{"decision": "allow"}, {"decision": "block"}]))
+    total.merge(PollReport(rejected_lines=2, already_stored=4, decisions=[{"decision": "review"}], recovered_batches=[2]))
+    assert not total.empty()
+    assert (total.batches, total.events_added, total.already_stored, total.rejected_lines) == ([3], 10, 4, 2)
+    assert total.recovered_batches == [2] and total.counts() == {"allow": 1, "review": 1, "block": 1}
+    assert not PollReport(skipped_ranges=1).empty() and not PollReport(rejected_rows=1).empty()
