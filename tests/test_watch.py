@@ -505,3 +505,27 @@ def test_a_summary_over_several_polls_adds_their_counts_and_keeps_every_decision
     assert (total.batches, total.events_added, total.already_stored, total.rejected_lines) == ([3], 10, 4, 2)
     assert total.recovered_batches == [2] and total.counts() == {"allow": 1, "review": 1, "block": 1}
     assert not PollReport(skipped_ranges=1).empty() and not PollReport(rejected_rows=1).empty()
+
+
+def test_in_the_run_loop_users_wait_for_slack_or_credit_while_orders_are_decided_at_once(tmp_path):
+    """A loop that is behind (no slack, its users' credit spent) decides the poll's orders and no user; slack pays for users."""
+    import time
+
+    import shopsight.behavior.watch as W
+
+    ws, base, tail = _stream_setup(tmp_path)
+    stream = tmp_path / "events.csv"
+    tail.to_csv(stream, index=False)
+    watcher = StreamWatcher(ws, stream, users_every=0.0, store_process=False)
+    watcher.poll_seconds = 0.0
+    watcher._users_credit, watcher._credit_at = -10.0, time.monotonic()
+    report = watcher.poll(flush=False)
+    assert [d for d in report.decisions if d["order_id"]]
+    assert not [d for d in report.decisions if not d["order_id"]]
+    pending = len(watcher._pending_users)
+    assert pending > W.USERS_PER_PASS
+    watcher.poll_seconds = 10.0  # a poll with slack: users are judged, up to the budget, the rest stay pending
+    watcher.poll(flush=False)
+    assert 0 < len(watcher._pending_users) < pending
+    watcher.decide_pending_users()
+    assert not watcher._pending_users
