@@ -1313,9 +1313,9 @@ def watch(
     def show(report) -> None:
         for d in report.decisions:  # at once, whatever the summary's pace
             if d["decision"] != "allow":
-                subject = f"order {d['order_id']}" if d["order_id"] else f"user {d['user_id']}"
+                subject = f"order {d['order_id']} (user {d['user_id']}, " if d["order_id"] else f"user {d['user_id']} ("
                 colour = "red" if d["decision"] == "block" else "yellow"
-                console.print(f"  [{colour}]{d['decision']}[/] {subject} (user {d['user_id']}, P(fraud) {d['score']:.3f}): "
+                console.print(f"  [{colour}]{d['decision']}[/] {subject}P(fraud) {d['score']:.3f}): "
                               f"{escape(str((d['reasons'] or [''])[0]))}", highlight=False)
         if quiet:
             return
@@ -1323,8 +1323,13 @@ def watch(
         if not tally.empty() and (once or report.batches or report.recovered_batches or time.monotonic() - printed >= 1.0):
             summarise()
 
+    def stopping(pending_users: int) -> None:
+        users_part = f"deciding the {pending_users:,} users still pending, " if pending_users else ""
+        err_console.print(f"Stopping: {users_part}storing what landed and folding the decisions… "
+                          "(Ctrl-C again leaves at once; the next run recovers what this one did not finish)")
+
     try:
-        watcher.run(once=once, poll_seconds=poll, on_poll=show)
+        watcher.run(once=once, poll_seconds=poll, on_poll=show, on_stopping=stopping)
     except KeyboardInterrupt:
         console.print("Stopped; the next `shopsight watch` resumes from the checkpoint.")
     finally:

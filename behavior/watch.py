@@ -51,6 +51,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -229,6 +230,9 @@ class _StoreWorker:
 
 def _store_worker_loop(conn: Any, parents_end: Any) -> None:
     parents_end.close()  # forked with it: closed here, the watcher's exit (or death) reads as the end of the pipe
+    # Ctrl-C in a terminal reaches the whole process group: the store under way finishes, and the watcher, which
+    # stops on it, ends this process by closing the pipe (killed instead, the next run recovers either way)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.nice(10)  # on 2 cores the store's DuckDB threads would take the core the decisions need: it runs when they wait
     while True:
         try:
@@ -522,8 +526,13 @@ class StreamWatcher:
             self.journal.append([{"alerted": self.journal.seq}], sync=False)  # lost in a kill: the alerts go again
 
     def run(self, *, once: bool = False, poll_seconds: float = 1.0, max_polls: int | None = None,
-            on_poll: Callable[[PollReport], None] | None = None, should_stop: Callable[[], bool] | None = None) -> int:
-        """Poll until stopped (``once``: one poll of what is there, then return); returns the polls made."""
+            on_poll: Callable[[PollReport], None] | None = None, should_stop: Callable[[], bool] | None = None,
+            on_stopping: Callable[[int], None] | None = None) -> int:
+        """Poll until stopped (``once``: one poll of what is there, then return); returns the polls made.
+
+        ``on_stopping``: called on Ctrl-C (KeyboardInterrupt, raised again afterwards) with the number of users
+        still pending, before the stop decides them and stores what landed.
+        """
         polls = 0
         if self.store_process and not once and self._worker is None:
             self._worker = _StoreWorker()  # started now: its imports are done before the first store
@@ -538,6 +547,10 @@ class StreamWatcher:
                 if once or (max_polls is not None and polls >= max_polls) or (should_stop is not None and should_stop()):
                     return polls
                 time.sleep(max(0.0, poll_seconds - (time.monotonic() - started)))
+        except KeyboardInterrupt:
+            if on_stopping is not None:
+                on_stopping(len(self._pending_users))
+            raise
         finally:
             if polls:
                 if self._pending_users:

@@ -529,3 +529,38 @@ def test_in_the_run_loop_users_wait_for_slack_or_credit_while_orders_are_decided
     assert 0 < len(watcher._pending_users) < pending
     watcher.decide_pending_users()
     assert not watcher._pending_users
+
+
+def test_ctrl_c_stops_after_storing_what_landed_and_the_store_process_ignores_it(tmp_path):
+    """Ctrl-C reaches the whole process group: the store child goes on (no traceback, no store cut short), and the
+    watcher says it is stopping, decides the users still pending and stores what landed before it leaves."""
+    import os
+    import signal
+    import time
+
+    from shopsight.behavior.watch import _StoreWorker
+
+    worker = _StoreWorker()
+    try:
+        time.sleep(0.2)  # its handler is set first thing in the child
+        os.kill(worker._proc.pid, signal.SIGINT)
+        time.sleep(0.3)
+        assert worker._proc.is_alive()
+    finally:
+        worker.close()
+    assert not worker._proc.is_alive() and worker._proc.exitcode == 0  # ended by the closed pipe
+
+    ws, base, tail = _stream_setup(tmp_path)
+    stream = tmp_path / "events.csv"
+    tail.to_csv(stream, index=False)
+    watcher = StreamWatcher(ws, stream, users_every=0.0, store_process=False)
+    said = []
+
+    def interrupt(report):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        watcher.run(poll_seconds=0.0, on_poll=interrupt, on_stopping=said.append)
+    assert len(said) == 1
+    assert not watcher._pending_users
+    _assert_exactly_once(ws, base, tail)
