@@ -6,10 +6,19 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test setup postgres java bench clean-venv
 
+## llama.cpp is built for any x86-64 with AVX2, not for the building host's CPU (-march=native): on hosts with
+## AMX (Sapphire Rapids) the native build's AMX kernels crash at the first decode of SmolLM2 (SIGSEGV in
+## ggml_backend_amx_mul_mat, 2026-12-07), and a wheel pip cached from a native build may meet another CPU.
+## So it is built once per venv without pip's cache (LLAMA_CMAKE_ARGS overrides the flags).
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+LLAMA_STAMP := $(VENV)/.llama-portable
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	test -f $(LLAMA_STAMP) || (CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet --no-cache-dir --force-reinstall \
+	  --no-deps "$$(grep -o 'llama-cpp-python[^"]*' pyproject.toml | head -1)" && touch $(LLAMA_STAMP))
 	touch $(STAMP)
 
 setup: $(STAMP) postgres
