@@ -101,6 +101,13 @@ def measured(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return {"seconds": round(seconds, 2), "peak_mb": round(peak.stop(), 1), "before_mb": round(before, 1), **extra}
 
 
+def bench_ingest_limits() -> Any:
+    """The ingest's limits for the bench: the default 4 GB budget refuses 100k users; the bench measures what it really takes."""
+    from shopsight.behavior.events import IngestLimits
+
+    return IngestLimits(max_memory_mb=int(MEMORY_LIMIT_GB * 1024), max_rows=500_000_000)
+
+
 def worker(stage: str, engine: str, users: int, workdir: Path) -> dict[str, Any]:
     import torch
 
@@ -116,10 +123,9 @@ def worker(stage: str, engine: str, users: int, workdir: Path) -> dict[str, Any]
         shutil.rmtree(ws_dir, ignore_errors=True)
         shutil.copytree(workdir / "models-ws" / "models", ws.models_dir)
 
-        from shopsight.behavior.events import IngestLimits, estimate_ingest
+        from shopsight.behavior.events import estimate_ingest
 
-        # the default 4 GB budget refuses 100k users; the bench measures what the ingest really takes
-        limits = IngestLimits(max_memory_mb=int(MEMORY_LIMIT_GB * 1024), max_rows=500_000_000)
+        limits = bench_ingest_limits()
         estimate = estimate_ingest(shop / "events.parquet")
 
         def run() -> dict[str, Any]:
@@ -256,11 +262,9 @@ def index_stage(engine: str, users: int, workdir: Path, shop: Path, ws: Any) -> 
         from shopsight.index.store import SessionIndex
 
         if not ws.exists():
-            from shopsight.behavior.events import IngestLimits
             from shopsight.behavior.ingest import ingest_file
 
-            ingest_file(ws, shop / "events.parquet", limits=IngestLimits(max_memory_mb=int(MEMORY_LIMIT_GB * 1024), max_rows=500_000_000),
-                        return_events=False)
+            ingest_file(ws, shop / "events.parquet", limits=bench_ingest_limits(), return_events=False)
         shutil.rmtree(ws.index_dir, ignore_errors=True)
         index = SessionIndex(ws)
 
