@@ -217,3 +217,40 @@ def test_cross_fitted_baselines_score_each_fold_with_models_that_never_saw_it():
     again = cross_fitted_baselines(X, y2, folds, X_test, seed=0, threads=1)["logistic"]["oof"]
     np.testing.assert_allclose(again[folds == 0], out["logistic"]["oof"][folds == 0])
     assert not np.allclose(again[folds != 0], out["logistic"]["oof"][folds != 0])
+
+
+def test_fold_ensemble_inference_runs_the_members_grus_as_one():
+    """At inference the members' GRUs run as one block-diagonal GRU: the same logits as the members one by one
+    (a batch, one sentence shared by many rows), and new weights (a load) rebuild it."""
+    from shopsight.behavior.models.common import SequenceTabularNet
+    from shopsight.behavior.models.risk import FoldEnsemble
+
+    torch.manual_seed(3)
+    members = [SequenceTabularNet(40, 7, emb_dim=5, hidden=6, token_dims=[2, 4, 5]) for _ in range(4)]
+    ens = FoldEnsemble(members).eval()
+    gen = torch.Generator().manual_seed(4)
+    tokens = torch.randint(1, 41, (9, 12), generator=gen)
+    lengths = torch.tensor([12, 1, 5, 7, 12, 3, 9, 2, 11])
+    tokens[1, 1:] = 0
+    x = torch.randn(9, 7, generator=gen)
+
+    def one_by_one(tok, lens, rows):
+        return torch.stack([m(tok, lens, rows) for m in members]).mean(dim=0)
+
+    with torch.no_grad():
+        assert torch.allclose(ens(tokens, lengths, x), one_by_one(tokens, lengths, x), atol=1e-6)
+        assert ens._fused is not None  # the fused path ran
+        shared = ens(tokens[:1], lengths[:1], x)  # one sentence beside every row (feature ablation)
+        assert shared.shape == (9,)
+        assert torch.allclose(shared, one_by_one(tokens[:1], lengths[:1], x), atol=1e-6)
+        before = ens(tokens, lengths, x)
+        state = {k: v + 0.05 * torch.randn(v.shape, generator=gen) for k, v in members[2].state_dict().items()}
+        members[2].load_state_dict(state)
+        after = ens(tokens, lengths, x)
+        assert not torch.allclose(before, after)
+        assert torch.allclose(after, one_by_one(tokens, lengths, x), atol=1e-6)
+    assert "_fused" not in "".join(ens.state_dict())  # not saved with the model
+    ens.train()
+    out = ens(tokens, lengths, x)  # training: the members' own GRUs, gradients flow to them
+    out.sum().backward()
+    assert members[0].gru.weight_hh_l0.grad is not None

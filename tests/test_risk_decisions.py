@@ -88,7 +88,7 @@ def test_personal_data_in_a_reason_is_masked(ctx, workspace):
 
 @pytest.mark.parametrize("question, args", [
     ("what did we block today and why?", {"decision": "block", "since": "2026-04-10"}),
-    ("how many orders went to review this week?", {"decision": "review", "since": "2026-04-03"}),
+    ("how many orders went to review this week?", {"decision": "review", "since": "2026-04-03", "subject": "orders"}),
     ("show the false alarms", {"decision": "flagged", "label": "false_alarm"}),
 ])
 def test_the_arguments_come_from_the_question(question, args):
@@ -103,9 +103,9 @@ def test_the_arguments_come_from_the_question(question, args):
 @pytest.mark.slow
 @pytest.mark.parametrize("question, expected", [
     ("what did we block today and why?", {"decision": "block", "since": "2026-04-10"}),
-    ("how many orders went to review this week?", {"decision": "review", "since": "2026-04-03"}),
+    ("how many orders went to review this week?", {"decision": "review", "since": "2026-04-03", "subject": "orders"}),
     ("show the false alarms", {"decision": "flagged", "label": "false_alarm"}),
-    ("which orders were blocked yesterday?", {"decision": "block", "since": "2026-04-09", "until": "2026-04-09"}),
+    ("which orders were blocked yesterday?", {"decision": "block", "since": "2026-04-09", "until": "2026-04-09", "subject": "orders"}),
 ])
 def test_the_router_reaches_the_tool(tmp_path, question, expected):
     from shopsight.agent.router import Router, default_embedder, load_router
@@ -153,3 +153,33 @@ def test_a_decision_is_dated_by_the_event_time_it_judged_not_the_wall_clock(work
     assert r["n"] == 1 and r["decisions"][0]["user_id"] == "u00093" and r["decisions"][0]["day"] == "2026-05-04"
     assert "user u00093 on 4 May 2026" in text and "Dec 2026" not in text
     assert run(c, decision="review", since="2026-12-04")[0]["n"] == 0  # the day it ran is not the day it judged
+
+
+def test_asked_about_orders_it_counts_orders_and_says_the_users_beside(ctx):
+    r, text = run(ctx, decision="review", since="2026-03-04", subject="orders")
+    assert r["n"] == 2 and r["n_other_subject"] == 1 and all(d["order_id"] for d in r["decisions"])
+    assert text.startswith("Since 4 Mar 2026, risk control held for review 2 orders; 1 user was too, on their behaviour without an order")
+    r, text = run(ctx, decision="review", since="2026-03-10", subject="orders")  # only the order of the 10th
+    assert r["n"] == 1
+    r, text = run(ctx, decision="review", since="2026-03-09", until="2026-03-09", subject="orders")
+    assert r["n"] == 0 and r["n_other_subject"] == 1
+    assert text.startswith("From 9 Mar 2026 to 9 Mar 2026, 0 orders were held for review by risk control; 1 user was too")
+    facts = REGISTRY.key_facts("risk_decisions", {}, r, "how many orders went to review on 9 March?")
+    assert all(f.holds(text) for f in facts)
+    r, text = run(ctx, decision="review", since="2026-03-04", subject="users")
+    assert r["n"] == 1 and r["n_other_subject"] == 2 and text.startswith("Since 4 Mar 2026, risk control held for review 1 user; 2 orders were too")
+    assert "error" in REGISTRY.run(ctx, "risk_decisions", {"subject": "carts"})
+
+
+def test_the_route_asks_for_orders_only_when_the_question_is_about_orders():
+    from shopsight.tools.registry import ConversationState, Entities
+    from shopsight.tools.risk_decisions import _args
+
+    def args(q):
+        return _args(Entities(), ConversationState(), q)
+
+    assert args("how many orders went to review this week?")["subject"] == "orders"
+    assert args("which orders did the watcher block or hold, and why?")["subject"] == "orders"
+    assert "subject" not in args("which users did we block?")
+    assert "subject" not in args("which accounts' orders were blocked?")
+    assert "subject" not in args("what did risk control decide today?")

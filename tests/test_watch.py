@@ -241,6 +241,49 @@ def test_one_pass_of_buyers_each_as_of_their_own_instant_gives_each_one_the_rule
         assert got.index.is_monotonic_increasing and got["fired"].any() and not got["fired"].all()
 
 
+def test_the_identity_index_follows_an_identifier_from_specific_to_common_as_events_land():
+    """Events added in steps, the rule asked between them: an IP held by 3 users, then by 12 to 40 of 200 (common),
+    judged as of instants before and after it became common, each time as the table up to then judges it."""
+    from shopsight.behavior.models.rules import IdentityIndex, RuleThresholds, _linked_accounts_for
+
+    t0 = pd.Timestamp("2026-03-01", tz="UTC")
+    rows = []
+    for i in range(200):  # 200 users, each one session on their own IP and device
+        rows.append({"user_id": f"u{i:03d}", "session_id": f"s{i:03d}", "ts": t0 + pd.Timedelta(minutes=i), "ip": f"10.0.0.{i}",
+                     "device": f"d{i}"})
+    for k, i in enumerate(range(0, 40)):  # then 40 of them, one by one, on the shared NAT 10.9.9.9
+        rows.append({"user_id": f"u{i:03d}", "session_id": f"n{i:03d}", "ts": t0 + pd.Timedelta(hours=5, minutes=k), "ip": "10.9.9.9",
+                     "device": f"d{i}"})
+    events = pd.DataFrame(rows).assign(event="view").astype({"user_id": "string", "session_id": "string", "ip": "string", "device": "string"})
+    events = events.sort_values("ts", kind="stable").reset_index(drop=True)
+    index = IdentityIndex()
+    cuts = [200, 203, 205, 212, 225, 240]  # the NAT's holders: 0, 3, 5, 12, 25, 40
+    start = 0
+    verdicts = []
+    for cut in cuts:
+        index.add(events.iloc[start:cut])
+        start = cut
+        upto = events.iloc[:cut]
+        asof = upto["ts"].max()
+        for u in ("u000", "u001", "u150"):
+            mine = upto[upto["user_id"] == u]
+            want = _linked_accounts_for(upto, mine, RuleThresholds()).users
+            got = index.linked_accounts(mine, asof=asof).users
+            assert got.to_dict("records") == want.to_dict("records"), (u, cut)
+            if u == "u000":
+                verdicts.append(int(got["value"].iloc[0]))
+        if cut < 205:
+            continue
+        # and as of an earlier instant (2 holders then), with the later holders already added
+        early = events.iloc[:202]
+        mine = early[early["user_id"] == "u000"]
+        assert index.linked_accounts(mine, asof=early["ts"].max()).users.to_dict("records") == \
+            _linked_accounts_for(early, mine, RuleThresholds()).users.to_dict("records")
+    # u000's other accounts on the NAT: 2 and 4 while specific; 0 from 12 holders on (more than linked_min_common's 10 and
+    # than 2 % of 200 users: common)
+    assert verdicts == [0, 2, 4, 0, 0, 0]
+
+
 def test_the_manifest_gains_one_batch_per_store_not_per_poll(tmp_path):
     ws, base, tail = _stream_setup(tmp_path, days=1.0)
     stream = tmp_path / "events.csv"

@@ -24,6 +24,7 @@ def risk_decisions(
     since: str | None = None,
     until: str | None = None,
     limit: int = 5,
+    subject: Literal["any", "orders", "users"] = "any",
 ) -> dict[str, Any]:
     """What did risk control decide, and why? Orders blocked, held for review or allowed as they arrived, with reasons and the model version.
 
@@ -37,10 +38,14 @@ def risk_decisions(
         since: First day (YYYY-MM-DD) of the orders' time; none: from the first decision.
         until: Last day (YYYY-MM-DD), inclusive; none: to the last decision.
         limit: How many decisions to list (1-10), newest first.
+        subject: "orders" (decisions on an order as it arrived), "users" (on an account whose behaviour changed
+            without an order) or "any".
     """
     rng = date_range(since, until)
     table = load_decisions(ctx.workspace)
-    out: dict[str, Any] = {"decision": decision, "label": label, "since": since, "until": until}
+    if subject not in ("any", "orders", "users"):
+        raise ValueError(f"subject must be 'any', 'orders' or 'users', not {subject!r}")
+    out: dict[str, Any] = {"decision": decision, "label": label, "since": since, "until": until, "subject": subject}
     if table.empty:
         return out | {"n": 0, "by_decision": {d: 0 for d in _DECISIONS}, "decisions": [], "models": [],
                       "note": "no risk decisions are recorded in this workspace yet: `shopsight watch PATH` decides orders as they arrive",
@@ -63,6 +68,14 @@ def risk_decisions(
         chosen = chosen[chosen["analyst_label"].isna()]
     elif label != "any":
         chosen = chosen[chosen["analyst_label"] == label]
+    # Asked about orders (or users), the other kind is counted beside, not listed: "0 orders went to review" alone
+    # would hide the account held for review meanwhile.
+    is_order = chosen["order_id"].notna()
+    others = 0
+    if subject == "orders":
+        chosen, others = chosen[is_order], int((~is_order).sum())
+    elif subject == "users":
+        chosen, others = chosen[~is_order], int(is_order.sum())
     chosen = chosen.sort_values("when", ascending=False, kind="stable")
     limit = max(1, min(int(limit or 5), MAX_LISTED))
     rows = [_row(r) for _, r in chosen.head(limit).iterrows()]
@@ -70,6 +83,7 @@ def risk_decisions(
     out |= {
         "n": int(len(chosen)),
         "n_orders": int(chosen["order_id"].notna().sum()),
+        "n_other_subject": others,
         "by_decision": by,
         "labelled": {"false_alarm": int((table["analyst_label"] == "false_alarm").sum()), "fraud": int((table["analyst_label"] == "fraud").sum())},
         "first_day": day(table["when"].min()) if len(table) else None,
@@ -122,7 +136,18 @@ def render(args: Mapping[str, Any], r: Mapping[str, Any]) -> str:
     label = {"false_alarm": " that an analyst marked as a false alarm", "fraud": " that an analyst confirmed as fraud",
              "unlabelled": " not yet labelled by an analyst"}.get(str(r.get("label")), "")
     n = int(r.get("n", 0))
-    text = f"{window}, risk control {_WHAT.get(str(r.get('decision')), 'decided on')} {_subjects(n, r.get('n_orders'))}{label}"
+    what = _WHAT.get(str(r.get("decision")), "decided on")
+    subject = str(r.get("subject") or "any")
+    if n:
+        subjects = count(n, "order") if subject == "orders" else count(n, "user") if subject == "users" else _subjects(n, r.get("n_orders"))
+        text = f"{window}, risk control {what} {subjects}{label}"
+    else:
+        nouns = {"orders": "orders", "users": "users"}.get(subject, "orders or users")
+        text = f"{window}, 0 {nouns}{label} were {what} by risk control"
+    others = int(r.get("n_other_subject") or 0)
+    if others:
+        text += (f"; {count(others, 'user')} {'was' if others == 1 else 'were'} too, on their behaviour without an order"
+                 if subject == "orders" else f"; {count(others, 'order')} {'was' if others == 1 else 'were'} too")
     b = r.get("by_decision") or {}
     text += f" (of all decisions then: {b.get('block', 0)} blocked, {b.get('review', 0)} held for review, {b.get('allow', 0)} allowed)."
     listed = r.get("decisions") or []
@@ -183,6 +208,8 @@ _REVIEW = re.compile(r"\breview", re.I)
 _BLOCK = re.compile(r"\bblock|\bstopp?ed\b|\bheld\b(?!\s+for\s+review)", re.I)
 _ALLOW = re.compile(r"\ballow|\blet through|\bpassed\b", re.I)
 _FALSE_ALARM = re.compile(r"false\s+alarm|false\s+positive|wrongly\s+(?:flagged|blocked)|mistakes?", re.I)
+_ORDERS = re.compile(r"\borders?\b|\bpurchases?\b|\bcheckouts?\b|\btransactions?\b", re.I)
+_USERS = re.compile(r"\b(?:users?|accounts?|customers?|shoppers?|buyers?)\b", re.I)
 _CONFIRMED = re.compile(r"confirmed\s+(?:as\s+)?fraud|confirmed\s+cases", re.I)
 
 
@@ -203,6 +230,10 @@ def _args(ent: Entities, state: ConversationState, question: str) -> dict[str, A
         blocked, reviewed = bool(_BLOCK.search(question)), bool(_REVIEW.search(question))
         args["decision"] = "flagged" if blocked and reviewed else "block" if blocked else "review" if reviewed else (
             "allow" if _ALLOW.search(question) else "flagged")
+    # "how many orders went to review" counts orders (the users decided without an order are said beside); a question
+    # about users or accounts keeps both kinds: a user's order blocked is that user blocked too
+    if _ORDERS.search(question) and not _USERS.search(question):
+        args["subject"] = "orders"
     if ent.since:
         args["since"] = ent.since
     if ent.until:

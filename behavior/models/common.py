@@ -372,21 +372,28 @@ class SequenceTabularNet(nn.Module):
         return emb * (tokens != PAD).unsqueeze(-1)
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.finish(encode_sentences(self.gru, self.embed_tokens(tokens), lengths) if self.use_sequence else None, x)
+
+    def finish(self, h: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+        """The logits from the sentences' encoding ``h`` ([B or 1, hidden]; None without the sequence branch) and
+        the tabular rows ``x``: the part of :meth:`forward` after the GRU."""
         parts = []
-        if self.use_sequence:
-            emb = self.embed_tokens(tokens)
-            packed = nn.utils.rnn.pack_padded_sequence(
-                emb, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
-            )
-            _, h = self.gru(packed)
+        if h is not None:
             # one sentence for a batch of tabular rows (feature ablation): encoded once, shared
-            parts.append(h[-1].expand(len(x), -1) if len(h[-1]) == 1 else h[-1])
+            parts.append(h.expand(len(x), -1) if len(h) == 1 else h)
         if self.tab is not None:
             parts.append(self.tab(x))
         out = self.head(torch.cat(parts, dim=1))
         if self.skip is not None:
             out = out + self.skip(x)
         return out.squeeze(1) if self.n_outputs == 1 else out
+
+
+def encode_sentences(gru: nn.GRU, emb: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The last layer's final hidden state [B, hidden] of ``gru`` over the embedded sentences ``emb`` [B, L, dim]."""
+    packed = nn.utils.rnn.pack_padded_sequence(emb, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+    _, h = gru(packed)
+    return h[-1]
 
 
 def net_config(net: SequenceTabularNet) -> dict[str, Any]:

@@ -785,6 +785,7 @@ class IdentityIndex:
         self.users_of: dict[str, dict[Any, dict[Any, int]]] = {c: {} for c in LINK_COLUMNS}  # col -> value -> user -> first ns
         self.first_seen: dict[Any, int] = {}  # user -> first event (ns)
         self._sorted_first: np.ndarray | None = None
+        self._sorted_uses: dict[tuple[str, Any], np.ndarray] = {}  # (col, value) -> its users' first uses, sorted (built on demand)
 
     def add(self, events: pd.DataFrame) -> None:
         """Take in ``events`` (any order, any users; rows seen before change nothing)."""
@@ -813,12 +814,20 @@ class IdentityIndex:
                 old = seen.get(u)
                 if old is None or t < old:
                     seen[u] = int(t)
+                    self._sorted_uses.pop((col, v), None)
 
     def population(self, asof_ns: int) -> int:
         """How many users had an event at or before ``asof_ns``."""
         if self._sorted_first is None:
             self._sorted_first = np.sort(np.fromiter(self.first_seen.values(), dtype="int64", count=len(self.first_seen)))
         return int(np.searchsorted(self._sorted_first, asof_ns, side="right"))
+
+    def _holders_by(self, col: str, value: Any, seen: dict[Any, int], asof_ns: int) -> int:
+        """How many users had used ``value`` of ``col`` at or before ``asof_ns``."""
+        uses = self._sorted_uses.get((col, value))
+        if uses is None:
+            uses = self._sorted_uses[(col, value)] = np.sort(np.fromiter(seen.values(), dtype="int64", count=len(seen)))
+        return int(np.searchsorted(uses, asof_ns, side="right"))
 
     def shared(self, mine: pd.DataFrame, thresholds: RuleThresholds, asof: pd.Timestamp) -> dict[tuple[str, object], list]:
         """The specific identifiers of ``mine``'s users and who held each by ``asof`` (:func:`linked_accounts_shared`'s input)."""
@@ -832,7 +841,18 @@ class IdentityIndex:
         out: dict[tuple[str, object], list | None] = {}
         for col in [c for c in LINK_COLUMNS if c in mine.columns]:
             for value in mine[col].dropna().unique():
-                holders = [u for u, t in (self.users_of[col].get(value) or {}).items() if t <= asof_ns]
+                seen = self.users_of[col].get(value) or {}
+                if len(seen) > thresholds.linked_min_common:
+                    # Perhaps common (a carrier NAT's IP held by thousands): count the holders by then first, and list
+                    # them only if the rule can use them.
+                    n = self._holders_by(col, value, seen, asof_ns)
+                    if n > thresholds.linked_min_common:
+                        if n_all is None:
+                            n_all = self.population(asof_ns)
+                        if n > common_cap(thresholds, n_all):
+                            out[(col, value)] = None  # common: the rule ignores it
+                            continue
+                holders = [u for u, t in seen.items() if t <= asof_ns]
                 n = len(holders)
                 out[(col, value)] = holders if n > 1 else None
                 if n > thresholds.linked_min_common:
