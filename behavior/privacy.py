@@ -87,6 +87,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Literal, NamedTuple
 
+import numpy as np
 import pandas as pd
 import phonenumbers
 from stdnum import numdb
@@ -956,13 +957,19 @@ def mask_text_bounded(text: str, limit: int) -> str:
     return cut_text(mask_pii(text[: limit + _CUT_MARGIN]), limit)
 
 
+SMALL_COLUMN_ROWS = 2_000  # up to this many rows a column is protected value by value in Python
+
+
 def _replace_values(column: pd.Series, change: Callable[[str], str], *, ids: bool) -> tuple[pd.Series, int]:
     """Apply ``change`` to each distinct value that may hold PII; the column and rows changed."""
-    present = column.dropna()
-    if present.empty:
+    if len(column) <= SMALL_COLUMN_ROWS:  # a `shopsight watch` poll's hundred rows: distinct values in Python
+        distinct = list(dict.fromkeys(str(v) for v in column.to_numpy(dtype=object, na_value=None).tolist() if v is not None))
+    else:
+        distinct = list(pd.unique(column.dropna().astype(str)))
+    if not distinct:
         return column, 0
     mapping: dict[str, str] = {}
-    for value in pd.unique(present.astype(str)):
+    for value in distinct:
         if ids and _PLAIN_NUMBER_ID.fullmatch(value):
             continue  # a plain numeric id of up to 12 digits is never personal data (module docstring)
         if _MAY_HOLD_PII.search(value) is None:
@@ -1005,8 +1012,10 @@ def protect_events(events: pd.DataFrame, *, key: bytes, max_text_chars: int) -> 
         if col not in out.columns:
             continue
         column = out[col]
-        lengths = column.str.len()
-        long = (lengths > max_text_chars).fillna(False).to_numpy(dtype=bool)
+        if len(column) <= SMALL_COLUMN_ROWS:
+            long = np.array([isinstance(v, str) and len(v) > max_text_chars for v in column.to_numpy(dtype=object).tolist()], dtype=bool)
+        else:
+            long = (column.str.len() > max_text_chars).fillna(False).to_numpy(dtype=bool)
         if long.any():
             column = column.copy()
             column[long] = [mask_text_bounded(str(v), max_text_chars) for v in column[long]]
@@ -1022,9 +1031,19 @@ def protect_events(events: pd.DataFrame, *, key: bytes, max_text_chars: int) -> 
         if changed:
             notes[f"{col}: e-mail/phone replaced by a pseudonym"] = changed
         out[col] = pseudonymized
-    if "ip" in out.columns:
+    if "ip" in out.columns and len(out) <= SMALL_COLUMN_ROWS:
         # The risk rules only compare addresses (several accounts on one IP): a keyed pseudonym per
         # address keeps every comparison and stores no address at all.
+        cells = out["ip"].to_numpy(dtype=object, na_value=None).tolist()
+        todo = [v is not None and not str(v).startswith(IP_PSEUDONYM_PREFIX) for v in cells]
+        if any(todo):
+            mapping = {}
+            for v, t in zip(cells, todo):
+                if t and str(v) not in mapping:
+                    mapping[str(v)] = ip_pseudonym(str(v), key)
+            out["ip"] = pd.Series(pd.array([mapping[str(v)] if t else v for v, t in zip(cells, todo)], dtype=out["ip"].dtype), index=out.index)
+            notes["ip: address replaced by a pseudonym"] = sum(todo)
+    elif "ip" in out.columns:
         present = out["ip"].notna() & ~out["ip"].astype("string").str.startswith(IP_PSEUDONYM_PREFIX).fillna(True)
         if present.any():
             values = out.loc[present, "ip"].astype(str)

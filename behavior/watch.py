@@ -679,12 +679,18 @@ class StreamWatcher:
 
     def _new_orders(self, rows: pd.DataFrame) -> list[tuple[str, str, pd.Timestamp]]:
         """(order id, buyer, the order's time: its latest line) of the orders in ``rows`` not decided before, in landing order."""
-        buys = rows[((rows["event"].astype(str) == "purchase") & rows["order_id"].notna()).to_numpy(dtype=bool)]
-        if buys.empty:
+        is_buy = (rows["event"].to_numpy(dtype=object, na_value="") == "purchase") & rows["order_id"].notna().to_numpy(dtype=bool)
+        if not is_buy.any():
             return []
-        at = buys.groupby(buys["order_id"].astype(str), sort=False)["ts"].max()
-        first = buys[["order_id", "user_id"]].astype(str).drop_duplicates("order_id")
-        return [(o, u, at[o]) for o, u in zip(first["order_id"], first["user_id"]) if o not in self._decided]
+        at: dict[str, tuple[str, int]] = {}  # order -> (its first line's buyer, its latest line's time), in landing order
+        for o, u, t in zip(rows["order_id"].to_numpy(dtype=object)[is_buy].tolist(), rows["user_id"].to_numpy(dtype=object)[is_buy].tolist(),
+                           rows["ts"].to_numpy(dtype="datetime64[ns]").astype("int64")[is_buy].tolist()):
+            o = str(o)
+            if o not in at:
+                at[o] = (str(u), t)
+            elif t > at[o][1]:
+                at[o] = (at[o][0], t)
+        return [(o, u, pd.Timestamp(t, tz="UTC")) for o, (u, t) in at.items() if o not in self._decided]
 
     def _write_rejected(self, name: str, start: int, rejected: list[dict[str, Any]]) -> None:
         table, _ = mask_table(pd.DataFrame(rejected).astype("string"))

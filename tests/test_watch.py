@@ -607,3 +607,53 @@ def test_ctrl_c_stops_after_storing_what_landed_and_the_store_process_ignores_it
     assert len(said) == 1
     assert not watcher._pending_users
     _assert_exactly_once(ws, base, tail)
+
+
+@pytest.mark.parametrize("naive", [False, True])
+def test_a_polls_rows_are_read_validated_and_protected_as_a_large_files_are(tmp_path, monkeypatch, naive):
+    """The small-table paths a poll takes (text cleaned, values protected, identities indexed row by row in Python)
+    give exactly what the vectorised paths of a large file give: the same rows, reports, notes and index."""
+    import shopsight.behavior.events as events_mod
+    import shopsight.behavior.models.rules as rules_mod
+    import shopsight.behavior.privacy as privacy_mod
+    from shopsight.behavior.ingest import read_protected
+    from shopsight.behavior.models.rules import IdentityIndex
+
+    rng = np.random.default_rng(7)
+    t0 = pd.Timestamp("2026-03-01 10:00", tz="UTC")
+    rows = []
+    for i in range(150):
+        user = ["alice@example.com", " u7 ", "u8", "+44 20 7946 0958", "", "u9"][i % 6]
+        stamp = (t0 + pd.Timedelta(seconds=int(rng.integers(0, 7200)))).strftime("%Y-%m-%dT%H:%M:%S")
+        stamp += "" if naive and i % 5 == 0 else ["Z", "+02:00", " UTC"][i % 3]
+        rows.append({
+            "user_id": user, "ts": stamp, "event": [" View", "purchase", "cart", "bogus"][i % 4],
+            "item_id": ["i1", " i2", "", "12.0"][i % 4], "category": ["shoes", "call +1 415 555 0100", "", " x "][i % 4],
+            "price": ["9.5", "1,200", "", "-3", "abc"][i % 5], "quantity": ["1", "2", "", "1.5"][i % 4],
+            "session_id": ["s1", "bob@example.org-s2", "", "s3"][i % 4], "device": ["ios", "", "Pixel of carol@example.net"][i % 3],
+            "country": ["US", "", "DE"][i % 3], "payment": ["card 4111 1111 1111 1111", "paypal", ""][i % 3],
+            "order_id": [f"o{i}", "", f"o{i - 1}"][i % 3], "ip": ["203.0.113.7", "", "2001:db8::1", "ip-abc"][i % 4],
+            "text": ["great", "mail me at dave@example.com", "x" * 3000, ""][i % 4],
+        })
+    rows.append(dict(rows[0]))  # a duplicate line
+    path = tmp_path / "chunk.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    ws = Workspace(tmp_path / "ws")
+
+    small_rows, small_rep = read_protected(ws, path)
+    small_index = IdentityIndex()
+    for k in range(0, len(small_rows), 37):
+        small_index.add(small_rows.iloc[k:k + 37])
+    for mod, name in ((events_mod, "SMALL_TEXT_ROWS"), (privacy_mod, "SMALL_COLUMN_ROWS"), (rules_mod, "SMALL_ADD_ROWS")):
+        monkeypatch.setattr(mod, name, -1)
+    large_rows, large_rep = read_protected(ws, path)
+    large_index = IdentityIndex()
+    large_index.add(large_rows)
+
+    assert len(small_rows) > 30 and small_rep.rows_rejected > 10 and small_rep.duplicates == 1
+    pd.testing.assert_frame_equal(small_rows, large_rows)
+    assert small_rep.notes == large_rep.notes and any("pseudonym" in n for n in small_rep.notes)
+    assert small_rep.naive_timestamps_as == large_rep.naive_timestamps_as
+    pd.testing.assert_frame_equal(small_rep.rejected, large_rep.rejected)
+    assert small_index.users_of == large_index.users_of and small_index.first_seen == large_index.first_seen
+    assert not small_rows["user_id"].str.contains("@").any() and small_rows["ip"].dropna().str.startswith("ip-").all()

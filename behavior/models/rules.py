@@ -137,15 +137,22 @@ def _no_orders() -> pd.DataFrame:
 def _empty_users(users: pd.Index) -> pd.DataFrame:
     n = len(users)
     index = pd.Index(users, name="user_id")
+    evidence = np.empty(n, dtype=object)
+    for i in range(n):
+        evidence[i] = []  # one list per user: the rules append to them
     return pd.DataFrame(
-        {"value": np.zeros(n), "fired": np.zeros(n, dtype=bool), "evidence": [[] for _ in range(n)],
-         "detail": pd.Series([""] * n, dtype="str", index=index)},
-        index=index,
+        {"value": np.zeros(n), "fired": np.zeros(n, dtype=bool), "evidence": evidence,
+         "detail": pd.Series(np.full(n, "", dtype=object), dtype="str", index=index)},
+        index=index, copy=False,
     )
 
 
-def _all_users(events: pd.DataFrame) -> pd.Index:
-    return pd.Index(sorted(events["user_id"].dropna().unique()), name="user_id")
+def _all_users(events: pd.DataFrame, users: pd.Index | None = None) -> pd.Index:
+    """The users of ``events``, sorted (``users``: already found by the caller, as :func:`_run_rules` does once for every rule)."""
+    if users is not None:
+        return users
+    ids = events["user_id"].to_numpy(dtype=object, na_value=None)
+    return pd.Index(sorted({u for u in ids if u is not None}), name="user_id")
 
 
 def _window_counts(orders: pd.DataFrame, window: pd.Timedelta) -> pd.Series:
@@ -170,12 +177,15 @@ def _burst_rule(
     window: pd.Timedelta,
     threshold: int,
     what: str,
+    users_of: pd.Index | None = None,
 ) -> RuleResult:
     """Max number of ``orders`` by one user inside any ``window``; evidence = the orders of that burst."""
-    users = _empty_users(_all_users(events))
-    order_out = pd.DataFrame(columns=ORDER_COLUMNS, index=pd.Index([], name="order_id"))
-    if not orders.empty:
-        orders = orders.sort_values(["user_id", "ts"], kind="stable")
+    users = _empty_users(_all_users(events, users_of))
+    if orders.empty:
+        order_out = pd.DataFrame(columns=ORDER_COLUMNS, index=pd.Index([], name="order_id"))
+    else:
+        if not _sorted_by_user_then_time(orders):  # order_table's are (and a part of them): no sort to pay
+            orders = orders.sort_values(["user_id", "ts"], kind="stable")
         counts = _window_counts(orders, window)
         order_out = pd.DataFrame(
             {"user_id": orders["user_id"], "value": counts.astype("float64"), "fired": counts >= threshold}
@@ -214,11 +224,27 @@ def _burst_rule(
     return RuleResult(name=name, threshold=float(threshold), users=users, orders=order_out)
 
 
+def _sorted_by_user_then_time(orders: pd.DataFrame) -> bool:
+    """Whether ``orders`` is already in the order ``sort_values(["user_id", "ts"], kind="stable")`` gives."""
+    u = orders["user_id"].to_numpy(dtype=object, na_value=None)
+    if any(x is None for x in u):
+        return False
+    try:
+        same = u[1:] == u[:-1]
+        if not (same | (u[1:] > u[:-1])).all():
+            return False
+    except TypeError:  # ids of mixed types: let the sort decide
+        return False
+    ts = orders["ts"].to_numpy(dtype="datetime64[ns]").astype("int64")
+    return bool((~same | (ts[1:] >= ts[:-1])).all())
+
+
 # --- the rules ------------------------------------------------------------------------------
 
 
 def velocity(
-    events: pd.DataFrame, thresholds: RuleThresholds = RuleThresholds(), *, orders: pd.DataFrame | None = None
+    events: pd.DataFrame, thresholds: RuleThresholds = RuleThresholds(), *, orders: pd.DataFrame | None = None,
+    users: pd.Index | None = None,
 ) -> RuleResult:
     """Order velocity: the most orders one user placed within ``velocity_window``.
 
@@ -233,11 +259,13 @@ def velocity(
         thresholds.velocity_window,
         thresholds.velocity_orders,
         "orders",
+        users,
     )
 
 
 def card_testing_burst(
-    events: pd.DataFrame, thresholds: RuleThresholds = RuleThresholds(), *, orders: pd.DataFrame | None = None
+    events: pd.DataFrame, thresholds: RuleThresholds = RuleThresholds(), *, orders: pd.DataFrame | None = None,
+    users: pd.Index | None = None,
 ) -> RuleResult:
     """Card testing: many tiny orders (≤ ``card_testing_amount``) in a short burst.
 
@@ -254,6 +282,7 @@ def card_testing_burst(
         thresholds.card_testing_window,
         thresholds.card_testing_orders,
         f"orders of at most {thresholds.card_testing_amount:g}",
+        users,
     )
 
 
@@ -263,6 +292,7 @@ def new_device_high_value(
     identity_columns: tuple[str, ...] = ("device", "country"),
     *,
     orders: pd.DataFrame | None = None,
+    users: pd.Index | None = None,
 ) -> RuleResult:
     """A high-value order from a device and a country the user had never used before.
 
@@ -275,7 +305,7 @@ def new_device_high_value(
     user: the largest such value. Evidence: the order ids that fired. ``orders``:
     ``order_table(events)`` if already built.
     """
-    users = _empty_users(_all_users(events))
+    users = _empty_users(_all_users(events, users))
     orders = order_table(events) if orders is None else orders
     cols = [c for c in identity_columns if c in events.columns]
     order_out = pd.DataFrame(columns=ORDER_COLUMNS, index=pd.Index([], name="order_id"))
@@ -358,13 +388,13 @@ def new_device_high_value(
     return RuleResult("new_device_high_value", thresholds.high_value_ratio, users, order_out)
 
 
-def refund_rate(events: pd.DataFrame, thresholds: RuleThresholds = RuleThresholds()) -> RuleResult:
+def refund_rate(events: pd.DataFrame, thresholds: RuleThresholds = RuleThresholds(), *, users: pd.Index | None = None) -> RuleResult:
     """Refunds per purchased line (the same definition as ``user_features``' refund_rate).
 
     Fires at ≥ ``refund_rate`` once the user has ≥ ``refund_min_purchases`` purchase lines.
     Evidence: the refunded order ids (session ids where refunds carry no order id).
     """
-    users = _empty_users(_all_users(events))
+    users = _empty_users(_all_users(events, users))
     ev = events["event"].to_numpy(dtype=object, na_value="")
     codes = users.index.get_indexer(events["user_id"])
     known = codes >= 0
@@ -445,14 +475,14 @@ def linked_accounts(
     return RuleResult("linked_accounts", float(thresholds.linked_users), users, None)
 
 
-def bot_velocity(events: pd.DataFrame, thresholds: RuleThresholds = RuleThresholds()) -> RuleResult:
+def bot_velocity(events: pd.DataFrame, thresholds: RuleThresholds = RuleThresholds(), *, users: pd.Index | None = None) -> RuleResult:
     """Bot-like speed: the fastest session's events per minute (sessions of ≥ ``bot_min_events``).
 
     People browse at a few events a minute; scripts at dozens. Evidence: the session ids at
     or above the threshold (or the fastest session when none is). Numpy over session codes,
     like ``order_table``.
     """
-    users = _empty_users(_all_users(events))
+    users = _empty_users(_all_users(events, users))
     if events.empty:
         return RuleResult("bot_velocity", thresholds.bot_events_per_minute, users, None)
     codes, sessions = pd.factorize(events["session_id"], sort=False)  # groupby(sort=False) order
@@ -521,7 +551,9 @@ def _run_rules(
     """The named rules over ``events``, building the order table once for the rules that read it."""
     if orders is None and any(n in ORDER_RULES for n in names):
         orders = order_table(events)
-    return {n: RULES[n](events, thresholds, orders=orders) if n in ORDER_RULES else RULES[n](events, thresholds) for n in names}
+    users = _all_users(events)  # found once for every rule
+    return {n: RULES[n](events, thresholds, orders=orders, users=users) if n in ORDER_RULES
+            else RULES[n](events, thresholds) if n == "linked_accounts" else RULES[n](events, thresholds, users=users) for n in names}
 
 
 def evaluate_rules(events: pd.DataFrame, thresholds: RuleThresholds = RuleThresholds()) -> dict[str, RuleResult]:
@@ -771,6 +803,9 @@ def linked_accounts_shared(
     return RuleResult("linked_accounts", float(thresholds.linked_users), users, None)
 
 
+SMALL_ADD_ROWS = 5_000  # IdentityIndex.add takes up to this many rows one by one, more with pandas' grouping
+
+
 class IdentityIndex:
     """Who used each device id and IP address, and since when: ``linked_accounts`` for a few users without the table.
 
@@ -793,6 +828,9 @@ class IdentityIndex:
             return
         ts = events["ts"].to_numpy(dtype="datetime64[ns]").astype("int64")
         users = events["user_id"].to_numpy(dtype=object, na_value=None)
+        if len(events) <= SMALL_ADD_ROWS:
+            self._add_rows(events, ts.tolist(), users.tolist())
+            return
         ok = np.array([u is not None for u in users], dtype=bool)
         firsts = pd.Series(ts[ok]).groupby(users[ok]).min()
         for u, t in zip(firsts.index, firsts.to_numpy()):
@@ -814,6 +852,28 @@ class IdentityIndex:
                 old = seen.get(u)
                 if old is None or t < old:
                     seen[u] = int(t)
+                    self._sorted_uses.pop((col, v), None)
+
+    def _add_rows(self, events: pd.DataFrame, ts: list[int], users: list[Any]) -> None:
+        """:meth:`add` row by row: a poll's hundred lines, where each grouping in pandas costs a millisecond."""
+        for u, t in zip(users, ts):
+            if u is None:
+                continue
+            old = self.first_seen.get(u)
+            if old is None or t < old:
+                self.first_seen[u] = t
+                self._sorted_first = None
+        for col in LINK_COLUMNS:
+            if col not in events.columns:
+                continue
+            table = self.users_of[col]
+            for v, u, t in zip(events[col].to_numpy(dtype=object, na_value=None).tolist(), users, ts):
+                if v is None or u is None:
+                    continue
+                seen = table.setdefault(v, {})
+                old = seen.get(u)
+                if old is None or t < old:
+                    seen[u] = t
                     self._sorted_uses.pop((col, v), None)
 
     def population(self, asof_ns: int) -> int:
