@@ -298,12 +298,15 @@ def as_stored(chunk: pd.DataFrame, after: pd.DataFrame | None) -> pd.DataFrame:
     The one way stored rows are made: :func:`write_batch` calls it per chunk, ``shopsight watch`` per poll
     (:func:`new_rows`) to decide from the rows exactly as they will be stored.
     """
-    chunk["ts"] = pd.to_datetime(chunk["ts"], utc=True).astype("datetime64[ns, UTC]")
+    # (each cast only where the dtype differs: a poll's validated rows already have them)
+    if chunk["ts"].dtype != "datetime64[ns, UTC]":
+        chunk["ts"] = pd.to_datetime(chunk["ts"], utc=True).astype("datetime64[ns, UTC]")
     for col in STRING_COLUMNS:
-        if col in chunk.columns:
+        if col in chunk.columns and chunk[col].dtype != pd.StringDtype():
             chunk[col] = chunk[col].astype("string")
-    chunk["price"] = chunk["price"].astype("float64")
-    chunk["quantity"] = chunk["quantity"].astype("int64")
+    for col, dtype in (("price", "float64"), ("quantity", "int64")):
+        if chunk[col].dtype != dtype:
+            chunk[col] = chunk[col].astype(dtype)
     return sessionize(chunk, after=after)
 
 

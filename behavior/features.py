@@ -14,6 +14,21 @@ import pandas as pd
 SESSION_GAP = pd.Timedelta(minutes=30)
 
 
+def sorted_by_user_then_time(frame: pd.DataFrame) -> bool:
+    """Whether ``frame`` is already in the order ``sort_values(["user_id", "ts"], kind="stable")`` gives it."""
+    u = frame["user_id"].to_numpy(dtype=object, na_value=None)
+    if any(x is None for x in u):
+        return False
+    try:
+        same = u[1:] == u[:-1]
+        if not (same | (u[1:] > u[:-1])).all():
+            return False
+    except TypeError:  # ids of mixed types: let the sort decide
+        return False
+    ts = frame["ts"].to_numpy(dtype="datetime64[ns]").astype("int64")
+    return bool((~same | (ts[1:] >= ts[:-1])).all())
+
+
 def sessionize(events: pd.DataFrame, gap: pd.Timedelta = SESSION_GAP, after: pd.DataFrame | None = None) -> pd.DataFrame:
     """Fill ``session_id``: keep ids the source gave; otherwise a new session after ``gap`` idle.
 
@@ -28,7 +43,8 @@ def sessionize(events: pd.DataFrame, gap: pd.Timedelta = SESSION_GAP, after: pd.
             event joins their last stored session when it comes less than ``gap`` after it, so
             a session that spans two batches keeps one id and no id means two sessions.
     """
-    df = events.sort_values(["user_id", "ts"], kind="stable").reset_index(drop=True)
+    # (rows already in that order, as a `shopsight watch` poll's are: no sort to pay)
+    df = (events if sorted_by_user_then_time(events) else events.sort_values(["user_id", "ts"], kind="stable")).reset_index(drop=True)
     missing = df["session_id"].isna()
     if not missing.any():
         return df

@@ -250,3 +250,20 @@ def test_one_off_lookups_do_not_push_out_an_indexed_column():
         rules._value_rows(c, ["a"])
     assert rules._memo(main) is kept and kept.order is not None
     assert [r.tolist() for r in rules._value_rows(main, ["u1"])] == [[1, 8, 15, 22, 29, 36, 43]]
+
+
+def test_sorted_by_user_then_time_says_when_the_stable_sort_would_change_nothing():
+    from shopsight.behavior.features import sorted_by_user_then_time
+
+    ts = pd.to_datetime(["2026-01-01 10:00", "2026-01-01 10:00", "2026-01-01 11:00", "2026-01-01 09:00"], utc=True)
+    frame = pd.DataFrame({"user_id": pd.array(["a", "a", "a", "b"], dtype="string"), "ts": ts})
+    assert sorted_by_user_then_time(frame)  # ties keep their order; a later user may have an earlier time
+    assert sorted_by_user_then_time(frame.iloc[:0]) and sorted_by_user_then_time(frame.iloc[:1])
+    assert not sorted_by_user_then_time(frame.iloc[[0, 3, 1, 2]])  # users interleaved
+    assert not sorted_by_user_then_time(frame.iloc[[2, 0, 1, 3]])  # one user's rows out of time order
+    with_na = frame.assign(user_id=pd.array(["a", "a", None, "b"], dtype="string"))
+    assert not sorted_by_user_then_time(with_na)  # the sort puts missing ids last: let it
+    for rows in ([0, 1, 2, 3], [3, 2, 1, 0], [1, 0, 3, 2]):
+        part = frame.iloc[rows].reset_index(drop=True)
+        want = part.sort_values(["user_id", "ts"], kind="stable")
+        assert sorted_by_user_then_time(part) == want.index.equals(part.index)

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shopsight.behavior.events import arrow_strings
+from shopsight.behavior.features import sorted_by_user_then_time
 
 RULE_NAMES: tuple[str, ...] = (
     "velocity",
@@ -184,7 +185,7 @@ def _burst_rule(
     if orders.empty:
         order_out = pd.DataFrame(columns=ORDER_COLUMNS, index=pd.Index([], name="order_id"))
     else:
-        if not _sorted_by_user_then_time(orders):  # order_table's are (and a part of them): no sort to pay
+        if not sorted_by_user_then_time(orders):  # order_table's are (and a part of them): no sort to pay
             orders = orders.sort_values(["user_id", "ts"], kind="stable")
         counts = _window_counts(orders, window)
         order_out = pd.DataFrame(
@@ -222,21 +223,6 @@ def _burst_rule(
         ]
         order_out["detail"] = [f"{int(v)} {what} within {hours:g} h up to this one" for v in order_out["value"]]
     return RuleResult(name=name, threshold=float(threshold), users=users, orders=order_out)
-
-
-def _sorted_by_user_then_time(orders: pd.DataFrame) -> bool:
-    """Whether ``orders`` is already in the order ``sort_values(["user_id", "ts"], kind="stable")`` gives."""
-    u = orders["user_id"].to_numpy(dtype=object, na_value=None)
-    if any(x is None for x in u):
-        return False
-    try:
-        same = u[1:] == u[:-1]
-        if not (same | (u[1:] > u[:-1])).all():
-            return False
-    except TypeError:  # ids of mixed types: let the sort decide
-        return False
-    ts = orders["ts"].to_numpy(dtype="datetime64[ns]").astype("int64")
-    return bool((~same | (ts[1:] >= ts[:-1])).all())
 
 
 # --- the rules ------------------------------------------------------------------------------
