@@ -100,12 +100,16 @@ class Deduped:
     already_stored: int
 
 
+STORE_THREADS: int | None = None  # DuckDB threads of a batch write when the caller names none (``shopsight watch``'s store: 1)
+
+
 def _connect(folder: Path, threads: int | None = None) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(str(folder / "dedupe.duckdb"))  # on disk: the batch's tables need not fit the memory cap
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
     con.execute(f"SET temp_directory = '{folder / 'spill'}'")
     con.execute("SET preserve_insertion_order = false")
+    threads = threads or STORE_THREADS
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     return con

@@ -882,11 +882,15 @@ class IdentityIndex:
     def identifiers(self, mine: pd.DataFrame, thresholds: RuleThresholds, asof: pd.Timestamp) -> dict[tuple[str, object], list | None]:
         """Every identifier of ``mine``'s users: who held it by ``asof`` where it is specific, None where the rule ignores
         it (common, or held by one user alone)."""
+        return self._identifiers({col: list(mine[col].dropna().unique()) for col in LINK_COLUMNS if col in mine.columns}, thresholds, asof)
+
+    def _identifiers(self, values_of: dict[str, list], thresholds: RuleThresholds, asof: pd.Timestamp) -> dict[tuple[str, object], list | None]:
+        """:meth:`identifiers` of the values each identity column holds (``values_of``: column -> its distinct values)."""
         asof_ns = int(pd.Timestamp(asof).value)
         n_all: int | None = None
         out: dict[tuple[str, object], list | None] = {}
-        for col in [c for c in LINK_COLUMNS if c in mine.columns]:
-            for value in mine[col].dropna().unique():
+        for col, values in values_of.items():
+            for value in values:
                 seen = self.users_of[col].get(value) or {}
                 if len(seen) > thresholds.linked_min_common:
                     # Perhaps common (a carrier NAT's IP held by thousands): count the holders by then first, and list
@@ -924,9 +928,12 @@ class IdentityIndex:
         # different holders by their instants (a fraud ring ordering minutes apart) go to different calls.
         # (An identifier one user's map leaves out, as common or held by them alone, is None in the round's map.)
         users = mine["user_id"].astype(str)
+        cells = {col: mine[col].to_numpy(dtype=object, na_value=None) for col in LINK_COLUMNS if col in mine.columns}
         rounds: list[tuple[list[np.ndarray], dict[tuple[str, object], list | None]]] = []
         for u, rows in sorted(users.groupby(users, sort=False).indices.items()):
-            mine_map = self.identifiers(mine.iloc[rows], thresholds, asof[u])
+            # the user's distinct identifiers in row order, as ``mine.iloc[rows][col].dropna().unique()`` (without the frame)
+            values_of = {col: list(dict.fromkeys(v for v in cells[col][rows].tolist() if v is not None)) for col in cells}
+            mine_map = self._identifiers(values_of, thresholds, asof[u])
             home = next((r for r in rounds if all(r[1].get(k, v) == v for k, v in mine_map.items())), None)
             if home is None:
                 home = ([], {})
