@@ -190,16 +190,23 @@ class UserHistories:
             for u, span in zip(fresh, spans):
                 self._read[u] = block.iloc[at:at + len(span)]
                 at += len(span)
-        parts = []
-        for u in users:
-            have, new = self._read.get(u), self._new.pop(u, None)
-            if new:
-                have = self._read[u] = pd.concat(([have] if have is not None else []) + new, ignore_index=True)
-            if have is not None:
-                parts.append(have)
+        parts: list[pd.DataFrame] = []
+        spans: list[tuple[str, int, int]] = []  # each user's rows in the frame returned
+        at = 0
+        for u in dict.fromkeys(users):
+            have, new = self._read.get(u), self._new.pop(u, None) or []
+            frames = ([have] if have is not None else []) + new
+            n = sum(len(f) for f in frames)
+            parts += frames
+            spans.append((u, at, at + n))
+            at += n
         if not parts:
             return None
-        return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+        out = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)  # one concatenation for the pass
+        for u, a, b in spans:
+            if b > a:
+                self._read[u] = out.iloc[a:b]
+        return out
 
 
 class _StoreWorker:

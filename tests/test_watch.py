@@ -657,3 +657,32 @@ def test_a_polls_rows_are_read_validated_and_protected_as_a_large_files_are(tmp_
     pd.testing.assert_frame_equal(small_rep.rejected, large_rep.rejected)
     assert small_index.users_of == large_index.users_of and small_index.first_seen == large_index.first_seen
     assert not small_rows["user_id"].str.contains("@").any() and small_rows["ip"].dropna().str.startswith("ip-").all()
+
+
+def test_user_histories_give_each_users_stored_then_landed_rows_however_often_they_are_read():
+    from shopsight.behavior.watch import UserHistories
+
+    rng = np.random.default_rng(11)
+    t0 = pd.Timestamp("2026-03-01", tz="UTC")
+
+    def rows(n, start):
+        return pd.DataFrame({"user_id": pd.array([f"u{int(k)}" for k in rng.integers(0, 12, n)], dtype="string"),
+                             "ts": t0 + pd.to_timedelta(start + np.arange(n), unit="s"), "n": start + np.arange(n)})
+
+    stored = rows(300, 0).sample(frac=1.0, random_state=1).reset_index(drop=True)  # stored in any order
+    hist = UserHistories(stored)
+    landed = [stored]
+    for step in range(12):
+        part = rows(int(rng.integers(0, 30)), 1000 + 100 * step)
+        hist.add(part)
+        landed.append(part)
+        for _ in range(2):  # read twice: the second read comes from what the first kept
+            users = [f"u{int(k)}" for k in rng.choice(14, size=int(rng.integers(1, 6)), replace=False)]  # u12, u13: unknown
+            got = hist.of_users(users)
+            everything = pd.concat(landed, ignore_index=True)
+            want = [everything[everything["user_id"] == u] for u in users]
+            want = pd.concat([w for w in want if len(w)], ignore_index=True) if any(len(w) for w in want) else None
+            if want is None:
+                assert got is None
+            else:
+                assert got["n"].tolist() == want["n"].tolist(), (step, users)
