@@ -27,7 +27,9 @@ same session); after the validation work (2026-12-05) p99 114-190 ms over 4 runs
 p99 179-197 ms over 4 runs at 14:20 UTC and 233-290 ms over 3 runs at 15:00 with the same code (the
 host ~11 % slower: a poll of ~105 lines costs 60-68 ms of one core against the 50 ms of stream it
 covers, so the loop runs at its capacity and the tail swings with the host). The 200 ms target holds
-only on a quiet host; with users decided too (the default) p99 was 286-309 ms.
+only on a quiet host; with users decided too (the default) p99 was 286-309 ms. 2026-12-07 evening, after the
+poll work (buyers' histories from one concatenation, the GRUs fused, a poll's rows protected in Python): p99
+146-192 ms orders only, 188-195 ms users too (3 runs; b3d48dc in between: 277-296 / 321-348 ms).
 
     python bench/watch.py                      # the demo workspace at /work/ws-demo, 14 days, 50 orders/s
     python bench/watch.py --source WS --days 7 --rate 50 --work /tmp/watch-bench
