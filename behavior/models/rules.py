@@ -408,6 +408,8 @@ def linked_accounts(
     thresholds: RuleThresholds = RuleThresholds(),
     identity_columns: tuple[str, ...] = ("ip", "device"),
     population: int | None = None,
+    *,
+    users: pd.Index | None = None,
 ) -> RuleResult:
     """How many other accounts share a device id or IP address with this user.
 
@@ -420,7 +422,7 @@ def linked_accounts(
     ``population`` is the number of users the share is taken of when ``events`` holds only
     the users around one account (see ``evaluate_rules_for_users``); default: the users here.
     """
-    users = _empty_users(_all_users(events))
+    users = _empty_users(_all_users(events, users))
     cap = common_cap(thresholds, population or max(len(users), 1))
     pairs: list[pd.DataFrame] = []
     for col in identity_columns:
@@ -538,8 +540,8 @@ def _run_rules(
     if orders is None and any(n in ORDER_RULES for n in names):
         orders = order_table(events)
     users = _all_users(events)  # found once for every rule
-    return {n: RULES[n](events, thresholds, orders=orders, users=users) if n in ORDER_RULES
-            else RULES[n](events, thresholds) if n == "linked_accounts" else RULES[n](events, thresholds, users=users) for n in names}
+    return {n: RULES[n](events, thresholds, orders=orders, users=users) if n in ORDER_RULES else RULES[n](events, thresholds, users=users)
+            for n in names}
 
 
 def evaluate_rules(events: pd.DataFrame, thresholds: RuleThresholds = RuleThresholds()) -> dict[str, RuleResult]:
