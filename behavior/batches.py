@@ -33,8 +33,8 @@ from shopsight.behavior.events import (
     CHUNK_ROWS,
     OPTIONAL_COLUMNS,
     REQUIRED_COLUMNS,
-    STRING_COLUMNS,
     EventDataError,
+    set_canonical_dtypes,
 )
 from shopsight.behavior.features import made_sessions, sessionize
 from shopsight.behavior.workspace import atomic_path
@@ -302,15 +302,9 @@ def as_stored(chunk: pd.DataFrame, after: pd.DataFrame | None) -> pd.DataFrame:
     The one way stored rows are made: :func:`write_batch` calls it per chunk, ``shopsight watch`` per poll
     (:func:`new_rows`) to decide from the rows exactly as they will be stored.
     """
-    # (each cast only where the dtype differs: a poll's validated rows already have them)
-    if chunk["ts"].dtype != "datetime64[ns, UTC]":
-        chunk["ts"] = pd.to_datetime(chunk["ts"], utc=True).astype("datetime64[ns, UTC]")
-    for col in STRING_COLUMNS:
-        if col in chunk.columns and chunk[col].dtype != pd.StringDtype():
-            chunk[col] = chunk[col].astype("string")
-    for col, dtype in (("price", "float64"), ("quantity", "int64")):
-        if chunk[col].dtype != dtype:
-            chunk[col] = chunk[col].astype(dtype)
+    set_canonical_dtypes(chunk)
+    if chunk["quantity"].dtype != "int64":
+        chunk["quantity"] = chunk["quantity"].astype("int64")
     return sessionize(chunk, after=after)
 
 

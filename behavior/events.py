@@ -740,17 +740,23 @@ def _no_usable_rows(report: IngestReport, source: str) -> EventDataError:
     return EventDataError(f"no usable rows ({report.rows_rejected} rejected{detail})", source=source)
 
 
+def set_canonical_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` (changed in place and returned) with the canonical text, ``ts`` and ``price`` dtypes, each cast only where
+    the column has another: a `shopsight watch` poll's validated rows already have them. ``quantity`` is the caller's."""
+    for col in STRING_COLUMNS:
+        if col in frame.columns and frame[col].dtype != pd.StringDtype():  # the default storage, as astype("string") makes
+            frame[col] = frame[col].astype("string")
+    if frame["ts"].dtype != "datetime64[ns, UTC]":
+        frame["ts"] = pd.to_datetime(frame["ts"], utc=True).astype("datetime64[ns, UTC]")
+    if frame["price"].dtype != "float64":
+        frame["price"] = frame["price"].astype("float64")
+    return frame
+
+
 def to_canonical(df: pd.DataFrame) -> pd.DataFrame:
     """Order columns and set the canonical dtypes; sort by user then time (stable)."""
     cols = list(REQUIRED_COLUMNS) + [c for c in OPTIONAL_COLUMNS if c in df.columns]
-    out = df[cols].copy()
-    for col in STRING_COLUMNS:
-        if col in out.columns and out[col].dtype != pd.StringDtype():  # the default storage, as astype("string") makes
-            out[col] = out[col].astype("string")
-    if out["ts"].dtype != "datetime64[ns, UTC]":  # validated stamps already are
-        out["ts"] = pd.to_datetime(out["ts"], utc=True).astype("datetime64[ns, UTC]")
-    if out["price"].dtype != "float64":
-        out["price"] = out["price"].astype("float64")
+    out = set_canonical_dtypes(df[cols].copy())
     out["quantity"] = out["quantity"].astype("float64").round().astype("int64")
     out = out.sort_values(["user_id", "ts"], kind="stable").reset_index(drop=True)
     return out
